@@ -1,0 +1,34 @@
+# Fresh-machine entry points. Each target creates/updates .venv itself.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.ctmil-installed
+OUT    ?= out/demo
+
+.PHONY: install demo test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# torch is pinned to 2.13.0 (the CPU wheel); installing it first keeps pip from resolving a CUDA build.
+$(STAMP): $(PY) setup.cfg setup.py
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[test,bench]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/ctmil demo --out $(OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 tests
+
+bench: $(STAMP)
+	$(PY) bench/preprocess.py
+	$(PY) bench/train_step.py
+	$(PY) bench/infer.py
+
+clean:
+	rm -rf $(VENV) out *.egg-info
