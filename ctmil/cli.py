@@ -1,0 +1,87 @@
+"""The ``ctmil`` command line. Each subcommand parses its arguments here and calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ctmil import __version__
+
+
+def _labels_from_csv(path: str | None) -> dict[str, float]:
+    if not path:
+        return {}
+    import pandas as pd
+
+    table = pd.read_csv(path)
+    if "label" not in table.columns:
+        raise SystemExit(f"error: {path} has no 'label' column")
+    keys = [c for c in ("case_id", "study_uid") if c in table.columns]
+    if not keys:
+        raise SystemExit(f"error: {path} needs a 'case_id' or 'study_uid' column")
+    labels = {}
+    for key in keys:
+        labels.update({str(k): float(v) for k, v in zip(table[key], table["label"]) if not pd.isna(v)})
+    return labels
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from ctmil.data.datalist import discover_cases
+    from ctmil.pipeline.preprocess import preprocess_cases
+
+    cases = discover_cases(args.inputs, labels=_labels_from_csv(args.labels), min_slices=args.min_slices, progress=not args.quiet)
+    if not cases:
+        raise SystemExit("error: no cases found in the inputs")
+    settings = {"min_slices": args.min_slices, "min_area_fraction": args.min_area_fraction}
+    manifest = preprocess_cases(cases, args.out, settings=settings, progress=not args.quiet)
+    failed = manifest[manifest["status"] == "failed"]
+    logging.getLogger("ctmil").info(
+        "%d cases: %d ok, %d cached, %d failed; manifest: %s", len(manifest), (manifest["status"] == "ok").sum(),
+        (manifest["status"] == "cached").sum(), len(failed), Path(args.out) / "manifest.csv",
+    )
+    for row in failed.itertuples():
+        print(f"FAILED {row.case_id}: {row.error}", file=sys.stderr)
+    return 3 if len(failed) else 0
+
+
+def cmd_phantoms(args: argparse.Namespace) -> int:
+    from ctmil.data.phantoms import generate_cohort
+
+    table = generate_cohort(args.out, n=args.n, seed=args.seed)
+    logging.getLogger("ctmil").info("wrote %d phantoms (%d severe) to %s", len(table), int(table["label"].sum()), args.out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctmil", description="COVID-19 severity from chest CT with attention MIL (MONAI-based).")
+    parser.add_argument("--version", action="version", version=f"ctmil {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("preprocess", help="CT inputs → one bag file per case + manifest.csv")
+    p.add_argument("inputs", nargs="+", help="export folders, NIfTI files, slice-image folders or datalist CSVs")
+    p.add_argument("--out", required=True, help="output folder (bags/, manifest.csv)")
+    p.add_argument("--labels", help="CSV with case_id (or study_uid) and label columns")
+    p.add_argument("--min-slices", type=int, default=8, help="fewest slices of a usable DICOM series (default 8)")
+    p.add_argument("--min-area-fraction", type=float, default=0.2, help="keep slices whose lung area is at least this fraction of the largest (default 0.2)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("phantoms", help="write a synthetic chest-CT cohort (DICOM, NIfTI, labels.csv)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=16, help="number of cases (default 16)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_phantoms)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

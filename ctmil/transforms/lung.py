@@ -1,0 +1,197 @@
+"""Classical lung masks: from Hounsfield units (3D) or from pre-windowed slice images (2D, intensity based).
+
+The mask is built for cropping, so it is generous: dense consolidation and vessels inside the lungs are
+filled in, and each slice is closed with a disk so that consolidation along the chest wall stays inside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+import torch
+from monai.config import KeysCollection, NdarrayOrTensor
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Transform
+from monai.utils import TransformBackends
+from scipy import ndimage as ndi
+
+_INPLANE_6 = np.zeros((3, 3, 3), bool)
+_INPLANE_6[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]  # 4-connectivity within each slice only
+_FULL_6 = ndi.generate_binary_structure(3, 1)
+
+
+def _drop_border_components(dark: np.ndarray, structure: np.ndarray) -> tuple[np.ndarray, int]:
+    """Label ``dark`` and zero the components that touch the in-plane image border (outside air, couch gap)."""
+    labels, n = ndi.label(dark, structure=structure)
+    border = np.unique(np.concatenate([labels[:, 0].ravel(), labels[:, -1].ravel(), labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
+    keep = np.ones(n + 1, bool)
+    keep[border] = False
+    keep[0] = False
+    return np.where(keep[labels], labels, 0), n
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Per slice, fill every background region that does not touch the in-plane border (one labelling pass)."""
+    holes, n = _drop_border_components(~mask, _INPLANE_6)
+    return mask | (holes > 0) if n else mask
+
+
+def _fill_and_close(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Per slice: fill holes, close with a (2·radius+1)² square (separable min/max filters), fill again."""
+    mask = _fill_holes(mask)
+    if radius > 0:
+        size = 2 * radius + 1
+        m = np.pad(mask, ((0, 0), (size, size), (size, size))).view(np.uint8)
+        for axis in (1, 2):
+            m = ndi.maximum_filter1d(m, size, axis=axis)
+        for axis in (1, 2):
+            m = ndi.minimum_filter1d(m, size, axis=axis)
+        mask = _fill_holes(m[:, size:-size, size:-size].astype(bool))
+    return mask
+
+
+def lung_mask_hu(
+    volume: np.ndarray,
+    spacing: tuple[float, float, float] | None = None,
+    threshold_hu: float = -400.0,
+    min_component_fraction: float = 0.08,
+    closing_mm: float = 10.0,
+    working_mm: float = 3.0,
+) -> tuple[np.ndarray, int]:
+    """Lung mask of a HU slice stack, computed on an in-plane subsampled grid.
+
+    Args:
+        volume: ``(S, H, W)`` Hounsfield units.
+        spacing: ``(dz, dy, dx)`` mm; ``None`` assumes 1 mm pixels.
+        threshold_hu: air/lung below, tissue above.
+        min_component_fraction: an enclosed air component is lung when its volume is at least this fraction
+            of the largest one (drops bowel gas; keeps a heavily consolidated lung).
+        closing_mm: radius of the per-slice closing that keeps consolidation along the chest wall inside.
+        working_mm: in-plane pixel size the mask is computed at.
+
+    Returns:
+        ``(mask, stride)``: boolean mask ``(S, ceil(H/stride), ceil(W/stride))`` on the subsampled grid, and
+        the in-plane stride used (``volume[:, ::stride, ::stride]``).
+    """
+    pixel = float(min(spacing[1:])) if spacing else 1.0
+    stride = max(1, int(round(working_mm / pixel)))
+    small = volume[:, ::stride, ::stride]
+    inner, n = _drop_border_components(small < threshold_hu, _FULL_6)
+    if n == 0 or not inner.any():
+        return np.zeros(small.shape, bool), stride
+    sizes = np.bincount(inner.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    order = np.argsort(sizes)[::-1]
+    largest = sizes[order[0]]
+    keep = [lab for lab in order[:2] if sizes[lab] > 0 and sizes[lab] >= min_component_fraction * largest]
+    mask = np.isin(inner, keep)
+    radius = int(round(closing_mm / (pixel * stride)))
+    return _fill_and_close(mask, radius), stride
+
+
+def lung_mask_windowed(
+    volume: np.ndarray, threshold: float | None = None, min_area_fraction: float = 0.005, closing_fraction: float = 0.04
+) -> np.ndarray:
+    """Lung mask of pre-windowed slice images (lung window, [0, 1]), slice by slice.
+
+    Dark regions not connected to the image border are lung candidates; per slice the two largest ones
+    covering at least ``min_area_fraction`` of the image are kept. ``threshold`` defaults to Otsu's.
+
+    Args:
+        volume: ``(S, H, W)`` intensities in [0, 1].
+
+    Returns:
+        boolean mask ``(S, H, W)``.
+    """
+    from skimage.filters import threshold_otsu
+
+    if threshold is None:
+        threshold = float(threshold_otsu(volume[:, ::2, ::2])) if np.ptp(volume) > 0 else 0.5
+    inner, n = _drop_border_components(volume < threshold, _INPLANE_6)
+    mask = np.zeros(volume.shape, bool)
+    if n == 0:
+        return mask
+    min_area = min_area_fraction * volume.shape[1] * volume.shape[2]
+    sizes = np.bincount(inner.ravel(), minlength=n + 1)
+    for s in range(volume.shape[0]):
+        labels = np.unique(inner[s])
+        labels = labels[labels > 0]
+        labels = labels[sizes[labels] >= min_area]
+        if labels.size:
+            top = labels[np.argsort(sizes[labels])[::-1][:2]]
+            mask[s] = np.isin(inner[s], top)
+    radius = int(round(closing_fraction * max(volume.shape[1:])))
+    return _fill_and_close(mask, radius)
+
+
+class LungMask(Transform):
+    """Boolean lung mask ``(1, S, H, W)`` of a ``(1, S, H, W)`` CT slice stack.
+
+    ``intensity="auto"`` reads ``img.meta["intensity"]`` (``hu`` or ``windowed``) as set by
+    :class:`ctmil.transforms.LoadCT`; plain arrays are taken as HU.
+
+    Args:
+        intensity: ``auto`` | ``hu`` | ``windowed``.
+        threshold_hu, min_component_fraction, closing_mm, working_mm: see :func:`lung_mask_hu`.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(
+        self,
+        intensity: str = "auto",
+        threshold_hu: float = -400.0,
+        min_component_fraction: float = 0.08,
+        closing_mm: float = 10.0,
+        working_mm: float = 3.0,
+    ) -> None:
+        if intensity not in ("auto", "hu", "windowed"):
+            raise ValueError(f"intensity must be 'auto', 'hu' or 'windowed', got {intensity!r}")
+        if not 0 < min_component_fraction <= 1:
+            raise ValueError(f"min_component_fraction must be in (0, 1], got {min_component_fraction}")
+        if closing_mm < 0 or working_mm <= 0:
+            raise ValueError("closing_mm must be >= 0 and working_mm > 0")
+        self.intensity = intensity
+        self.hu_args = {
+            "threshold_hu": threshold_hu, "min_component_fraction": min_component_fraction,
+            "closing_mm": closing_mm, "working_mm": working_mm,
+        }
+
+    def _kind(self, img: NdarrayOrTensor) -> str:
+        if self.intensity != "auto":
+            return self.intensity
+        return getattr(img, "meta", {}).get("intensity", "hu") if isinstance(img, MetaTensor) else "hu"
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        if img.ndim != 4 or img.shape[0] != 1:
+            raise ValueError(f"LungMask expects a (1, S, H, W) slice stack, got shape {tuple(img.shape)}")
+        arr = img.detach().cpu().numpy()[0] if isinstance(img, torch.Tensor) else np.asarray(img)[0]
+        if self._kind(img) == "windowed":
+            mask = lung_mask_windowed(arr)
+        else:
+            spacing = img.meta.get("spacing") if isinstance(img, MetaTensor) else None
+            small, stride = lung_mask_hu(arr, spacing, **self.hu_args)
+            mask = small.repeat(stride, axis=1).repeat(stride, axis=2)[:, : arr.shape[1], : arr.shape[2]] if stride > 1 else small
+        mask = mask[None]
+        return torch.from_numpy(np.ascontiguousarray(mask)) if isinstance(img, torch.Tensor) else mask
+
+
+class LungMaskd(MapTransform):
+    """Dictionary wrapper of :class:`LungMask`: writes the mask of ``d[key]`` to ``d[mask_key]``."""
+
+    backend = LungMask.backend
+
+    def __init__(self, keys: KeysCollection = "image", mask_key: str = "lung", allow_missing_keys: bool = False, **kwargs) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.mask_key = mask_key
+        self.masker = LungMask(**kwargs)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[self.mask_key] = self.masker(d[key])
+        return d
+
+
+LungMaskD = LungMaskDict = LungMaskd

@@ -1,0 +1,113 @@
+"""Tiling resized lung crops into the 12 non-overlapping 60×60 patches of a bag, and per-patch min-max.
+
+Grid position is row-major in the 4-wide × 3-high grid: ``position = row * 4 + col``, row 0 at the top
+(anterior), column 0 at the image left (patient right).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+import torch
+from monai.config import KeysCollection, NdarrayOrTensor
+from monai.transforms import GridPatch, MapTransform, Transform
+from monai.utils import TransformBackends, convert_to_tensor
+
+
+class TilePatches(Transform):
+    """Tile a ``(1, S, H, W)`` stack into ``(S * n_patches, 1, ph, pw)`` patches plus their grid positions.
+
+    MONAI's :class:`~monai.transforms.GridPatch` does the tiling (slices as channels, one call for the stack).
+    ``H`` and ``W`` must be multiples of the patch size (180 × 240 → 3 × 4 patches of 60 × 60).
+
+    Returns:
+        ``(patches, position, slice_order)``: patches ``(K, 1, ph, pw)`` float32, ``position`` ``(K,)``
+        int64 in ``0 .. n_patches-1``, ``slice_order`` ``(K,)`` int64 index of the patch's slice in the stack.
+        Patches of one slice are consecutive and ordered by position.
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(self, patch_size: tuple[int, int] = (60, 60)) -> None:
+        if len(patch_size) != 2 or min(patch_size) < 1:
+            raise ValueError(f"patch_size must be two positive ints, got {patch_size}")
+        self.patch_size = (int(patch_size[0]), int(patch_size[1]))
+        self.gridder = GridPatch(patch_size=self.patch_size)
+
+    def __call__(self, img: NdarrayOrTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = convert_to_tensor(img, track_meta=False, dtype=torch.float32)
+        if x.ndim != 4 or x.shape[0] != 1:
+            raise ValueError(f"TilePatches expects a (1, S, H, W) stack, got {tuple(x.shape)}")
+        s, h, w = x.shape[1:]
+        ph, pw = self.patch_size
+        if h % ph or w % pw:
+            raise ValueError(f"image {h}x{w} is not a multiple of the patch size {ph}x{pw}")
+        patches = self.gridder(x[0])  # (n_patches, S, ph, pw), slices as channels
+        loc = np.asarray(patches.meta["location"])  # (2, n_patches) top-left corners, row-major
+        grid_pos = torch.as_tensor(loc[0] // ph * (w // pw) + loc[1] // pw, dtype=torch.int64)
+        data = torch.as_tensor(patches).permute(1, 0, 2, 3)  # (S, n_patches, ph, pw)
+        order = torch.argsort(grid_pos)
+        data, grid_pos = data[:, order], grid_pos[order]
+        n = grid_pos.numel()
+        return (
+            data.reshape(s * n, 1, ph, pw).contiguous(),
+            grid_pos.repeat(s),
+            torch.arange(s, dtype=torch.int64).repeat_interleave(n),
+        )
+
+
+class NormalizePatches(Transform):
+    """Min-max normalise each patch of ``(K, C, ph, pw)`` to [0, 1] independently; flat patches become 0."""
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(self, eps: float = 1e-6) -> None:
+        self.eps = eps
+
+    def __call__(self, patches: NdarrayOrTensor) -> torch.Tensor:
+        x = convert_to_tensor(patches, track_meta=False, dtype=torch.float32)
+        flat = x.reshape(x.shape[0], -1)
+        lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
+        span = (hi - lo).clamp_min(self.eps)
+        out = (flat - lo[:, None]) / span[:, None]
+        out[(hi - lo) <= self.eps] = 0.0
+        return out.reshape(x.shape).clamp_(0.0, 1.0)
+
+
+class ToBagd(MapTransform):
+    """Turn a cropped stack ``d[key]`` ``(1, S, 180, 240)`` into the bag dictionary of docs/design.md.
+
+    Reads ``kept_slices`` and ``boxes`` written by :class:`SelectLungSlicesd` / :class:`LungBoxCropd`, and the
+    loader's metadata from ``d[meta_source]`` (a MetaTensor), which it must be given before cropping.
+    Keys other than the bag's are dropped.
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(self, keys: KeysCollection = "image", patch_size: tuple[int, int] = (60, 60), meta_key: str = "image_meta", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.tiler = TilePatches(patch_size)
+        self.normalizer = NormalizePatches()
+        self.meta_key = meta_key
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict:
+        d = dict(data)
+        key = self.first_key(d)
+        patches, position, order = self.tiler(d[key])
+        kept = torch.as_tensor(np.asarray(d["kept_slices"]), dtype=torch.int64)
+        label = d.get("label")
+        label = -1.0 if label is None or (isinstance(label, float) and np.isnan(label)) else float(label)
+        return {
+            "patches": self.normalizer(patches),
+            "position": position,
+            "slice_index": kept[order],
+            "kept_slices": kept,
+            "boxes": torch.as_tensor(np.asarray(d["boxes"]), dtype=torch.int64),
+            "label": torch.tensor(label, dtype=torch.float32),
+            "case_id": str(d.get("case_id", "")),
+            "meta": d.get(self.meta_key, {}),
+        }
+
+
+ToBagD = ToBagDict = ToBagd
