@@ -51,6 +51,7 @@ def preprocessing_transforms(
     min_slices: int = 8,
     threshold_hu: float = -400.0,
     closing_mm: float = 10.0,
+    dilate_mm: float = 8.0,
     min_area_fraction: float = 0.2,
     spatial_size: tuple[int, int] = (180, 240),
     patch_size: tuple[int, int] = (60, 60),
@@ -58,14 +59,14 @@ def preprocessing_transforms(
 ) -> Compose:
     """``{"image": path, "case_id": str, "label": float}`` → bag dictionary (docs/design.md).
 
-    Args mirror the transforms': ``min_slices`` (DICOM series), ``threshold_hu`` / ``closing_mm`` (lung mask),
+    Args mirror the transforms': ``min_slices`` (DICOM series), ``threshold_hu`` / ``closing_mm`` / ``dilate_mm`` (lung mask),
     ``min_area_fraction`` (slice selection), ``spatial_size`` (H, W), ``patch_size``, ``margin_fraction``.
     """
     return Compose(
         [
             LoadCTd(image_key, min_slices=min_slices),
             StoreCaseMetad(image_key),
-            LungMaskd(image_key, mask_key="lung", threshold_hu=threshold_hu, closing_mm=closing_mm),
+            LungMaskd(image_key, mask_key="lung", threshold_hu=threshold_hu, closing_mm=closing_mm, dilate_mm=dilate_mm),
             SelectLungSlicesd([image_key, "lung"], source_key="lung", min_area_fraction=min_area_fraction),
             LungBoxCropd(image_key, source_key="lung", spatial_size=spatial_size, margin_fraction=margin_fraction),
             ToBagd(image_key, patch_size=patch_size),

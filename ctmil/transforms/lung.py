@@ -37,6 +37,16 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return mask | (holes > 0) if n else mask
 
 
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Per-slice dilation with a (2·radius+1)² square."""
+    if radius <= 0:
+        return mask
+    m = mask.view(np.uint8)
+    for axis in (1, 2):
+        m = ndi.maximum_filter1d(m, 2 * radius + 1, axis=axis)
+    return m.astype(bool)
+
+
 def _fill_and_close(mask: np.ndarray, radius: int) -> np.ndarray:
     """Per slice: fill holes, close with a (2·radius+1)² square (separable min/max filters), fill again."""
     mask = _fill_holes(mask)
@@ -51,12 +61,28 @@ def _fill_and_close(mask: np.ndarray, radius: int) -> np.ndarray:
     return mask
 
 
+def _lung_labels(labels: np.ndarray, sizes: np.ndarray, tissue: np.ndarray, min_fraction: float) -> list[int]:
+    """The enclosed air components that are lung: the largest, plus the second largest when the largest lies
+    on one side of the body only (lungs not joined through the trachea) and the second is on the other side."""
+    order = np.argsort(sizes)[::-1]
+    first = int(order[0])
+    mid = float(np.nonzero(tissue)[2].mean()) if tissue.any() else labels.shape[2] / 2
+    cols_first = np.nonzero(labels == first)[2]
+    left_first = float((cols_first < mid).mean())
+    if 0.2 < left_first < 0.8 or len(order) < 2 or sizes[order[1]] < min_fraction * sizes[first]:
+        return [first]  # joined lungs (or one lung only)
+    second = int(order[1])
+    left_second = float((np.nonzero(labels == second)[2] < mid).mean())
+    return [first, second] if (left_first - 0.5) * (left_second - 0.5) < 0 else [first]
+
+
 def lung_mask_hu(
     volume: np.ndarray,
     spacing: tuple[float, float, float] | None = None,
     threshold_hu: float = -400.0,
     min_component_fraction: float = 0.08,
     closing_mm: float = 10.0,
+    dilate_mm: float = 8.0,
     working_mm: float = 3.0,
 ) -> tuple[np.ndarray, int]:
     """Lung mask of a HU slice stack, computed on an in-plane subsampled grid.
@@ -65,9 +91,12 @@ def lung_mask_hu(
         volume: ``(S, H, W)`` Hounsfield units.
         spacing: ``(dz, dy, dx)`` mm; ``None`` assumes 1 mm pixels.
         threshold_hu: air/lung below, tissue above.
-        min_component_fraction: an enclosed air component is lung when its volume is at least this fraction
-            of the largest one (drops bowel gas; keeps a heavily consolidated lung).
-        closing_mm: radius of the per-slice closing that keeps consolidation along the chest wall inside.
+        min_component_fraction: a second enclosed air component is the other lung when it lies on the other
+            side of the body and its volume is at least this fraction of the largest one (drops bowel gas,
+            keeps a heavily consolidated lung).
+        closing_mm: radius of the per-slice closing that fills concavities left by consolidation.
+        dilate_mm: final per-slice dilation, so that consolidation along the chest wall (which no fill can
+            recover from intensity alone) stays inside the lung box.
         working_mm: in-plane pixel size the mask is computed at.
 
     Returns:
@@ -82,12 +111,9 @@ def lung_mask_hu(
         return np.zeros(small.shape, bool), stride
     sizes = np.bincount(inner.ravel(), minlength=n + 1)
     sizes[0] = 0
-    order = np.argsort(sizes)[::-1]
-    largest = sizes[order[0]]
-    keep = [lab for lab in order[:2] if sizes[lab] > 0 and sizes[lab] >= min_component_fraction * largest]
-    mask = np.isin(inner, keep)
-    radius = int(round(closing_mm / (pixel * stride)))
-    return _fill_and_close(mask, radius), stride
+    mask = np.isin(inner, _lung_labels(inner, sizes, small > threshold_hu, min_component_fraction))
+    mask = _fill_and_close(mask, int(round(closing_mm / (pixel * stride))))
+    return _dilate(mask, int(round(dilate_mm / (pixel * stride)))), stride
 
 
 def lung_mask_windowed(
@@ -106,8 +132,10 @@ def lung_mask_windowed(
     """
     from skimage.filters import threshold_otsu
 
-    if threshold is None:
-        threshold = float(threshold_otsu(volume[:, ::2, ::2])) if np.ptp(volume) > 0 else 0.5
+    if threshold is None:  # Otsu inside the body: lungs vs soft tissue, not outside air vs the rest
+        body = _fill_holes(volume > volume.min() + 0.05 * max(float(np.ptp(volume)), 1e-6))
+        inside = volume[body]
+        threshold = float(threshold_otsu(inside[:: max(1, inside.size // 200_000)])) if np.ptp(inside) > 0 else 0.5
     inner, n = _drop_border_components(volume < threshold, _INPLANE_6)
     mask = np.zeros(volume.shape, bool)
     if n == 0:
@@ -133,7 +161,7 @@ class LungMask(Transform):
 
     Args:
         intensity: ``auto`` | ``hu`` | ``windowed``.
-        threshold_hu, min_component_fraction, closing_mm, working_mm: see :func:`lung_mask_hu`.
+        threshold_hu, min_component_fraction, closing_mm, dilate_mm, working_mm: see :func:`lung_mask_hu`.
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
@@ -144,18 +172,19 @@ class LungMask(Transform):
         threshold_hu: float = -400.0,
         min_component_fraction: float = 0.08,
         closing_mm: float = 10.0,
+        dilate_mm: float = 8.0,
         working_mm: float = 3.0,
     ) -> None:
         if intensity not in ("auto", "hu", "windowed"):
             raise ValueError(f"intensity must be 'auto', 'hu' or 'windowed', got {intensity!r}")
         if not 0 < min_component_fraction <= 1:
             raise ValueError(f"min_component_fraction must be in (0, 1], got {min_component_fraction}")
-        if closing_mm < 0 or working_mm <= 0:
-            raise ValueError("closing_mm must be >= 0 and working_mm > 0")
+        if closing_mm < 0 or dilate_mm < 0 or working_mm <= 0:
+            raise ValueError("closing_mm and dilate_mm must be >= 0 and working_mm > 0")
         self.intensity = intensity
         self.hu_args = {
             "threshold_hu": threshold_hu, "min_component_fraction": min_component_fraction,
-            "closing_mm": closing_mm, "working_mm": working_mm,
+            "closing_mm": closing_mm, "dilate_mm": dilate_mm, "working_mm": working_mm,
         }
 
     def _kind(self, img: NdarrayOrTensor) -> str:
