@@ -68,7 +68,7 @@ class SelectLungSlices(Transform):
 class LungBoxCrop(Transform):
     """Crop each slice to the bounding box of both lungs and resize it to ``spatial_size`` (H, W).
 
-    Only the box of each slice is read and resampled (bilinear, antialiased when shrinking), so the cost
+    Only the box of each slice is read and resampled (bilinear), so the cost
     does not grow with the full image size.
 
     Args:
@@ -123,7 +123,7 @@ class LungBoxCrop(Transform):
         out = torch.empty((x.shape[0], x.shape[1], *self.spatial_size), dtype=torch.float32)
         for s, (r0, c0, r1, c1) in enumerate(np.asarray(boxes).tolist()):
             region = x[None, :, s, r0:r1, c0:c1].float()  # (1, C, h, w): only the box is touched
-            out[:, s] = F.interpolate(region, size=self.spatial_size, mode="bilinear", align_corners=False, antialias=True)[0]
+            out[:, s] = F.interpolate(region, size=self.spatial_size, mode="bilinear", align_corners=False)[0]
         return out
 
 

@@ -55,6 +55,7 @@ class SeriesInfo:
     pixel_spacings: set[tuple[float, float]] = field(default_factory=set)
     sizes: set[tuple[int, int]] = field(default_factory=set)
     frames: int = 1
+    datasets: list = field(default_factory=list, repr=False)  # full datasets when scanned with keep_datasets
 
     @property
     def n_files(self) -> int:
@@ -65,15 +66,22 @@ class SeriesInfo:
         return f"series {self.number if self.number is not None else '?'}{desc} ({self.modality or 'no modality'}, {self.n_files} files)"
 
 
-def _read_header(path: str) -> pydicom.Dataset | None:
+def _read_header(path: str, full: bool = False) -> pydicom.Dataset | None:
     try:
+        if full:
+            return pydicom.dcmread(path)
         return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS + ["MediaStorageSOPClassUID"])
     except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
-def scan_dicom_tree(root: str | os.PathLike, progress: bool = False) -> tuple[dict[str, list[SeriesInfo]], list[tuple[str, str]]]:
+def scan_dicom_tree(
+    root: str | os.PathLike, progress: bool = False, keep_datasets: bool = False
+) -> tuple[dict[str, list[SeriesInfo]], list[tuple[str, str]]]:
     """Walk ``root`` and group DICOM image files by study and series, reading headers only.
+
+    With ``keep_datasets`` every file is read whole, once, and kept in ``SeriesInfo.datasets`` so that
+    :func:`load_dicom_series` need not parse it again (the fast path for a folder holding one study).
 
     Returns:
         ``(studies, skipped)`` where ``studies`` maps StudyInstanceUID to its series and ``skipped`` lists
@@ -91,7 +99,7 @@ def scan_dicom_tree(root: str | os.PathLike, progress: bool = False) -> tuple[di
 
         iterator = tqdm(paths, desc="scanning DICOM headers", unit="file", leave=False)
     for path in iterator:
-        ds = _read_header(path)
+        ds = _read_header(path, full=keep_datasets)
         if ds is None:
             skipped.append((path, "not a readable DICOM file"))
             continue
@@ -114,6 +122,8 @@ def scan_dicom_tree(root: str | os.PathLike, progress: bool = False) -> tuple[di
             )
             series[(study, uid)] = info
         info.files.append(path)
+        if keep_datasets:
+            info.datasets.append(ds)
         iop, ipp, ps = ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient"), ds.get("PixelSpacing")
         if iop is not None and len(iop) == 6:
             info.orientations.add(tuple(round(float(v), 3) for v in iop))
@@ -201,11 +211,11 @@ def _decode(ds: pydicom.Dataset) -> np.ndarray:
     return ds.pixel_array
 
 
-def load_dicom_series(files: list[str], spacing_tolerance: float = 0.1) -> tuple[np.ndarray, np.ndarray, dict]:
+def load_dicom_series(files: list[str] | list[pydicom.Dataset], spacing_tolerance: float = 0.1) -> tuple[np.ndarray, np.ndarray, dict]:
     """Decode one CT series into Hounsfield units.
 
     Args:
-        files: the series' files, in any order.
+        files: the series' files (or their already-read datasets), in any order.
 
     Returns:
         ``(volume, affine, meta)``: ``volume`` float32 ``(S, H, W)`` in HU, slices ordered by position along
@@ -217,8 +227,8 @@ def load_dicom_series(files: list[str], spacing_tolerance: float = 0.1) -> tuple
     """
     if not files:
         raise DicomError("empty series")
-    datasets = []
-    for path in files:
+    datasets = [f for f in files if isinstance(f, pydicom.Dataset)]
+    for path in (f for f in files if not isinstance(f, pydicom.Dataset)):
         try:
             datasets.append(pydicom.dcmread(path))
         except (InvalidDicomError, OSError, EOFError, ValueError) as err:

@@ -1,0 +1,101 @@
+"""Preprocessing speed: bare pydicom decode vs the full DICOM → bag pipeline, and the cached re-read.
+
+Run: ``.venv/bin/python bench/preprocess.py [--runs 5] [--series DIR]``. Prints a Markdown table.
+The default series is the real thorax CT in ../shared/data/thorax_ct_dicom (141 slices, 512²); without it,
+a 141-slice phantom series is generated into a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import pydicom
+import torch
+
+from ctmil.data.datalist import discover_cases
+from ctmil.pipeline.preprocess import cached_bag_dataset
+from ctmil.transforms import LoadCT, LungBoxCrop, LungMask, NormalizePatches, SelectLungSlices, TilePatches, preprocessing_transforms
+
+DEFAULT_SERIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "thorax_ct_dicom"
+
+
+def _median_time(fn, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _phantom_series(folder: Path) -> Path:
+    from ctmil.data.phantoms import make_phantom, write_dicom_series
+
+    volume, _, info = make_phantom(0, shape=(141, 512, 512), spacing=(2.0, 0.98, 0.98))
+    write_dicom_series(volume, (2.0, 0.98, 0.98), folder, seed=0, patient_id="BENCH")
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--series", type=Path, default=DEFAULT_SERIES)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    with tempfile.TemporaryDirectory() as tmp:
+        series = args.series if args.series.exists() else _phantom_series(Path(tmp) / "phantom")
+        files = sorted(str(p) for p in series.iterdir() if p.is_file())
+        source = f"{series.name} ({len(files)} files)"
+
+        def bare():
+            return [pydicom.dcmread(f).pixel_array for f in files]
+
+        transform = preprocessing_transforms()
+        bag = transform({"image": str(series), "case_id": "bench", "label": None})  # warm-up
+        full = _median_time(lambda: transform({"image": str(series), "case_id": "bench", "label": None}), args.runs)
+        decode = _median_time(bare, args.runs)
+
+        img = LoadCT()(str(series))
+        load = _median_time(lambda: LoadCT()(str(series)), args.runs)
+        masker = LungMask()
+        mask = masker(img)
+        t_mask = _median_time(lambda: masker(img), args.runs)
+        selector, cropper = SelectLungSlices(), LungBoxCrop()
+        kept = selector.compute_kept_slices(mask)
+        boxes = cropper.compute_boxes(selector(mask, kept))
+        t_crop = _median_time(lambda: cropper(selector(img, kept), boxes), args.runs)
+        cropped = cropper(selector(img, kept), boxes)
+        tiler, norm = TilePatches(), NormalizePatches()
+        t_tile = _median_time(lambda: norm(tiler(cropped)[0]), args.runs)
+
+        cases = discover_cases([series])
+        dataset = cached_bag_dataset(cases, Path(tmp) / "cache")
+        dataset[0]  # fills the cache
+        cached = _median_time(lambda: dataset[0], args.runs)
+
+    rows = [
+        ("bare pydicom decode (dcmread + pixel_array)", decode),
+        ("full pipeline DICOM folder → bag", full),
+        ("  of which: discovery + load to HU", load),
+        ("  of which: lung mask", t_mask),
+        ("  of which: slice selection + box crop + resize", t_crop),
+        ("  of which: tiling + per-patch min-max", t_tile),
+        ("cached re-read (PersistentDataset)", cached),
+    ]
+    print(f"\nSeries: {source}; bag K = {bag['patches'].shape[0]} patches from {bag['kept_slices'].numel()} slices")
+    print(f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads; median of {args.runs} runs\n")
+    print("| step | seconds | × bare decode |")
+    print("|---|---:|---:|")
+    for name, t in rows:
+        print(f"| {name} | {t:.3f} | {t / decode:.2f} |")
+    print(f"\nTarget: full pipeline ≤ 1.3 × bare decode → {'met' if full <= 1.3 * decode else 'NOT met'} ({full / decode:.2f}×)")
+
+
+
+if __name__ == "__main__":
+    main()
