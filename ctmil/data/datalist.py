@@ -133,7 +133,8 @@ def _cases_in_directory(root: Path, min_slices: int, progress: bool) -> list[dic
                      series=f"{chosen.label()}: {reason}" if chosen else "", error="" if chosen else reason)
         case["_study_uid"] = study_uid
         cases.append(case)
-    image_like = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
-    if not cases and image_like:
-        cases.append(_case(root.name, None, root, error="image files found but no folder holds only slice images"))
+    if not cases:
+        image_like = any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.rglob("*"))
+        reason = "image files found but no folder holds only slice images" if image_like else "no DICOM images, NIfTI files or slice images found"
+        cases.append(_case(root.name, None, root, error=reason))
     return cases

@@ -88,12 +88,21 @@ def preprocess_case(case: dict, transform, settings: dict, bag_dir: Path) -> dic
         bag["meta"]["cache_key"] = key
         atomic_torch_save(bag, bag_path)
         return _fill_row(row, bag, bag_path, "ok")
-    except (CaseError, DicomError, ValueError, OSError) as err:
-        row.update(status="failed", error=" ".join(str(err).split()) or type(err).__name__)
-    except Exception as err:  # an unexpected failure of one case must not stop the batch
-        logger.debug("case %s failed", case["case_id"], exc_info=True)
-        row.update(status="failed", error=f"internal error ({type(err).__name__}): {' '.join(str(err).split())}")
+    except Exception as raised:  # one case must never stop the batch
+        err = root_cause(raised)
+        text = " ".join(str(err).split()) or type(err).__name__
+        if not isinstance(err, (CaseError, DicomError, ValueError, OSError)):
+            logger.debug("case %s failed", case["case_id"], exc_info=raised)
+            text = f"internal error ({type(err).__name__}): {text}"
+        row.update(status="failed", error=text)
     return row
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """The original exception behind MONAI's ``RuntimeError("applying transform ...")`` wrappers."""
+    while isinstance(err, RuntimeError) and err.__cause__ is not None and str(err).startswith("applying transform"):
+        err = err.__cause__
+    return err
 
 
 def _fill_row(row: dict, bag: dict, bag_path: Path, status: str) -> dict:
