@@ -140,3 +140,20 @@ def test_load_errors_are_case_errors(tmp_path):
     empty.mkdir()
     with pytest.raises(CaseError, match="no DICOM images"):
         LoadCT()(str(empty))
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90"])  # RLE, JPEG 2000 lossless
+def test_compressed_series_decode(tmp_path, syntax):
+    from pydicom.uid import UID
+
+    vol = simple_chest(n_slices=9)
+    write_dicom_series(vol, (5.0, 1.0, 1.0), tmp_path / "raw", rng=4)
+    out = tmp_path / "compressed"
+    out.mkdir()
+    for f in (tmp_path / "raw").iterdir():
+        ds = pydicom.dcmread(f)
+        ds.compress(UID(syntax))
+        ds.save_as(out / f.name)
+    assert pydicom.dcmread(next(out.iterdir())).file_meta.TransferSyntaxUID == syntax
+    img = LoadCT()(str(out))
+    assert np.allclose(np.asarray(img[0]), vol, atol=1.0)
