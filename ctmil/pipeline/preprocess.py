@@ -113,7 +113,8 @@ def _fill_row(row: dict, bag: dict, bag_path: Path, status: str) -> dict:
 
 
 def preprocess_cases(cases: list[dict], out_dir: str | os.PathLike, settings: dict | None = None, progress: bool = True) -> pd.DataFrame:
-    """Write ``out_dir/bags/<case_id>.pt`` per case and ``out_dir/manifest.csv``; return the manifest.
+    """Write ``out_dir/bags/<case_id>.pt`` per case, ``out_dir/manifest.csv`` and ``out_dir/datalist.csv``
+    (the labelled, usable cases in the form ``ctmil cv`` reads); return the manifest.
 
     Args:
         cases: from :func:`ctmil.data.datalist.discover_cases`.
@@ -134,7 +135,14 @@ def preprocess_cases(cases: list[dict], out_dir: str | os.PathLike, settings: di
         rows.append(row)
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     atomic_write_csv(manifest, out_dir / "manifest.csv")
+    atomic_write_csv(bag_datalist(manifest), out_dir / "datalist.csv")
     return manifest
+
+
+def bag_datalist(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The training datalist (``case_id, bag, label, patient``) of the preprocessed cases that have a label."""
+    ok = manifest[manifest["status"].isin(["ok", "cached"]) & pd.to_numeric(manifest["label"], errors="coerce").notna()]
+    return pd.DataFrame({"case_id": ok["case_id"], "bag": ok["bag_path"], "label": ok["label"].astype(float).astype(int), "patient": ok["patient"]})
 
 
 def cached_bag_dataset(cases: list[dict], cache_dir: str | os.PathLike, settings: dict | None = None) -> PersistentDataset:
