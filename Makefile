@@ -14,7 +14,7 @@ $(PY):
 # torch is pinned to 2.13.0 (the CPU wheel); installing it first keeps pip from resolving a CUDA build.
 $(STAMP): $(PY) setup.cfg setup.py
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[test,bench]"
+	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,6 +26,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests
 
 bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[test,bench]"
 	$(PY) bench/preprocess.py
 	$(PY) bench/train_step.py
 	$(PY) bench/infer.py
