@@ -34,10 +34,11 @@ def _median_time(fn, runs: int) -> float:
 
 
 def _phantom_series(folder: Path) -> Path:
-    from ctmil.data.phantoms import make_phantom, write_dicom_series
+    from ctmil.data.dicom_io import write_dicom_series
+    from ctmil.data.phantoms import make_phantom
 
-    volume, _, info = make_phantom(0, shape=(141, 512, 512), spacing=(2.0, 0.98, 0.98))
-    write_dicom_series(volume, (2.0, 0.98, 0.98), folder, seed=0, patient_id="BENCH")
+    volume, _, _ = make_phantom(0, shape=(141, 512, 512), spacing=(2.0, 0.98, 0.98))
+    write_dicom_series(volume, (2.0, 0.98, 0.98), folder, rng=0, patient_id="BENCH")
     return folder
 
 

@@ -54,6 +54,25 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_infer(args: argparse.Namespace) -> int:
+    from ctmil.pipeline.infer import run_inference
+    from ctmil.pipeline.model_io import ModelError
+
+    try:
+        predictions, n_failed = run_inference(
+            args.inputs, args.model, args.out, threshold=args.threshold, device=args.device,
+            save_maps=not args.no_maps, save_overlays=not args.no_overlays, save_features=args.features,
+            top_slices=args.top_slices, map_mode=args.map_mode, labels=_labels_from_csv(args.labels),
+            min_slices=args.min_slices, min_area_fraction=args.min_area_fraction, progress=not args.quiet)
+    except (ModelError, ValueError) as err:  # bad model file, bad options, no inputs
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for row in predictions[predictions["status"] == "failed"].itertuples():
+        print(f"FAILED {row.case_id}: {row.error}", file=sys.stderr)
+    logging.getLogger("ctmil").info("%d studies, %d failed; predictions: %s", len(predictions), n_failed, Path(args.out) / "predictions.csv")
+    return 3 if n_failed else 0
+
+
 def _overrides(pairs: list[str] | None) -> dict:
     """``key=value`` pairs (dotted keys, JSON values) → a dict for the config loaders."""
     import json
@@ -115,6 +134,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="CV config JSON (default: the bundle's configs/cv.json, the paper's protocol)")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=5 cv.settings='[\"A\",\"D\"]'")
     p.set_defaults(func=cmd_cv)
+
+    p = sub.add_parser("infer", help="CT studies → predictions.csv, attention maps (NIfTI) and overlays (PNG)")
+    p.add_argument("inputs", nargs="+", help="export folders, NIfTI files, slice-image folders or datalist CSVs")
+    p.add_argument("--model", required=True, help="state dict / checkpoint (.pt, loaded weights-only) or TorchScript")
+    p.add_argument("--out", required=True, help="output folder (predictions.csv, cases/<case_id>/...)")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--top-slices", type=int, default=3, help="PNG overlays of the N most attended slices")
+    p.add_argument("--map-mode", choices=("bag", "slice"), default="bag", help="attention as is, or normalised per slice (paper Fig. 5)")
+    p.add_argument("--no-maps", action="store_true", help="no attention NIfTI")
+    p.add_argument("--no-overlays", action="store_true", help="no PNG overlays")
+    p.add_argument("--features", action="store_true", help="also write bag feature vectors (features.npy, features.csv)")
+    p.add_argument("--labels", help="CSV with case_id (or study_uid) and label")
+    p.add_argument("--min-slices", type=int, default=None, help="default: the model's recorded setting, else 8")
+    p.add_argument("--min-area-fraction", type=float, default=None, help="default: the model's recorded setting, else 0.2")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("demo", help="phantoms → bags → short CV of settings A and D → report (what `make demo` runs)")
     p.add_argument("--out", default="out/demo")

@@ -39,14 +39,18 @@ def read_datalist(csv_path: str | os.PathLike, min_slices: int = 8) -> list[dict
     and optional ``label`` and ``patient``; relative paths are taken from the CSV's folder."""
     csv_path = Path(csv_path)
     table = pd.read_csv(csv_path)
-    column = next((c for c in IMAGE_COLUMNS if c in table.columns), None)
-    if "case_id" not in table.columns or column is None:
+    columns = [c for c in IMAGE_COLUMNS if c in table.columns]
+    if "case_id" not in table.columns or not columns:
         raise ValueError(f"{csv_path}: a datalist needs a 'case_id' column and one of {IMAGE_COLUMNS}; found {list(table.columns)}")
     if table["case_id"].duplicated().any():
         raise ValueError(f"{csv_path}: duplicate case ids: {sorted(table.loc[table['case_id'].duplicated(), 'case_id'].astype(str))[:5]}")
     cases = []
     for row in table.to_dict("records"):
-        path = Path(str(row[column]))
+        value = next((row[c] for c in columns if not pd.isna(row[c]) and str(row[c]).strip()), None)
+        if value is None:
+            cases.append(_case(str(row["case_id"]), None, csv_path, error=f"no input path in columns {columns}"))
+            continue
+        path = Path(str(value))
         path = path if path.is_absolute() else csv_path.parent / path
         label = row.get("label")
         label = None if label is None or pd.isna(label) else float(label)

@@ -70,19 +70,23 @@ def load_slice_folder(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray
     return np.stack(slices), np.eye(4)
 
 
-def load_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+def load_nifti(path: str | os.PathLike, reader: LoadImage | None = None) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """Read a NIfTI CT (HU) into the slice-stack layout ``(S, H, W)`` with MONAI's reader.
 
     The volume is reoriented to RAS and laid out as DICOM displays axial slices: slices inferior → superior,
     rows anterior → posterior, columns patient right → left.
     """
     try:
-        img = LoadImage(reader="NibabelReader", image_only=True, ensure_channel_first=True, dtype=np.float32)(str(path))
+        reader = reader or LoadImage(reader="NibabelReader", image_only=True, ensure_channel_first=True, dtype=np.float32)
+        img = reader(str(path))
     except Exception as err:  # nibabel raises many types for corrupt files
         raise CaseError(f"unreadable NIfTI: {err}".splitlines()[0]) from None
     if img.ndim != 4 or img.shape[0] != 1:
         raise CaseError(f"unsupported NIfTI shape {tuple(img.shape[1:])}: expected one 3D volume")
-    img = Orientation(axcodes="RAS")(img)
+    img = Orientation(axcodes="RAS", labels=_RAS_LABELS)(img)
     nx, ny, nz = img.shape[1:]
     data = img.array[0][::-1, ::-1, :].transpose(2, 1, 0)  # (x, y, z) RAS → (s, r, c)
     index_map = np.array([[0, 0, -1, nx - 1], [0, -1, 0, ny - 1], [1, 0, 0, 0], [0, 0, 0, 1]], float)
@@ -127,6 +131,7 @@ class LoadCT(Transform):
         if min_slices < 1:
             raise ValueError(f"min_slices must be >= 1, got {min_slices}")
         self.min_slices = min_slices
+        self.nifti_reader = LoadImage(reader="NibabelReader", image_only=True, ensure_channel_first=True, dtype=np.float32)
 
     def __call__(self, source: str | os.PathLike | list[str]) -> MetaTensor:
         if not isinstance(source, (list, tuple)) and not Path(source).exists():
@@ -134,7 +139,7 @@ class LoadCT(Transform):
         kind = "dicom" if isinstance(source, (list, tuple)) else detect_input_kind(source)
         extra: dict = {}
         if kind == "nifti":
-            volume, affine, spacing = load_nifti(source)
+            volume, affine, spacing = load_nifti(source, self.nifti_reader)
             intensity = "hu"
         elif kind == "slices":
             volume, affine = load_slice_folder(source)
