@@ -1,0 +1,273 @@
+"""Loading a trained bag network for inference: weights-only checkpoints or TorchScript, with clear errors.
+
+Accepted files:
+
+* a state dict saved with ``torch.save(model.state_dict(), path)`` (what ``ctmil cv`` writes as ``model.pt``;
+  its ``model.json`` next to it supplies the ``MILNet`` keyword arguments);
+* a dict ``{"state_dict": ..., "network": {MILNet kwargs}, "preprocessing": {preprocessing_transforms kwargs}}``;
+* an Ignite / MONAI checkpoint holding the weights under ``"model"`` or ``"network"`` (``ctmil`` training
+  checkpoints, bundle ``CheckpointSaver`` files);
+* a TorchScript file (``torch.jit.save``, the MONAI bundle's ``ckpt_export``).
+
+Pickled files are always read with ``torch.load(..., weights_only=True)``: a checkpoint can never run code
+on load. Without recorded constructor arguments they are inferred from the weights' shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ctmil.networks import MILNet
+
+logger = logging.getLogger(__name__)
+
+
+class ModelError(ValueError):
+    """A model file that cannot be used; the message says why in one line."""
+
+
+@dataclass
+class BagPrediction:
+    """The network's answer for one bag: ``attention (K,)`` and ``bag_features (M,)`` are ``None`` when unavailable."""
+
+    logit: float
+    probability: float
+    attention: np.ndarray | None = None
+    bag_features: np.ndarray | None = None
+
+
+@dataclass
+class InferenceModel:
+    """A loaded bag network and how to query it.
+
+    ``strategy`` is ``"parts"`` (a :class:`MILNet`, plain or scripted: instances are encoded in equal chunks of
+    at most ``chunk_size``, so activation memory (~0.6 MB per 60×60 patch) does not grow with the bag size, then
+    pooled), ``"forward_all"``, ``"attention"``
+    (logits from ``forward`` plus an ``attention`` method) or ``"logits"`` (only ``forward``: no maps).
+    """
+
+    module: torch.nn.Module
+    kind: str  # "state_dict" | "torchscript"
+    path: str
+    strategy: str
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    network: dict = field(default_factory=dict)
+    preprocessing: dict = field(default_factory=dict)
+    chunk_size: int = 1024
+
+    @property
+    def has_attention(self) -> bool:
+        return self.strategy != "logits"
+
+    @property
+    def has_features(self) -> bool:
+        return self.strategy in ("parts", "forward_all")
+
+    def predict(self, patches: torch.Tensor) -> BagPrediction:
+        """Predict one bag from its ``patches (K, 1, P, P)``."""
+        if patches.dim() != 4 or patches.shape[0] == 0:
+            raise ValueError(f"expected patches (K, C, P, P) with K > 0, got {tuple(patches.shape)}")
+        x = patches.to(self.device, torch.float32)[None]  # (1, K, C, P, P)
+        attention = features = None
+        with torch.inference_mode():
+            if self.strategy == "parts":
+                n_chunks = -(-x.shape[1] // self.chunk_size)
+                step = -(-x.shape[1] // n_chunks)  # equal chunks of at most chunk_size
+                feats = torch.cat([self.module.encode(x[:, i : i + step]) for i in range(0, x.shape[1], step)], dim=1)  # (1, K, M)
+                features, attention = self.module.pool(feats)  # (1, M), (1, K)
+                logits = self.module.classifier(features)  # dropout is the identity in eval mode
+            elif self.strategy == "forward_all":
+                out = self.module.forward_all(x)
+                logits, attention, features = out["logits"], out["attention"], out.get("bag_features")
+            else:
+                logits = self.module(x)
+                if self.strategy == "attention":
+                    attention = self.module.attention(x)
+        logits = torch.as_tensor(logits)
+        if logits.numel() != 1:
+            raise ValueError(f"the model returned {tuple(logits.shape)} logits for one bag; expected (1, 1)")
+        if attention is not None and attention.numel() != x.shape[1]:
+            raise ValueError(f"the model returned {attention.numel()} attention weights for {x.shape[1]} patches")
+        logit = float(logits.reshape(()).float().cpu())
+        return BagPrediction(
+            logit=logit,
+            probability=float(torch.sigmoid(torch.tensor(logit))),
+            attention=None if attention is None else attention.reshape(-1).float().cpu().numpy(),
+            bag_features=None if features is None else features.reshape(-1).float().cpu().numpy(),
+        )
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives are zip files with ``<name>/constants.pkl`` and ``<name>/code/``; torch.save files are not."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n.endswith("constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def _strategy(module) -> str:
+    if all(hasattr(module, name) for name in ("encode", "pool", "classifier")):
+        return "parts"
+    if hasattr(module, "forward_all"):
+        return "forward_all"
+    if hasattr(module, "attention"):
+        return "attention"
+    return "logits"
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _unpack(obj, name: str) -> tuple[dict, dict, dict]:
+    """``(state_dict, network kwargs, preprocessing settings)`` from what ``torch.load`` returned."""
+    if _is_state_dict(obj):
+        return dict(obj), {}, {}
+    if isinstance(obj, Mapping):
+        recorded, preprocessing = obj.get("network"), obj.get("preprocessing")
+        network = dict(recorded) if isinstance(recorded, Mapping) and not _is_state_dict(recorded) else {}
+        preprocessing = dict(preprocessing) if isinstance(preprocessing, Mapping) else {}
+        for key in ("state_dict", "model", "network", "net", "model_state_dict"):
+            if _is_state_dict(obj.get(key)):
+                return dict(obj[key]), network, preprocessing
+        keys = ", ".join(sorted(map(str, obj))[:8])
+        raise ModelError(f"{name}: no weights found (a state dict, or one under 'state_dict'/'model'); keys: {keys}")
+    raise ModelError(f"{name}: holds a {type(obj).__name__}, not model weights")
+
+
+def _strip_prefix(state: dict) -> dict:
+    """Drop the ``module.`` (DataParallel) / ``_orig_mod.`` (torch.compile) prefixes."""
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def infer_network_kwargs(state: Mapping[str, torch.Tensor]) -> dict:
+    """``MILNet`` keyword arguments readable from the weights' shapes (the others keep their defaults)."""
+    kwargs: dict[str, Any] = {}
+    shape = {k: tuple(v.shape) for k, v in state.items()}
+    if "encoder.trunk.0.weight" in shape:
+        kwargs["in_channels"] = shape["encoder.trunk.0.weight"][1]
+    if "classifier.weight" in shape:
+        kwargs["feature_dim"] = shape["classifier.weight"][1]
+    if "pool.v.weight" in shape:
+        kwargs["attention_dim"] = shape["pool.v.weight"][0]
+        kwargs["gated"] = "pool.u.weight" in shape
+    if "ssl_heads.absolute.layers.0.weight" in shape:
+        kwargs["ssl_hidden"] = shape["ssl_heads.absolute.layers.0.weight"][0]
+    if "ssl_heads.absolute.layers.3.weight" in shape:
+        kwargs["n_positions"] = shape["ssl_heads.absolute.layers.3.weight"][0]
+    if "ssl_heads.relative.layers.3.weight" in shape:
+        kwargs["n_directions"] = shape["ssl_heads.relative.layers.3.weight"][0]
+    return kwargs
+
+
+def _sidecar_network(path: Path) -> dict:
+    """``network`` of a ``model.json`` written next to ``model.pt`` by ``ctmil cv`` (empty when absent)."""
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        return {}
+    try:
+        info = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        logger.warning("ignoring unreadable %s", sidecar.name)
+        return {}
+    return dict(info.get("network") or {}) if isinstance(info, Mapping) else {}
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _device(device: str | torch.device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ModelError(f"invalid device {device!r}: {err}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def load_model(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    network: Mapping[str, Any] | None = None,
+    chunk_size: int = 1024,
+) -> InferenceModel:
+    """Load a model file for inference (see the module docstring for the accepted formats).
+
+    Args:
+        path: the checkpoint or TorchScript file.
+        device: where the network runs.
+        network: ``MILNet`` keyword arguments; overrides those recorded in the checkpoint / ``model.json``.
+        chunk_size: instances encoded at once (bounds memory for large bags).
+
+    Raises:
+        ModelError: missing, unreadable or incompatible file (one-line reason).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model file not found: {path}")
+    if not path.is_file():
+        raise ModelError(f"model path is not a file: {path}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    dev = _device(device)
+    if _is_torchscript(path):
+        try:
+            module = torch.jit.load(str(path), map_location=dev)
+        except Exception as err:  # torch raises RuntimeError subclasses with multi-line messages
+            raise ModelError(f"cannot load TorchScript model {path.name}: {_first_line(err)}") from None
+        module.eval()
+        strategy = _strategy(module)
+        if strategy == "logits":
+            logger.warning("TorchScript model %s exposes no attention (no encode/forward_all/attention method): "
+                           "only probabilities are written, attention maps and overlays are skipped", path.name)
+        return InferenceModel(module, "torchscript", str(path), strategy, dev, chunk_size=chunk_size)
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if found:
+            raise ModelError(
+                f"{path.name} holds pickled Python objects ({found.group(1)}; e.g. a whole model saved with torch.save(model)); "
+                "ctmil loads weights only: save torch.save(model.state_dict(), path) or export TorchScript") from None
+        raise ModelError(f"cannot read model file {path.name}: not a PyTorch checkpoint or TorchScript file (corrupt pickle)") from None
+    except Exception as err:  # truncated zip, random bytes, wrong format
+        raise ModelError(f"cannot read model file {path.name}: not a PyTorch checkpoint or TorchScript file ({_first_line(err)})") from None
+    state, recorded, preprocessing = _unpack(obj, path.name)
+    state = _strip_prefix(state)
+    kwargs = {**infer_network_kwargs(state), **_sidecar_network(path), **recorded, **dict(network or {})}
+    try:
+        module = MILNet(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ModelError(f"{path.name}: invalid network settings {kwargs}: {err}") from None
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        detail = "; ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else "")
+        raise ModelError(f"{path.name}: weights do not fit MILNet({kwargs}): {detail[:300]}") from None
+    module.eval().to(dev)
+    return InferenceModel(module, "state_dict", str(path), "parts", dev, network=kwargs, preprocessing=preprocessing,
+                          chunk_size=chunk_size)
