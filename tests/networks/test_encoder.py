@@ -1,0 +1,64 @@
+import math
+
+import pytest
+import torch
+
+from ctmil.networks import LeNetEncoder
+
+SHAPE_CASES = [
+    # (in_channels, patch_size, feature_dim, n, feature_map_side)
+    (1, 60, 512, 3, 4),
+    (1, 36, 64, 2, 1),
+    (3, 64, 32, 1, 4),
+    (2, 100, 16, 2, 9),
+]
+
+
+@pytest.mark.parametrize("in_channels,patch_size,feature_dim,n,side", SHAPE_CASES)
+def test_shapes(in_channels, patch_size, feature_dim, n, side):
+    net = LeNetEncoder(in_channels, patch_size, feature_dim)
+    x = torch.rand(n, in_channels, patch_size, patch_size)
+    fmap = net.forward_features(x)
+    assert fmap.shape == (n, 48, side, side)
+    out = net(x)
+    assert out.shape == (n, feature_dim)
+    assert torch.equal(out, net.forward_head(fmap))
+    assert (out >= 0).all()  # fc-512 + ReLU
+
+
+def test_paper_architecture_and_he_init():
+    torch.manual_seed(0)
+    net = LeNetEncoder()
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding) for c in convs] == [
+        (1, 36, (5, 5), (1, 1), (0, 0)),
+        (36, 36, (5, 5), (1, 1), (0, 0)),
+        (36, 48, (5, 5), (1, 1), (0, 0)),
+    ]
+    layers = convs + [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    assert layers[-1].in_features == 768 and layers[-1].out_features == 512
+    for layer in layers:
+        assert torch.count_nonzero(layer.bias) == 0
+        fan_in = layer.weight[0].numel()
+        assert layer.weight.std().item() == pytest.approx(math.sqrt(2.0 / fan_in), rel=0.15)
+
+
+def test_channels_last_is_numerically_equivalent():
+    torch.manual_seed(0)
+    fast = LeNetEncoder(channels_last=True)
+    plain = LeNetEncoder(channels_last=False)
+    plain.load_state_dict(fast.state_dict())
+    assert fast.trunk[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert plain.trunk[3].weight.is_contiguous()
+    x = torch.rand(5, 1, 60, 60)
+    torch.testing.assert_close(fast(x), plain(x), atol=1e-5, rtol=1e-4)
+    fast.load_state_dict(plain.state_dict())
+    assert fast.trunk[3].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"channels_last": 1}, {"patch_size": 35}, {"in_channels": 0}, {"feature_dim": -1}, {"feature_dim": 2.5}, {"in_channels": True}]
+)
+def test_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        LeNetEncoder(**kwargs)
