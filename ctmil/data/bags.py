@@ -1,0 +1,312 @@
+"""Bags of instances for training and evaluation: a cached dataset, collation, virtual bags and epoch batches.
+
+A bag is the dict documented in ``docs/design.md`` (``patches (K, 1, P, P)``, ``position (K,)``,
+``slice_index (K,)``, ``label``, ``case_id`` ...), one ``torch.save`` file per case. This module only moves
+bags around; it knows nothing of the network or the training engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+__all__ = [
+    "BagDataset",
+    "EpochBags",
+    "collate_bags",
+    "epoch_generator",
+    "load_bag",
+    "virtual_bag",
+]
+
+logger = logging.getLogger(__name__)
+
+BagSource = Union[str, "os.PathLike[str]", Mapping[str, Any]]
+_REQUIRED_KEYS = ("patches", "position", "slice_index")
+
+
+def load_bag(path: Union[str, "os.PathLike[str]"]) -> Dict[str, Any]:
+    """Read one bag file with ``torch.load(path, weights_only=True)`` and check its required keys."""
+    bag = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(bag, Mapping):
+        raise ValueError(f"{path}: a bag file must hold a dict, got {type(bag).__name__}.")
+    _check_bag(bag, str(path))
+    return dict(bag)
+
+
+def _check_bag(bag: Mapping[str, Any], where: str) -> None:
+    missing = [k for k in _REQUIRED_KEYS if k not in bag]
+    if missing:
+        raise ValueError(f"{where}: bag is missing keys {missing}.")
+    patches = bag["patches"]
+    if not isinstance(patches, torch.Tensor) or patches.dim() not in (3, 4):
+        raise ValueError(f"{where}: 'patches' must be a (K, 1, P, P) or (K, P, P) tensor.")
+    k = patches.shape[0]
+    if k == 0:
+        raise ValueError(f"{where}: empty bag (K = 0).")
+    for key in ("position", "slice_index"):
+        if tuple(bag[key].shape) != (k,):
+            raise ValueError(f"{where}: '{key}' must be ({k},), got {tuple(bag[key].shape)}.")
+
+
+class BagDataset(Dataset):
+    """Bags from files and/or in-memory dicts, each read at most once and then kept in memory.
+
+    Bags are small (a few hundred 60×60 patches), so the whole training split fits in memory and epochs
+    never touch the disk again. ``dataset[i]`` returns a shallow copy of the cached dict with ``label``
+    (float32 scalar tensor) and ``case_id`` (str) set from the arguments when given, otherwise from the bag.
+
+    Args:
+        bags: file paths (read with ``torch.load(..., weights_only=True)``) or bag dicts.
+        labels: optional per-bag labels (0/1) overriding the bag's own ``label`` (e.g. from a datalist).
+        case_ids: optional per-bag case ids overriding the bag's ``case_id``; they must be unique.
+    """
+
+    def __init__(
+        self,
+        bags: Sequence[BagSource],
+        labels: Optional[Sequence[float]] = None,
+        case_ids: Optional[Sequence[str]] = None,
+    ) -> None:
+        self.sources = list(bags)
+        n = len(self.sources)
+        if labels is not None and len(labels) != n:
+            raise ValueError(f"got {len(labels)} labels for {n} bags.")
+        if case_ids is not None and len(case_ids) != n:
+            raise ValueError(f"got {len(case_ids)} case ids for {n} bags.")
+        self._labels = None if labels is None else [float(x) for x in labels]
+        self._case_ids = None if case_ids is None else [str(c) for c in case_ids]
+        self._cache: Dict[int, Dict[str, Any]] = {}
+        self._index_of: Optional[Dict[str, int]] = None
+        if self._case_ids is not None:
+            self._build_index(self._case_ids)
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def _load(self, i: int) -> Dict[str, Any]:
+        bag = self._cache.get(i)
+        if bag is None:
+            src = self.sources[i]
+            if isinstance(src, Mapping):
+                _check_bag(src, f"bag {i}")
+                bag = dict(src)
+            else:
+                bag = load_bag(src)
+            patches = bag["patches"]
+            if patches.dim() == 3:  # (K, P, P) -> (K, 1, P, P)
+                bag["patches"] = patches.unsqueeze(1)
+            bag["patches"] = bag["patches"].float()
+            bag["position"] = bag["position"].long()
+            bag["slice_index"] = bag["slice_index"].long()
+            if self._labels is not None:
+                own = bag.get("label")
+                if own is not None and float(own) >= 0 and float(own) != self._labels[i]:
+                    logger.warning("bag %d: label %s in the bag overridden by %s.", i, float(own), self._labels[i])
+                bag["label"] = torch.tensor(self._labels[i], dtype=torch.float32)
+            elif "label" in bag:
+                bag["label"] = torch.as_tensor(bag["label"], dtype=torch.float32).reshape(())
+            else:
+                bag["label"] = torch.tensor(-1.0)
+            if self._case_ids is not None:
+                bag["case_id"] = self._case_ids[i]
+            else:
+                bag["case_id"] = str(bag.get("case_id", f"bag{i}"))
+            self._cache[i] = bag
+        return bag
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"bag index {i} out of range for {len(self)} bags.")
+        return dict(self._load(i % len(self)))
+
+    def subset(self, indices: Sequence[int]) -> "BagDataset":
+        """A dataset of the bags at ``indices``, sharing this one's cache (no file is read twice)."""
+        return BagDataset([self[int(i)] for i in indices])
+
+    def cache_all(self) -> "BagDataset":
+        """Read every bag now (e.g. before timing an epoch). Returns ``self``."""
+        for i in range(len(self)):
+            self._load(i)
+        return self
+
+    @property
+    def labels(self) -> List[float]:
+        """Per-bag labels (reads bags whose label comes from the file)."""
+        if self._labels is not None:
+            return list(self._labels)
+        return [float(self._load(i)["label"]) for i in range(len(self))]
+
+    @property
+    def case_ids(self) -> List[str]:
+        return [self._load(i)["case_id"] for i in range(len(self))] if self._case_ids is None else list(self._case_ids)
+
+    def bag_size(self, i: int) -> int:
+        """Number of instances ``K`` of bag ``i``."""
+        return int(self._load(i)["patches"].shape[0])
+
+    def _build_index(self, case_ids: Sequence[str]) -> None:
+        index: Dict[str, int] = {}
+        for i, c in enumerate(case_ids):
+            if c in index:
+                raise ValueError(f"case id {c!r} occurs twice; case ids must be unique.")
+            index[c] = i
+        self._index_of = index
+
+    def index_of(self, case_id: str) -> int:
+        """Position of the bag whose ``case_id`` is given (``KeyError`` if none)."""
+        if self._index_of is None:
+            self._build_index(self.case_ids)
+        assert self._index_of is not None
+        return self._index_of[case_id]
+
+    def gather_instances(self, refs: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Instances picked across bags: ``refs (N, 2)`` int64 rows ``(bag index, instance index)``.
+
+        Returns ``patches (N, 1, P, P)``, ``position (N,)`` and ``slice_index (N,)``.
+        """
+        if refs.dim() != 2 or refs.shape[1] != 2 or refs.shape[0] == 0:
+            raise ValueError(f"refs must be a non-empty (N, 2) tensor, got {tuple(refs.shape)}.")
+        patches, position, slice_index = [], [], []
+        for bag_i, inst_i in refs.tolist():
+            bag = self._load(int(bag_i))
+            patches.append(bag["patches"][inst_i])
+            position.append(bag["position"][inst_i])
+            slice_index.append(bag["slice_index"][inst_i])
+        return {
+            "patches": torch.stack(patches),
+            "position": torch.stack(position),
+            "slice_index": torch.stack(slice_index),
+        }
+
+
+def virtual_bag(dataset: BagDataset, refs: torch.Tensor, case_id: str, label: float = 1.0) -> Dict[str, Any]:
+    """A virtual bag made of instances of ``dataset``: ``refs (N, 2)`` rows ``(bag index, instance index)``.
+
+    Instances keep their own ``position``/``slice_index`` (they come from different bags, so the slice indices
+    do not describe a volume; relative-location pairs must not be built on virtual bags). ``is_virtual`` is True.
+    """
+    bag: Dict[str, Any] = dataset.gather_instances(refs)
+    bag["label"] = torch.tensor(float(label), dtype=torch.float32)
+    bag["case_id"] = case_id
+    bag["is_virtual"] = True
+    return bag
+
+
+def collate_bags(bags: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+    """Pad a list of bags to the largest ``K`` (see ``docs/design.md``).
+
+    Returns ``patches (B, Kmax, C, P, P)`` (zero padded), ``mask (B, Kmax)`` bool (True = real instance),
+    ``position (B, Kmax)`` and ``slice_index (B, Kmax)`` int64 (``-1`` padded), ``label (B,)`` float32,
+    ``case_id`` list of str and ``is_virtual (B,)`` bool (False unless a bag says otherwise).
+    """
+    if len(bags) == 0:
+        raise ValueError("cannot collate an empty list of bags.")
+    patches = [b["patches"] if b["patches"].dim() == 4 else b["patches"].unsqueeze(1) for b in bags]
+    shape = patches[0].shape[1:]
+    if any(p.shape[1:] != shape for p in patches):
+        raise ValueError("all bags must have patches of the same (C, P, P) shape.")
+    n, k_max = len(bags), max(p.shape[0] for p in patches)
+    out = {
+        "patches": torch.zeros((n, k_max, *shape), dtype=torch.float32),
+        "mask": torch.zeros((n, k_max), dtype=torch.bool),
+        "position": torch.full((n, k_max), -1, dtype=torch.long),
+        "slice_index": torch.full((n, k_max), -1, dtype=torch.long),
+        "label": torch.tensor([float(b.get("label", -1.0)) for b in bags], dtype=torch.float32),
+        "case_id": [str(b.get("case_id", "")) for b in bags],
+        "is_virtual": torch.tensor([bool(b.get("is_virtual", False)) for b in bags], dtype=torch.bool),
+    }
+    for i, (b, p) in enumerate(zip(bags, patches)):
+        k = p.shape[0]
+        out["patches"][i, :k] = p
+        out["mask"][i, :k] = True
+        out["position"][i, :k] = torch.as_tensor(b["position"]).long()
+        out["slice_index"][i, :k] = torch.as_tensor(b["slice_index"]).long()
+    return out
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A ``torch.Generator`` that depends only on ``(seed, epoch)``, so a resumed run draws the same numbers."""
+    state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
+
+
+class EpochBags:
+    """The training data of one epoch: the real bags plus this epoch's virtual bags, as collated batches.
+
+    The iteration order is a permutation drawn from :func:`epoch_generator` ``(seed, epoch)``; call
+    :meth:`set_epoch` at ``EPOCH_STARTED`` (like ``DistributedSampler.set_epoch``). Virtual bags are set with
+    :meth:`set_virtual` (as instance references, materialised only when their batch is built) and stay until
+    replaced.
+
+    Ignite counts a fixed number of iterations per epoch, so the length is fixed: real bags plus
+    ``virtual_slots`` (the most virtual bags an epoch may hold), in batches of ``batch_size``. Batches that
+    are not needed (before virtual bags start, or when fewer virtual bags were made) are yielded as ``None``
+    at the end of the epoch; the training step skips them.
+
+    Args:
+        dataset: the real (training) bags.
+        batch_size: bags per batch.
+        virtual_slots: capacity for virtual bags per epoch (``>= 0``).
+        seed: seed of the per-epoch order.
+        shuffle: shuffle each epoch (``False``: real bags in dataset order, then virtual bags).
+    """
+
+    def __init__(
+        self, dataset: BagDataset, batch_size: int = 1, virtual_slots: int = 0, seed: int = 0, shuffle: bool = True
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+        if isinstance(virtual_slots, bool) or not isinstance(virtual_slots, int) or virtual_slots < 0:
+            raise ValueError(f"virtual_slots must be an int >= 0, got {virtual_slots!r}.")
+        if len(dataset) == 0:
+            raise ValueError("the dataset has no bags.")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.virtual_slots = virtual_slots
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.epoch = 1
+        self._virtual: List[torch.Tensor] = []
+
+    def __len__(self) -> int:
+        return math.ceil((len(self.dataset) + self.virtual_slots) / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def set_virtual(self, refs: Sequence[torch.Tensor]) -> None:
+        """Use these virtual bags (each ``(N, 2)`` rows ``(bag index, instance index)``) until the next call."""
+        if len(refs) > self.virtual_slots:
+            raise ValueError(f"{len(refs)} virtual bags exceed the {self.virtual_slots} virtual slots per epoch.")
+        self._virtual = [torch.as_tensor(r, dtype=torch.long).clone() for r in refs]
+
+    @property
+    def n_virtual(self) -> int:
+        return len(self._virtual)
+
+    def _item(self, j: int) -> Dict[str, Any]:
+        n_real = len(self.dataset)
+        if j < n_real:
+            return self.dataset[j]
+        v = j - n_real
+        return virtual_bag(self.dataset, self._virtual[v], case_id=f"virtual-e{self.epoch}-{v}")
+
+    def __iter__(self) -> Iterator[Optional[Dict[str, Any]]]:
+        n_items = len(self.dataset) + len(self._virtual)
+        if self.shuffle:
+            order = torch.randperm(n_items, generator=epoch_generator(self.seed, self.epoch)).tolist()
+        else:
+            order = list(range(n_items))
+        n_batches = 0
+        for start in range(0, n_items, self.batch_size):
+            yield collate_bags([self._item(j) for j in order[start : start + self.batch_size]])
+            n_batches += 1
+        for _ in range(len(self) - n_batches):
+            yield None

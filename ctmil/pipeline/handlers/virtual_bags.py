@@ -1,0 +1,198 @@
+"""Virtual positive bags from attention (paper Sec. III.C, IV.D.2) as an Ignite handler.
+
+Collect-then-publish, one epoch at a time:
+
+* ``EPOCH_STARTED``: empty the key-instance and regular-instance pools (pools hold only what the current
+  epoch saw, so the virtual bags of epoch ``e + 1`` come from the attention of epoch ``e``: "in each
+  training epoch, the model generates virtual bags ... used as a part of training data in the next epoch").
+* ``ITERATION_COMPLETED``: for every *real* positive bag predicted correctly (``prob >= threshold``) in the
+  step output, the ``max(1, ⌊αK⌋)`` instances with the highest attention go to the key pool and the
+  ``max(1, ⌊γK⌋)`` with the lowest go to the regular pool (never the same instance twice: for a tiny bag
+  the regular share is cut to ``K - max(1, ⌊αK⌋)``). ``K`` is the bag's number of real instances.
+  The ``max(1, ·)`` keeps small bags (``⌊0.025 K⌋ = 0`` for ``K < 40``) contributing one key instance.
+* ``EPOCH_COMPLETED`` of epoch ``e >= start_epoch`` (1-based, the paper's 26th epoch): build ``n_bags``
+  virtual bags of ``max(1, ⌊αK̄⌋)`` key + ``⌊(1 - α)K̄⌋`` regular instances drawn from the pools
+  (``K̄`` = mean size of the real training bags; without replacement within a bag unless the pool is too
+  small) and hand them to ``sink``; they replace the previous virtual bags for epoch ``e + 1``. With an
+  empty pool no virtual bags are made for the next epoch.
+
+Pools and virtual bags hold instance references ``(bag index, instance index)`` into the training
+``BagDataset`` (patches and positions are gathered from the cached bags when a batch is built), so memory
+and checkpoints stay small. The handler's state (pools, virtual bags, RNG) round-trips through
+``state_dict``/``load_state_dict``; loading also re-publishes the virtual bags to ``sink``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from ignite.engine import Engine, Events
+
+from ctmil.data.bags import BagDataset
+
+__all__ = ["VirtualBagHandler", "balancing_count"]
+
+logger = logging.getLogger(__name__)
+
+
+def balancing_count(labels: Sequence[float]) -> int:
+    """Virtual positive bags that balance the classes: ``max(0, n_negative - n_positive)``."""
+    n_pos = sum(1 for y in labels if y == 1.0)
+    n_neg = sum(1 for y in labels if y == 0.0)
+    return max(0, n_neg - n_pos)
+
+
+def _identity(output: Any) -> Any:
+    return output
+
+
+def _check_fraction(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}.")
+    return float(value)
+
+
+class VirtualBagHandler:
+    """Build virtual positive bags from the key/regular instances of correctly predicted positive bags.
+
+    Args:
+        dataset: the real training bags; the step output's ``case_id`` must name bags of this dataset.
+        sink: called with the list of virtual bags (each ``(N, 2)`` int64 rows ``(bag index, instance index)``)
+            whenever they change, e.g. :meth:`ctmil.data.bags.EpochBags.set_virtual`.
+        alpha: key-instance fraction α (0.025).
+        gamma: regular-instance fraction γ (0.2).
+        start_epoch: first epoch (1-based) whose pools make virtual bags (26); they are used from the next epoch.
+        n_bags: virtual bags per epoch; ``None`` = ``max(0, n_negative - n_positive)`` of ``dataset``.
+        threshold: a positive bag is predicted correctly when ``prob >= threshold``.
+        seed: seed of the handler's own ``torch.Generator`` (sampling from the pools).
+        output_transform: maps ``engine.state.output`` to a dict with ``prob (B,)``, ``label (B,)``,
+            ``attention (B, K)``, ``mask (B, K)``, ``case_id`` (list) and ``is_virtual (B,)``; ``None`` skips.
+    """
+
+    def __init__(
+        self,
+        dataset: BagDataset,
+        sink: Callable[[List[torch.Tensor]], None],
+        alpha: float = 0.025,
+        gamma: float = 0.2,
+        start_epoch: int = 26,
+        n_bags: Optional[int] = None,
+        threshold: float = 0.5,
+        seed: int = 0,
+        output_transform: Callable[[Any], Optional[Mapping[str, Any]]] = _identity,
+    ) -> None:
+        self.alpha = _check_fraction("alpha", alpha)
+        self.gamma = _check_fraction("gamma", gamma)
+        if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 1:
+            raise ValueError(f"start_epoch must be an int >= 1, got {start_epoch!r}.")
+        if n_bags is not None and (isinstance(n_bags, bool) or not isinstance(n_bags, int) or n_bags < 0):
+            raise ValueError(f"n_bags must be None or an int >= 0, got {n_bags!r}.")
+        if len(dataset) == 0:
+            raise ValueError("the training dataset has no bags.")
+        self.dataset = dataset
+        self.sink = sink
+        self.start_epoch = start_epoch
+        self.threshold = float(threshold)
+        self.output_transform = output_transform
+        self.n_bags = balancing_count(dataset.labels) if n_bags is None else n_bags
+        self.mean_bag_size = sum(dataset.bag_size(i) for i in range(len(dataset))) / len(dataset)  # K̄
+        self.n_key = max(1, math.floor(self.alpha * self.mean_bag_size))
+        self.n_regular = math.floor((1.0 - self.alpha) * self.mean_bag_size)
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self._key: List[torch.Tensor] = []  # chunks of (n, 2) refs collected this epoch
+        self._regular: List[torch.Tensor] = []
+        self.virtual: List[torch.Tensor] = []  # the published virtual bags, (N, 2) refs each
+        self.made_at_epoch = 0  # epoch whose pools made self.virtual (0 = none yet)
+
+    # ---------------------------------------------------------------- Ignite wiring
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.publish)
+
+    def reset(self, engine: Optional[Engine] = None) -> None:
+        self._key, self._regular = [], []
+
+    @property
+    def key_pool(self) -> torch.Tensor:
+        """Key-instance references collected so far this epoch, ``(N, 2)`` int64."""
+        return torch.cat(self._key) if self._key else torch.empty(0, 2, dtype=torch.long)
+
+    @property
+    def regular_pool(self) -> torch.Tensor:
+        """Regular-instance references collected so far this epoch, ``(N, 2)`` int64."""
+        return torch.cat(self._regular) if self._regular else torch.empty(0, 2, dtype=torch.long)
+
+    def split_sizes(self, k: int) -> Tuple[int, int]:
+        """``(n_key, n_regular)`` taken from a correctly predicted positive bag of ``k`` real instances."""
+        n_top = min(k, max(1, math.floor(self.alpha * k)))
+        n_low = min(k - n_top, max(1, math.floor(self.gamma * k)))
+        return n_top, n_low
+
+    def collect(self, engine: Engine) -> None:
+        out = self.output_transform(engine.state.output)
+        if out is None:
+            return
+        prob, label, mask = out["prob"].reshape(-1), out["label"].reshape(-1), out["mask"]
+        attention, is_virtual = out["attention"], out["is_virtual"].reshape(-1).bool()
+        for i, case_id in enumerate(out["case_id"]):
+            if bool(is_virtual[i]) or float(label[i]) != 1.0 or float(prob[i]) < self.threshold:
+                continue
+            real = torch.nonzero(mask[i]).squeeze(1)  # (K,) instance indices of the bag
+            n_top, n_low = self.split_sizes(real.numel())
+            order = torch.argsort(attention[i][real], descending=True, stable=True)  # (K,) high -> low
+            bag = self.dataset.index_of(case_id)
+            key = real[order[:n_top]]
+            low = real[order[real.numel() - n_low :]] if n_low > 0 else real[:0]
+            self._key.append(torch.stack([torch.full_like(key, bag), key], dim=1))
+            self._regular.append(torch.stack([torch.full_like(low, bag), low], dim=1))
+
+    def _draw(self, pool: torch.Tensor, n: int) -> torch.Tensor:
+        if n == 0:
+            return pool[:0]
+        if pool.shape[0] >= n:
+            return pool[torch.randperm(pool.shape[0], generator=self.generator)[:n]]
+        return pool[torch.randint(pool.shape[0], (n,), generator=self.generator)]
+
+    def make_bags(self) -> List[torch.Tensor]:
+        """Draw ``n_bags`` virtual bags from the current pools (empty list if a needed pool is empty)."""
+        key, regular = self.key_pool, self.regular_pool
+        if key.shape[0] == 0 or (self.n_regular > 0 and regular.shape[0] == 0):
+            return []
+        bags = []
+        for _ in range(self.n_bags):
+            refs = torch.cat([self._draw(key, self.n_key), self._draw(regular, self.n_regular)])  # (N, 2)
+            bags.append(refs[torch.randperm(refs.shape[0], generator=self.generator)])
+        return bags
+
+    def publish(self, engine: Engine) -> None:
+        epoch = engine.state.epoch
+        if epoch >= self.start_epoch:
+            self.virtual = self.make_bags()
+            self.made_at_epoch = epoch
+            if self.n_bags > 0 and not self.virtual:
+                logger.info("epoch %d: no correctly predicted positive bag, no virtual bags next epoch.", epoch)
+            self.sink(self.virtual)
+        engine.state.metrics["n_virtual_bags"] = len(self.virtual)
+        engine.state.metrics["key_pool_size"] = int(self.key_pool.shape[0])
+
+    # ---------------------------------------------------------------- checkpointing
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "key_pool": self.key_pool,
+            "regular_pool": self.regular_pool,
+            "virtual": [v.clone() for v in self.virtual],
+            "made_at_epoch": self.made_at_epoch,
+            "rng_state": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._key = [state["key_pool"].long().clone()] if state["key_pool"].numel() else []
+        self._regular = [state["regular_pool"].long().clone()] if state["regular_pool"].numel() else []
+        self.virtual = [torch.as_tensor(v).long().clone() for v in state["virtual"]]
+        self.made_at_epoch = int(state["made_at_epoch"])
+        self.generator.set_state(state["rng_state"])
+        self.sink(self.virtual)

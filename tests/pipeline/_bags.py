@@ -1,0 +1,41 @@
+"""Tiny synthetic bags and a tiny network for the pipeline tests."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+import pytest
+import torch
+
+#: a small MILNet (the LeNet trunk is the paper's; the widths after it are tiny)
+TINY_NET = {"feature_dim": 16, "attention_dim": 8, "ssl_hidden": 8}
+
+
+def make_bag(seed: int, label: float, n_slices: int = 1, case_id: str | None = None, size: int = 60) -> Dict:
+    """A bag of ``n_slices`` complete slices (12 patches each); positives get a few bright patches."""
+    g = torch.Generator().manual_seed(seed)
+    k = 12 * n_slices
+    patches = torch.rand(k, 1, size, size, generator=g) * 0.5
+    if label == 1:
+        patches[: max(1, k // 6)] += 0.5
+    return {
+        "patches": patches,
+        "position": torch.arange(12).repeat(n_slices),
+        "slice_index": (3 + torch.arange(n_slices)).repeat_interleave(12),
+        "label": torch.tensor(float(label)),
+        "case_id": case_id if case_id is not None else f"case{seed}",
+    }
+
+
+def make_bags(labels: Sequence[float], n_slices: Sequence[int] | int = 1) -> List[Dict]:
+    sizes = [n_slices] * len(labels) if isinstance(n_slices, int) else list(n_slices)
+    return [make_bag(i, y, s) for i, (y, s) in enumerate(zip(labels, sizes))]
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one intra-op thread: on a shared 2-core machine two threads mostly wait for each other."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
