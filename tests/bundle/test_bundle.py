@@ -239,6 +239,10 @@ def test_multi_gpu_train_config_in_one_process(trained, work, cohort, monkeypatc
         idist.sync()  # Ignite back to its serial model, for the tests that follow in this process
     network = workflow.parser.get_parsed_content("network")
     assert isinstance(network.ddp, torch.nn.parallel.DistributedDataParallel)
+    from ctmil.pipeline.distributed import ShardedEpochBags
+
+    assert isinstance(workflow.parser.get_parsed_content("train#dataloader"), ShardedEpochBags)  # each rank its shard
+    assert workflow.parser["train#handlers#2#_target_"].endswith("DistributedVirtualBagHandler")
     assert workflow.parser.get_parsed_content("validate#evaluator").state.metrics["val_auc"] >= 0
     saved = _state(ckpt_dir / "model.pt")
     assert saved.keys() == MILNet().state_dict().keys()  # no "ddp.module." prefixes
