@@ -30,7 +30,7 @@ from ctmil.data.bags import BagDataset, EpochBags
 from ctmil.data.datalist import discover_cases
 from ctmil.pipeline.cv import stratified_group_folds
 from ctmil.pipeline.engine import StepsRun
-from ctmil.pipeline.handlers.virtual_bags import VirtualBagHandler
+from ctmil.pipeline.handlers.virtual_bags import balancing_count
 from ctmil.pipeline.model_io import InferenceModel, load_model
 from ctmil.pipeline.preprocess import atomic_write_csv, preprocess_cases
 
@@ -153,11 +153,7 @@ def preprocessed_bags(
 
 def n_virtual_bags(dataset: BagDataset, n_bags: int | None = None) -> int:
     """Virtual bags per epoch as :class:`VirtualBagHandler` counts them (``None``: negatives minus positives)."""
-    return VirtualBagHandler(dataset, sink=_ignore, n_bags=n_bags).n_bags
-
-
-def _ignore(refs: Any) -> None:
-    return None
+    return balancing_count(dataset.labels) if n_bags is None else int(n_bags)
 
 
 # ------------------------------------------------------------------------------------------------ engine glue

@@ -38,10 +38,9 @@ from monai.transforms import Compose
 
 from ctmil.pipeline.attention_maps import paint_attention, save_attention_nifti, save_overlay, slice_attention, top_attended_slices
 from ctmil.pipeline.model_io import InferenceModel, load_model
-from ctmil.pipeline.preprocess import atomic_write_csv, root_cause
+from ctmil.pipeline.preprocess import atomic_write_csv, case_error_text
 from ctmil.transforms.compose import preprocessing_transforms
-from ctmil.transforms.dicom import DicomError
-from ctmil.transforms.io import CaseError, LoadCTd
+from ctmil.transforms.io import LoadCTd
 
 logger = logging.getLogger(__name__)
 
@@ -192,12 +191,7 @@ def predict_case(case: Mapping, model: InferenceModel, pipeline: CasePipeline, o
         fields = write_case_outputs(bag, pred.attention, pred.bag_features, folder, out_dir, options)
         row.update(fields, status="ok", t_write=round(time.perf_counter() - t1, 4))
     except Exception as raised:  # one case must never stop the batch
-        err = root_cause(raised)
-        text = " ".join(str(err).split()) or type(err).__name__
-        if not isinstance(err, (CaseError, DicomError, ValueError, OSError)):
-            logger.debug("case %s failed", case["case_id"], exc_info=raised)
-            text = f"internal error ({type(err).__name__}): {text}"
-        row.update(status="failed", error=text, probability="", prediction="")
+        row.update(status="failed", error=case_error_text(raised, case["case_id"]), probability="", prediction="")
         with contextlib.suppress(OSError):
             _clear_case_dir(out_dir / "cases" / case_dirname(case["case_id"]))  # no stale maps of an earlier run
     return row

@@ -94,13 +94,22 @@ def preprocess_case(case: dict, transform, settings: dict, bag_dir: Path) -> dic
         atomic_torch_save(bag, bag_path)
         return _fill_row(row, bag, bag_path, "ok")
     except Exception as raised:  # one case must never stop the batch
-        err = root_cause(raised)
-        text = " ".join(str(err).split()) or type(err).__name__
-        if not isinstance(err, (CaseError, DicomError, ValueError, OSError)):
-            logger.debug("case %s failed", case["case_id"], exc_info=raised)
-            text = f"internal error ({type(err).__name__}): {text}"
-        row.update(status="failed", error=text)
+        row.update(status="failed", error=case_error_text(raised, case["case_id"]))
     return row
+
+
+def case_error_text(raised: BaseException, case_id: str = "") -> str:
+    """The one-line manifest reason for an exception raised while processing one case.
+
+    Data problems (``CaseError``, ``DicomError``, ``ValueError``, ``OSError``) give their message; anything
+    else is labelled an internal error and its traceback goes to the debug log.
+    """
+    err = root_cause(raised)
+    text = " ".join(str(err).split()) or type(err).__name__
+    if not isinstance(err, (CaseError, DicomError, ValueError, OSError)):
+        logger.debug("case %s failed", case_id, exc_info=raised)
+        text = f"internal error ({type(err).__name__}): {text}"
+    return text
 
 
 def root_cause(err: BaseException) -> BaseException:
