@@ -20,7 +20,6 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import ignite.distributed as idist
 import torch
-from ignite.engine import Engine
 
 from ctmil.data.bags import BagDataset, EpochBags, collate_bags, epoch_generator
 from ctmil.pipeline.handlers.virtual_bags import VirtualBagHandler

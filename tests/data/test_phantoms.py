@@ -22,9 +22,9 @@ from ctmil.data.phantoms import (
     generate_cohort,
     make_phantom,
     sample_severity,
-    write_export_tree,
     write_nifti,
 )
+from ctmil.data.export_tree import write_export_tree
 
 SMALL = dict(shape=(16, 48, 48), spacing=(15.0, 7.2, 7.2))  # same field of view as the default, coarse
 TINY = dict(shape=(12, 32, 32), spacing=(20.0, 10.8, 10.8))

@@ -3,7 +3,6 @@
 import functools
 
 import pytest
-import torch
 
 from ctmil.data.bags import BagDataset
 from ctmil.pipeline.distributed import ShardedEpochBags, fit_distributed

@@ -1,6 +1,5 @@
 """DICOM discovery, series choice, loading and bad-input handling on generated export trees."""
 
-from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -9,7 +8,8 @@ import torch
 
 from ctmil.data.datalist import discover_cases, study_key
 from ctmil.data.dicom_io import write_dicom_series
-from ctmil.data.phantoms import make_phantom, write_export_tree, write_nifti
+from ctmil.data.export_tree import write_export_tree
+from ctmil.data.phantoms import make_phantom, write_nifti
 from ctmil.pipeline.preprocess import preprocess_cases
 from ctmil.transforms import CaseError, LoadCT, choose_ct_series, load_dicom_series, scan_dicom_tree
 from tests.conftest import simple_chest
