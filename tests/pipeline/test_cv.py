@@ -83,7 +83,8 @@ def test_load_config_merges_base_and_overrides():
     paper = load_config(CONFIGS / "cv.json")
     assert paper["cv"]["n_folds"] == 10 and paper["cv"]["n_repeats"] == 5 and paper["train"]["epochs"] == 50
     assert paper["virtual"] == {"start_epoch": 26, "alpha": 0.025, "gamma": 0.2, "n_bags": None}
-    assert cfg["cv"]["n_folds"] == 2 and cfg["cv"]["n_repeats"] == 1 and cfg["cv"]["settings"] == ["A", "D"]
+    demo = json.loads((CONFIGS / "cv_demo.json").read_text())
+    assert cfg["cv"]["n_folds"] == 2 and cfg["cv"]["n_repeats"] == demo["cv"]["n_repeats"] and cfg["cv"]["settings"] == ["A", "D"]
     assert cfg["train"]["epochs"] == 1 and cfg["train"]["lr"] == paper["train"]["lr"]
     assert cfg["virtual"]["alpha"] == 0.1 and cfg["virtual"]["gamma"] == 0.2
     with pytest.raises(ValueError):
@@ -152,7 +153,7 @@ def datalist(tmp_path_factory):
 
 def test_run_cv_end_to_end_and_resume(datalist, tmp_path, monkeypatch):
     overrides = {
-        "cv": {"n_folds": 2, "settings": ["A", "B"], "final_model": "last_fold", "progress": False},
+        "cv": {"n_folds": 2, "n_repeats": 1, "settings": ["A", "B"], "final_model": "last_fold", "progress": False},
         "train": {"epochs": 2, "threshold": 0.0, "tensorboard": False},
         "virtual": {"start_epoch": 1},
         "network": TINY_NET,
