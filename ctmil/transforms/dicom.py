@@ -211,6 +211,25 @@ def _decode(ds: pydicom.Dataset) -> np.ndarray:
     return ds.pixel_array
 
 
+def _to_hu(slices: list[np.ndarray], rescale: list[tuple[float, float]]) -> np.ndarray:
+    """Stored values → HU ``(S, H, W)``: int16 in one pass when every slope is 1 and intercepts are whole
+    numbers that keep the values in int16 (the usual CT case), float32 otherwise."""
+    volume = np.empty((len(slices), *slices[0].shape), dtype=np.int16)
+    if all(slope == 1.0 and intercept == int(intercept) for slope, intercept in rescale):
+        for i, (stored, (_, intercept)) in enumerate(zip(slices, rescale)):
+            lo, hi = int(stored.min()) + int(intercept), int(stored.max()) + int(intercept)
+            if lo < -32768 or hi > 32767:
+                break
+            np.add(stored, np.int32(intercept), out=volume[i], casting="unsafe")
+        else:
+            return volume
+    volume = np.empty((len(slices), *slices[0].shape), dtype=np.float32)
+    for i, (stored, (slope, intercept)) in enumerate(zip(slices, rescale)):
+        np.multiply(stored, slope, out=volume[i], casting="unsafe")
+        volume[i] += intercept
+    return volume
+
+
 def load_dicom_series(files: list[str] | list[pydicom.Dataset], spacing_tolerance: float = 0.1) -> tuple[np.ndarray, np.ndarray, dict]:
     """Decode one CT series into Hounsfield units.
 
@@ -218,7 +237,8 @@ def load_dicom_series(files: list[str] | list[pydicom.Dataset], spacing_toleranc
         files: the series' files (or their already-read datasets), in any order.
 
     Returns:
-        ``(volume, affine, meta)``: ``volume`` float32 ``(S, H, W)`` in HU, slices ordered by position along
+        ``(volume, affine, meta)``: ``volume`` ``(S, H, W)`` in HU (int16, or float32 for fractional
+        rescaling), slices ordered by position along
         the slice normal; ``affine`` 4×4 mapping ``(s, r, c, 1)`` to RAS mm; ``meta`` with ``spacing``
         ``(dz, dy, dx)`` mm, ``n_slices`` and the series description (no patient identifiers).
 
@@ -251,19 +271,18 @@ def load_dicom_series(files: list[str] | list[pydicom.Dataset], spacing_toleranc
     if gaps.size and np.max(np.abs(gaps - dz)) > spacing_tolerance * dz + 1e-3:
         raise DicomError(f"inconsistent slice spacing ({gaps.min():.2f}–{gaps.max():.2f} mm)")
     shape = (int(datasets[0].Rows), int(datasets[0].Columns))
-    volume = np.empty((len(datasets), *shape), dtype=np.float32)
-    for i, ds in enumerate(datasets):
+    slices, rescale = [], []
+    for ds in datasets:
         if (int(ds.Rows), int(ds.Columns)) != shape:
             raise DicomError("inconsistent image size within the series")
         try:
-            stored = _decode(ds)
+            slices.append(_decode(ds))
         except DicomError:
             raise
         except Exception as err:  # pixel handlers raise many types (missing codec, corrupt stream)
             raise DicomError(f"cannot decode pixel data ({ds.file_meta.TransferSyntaxUID.name}): {err}") from None
-        slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
-        np.multiply(stored, slope, out=volume[i], casting="unsafe")
-        volume[i] += intercept
+        rescale.append((float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)))
+    volume = _to_hu(slices, rescale)
     slice_vec = (positions[-1] - positions[0]) / (len(positions) - 1) if len(positions) > 1 else normal * dz
     lps = np.eye(4)
     lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = slice_vec, col_dir * dy, row_dir * dx, positions[0]

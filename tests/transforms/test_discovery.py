@@ -71,7 +71,7 @@ def test_nifti_and_dicom_of_the_same_volume_load_alike(tmp_path):
     write_dicom_series(vol, (5.0, 5.0, 5.0), tmp_path / "dcm", rng=5)
     write_nifti(vol, (5.0, 5.0, 5.0), tmp_path / "v.nii.gz")
     a, b = LoadCT()(str(tmp_path / "dcm")), LoadCT()(str(tmp_path / "v.nii.gz"))
-    assert a.shape == b.shape and torch.allclose(a.as_tensor(), b.as_tensor(), atol=1.0)
+    assert a.shape == b.shape and torch.allclose(a.as_tensor().float(), b.as_tensor().float(), atol=1.0)
     assert np.allclose(np.asarray(a.affine)[:3, :3], np.asarray(b.affine)[:3, :3], atol=1e-4)
 
 
