@@ -92,8 +92,19 @@ def _overrides(pairs: list[str] | None) -> dict:
 def cmd_cv(args: argparse.Namespace) -> int:
     from ctmil.pipeline.cv import run_cv_from_config
 
+    import pandas as pd
+
     config = args.config or str(Path(__file__).resolve().parents[1] / "bundles" / "covid19_severity_mil" / "configs" / "cv.json")
-    run_cv_from_config(config, args.datalist, args.out, overrides=_overrides(args.set))
+    datalist = args.datalist
+    if "bag" not in pd.read_csv(datalist, nrows=0).columns:  # a datalist of CT files: preprocess it first
+        from ctmil.data.datalist import read_datalist
+        from ctmil.pipeline.preprocess import preprocess_cases
+
+        manifest = preprocess_cases(read_datalist(datalist), Path(args.out) / "bags", progress=True)
+        for row in manifest[manifest["status"] == "failed"].itertuples():
+            print(f"FAILED {row.case_id}: {row.error} (left out of the cross-validation)", file=sys.stderr)
+        datalist = Path(args.out) / "bags" / "datalist.csv"
+    run_cv_from_config(config, datalist, args.out, overrides=_overrides(args.set))
     print((Path(args.out) / "report.md").read_text())
     return 0
 
@@ -129,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_phantoms)
 
     p = sub.add_parser("cv", help="stratified, patient-grouped k-fold CV of the ablation settings → report")
-    p.add_argument("--datalist", required=True, help="CSV with case_id, bag, label[, patient] (e.g. from ctmil preprocess)")
+    p.add_argument("--datalist", required=True, help="CSV with case_id, bag, label[, patient] (ctmil preprocess writes one), "
+                   "or with case_id, image, label[, patient] (CT files, preprocessed into OUT/bags first)")
     p.add_argument("--out", required=True, help="output folder (report.md/.csv, predictions, folds, roc.png, model)")
     p.add_argument("--config", help="CV config JSON (default: the bundle's configs/cv.json, the paper's protocol)")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=5 cv.settings='[\"A\",\"D\"]'")
