@@ -109,7 +109,8 @@ def _orientation_vectors(orientation: str | Sequence[float]) -> tuple[np.ndarray
     return row_dir, col_dir, np.cross(row_dir, col_dir)
 
 
-def _check_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
+def check_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
+    """``spacing`` as three positive finite floats ``(slice, row, column)`` mm, i.e. ``(z, y, x)``, or ValueError."""
     sp = tuple(float(s) for s in spacing)
     if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
         raise ValueError(f"spacing must be 3 positive finite numbers (slice, row, column) in mm, got {spacing!r}")
@@ -125,7 +126,7 @@ def default_origin(
     like a table position read-out. ``shape`` is ``(N, rows, cols)``, ``spacing`` ``(slice, row, column)`` mm.
     """
     n, rows, cols = (int(v) for v in shape)
-    dk, dr, dc = _check_spacing(spacing)
+    dk, dr, dc = check_spacing(spacing)
     row_dir, col_dir, normal = _orientation_vectors(orientation)
     origin = -(cols - 1) / 2 * dc * row_dir - (rows - 1) / 2 * dr * col_dir - (n - 1) * dk * normal
     return tuple(float(v) for v in origin)  # type: ignore[return-value]
@@ -135,7 +136,7 @@ def voxel_to_lps(
     spacing: Sequence[float], origin: Sequence[float], orientation: str | Sequence[float] = "axial"
 ) -> np.ndarray:
     """4x4 matrix mapping voxel indices ``(k, r, c, 1)`` of an ``(N, rows, cols)`` volume to LPS mm."""
-    dk, dr, dc = _check_spacing(spacing)
+    dk, dr, dc = check_spacing(spacing)
     row_dir, col_dir, normal = _orientation_vectors(orientation)
     m = np.eye(4)
     m[:3, 0] = normal * dk
@@ -265,7 +266,7 @@ def ct_series_datasets(
         raise ValueError(f"volume_hu must be a non-empty (N, rows, cols) array, got shape {vol.shape}")
     if not np.issubdtype(vol.dtype, np.number) or not np.all(np.isfinite(vol)):
         raise ValueError("volume_hu must hold finite numbers")
-    dk, dr, dc = _check_spacing(spacing)
+    dk, dr, dc = check_spacing(spacing)
     if not (np.isfinite(rescale_slope) and rescale_slope > 0):
         raise ValueError(f"rescale_slope must be positive, got {rescale_slope}")
     if not np.isfinite(rescale_intercept):

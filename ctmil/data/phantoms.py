@@ -32,6 +32,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from ctmil.data.dicom_io import (
+    check_spacing,
     TRANSFER_SYNTAXES,
     affine_ras,
     as_generator,
@@ -175,14 +176,7 @@ def _validate_geometry(shape: Sequence[int], spacing: Sequence[float]) -> tuple[
     shp = tuple(int(v) for v in shape)
     if any(v < m for v, m in zip(shp, _MIN_SHAPE)):
         raise ValueError(f"shape must be at least {_MIN_SHAPE} (S, H, W), got {shp}")
-    return shp, _validate_spacing(spacing)
-
-
-def _validate_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
-    sp = tuple(float(v) for v in spacing)
-    if len(sp) != 3 or not all(np.isfinite(v) and v > 0 for v in sp):
-        raise ValueError(f"spacing must be 3 positive finite numbers (z, y, x) in mm, got {spacing!r}")
-    return sp  # type: ignore[return-value]
+    return shp, check_spacing(spacing)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -518,7 +512,7 @@ def write_nifti(
     vol = np.asarray(volume)
     if vol.ndim != 3:
         raise ValueError(f"volume must be (S, H, W), got shape {vol.shape}")
-    dz, dy, dx = _validate_spacing(spacing)
+    dz, dy, dx = check_spacing(spacing)
     if layout not in ("ras", "shw"):
         raise ValueError(f"layout must be 'ras' or 'shw', got {layout!r}")
     path = Path(path)
