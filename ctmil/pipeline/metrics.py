@@ -13,6 +13,8 @@ from typing import Callable, Dict, Tuple
 
 import numpy as np
 import torch
+import ignite.distributed as idist
+from ignite.exceptions import NotComputableError
 from ignite.metrics import EpochMetric
 from scipy.stats import rankdata
 
@@ -121,3 +123,15 @@ class BagMetrics(EpochMetric):
             check_compute_fn=False,
             device=device,
         )
+
+    def compute(self) -> Dict[str, float]:
+        """The metrics over every rank's predictions: gathered, then computed on each rank alike.
+
+        (Ignite's ``EpochMetric.compute`` computes on rank 0 and broadcasts the result, which cannot carry a dict.)
+        """
+        if len(self._predictions) < 1 or len(self._targets) < 1:
+            raise NotComputableError("BagMetrics must have at least one example before it can be computed.")
+        probs, labels = torch.cat(self._predictions, dim=0), torch.cat(self._targets, dim=0)
+        if idist.get_world_size() > 1:
+            probs, labels = idist.all_gather(probs), idist.all_gather(labels)
+        return binary_metrics(probs, labels, self.threshold)

@@ -3,6 +3,7 @@
 import functools
 
 import pytest
+import torch
 
 from ctmil.data.bags import BagDataset
 from ctmil.pipeline.distributed import ShardedEpochBags, fit_distributed
@@ -46,3 +47,31 @@ def test_two_gloo_ranks_match_one_process_with_the_combined_batch(tmp_path, virt
     gap = max(float((dist[k] - single[k]).abs().max()) for k in single)
     assert moved > 1e-4, "training changed nothing: the comparison would be empty"
     assert gap < tolerance * moved, (gap, moved)
+
+
+def _metrics_worker(local_rank, out):
+    import ignite.distributed as idist
+
+    from ctmil.pipeline.metrics import BagMetrics
+
+    metric = BagMetrics()
+    rank = idist.get_rank()
+    probs = torch.tensor([0.9, 0.2]) if rank == 0 else torch.tensor([0.4, 0.7])
+    labels = torch.tensor([1.0, 0.0]) if rank == 0 else torch.tensor([1.0, 0.0])
+    metric.update((probs, labels))
+    result = metric.compute()
+    if rank == 0:
+        torch.save(result, out)
+
+
+def test_bag_metrics_gather_every_rank(tmp_path):
+    import ignite.distributed as idist
+
+    from ctmil.pipeline.distributed import _free_port
+    from ctmil.pipeline.metrics import binary_metrics
+
+    with idist.Parallel(backend="gloo", nproc_per_node=2, master_addr="127.0.0.1", master_port=_free_port()) as parallel:
+        parallel.run(_metrics_worker, str(tmp_path / "m.pt"))
+    got = torch.load(tmp_path / "m.pt", weights_only=True)
+    expected = binary_metrics(torch.tensor([0.9, 0.2, 0.4, 0.7]), torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    assert got == pytest.approx(expected) and got["auc"] == pytest.approx(0.75)  # rank 0 alone would say 1.0
