@@ -61,8 +61,9 @@ def main() -> None:
         full = _median_time(lambda: transform({"image": str(series), "case_id": "bench", "label": None}), args.runs)
         decode = _median_time(bare, args.runs)
 
-        img = LoadCT()(str(series))
-        load = _median_time(lambda: LoadCT()(str(series)), args.runs)
+        loader = LoadCT()
+        img = loader(str(series))
+        load = _median_time(lambda: loader(str(series)), args.runs)
         masker = LungMask()
         mask = masker(img)
         t_mask = _median_time(lambda: masker(img), args.runs)

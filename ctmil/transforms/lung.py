@@ -83,7 +83,7 @@ def lung_mask_hu(
     min_component_fraction: float = 0.08,
     closing_mm: float = 10.0,
     dilate_mm: float = 8.0,
-    working_mm: float = 3.0,
+    working_mm: float = 4.0,
 ) -> tuple[np.ndarray, int]:
     """Lung mask of a HU slice stack, computed on an in-plane subsampled grid.
 
@@ -173,7 +173,7 @@ class LungMask(Transform):
         min_component_fraction: float = 0.08,
         closing_mm: float = 10.0,
         dilate_mm: float = 8.0,
-        working_mm: float = 3.0,
+        working_mm: float = 4.0,
     ) -> None:
         if intensity not in ("auto", "hu", "windowed"):
             raise ValueError(f"intensity must be 'auto', 'hu' or 'windowed', got {intensity!r}")
