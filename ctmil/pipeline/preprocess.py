@@ -122,7 +122,7 @@ def root_cause(err: BaseException) -> BaseException:
 def _fill_row(row: dict, bag: dict, bag_path: Path, status: str) -> dict:
     meta = bag["meta"]
     row.update(status=status, error="", input_kind=meta.get("input_kind", ""), n_slices=meta["spatial_shape"][0],
-               n_slices_kept=int(bag["kept_slices"].numel()), K=int(bag["patches"].shape[0]), bag_path=str(bag_path))
+               n_slices_kept=int(bag["kept_slices"].numel()), K=int(bag["patches"].shape[0]), bag_path=str(bag_path.resolve()))
     return row
 
 
@@ -149,14 +149,20 @@ def preprocess_cases(cases: list[dict], out_dir: str | os.PathLike, settings: di
         rows.append(row)
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     atomic_write_csv(manifest, out_dir / "manifest.csv")
-    atomic_write_csv(bag_datalist(manifest), out_dir / "datalist.csv")
+    atomic_write_csv(bag_datalist(manifest, relative_to=out_dir), out_dir / "datalist.csv")
     return manifest
 
 
-def bag_datalist(manifest: pd.DataFrame) -> pd.DataFrame:
-    """The training datalist (``case_id, bag, label, patient``) of the preprocessed cases that have a label."""
+def bag_datalist(manifest: pd.DataFrame, relative_to: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The training datalist (``case_id, bag, label, patient``) of the preprocessed cases that have a label.
+
+    With ``relative_to`` (the datalist's folder) bag paths are written relative to it, so the folder can move.
+    """
     ok = manifest[manifest["status"].isin(["ok", "cached"]) & pd.to_numeric(manifest["label"], errors="coerce").notna()]
-    return pd.DataFrame({"case_id": ok["case_id"], "bag": ok["bag_path"], "label": ok["label"].astype(float).astype(int), "patient": ok["patient"]})
+    bags = [str(Path(p).resolve()) for p in ok["bag_path"]]
+    if relative_to is not None:
+        bags = [os.path.relpath(p, Path(relative_to).resolve()) for p in bags]
+    return pd.DataFrame({"case_id": ok["case_id"], "bag": bags, "label": ok["label"].astype(float).astype(int), "patient": ok["patient"]})
 
 
 def cached_bag_dataset(cases: list[dict], cache_dir: str | os.PathLike, settings: dict | None = None) -> PersistentDataset:

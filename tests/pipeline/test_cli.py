@@ -1,5 +1,7 @@
 """The ctmil command line: subcommands, exit codes and the raw-datalist path of ``ctmil cv``."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -33,3 +35,15 @@ def test_cv_preprocesses_a_datalist_of_ct_files(tmp_path, capsys):
     predictions = pd.read_csv(tmp_path / "cv" / "predictions.csv")
     assert sorted(predictions["case_id"]) == sorted(table["case_id"])
     assert "| (A) MIL only |" in capsys.readouterr().out
+
+
+def test_relative_output_folder_gives_a_usable_datalist(tmp_path, monkeypatch):
+    """`--out` relative to the working directory (as `make demo` passes it): the datalist must still resolve."""
+    from ctmil.pipeline.cv import load_datalist
+
+    generate_cohort(tmp_path / "c", n=2, seed=1, formats=("nifti",), shape=(16, 64, 64), spacing=(10.0, 5.0, 5.0), progress=False)
+    pd.read_csv(tmp_path / "c" / "labels.csv").assign(image=lambda t: "c/" + t["nifti_path"])[["case_id", "image", "label"]].to_csv(tmp_path / "dl.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["preprocess", "dl.csv", "--out", "rel/out", "-q"]) == 0
+    table = load_datalist(tmp_path / "rel" / "out" / "datalist.csv")
+    assert len(table) == 2 and all(Path(p).is_file() for p in table["bag"])
