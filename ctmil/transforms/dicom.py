@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
+from pydicom.tag import Tag
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,11 @@ _HEADER_TAGS = [
     "ImageType", "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Rows", "Columns",
     "NumberOfFrames", "SliceThickness", "InstanceNumber", "StudyDate",
 ]
+_PIXEL_TAGS = ["SamplesPerPixel", "BitsAllocated", "PixelRepresentation", "RescaleSlope", "RescaleIntercept"]
+_READ_TAGS = [Tag(t) for t in _HEADER_TAGS + _PIXEL_TAGS]
+_IMPLICIT_LE, _EXPLICIT_LE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"
+_PIXEL_DATA = b"\xe0\x7f\x10\x00"  # tag (7FE0,0010), little endian
+_READ_ERRORS = (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, IndexError)
 
 
 class DicomError(ValueError):
@@ -55,7 +62,7 @@ class SeriesInfo:
     pixel_spacings: set[tuple[float, float]] = field(default_factory=set)
     sizes: set[tuple[int, int]] = field(default_factory=set)
     frames: int = 1
-    datasets: list = field(default_factory=list, repr=False)  # full datasets when scanned with keep_datasets
+    slices: list[SliceFile] = field(default_factory=list, repr=False)  # headers, when scanned with keep_headers
 
     @property
     def n_files(self) -> int:
@@ -66,21 +73,60 @@ class SeriesInfo:
         return f"series {self.number if self.number is not None else '?'}{desc} ({self.modality or 'no modality'}, {self.n_files} files)"
 
 
-def _read_header(path: str, full: bool = False) -> pydicom.Dataset | None:
-    try:
-        if full:
-            return pydicom.dcmread(path)
-        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS + ["MediaStorageSOPClassUID"])
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError):
+@dataclass
+class SliceFile:
+    """One DICOM file as discovery leaves it: its header (the tags up to group 0028, no pixel data) and,
+    for uncompressed little-endian 16-bit single-frame files, the byte offset of the raw pixels."""
+
+    path: str
+    header: pydicom.Dataset = field(repr=False)
+    pixel_offset: int | None = None
+
+
+def _after_image_module(tag, vr, length) -> bool:
+    return tag > 0x0028FFFF  # every tag discovery and HU conversion need lies in groups 0008–0028
+
+
+def _raw_pixel_offset(fp, ds: pydicom.Dataset) -> int | None:
+    """Offset of the pixel values when the file ends with one uncompressed 16-bit frame, else ``None``.
+
+    The pixel data element header just before that offset is checked (tag and length), so a file with
+    anything after its pixels, an odd layout or compressed data falls back to a full pydicom read.
+    """
+    syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", ""))
+    if syntax not in (_IMPLICIT_LE, _EXPLICIT_LE):
         return None
+    if int(ds.get("BitsAllocated") or 0) != 16 or int(ds.get("SamplesPerPixel") or 1) != 1 or int(ds.get("NumberOfFrames") or 1) != 1:
+        return None
+    nbytes = int(ds.Rows) * int(ds.Columns) * 2
+    header_len = 8 if syntax == _IMPLICIT_LE else 12  # tag, (VR, reserved,) 32-bit length
+    start = os.fstat(fp.fileno()).st_size - nbytes
+    if nbytes == 0 or start - header_len < fp.tell():  # the pixels cannot begin inside the header just read
+        return None
+    fp.seek(start - header_len)
+    head = fp.read(header_len)
+    ok = head[:4] == _PIXEL_DATA and (header_len == 8 or (head[4:6] in (b"OW", b"OB") and head[6:8] == b"\0\0"))
+    return start if ok and int.from_bytes(head[-4:], "little") == nbytes else None
+
+
+def read_slice_header(path: str | os.PathLike) -> SliceFile:
+    """Read the header of one DICOM file (groups up to 0028) and locate its raw pixels when it can.
+
+    Raises:
+        InvalidDicomError, OSError, ...: the file is not readable DICOM.
+    """
+    with open(path, "rb") as fp:
+        ds = read_partial(fp, stop_when=_after_image_module, specific_tags=_READ_TAGS)
+        offset = _raw_pixel_offset(fp, ds) if "Rows" in ds and "Columns" in ds else None
+    return SliceFile(str(path), ds, offset)
 
 
 def scan_dicom_tree(
-    root: str | os.PathLike, progress: bool = False, keep_datasets: bool = False
+    root: str | os.PathLike, progress: bool = False, keep_headers: bool = False
 ) -> tuple[dict[str, list[SeriesInfo]], list[tuple[str, str]]]:
     """Walk ``root`` and group DICOM image files by study and series, reading headers only.
 
-    With ``keep_datasets`` every file is read whole, once, and kept in ``SeriesInfo.datasets`` so that
+    With ``keep_headers`` each file's header and raw-pixel offset are kept in ``SeriesInfo.slices`` so that
     :func:`load_dicom_series` need not parse it again (the fast path for a folder holding one study).
 
     Returns:
@@ -99,10 +145,12 @@ def scan_dicom_tree(
 
         iterator = tqdm(paths, desc="scanning DICOM headers", unit="file", leave=False)
     for path in iterator:
-        ds = _read_header(path, full=keep_datasets)
-        if ds is None:
+        try:
+            slice_file = read_slice_header(path)
+        except _READ_ERRORS:
             skipped.append((path, "not a readable DICOM file"))
             continue
+        ds = slice_file.header
         media_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
         if media_class == MEDIA_STORAGE_DIRECTORY or Path(path).name.upper() == "DICOMDIR":
             skipped.append((path, "DICOMDIR index file"))
@@ -122,8 +170,8 @@ def scan_dicom_tree(
             )
             series[(study, uid)] = info
         info.files.append(path)
-        if keep_datasets:
-            info.datasets.append(ds)
+        if keep_headers:
+            info.slices.append(slice_file)
         iop, ipp, ps = ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient"), ds.get("PixelSpacing")
         if iop is not None and len(iop) == 6:
             info.orientations.add(tuple(round(float(v), 3) for v in iop))
@@ -199,7 +247,7 @@ def choose_ct_series(series: list[SeriesInfo], min_slices: int = 8, spacing_tole
 
 
 def _decode(ds: pydicom.Dataset) -> np.ndarray:
-    """Stored values of one slice as an integer/float array ``(H, W)``; a fast path for uncompressed data."""
+    """Stored values of one fully read slice as an integer/float array ``(H, W)``."""
     if not ds.file_meta.TransferSyntaxUID.is_compressed and int(ds.get("BitsAllocated", 16)) == 16:
         dtype = np.int16 if int(ds.get("PixelRepresentation", 0)) == 1 else np.uint16
         order = "<" if ds.file_meta.TransferSyntaxUID.is_little_endian else ">"
@@ -209,6 +257,38 @@ def _decode(ds: pydicom.Dataset) -> np.ndarray:
             raise DicomError("truncated pixel data")
         return arr[:n].reshape(int(ds.Rows), int(ds.Columns))
     return ds.pixel_array
+
+
+def _rescale(ds: pydicom.Dataset) -> tuple[float, float]:
+    return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+
+
+def _int16_shift_fits(stored: np.ndarray, signed: bool, intercept: int) -> bool:
+    """Whether stored + intercept stays in int16 for raw 16-bit values ``stored`` (int16 bits)."""
+    if not -32768 <= intercept <= 32767:
+        return False
+    if signed:
+        return (intercept <= 0 or int(stored.max()) + intercept <= 32767) and (intercept >= 0 or int(stored.min()) + intercept >= -32768)
+    return int(stored.view(np.uint16).max()) + intercept <= 32767  # unsigned values are >= 0
+
+
+def _raw_to_hu(stored: np.ndarray, signed: bool, rescale: list[tuple[float, float]]) -> np.ndarray:
+    """Raw 16-bit slices ``(S, H, W)`` (int16 bits, signed or not) → HU, in place as int16 when the slopes
+    are 1 and the intercepts whole numbers that keep the values in int16, float32 otherwise."""
+    if all(slope == 1.0 and intercept == int(intercept) for slope, intercept in rescale):
+        intercepts = [int(i) for _, i in rescale]
+        if len(set(intercepts)) == 1:
+            if _int16_shift_fits(stored, signed, intercepts[0]):
+                stored += np.int16(intercepts[0])  # wraps exactly: the true result is in int16 range
+                return stored
+        elif all(_int16_shift_fits(stored[i], signed, c) for i, c in enumerate(intercepts)):
+            for i, c in enumerate(intercepts):
+                stored[i] += np.int16(c)
+            return stored
+    values = stored if signed else stored.view(np.uint16)
+    slopes = np.asarray([s for s, _ in rescale], np.float32)[:, None, None]
+    intercepts = np.asarray([i for _, i in rescale], np.float32)[:, None, None]
+    return values * slopes + intercepts
 
 
 def _to_hu(slices: list[np.ndarray], rescale: list[tuple[float, float]]) -> np.ndarray:
@@ -230,11 +310,48 @@ def _to_hu(slices: list[np.ndarray], rescale: list[tuple[float, float]]) -> np.n
     return volume
 
 
-def load_dicom_series(files: list[str] | list[pydicom.Dataset], spacing_tolerance: float = 0.1) -> tuple[np.ndarray, np.ndarray, dict]:
+def _read_raw(item: SliceFile, out: np.ndarray) -> None:
+    """Read the raw pixels of ``item`` straight into the C-contiguous int16 array ``out``."""
+    with open(item.path, "rb", buffering=0) as fp:
+        fp.seek(item.pixel_offset)
+        n = fp.readinto(memoryview(out).cast("B"))
+    if n != out.nbytes:
+        raise DicomError(f"truncated pixel data in {Path(item.path).name}")
+
+
+def _slice_pixels(item: SliceFile) -> np.ndarray:
+    """Stored values of one slice by pydicom (compressed, 8/32-bit or unusually laid out files)."""
+    ds = item.header if "PixelData" in item.header else pydicom.dcmread(item.path)
+    try:
+        return _decode(ds)
+    except DicomError:
+        raise
+    except Exception as err:  # pixel handlers raise many types (missing codec, corrupt stream)
+        raise DicomError(f"cannot decode pixel data ({ds.file_meta.TransferSyntaxUID.name}): {err}") from None
+
+
+def _as_slice_file(f) -> SliceFile:
+    if isinstance(f, SliceFile):
+        return f
+    if isinstance(f, pydicom.Dataset):
+        return SliceFile(str(getattr(f, "filename", "") or ""), f, None)
+    try:
+        return read_slice_header(f)
+    except _READ_ERRORS as err:
+        raise DicomError(f"unreadable file {Path(f).name}: {err}") from None
+
+
+def load_dicom_series(
+    files: list[str | os.PathLike | pydicom.Dataset | SliceFile], spacing_tolerance: float = 0.1
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Decode one CT series into Hounsfield units.
 
+    Uncompressed 16-bit files (the usual CT export) are read straight from disk into the volume; anything
+    else (JPEG, JPEG 2000, RLE, odd layouts) goes through pydicom's decoders.
+
     Args:
-        files: the series' files (or their already-read datasets), in any order.
+        files: the series' files, their already-read datasets or the :class:`SliceFile` headers from
+            :func:`scan_dicom_tree`, in any order.
 
     Returns:
         ``(volume, affine, meta)``: ``volume`` ``(S, H, W)`` in HU (int16, or float32 for fractional
@@ -247,50 +364,49 @@ def load_dicom_series(files: list[str] | list[pydicom.Dataset], spacing_toleranc
     """
     if not files:
         raise DicomError("empty series")
-    datasets = [f for f in files if isinstance(f, pydicom.Dataset)]
-    for path in (f for f in files if not isinstance(f, pydicom.Dataset)):
-        try:
-            datasets.append(pydicom.dcmread(path))
-        except (InvalidDicomError, OSError, EOFError, ValueError) as err:
-            raise DicomError(f"unreadable file {Path(path).name}: {err}") from None
+    items = [_as_slice_file(f) for f in files]
+    first = items[0].header
     try:
-        iop = np.asarray(datasets[0].ImageOrientationPatient, float)
+        iop = np.asarray(first.ImageOrientationPatient, float)
         row_dir, col_dir = iop[:3], iop[3:]
         normal = np.cross(row_dir, col_dir)
-        positions = np.asarray([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
-        dy, dx = (float(v) for v in datasets[0].PixelSpacing)
+        positions = np.asarray([[float(v) for v in it.header.ImagePositionPatient] for it in items])
+        dy, dx = (float(v) for v in first.PixelSpacing)
     except (AttributeError, TypeError, ValueError, IndexError):
         raise DicomError("missing image geometry (orientation, position or pixel spacing)") from None
     order = np.argsort(positions @ normal, kind="stable")
-    datasets, positions = [datasets[i] for i in order], positions[order]
+    items, positions = [items[i] for i in order], positions[order]
     along = positions @ normal
     gaps = np.diff(along)
     if gaps.size and np.any(gaps < 1e-3):
         raise DicomError("duplicate slice positions")
-    dz = float(np.median(gaps)) if gaps.size else float(datasets[0].get("SliceThickness") or 1.0)
+    dz = float(np.median(gaps)) if gaps.size else float(first.get("SliceThickness") or 1.0)
     if gaps.size and np.max(np.abs(gaps - dz)) > spacing_tolerance * dz + 1e-3:
         raise DicomError(f"inconsistent slice spacing ({gaps.min():.2f}–{gaps.max():.2f} mm)")
-    shape = (int(datasets[0].Rows), int(datasets[0].Columns))
-    slices, rescale = [], []
-    for ds in datasets:
-        if (int(ds.Rows), int(ds.Columns)) != shape:
-            raise DicomError("inconsistent image size within the series")
-        try:
-            slices.append(_decode(ds))
-        except DicomError:
-            raise
-        except Exception as err:  # pixel handlers raise many types (missing codec, corrupt stream)
-            raise DicomError(f"cannot decode pixel data ({ds.file_meta.TransferSyntaxUID.name}): {err}") from None
-        rescale.append((float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)))
-    volume = _to_hu(slices, rescale)
+    try:
+        shapes = {(int(it.header.Rows), int(it.header.Columns)) for it in items}
+    except (AttributeError, TypeError, ValueError):
+        raise DicomError("no pixel data (missing Rows/Columns)") from None
+    if len(shapes) != 1:
+        raise DicomError("inconsistent image size within the series")
+    shape = shapes.pop()
+    rescale = [_rescale(it.header) for it in items]
+    signs = {int(it.header.get("PixelRepresentation") or 0) for it in items}
+    if all(it.pixel_offset is not None for it in items) and len(signs) == 1:
+        stored = np.empty((len(items), *shape), dtype=np.int16)
+        for i, it in enumerate(items):
+            _read_raw(it, stored[i])
+        volume = _raw_to_hu(stored, signs.pop() == 1, rescale)
+    else:
+        volume = _to_hu([_slice_pixels(it) for it in items], rescale)
     slice_vec = (positions[-1] - positions[0]) / (len(positions) - 1) if len(positions) > 1 else normal * dz
     lps = np.eye(4)
     lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = slice_vec, col_dir * dy, row_dir * dx, positions[0]
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # LPS → RAS
     meta = {
         "spacing": (abs(dz), dy, dx),
-        "n_slices": len(datasets),
-        "series_description": str(datasets[0].get("SeriesDescription", "")),
-        "transfer_syntax": str(datasets[0].file_meta.TransferSyntaxUID.name),
+        "n_slices": len(items),
+        "series_description": str(first.get("SeriesDescription", "")),
+        "transfer_syntax": str(first.file_meta.TransferSyntaxUID.name),
     }
     return volume, affine, meta

@@ -100,7 +100,7 @@ def load_dicom_case(source: str | os.PathLike | list[str], min_slices: int = 8) 
     if isinstance(source, (list, tuple)):
         files, series_info = [str(f) for f in source], {"series_uid": "", "reason": "file list given"}
     else:
-        studies, _ = scan_dicom_tree(source, keep_datasets=True)  # one parse per file
+        studies, _ = scan_dicom_tree(source, keep_headers=True)  # one parse per file
         if not studies:
             raise CaseError("no DICOM images found")
         if len(studies) > 1:
@@ -108,7 +108,7 @@ def load_dicom_case(source: str | os.PathLike | list[str], min_slices: int = 8) 
         chosen, reason = choose_ct_series(next(iter(studies.values())), min_slices=min_slices)
         if chosen is None:
             raise CaseError(reason)
-        files = chosen.datasets
+        files = chosen.slices
         series_info = {"series_uid": chosen.series_uid, "series_number": chosen.number, "reason": reason}
     try:
         volume, affine, meta = load_dicom_series(files)
