@@ -66,7 +66,7 @@ def preprocessing_transforms(
         [
             LoadCTd(image_key, min_slices=min_slices),
             StoreCaseMetad(image_key),
-            LungMaskd(image_key, mask_key="lung", threshold_hu=threshold_hu, closing_mm=closing_mm, dilate_mm=dilate_mm),
+            LungMaskd(image_key, mask_key="lung", full_resolution=False, threshold_hu=threshold_hu, closing_mm=closing_mm, dilate_mm=dilate_mm),
             SelectLungSlicesd([image_key, "lung"], source_key="lung", min_area_fraction=min_area_fraction),
             LungBoxCropd(image_key, source_key="lung", spatial_size=spatial_size, margin_fraction=margin_fraction),
             ToBagd(image_key, patch_size=patch_size),

@@ -86,16 +86,24 @@ class LungBoxCrop(Transform):
         self.spatial_size = (int(spatial_size[0]), int(spatial_size[1]))
         self.margin_fraction = margin_fraction
 
-    def compute_boxes(self, mask: NdarrayOrTensor) -> np.ndarray:
-        """Per-slice lung boxes ``(S, 4)`` as ``(row0, col0, row1, col1)``, end exclusive, in mask pixels.
+    def compute_boxes(self, mask: NdarrayOrTensor, stride: int = 1, image_shape: tuple[int, int] | None = None) -> np.ndarray:
+        """Per-slice lung boxes ``(S, 4)`` as ``(row0, col0, row1, col1)``, end exclusive, in image pixels.
 
         A slice without lung gets the box of the whole stack's lungs.
+
+        Args:
+            mask: ``(1, S, h, w)`` lung mask.
+            stride: in-plane stride of the mask's grid on the image (``LungMask.working_mask``); 1 when the
+                mask is on the image grid. Boxes are the same as from the mask repeated ``stride`` times.
+            image_shape: ``(H, W)`` of the image, for clipping; default ``(h, w) * stride``.
         """
         m = _as_numpy_mask(mask)
         if not m.any():
             raise ValueError("no lungs found")
-        h, w = m.shape[1:]
-        rows, cols = m.any(axis=2), m.any(axis=1)  # (S, H), (S, W)
+        if stride < 1:
+            raise ValueError(f"stride must be >= 1, got {stride}")
+        h, w = image_shape if image_shape is not None else (m.shape[1] * stride, m.shape[2] * stride)
+        rows, cols = m.any(axis=2), m.any(axis=1)  # (S, h), (S, w)
         union_r, union_c = np.flatnonzero(rows.any(0)), np.flatnonzero(cols.any(0))
         boxes = np.empty((m.shape[0], 4), np.int64)
         for s in range(m.shape[0]):
@@ -103,6 +111,9 @@ class LungBoxCrop(Transform):
             r = r if r.size else union_r
             c = c if c.size else union_c
             boxes[s] = (r[0], c[0], r[-1] + 1, c[-1] + 1)
+        boxes *= stride
+        boxes[:, 2] = np.minimum(boxes[:, 2], h)
+        boxes[:, 3] = np.minimum(boxes[:, 3], w)
         mr = np.ceil((boxes[:, 2] - boxes[:, 0]) * self.margin_fraction).astype(np.int64)
         mc = np.ceil((boxes[:, 3] - boxes[:, 1]) * self.margin_fraction).astype(np.int64)
         boxes[:, 0] = np.maximum(boxes[:, 0] - mr, 0)
@@ -148,7 +159,10 @@ class SelectLungSlicesd(MapTransform):
 
 
 class LungBoxCropd(MapTransform):
-    """Crop + resize every key to the lung boxes computed once from ``source_key``; records ``d["boxes"]``."""
+    """Crop + resize every key to the lung boxes computed once from ``source_key``; records ``d["boxes"]``.
+
+    A mask on a coarser grid (``LungMaskd(full_resolution=False)``) is scaled by ``d[source_key + "_stride"]``.
+    """
 
     backend = LungBoxCrop.backend
 
@@ -159,7 +173,9 @@ class LungBoxCropd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
-        boxes = self.cropper.compute_boxes(d[self.source_key])
+        keys = list(self.key_iterator(d))
+        image_shape = tuple(int(v) for v in d[keys[0]].shape[-2:]) if keys else None
+        boxes = self.cropper.compute_boxes(d[self.source_key], int(d.get(f"{self.source_key}_stride", 1)), image_shape)
         for key in self.key_iterator(d):
             d[key] = self.cropper(d[key], boxes)
         d["boxes"] = boxes

@@ -21,20 +21,29 @@ _INPLANE_6[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]  # 4-connectivity within each 
 _FULL_6 = ndi.generate_binary_structure(3, 1)
 
 
+def _border_labels(labels: np.ndarray) -> np.ndarray:
+    """Labels present on the in-plane border of a ``(S, H, W)`` label image."""
+    return np.unique(np.concatenate([labels[:, 0].ravel(), labels[:, -1].ravel(), labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
+
+
 def _drop_border_components(dark: np.ndarray, structure: np.ndarray) -> tuple[np.ndarray, int]:
     """Label ``dark`` and zero the components that touch the in-plane image border (outside air, couch gap)."""
     labels, n = ndi.label(dark, structure=structure)
-    border = np.unique(np.concatenate([labels[:, 0].ravel(), labels[:, -1].ravel(), labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
     keep = np.ones(n + 1, bool)
-    keep[border] = False
+    keep[_border_labels(labels)] = False
     keep[0] = False
     return np.where(keep[labels], labels, 0), n
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """Per slice, fill every background region that does not touch the in-plane border (one labelling pass)."""
-    holes, n = _drop_border_components(~mask, _INPLANE_6)
-    return mask | (holes > 0) if n else mask
+    background, n = ndi.label(~mask, structure=_INPLANE_6)
+    if n == 0:
+        return mask
+    outside = np.zeros(n + 1, bool)
+    outside[_border_labels(background)] = True
+    outside[0] = False  # label 0 is the mask itself
+    return ~outside[background]
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
@@ -61,19 +70,24 @@ def _fill_and_close(mask: np.ndarray, radius: int) -> np.ndarray:
     return mask
 
 
-def _lung_labels(labels: np.ndarray, sizes: np.ndarray, tissue: np.ndarray, min_fraction: float) -> list[int]:
+def _lung_labels(labels: np.ndarray, sizes: np.ndarray, dark: np.ndarray, min_fraction: float) -> list[int]:
     """The enclosed air components that are lung: the largest, plus the second largest when the largest lies
-    on one side of the body only (lungs not joined through the trachea) and the second is on the other side."""
+    on one side of the body only (lungs not joined through the trachea) and the second is on the other side.
+    ``sizes`` are the voxel counts per label, zero for components that are not candidates."""
     order = np.argsort(sizes)[::-1]
     first = int(order[0])
-    mid = float(np.nonzero(tissue)[2].mean()) if tissue.any() else labels.shape[2] / 2
-    cols_first = np.nonzero(labels == first)[2]
-    left_first = float((cols_first < mid).mean())
+    tissue_cols = dark.shape[0] * dark.shape[1] - np.count_nonzero(dark, axis=(0, 1))  # (W,) tissue per column
+    mid = float(tissue_cols @ np.arange(dark.shape[2]) / tissue_cols.sum()) if tissue_cols.any() else dark.shape[2] / 2
+    left = int(np.ceil(mid))  # columns < mid
+
+    def left_fraction(label: int) -> float:
+        return np.count_nonzero(labels[:, :, :left] == label) / sizes[label]
+
+    left_first = left_fraction(first)
     if 0.2 < left_first < 0.8 or len(order) < 2 or sizes[order[1]] < min_fraction * sizes[first]:
         return [first]  # joined lungs (or one lung only)
     second = int(order[1])
-    left_second = float((np.nonzero(labels == second)[2] < mid).mean())
-    return [first, second] if (left_first - 0.5) * (left_second - 0.5) < 0 else [first]
+    return [first, second] if (left_first - 0.5) * (left_fraction(second) - 0.5) < 0 else [first]
 
 
 def lung_mask_hu(
@@ -85,11 +99,14 @@ def lung_mask_hu(
     dilate_mm: float = 8.0,
     working_mm: float = 4.0,
 ) -> tuple[np.ndarray, int]:
-    """Lung mask of a HU slice stack, computed on an in-plane subsampled grid.
+    """Lung mask of a HU slice stack, computed on a working grid of about ``working_mm``.
+
+    In plane the grid takes every ``stride``-th row and column; along z every ``round(working_mm / dz)``-th
+    slice (only when ``spacing`` is given), each slice then taking the mask of its nearest working slice.
 
     Args:
         volume: ``(S, H, W)`` Hounsfield units.
-        spacing: ``(dz, dy, dx)`` mm; ``None`` assumes 1 mm pixels.
+        spacing: ``(dz, dy, dx)`` mm; ``None`` assumes 1 mm pixels and keeps every slice.
         threshold_hu: air/lung below, tissue above.
         min_component_fraction: a second enclosed air component is the other lung when it lies on the other
             side of the body and its volume is at least this fraction of the largest one (drops bowel gas,
@@ -97,23 +114,38 @@ def lung_mask_hu(
         closing_mm: radius of the per-slice closing that fills concavities left by consolidation.
         dilate_mm: final per-slice dilation, so that consolidation along the chest wall (which no fill can
             recover from intensity alone) stays inside the lung box.
-        working_mm: in-plane pixel size the mask is computed at.
+        working_mm: pixel size (and slice spacing) the mask is computed at.
 
     Returns:
-        ``(mask, stride)``: boolean mask ``(S, ceil(H/stride), ceil(W/stride))`` on the subsampled grid, and
-        the in-plane stride used (``volume[:, ::stride, ::stride]``).
+        ``(mask, stride)``: boolean mask ``(S, ceil(H/stride), ceil(W/stride))`` on the in-plane grid
+        ``volume[:, ::stride, ::stride]``, and that stride.
     """
-    pixel = float(min(spacing[1:])) if spacing else 1.0
+    spacing = None if spacing is None else [float(v) for v in spacing]
+    pixel = min(spacing[1:]) if spacing else 1.0
     stride = max(1, int(round(working_mm / pixel)))
-    small = volume[:, ::stride, ::stride]
-    inner, n = _drop_border_components(small < threshold_hu, _FULL_6)
-    if n == 0 or not inner.any():
-        return np.zeros(small.shape, bool), stride
-    sizes = np.bincount(inner.ravel(), minlength=n + 1)
+    z_stride = max(1, int(round(working_mm / spacing[0]))) if spacing and spacing[0] > 0 else 1
+    # A working voxel is air when any of its samples is: every slice of its slab at the grid points, plus the
+    # in-plane half-stride point. Point samples alone break lungs full of vessels or consolidation apart.
+    dark = volume[::z_stride, ::stride, ::stride] < threshold_hu
+    offsets = [(dz, 0) for dz in range(1, z_stride)] + ([(0, stride // 2)] if stride > 1 else [])
+    for dz, dxy in offsets:
+        part = volume[dz::z_stride, dxy::stride, dxy::stride] < threshold_hu
+        dark[: part.shape[0], : part.shape[1], : part.shape[2]] |= part
+    labels, n = ndi.label(dark, structure=_FULL_6)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[_border_labels(labels)] = 0  # outside air, the gap under the couch
     sizes[0] = 0
-    mask = np.isin(inner, _lung_labels(inner, sizes, small > threshold_hu, min_component_fraction))
+    if not sizes.any():
+        return np.zeros((volume.shape[0], *dark.shape[1:]), bool), stride
+    lungs = _lung_labels(labels, sizes, dark, min_component_fraction)
+    mask = labels == lungs[0]
+    for label in lungs[1:]:
+        mask |= labels == label
     mask = _fill_and_close(mask, int(round(closing_mm / (pixel * stride))))
-    return _dilate(mask, int(round(dilate_mm / (pixel * stride)))), stride
+    mask = _dilate(mask, int(round(dilate_mm / (pixel * stride))))
+    if z_stride > 1:  # each slice takes its nearest working slice
+        mask = mask[np.minimum((np.arange(volume.shape[0]) + z_stride // 2) // z_stride, mask.shape[0] - 1)]
+    return mask, stride
 
 
 def lung_mask_windowed(
@@ -192,34 +224,58 @@ class LungMask(Transform):
             return self.intensity
         return getattr(img, "meta", {}).get("intensity", "hu") if isinstance(img, MetaTensor) else "hu"
 
-    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+    def working_mask(self, img: NdarrayOrTensor) -> tuple[NdarrayOrTensor, int]:
+        """The mask as computed, ``(1, S, ceil(H/stride), ceil(W/stride))``, and the in-plane ``stride``
+        (``img[:, :, ::stride, ::stride]`` is its grid; 1 for windowed slice images)."""
         if img.ndim != 4 or img.shape[0] != 1:
             raise ValueError(f"LungMask expects a (1, S, H, W) slice stack, got shape {tuple(img.shape)}")
         arr = img.detach().cpu().numpy()[0] if isinstance(img, torch.Tensor) else np.asarray(img)[0]
         if self._kind(img) == "windowed":
-            mask = lung_mask_windowed(arr)
+            mask, stride = lung_mask_windowed(arr), 1
         else:
             spacing = img.meta.get("spacing") if isinstance(img, MetaTensor) else None
-            small, stride = lung_mask_hu(arr, spacing, **self.hu_args)
-            mask = small.repeat(stride, axis=1).repeat(stride, axis=2)[:, : arr.shape[1], : arr.shape[2]] if stride > 1 else small
-        mask = mask[None]
-        return torch.from_numpy(np.ascontiguousarray(mask)) if isinstance(img, torch.Tensor) else mask
+            mask, stride = lung_mask_hu(arr, spacing, **self.hu_args)
+        mask = np.ascontiguousarray(mask[None])
+        return (torch.from_numpy(mask) if isinstance(img, torch.Tensor) else mask), stride
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        """Boolean mask ``(1, S, H, W)`` on the grid of ``img``."""
+        mask, stride = self.working_mask(img)
+        if stride == 1:
+            return mask
+        s, h, w = (int(v) for v in img.shape[1:])
+        m = np.asarray(mask)[0]
+        full = np.empty((s, m.shape[1] * stride, m.shape[2] * stride), bool)
+        full.reshape(s, m.shape[1], stride, m.shape[2], stride)[...] = m[:, :, None, :, None]  # one pass
+        full = np.ascontiguousarray(full[None, :, :h, :w])
+        return torch.from_numpy(full) if isinstance(img, torch.Tensor) else full
 
 
 class LungMaskd(MapTransform):
-    """Dictionary wrapper of :class:`LungMask`: writes the mask of ``d[key]`` to ``d[mask_key]``."""
+    """Dictionary wrapper of :class:`LungMask`: writes the mask of ``d[key]`` to ``d[mask_key]``.
+
+    With ``full_resolution=False`` the mask stays on its working grid (``LungMask.working_mask``) and its
+    in-plane stride goes to ``d[mask_key + "_stride"]``; :class:`SelectLungSlicesd` and :class:`LungBoxCropd`
+    read both, so the chain never builds the full-size mask (the default chain does this).
+    """
 
     backend = LungMask.backend
 
-    def __init__(self, keys: KeysCollection = "image", mask_key: str = "lung", allow_missing_keys: bool = False, **kwargs) -> None:
+    def __init__(
+        self, keys: KeysCollection = "image", mask_key: str = "lung", full_resolution: bool = True, allow_missing_keys: bool = False, **kwargs
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.mask_key = mask_key
+        self.full_resolution = full_resolution
         self.masker = LungMask(**kwargs)
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[self.mask_key] = self.masker(d[key])
+            if self.full_resolution:
+                d[self.mask_key] = self.masker(d[key])
+            else:
+                d[self.mask_key], d[f"{self.mask_key}_stride"] = self.masker.working_mask(d[key])
         return d
 
 
