@@ -20,25 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_partial
-from pydicom.tag import Tag
+
+from ctmil.transforms.dicom_header import READ_ERRORS, SliceHeader, header_values, read_header
 
 logger = logging.getLogger(__name__)
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
-_HEADER_TAGS = [
-    "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "Modality",
-    "ImageType", "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Rows", "Columns",
-    "NumberOfFrames", "SliceThickness", "InstanceNumber", "StudyDate",
-]
-_PIXEL_TAGS = ["SamplesPerPixel", "BitsAllocated", "PixelRepresentation", "RescaleSlope", "RescaleIntercept"]
-_READ_TAGS = [Tag(t) for t in _HEADER_TAGS + _PIXEL_TAGS]
-_IMPLICIT_LE, _EXPLICIT_LE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"
-_PIXEL_DATA = b"\xe0\x7f\x10\x00"  # tag (7FE0,0010), little endian
-_READ_ERRORS = (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, IndexError)
 
 
 class DicomError(ValueError):
@@ -62,7 +51,7 @@ class SeriesInfo:
     pixel_spacings: set[tuple[float, float]] = field(default_factory=set)
     sizes: set[tuple[int, int]] = field(default_factory=set)
     frames: int = 1
-    slices: list[SliceFile] = field(default_factory=list, repr=False)  # headers, when scanned with keep_headers
+    slices: list[SliceHeader] = field(default_factory=list, repr=False)  # headers, when scanned with keep_headers
 
     @property
     def n_files(self) -> int:
@@ -71,54 +60,6 @@ class SeriesInfo:
     def label(self) -> str:
         desc = f" '{self.description}'" if self.description else ""
         return f"series {self.number if self.number is not None else '?'}{desc} ({self.modality or 'no modality'}, {self.n_files} files)"
-
-
-@dataclass
-class SliceFile:
-    """One DICOM file as discovery leaves it: its header (the tags up to group 0028, no pixel data) and,
-    for uncompressed little-endian 16-bit single-frame files, the byte offset of the raw pixels."""
-
-    path: str
-    header: pydicom.Dataset = field(repr=False)
-    pixel_offset: int | None = None
-
-
-def _after_image_module(tag, vr, length) -> bool:
-    return tag > 0x0028FFFF  # every tag discovery and HU conversion need lies in groups 0008–0028
-
-
-def _raw_pixel_offset(fp, ds: pydicom.Dataset) -> int | None:
-    """Offset of the pixel values when the file ends with one uncompressed 16-bit frame, else ``None``.
-
-    The pixel data element header just before that offset is checked (tag and length), so a file with
-    anything after its pixels, an odd layout or compressed data falls back to a full pydicom read.
-    """
-    syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", ""))
-    if syntax not in (_IMPLICIT_LE, _EXPLICIT_LE):
-        return None
-    if int(ds.get("BitsAllocated") or 0) != 16 or int(ds.get("SamplesPerPixel") or 1) != 1 or int(ds.get("NumberOfFrames") or 1) != 1:
-        return None
-    nbytes = int(ds.Rows) * int(ds.Columns) * 2
-    header_len = 8 if syntax == _IMPLICIT_LE else 12  # tag, (VR, reserved,) 32-bit length
-    start = os.fstat(fp.fileno()).st_size - nbytes
-    if nbytes == 0 or start - header_len < fp.tell():  # the pixels cannot begin inside the header just read
-        return None
-    fp.seek(start - header_len)
-    head = fp.read(header_len)
-    ok = head[:4] == _PIXEL_DATA and (header_len == 8 or (head[4:6] in (b"OW", b"OB") and head[6:8] == b"\0\0"))
-    return start if ok and int.from_bytes(head[-4:], "little") == nbytes else None
-
-
-def read_slice_header(path: str | os.PathLike) -> SliceFile:
-    """Read the header of one DICOM file (groups up to 0028) and locate its raw pixels when it can.
-
-    Raises:
-        InvalidDicomError, OSError, ...: the file is not readable DICOM.
-    """
-    with open(path, "rb") as fp:
-        ds = read_partial(fp, stop_when=_after_image_module, specific_tags=_READ_TAGS)
-        offset = _raw_pixel_offset(fp, ds) if "Rows" in ds and "Columns" in ds else None
-    return SliceFile(str(path), ds, offset)
 
 
 def scan_dicom_tree(
@@ -146,12 +87,11 @@ def scan_dicom_tree(
         iterator = tqdm(paths, desc="scanning DICOM headers", unit="file", leave=False)
     for path in iterator:
         try:
-            slice_file = read_slice_header(path)
-        except _READ_ERRORS:
+            ds = read_header(path)
+        except READ_ERRORS:
             skipped.append((path, "not a readable DICOM file"))
             continue
-        ds = slice_file.header
-        media_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
+        media_class = ds.media_sop_class
         if media_class == MEDIA_STORAGE_DIRECTORY or Path(path).name.upper() == "DICOMDIR":
             skipped.append((path, "DICOMDIR index file"))
             continue
@@ -171,7 +111,7 @@ def scan_dicom_tree(
             series[(study, uid)] = info
         info.files.append(path)
         if keep_headers:
-            info.slices.append(slice_file)
+            info.slices.append(ds)
         iop, ipp, ps = ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient"), ds.get("PixelSpacing")
         if iop is not None and len(iop) == 6:
             info.orientations.add(tuple(round(float(v), 3) for v in iop))
@@ -179,7 +119,7 @@ def scan_dicom_tree(
         if ps is not None and len(ps) == 2:
             info.pixel_spacings.add((round(float(ps[0]), 4), round(float(ps[1]), 4)))
         if ds.get("Rows") is not None and ds.get("Columns") is not None:
-            info.sizes.add((int(ds.Rows), int(ds.Columns)))
+            info.sizes.add((int(ds.get("Rows")), int(ds.get("Columns"))))
         info.frames = max(info.frames, int(ds.get("NumberOfFrames") or 1))
     studies: dict[str, list[SeriesInfo]] = defaultdict(list)
     for info in series.values():
@@ -259,7 +199,11 @@ def _decode(ds: pydicom.Dataset) -> np.ndarray:
     return ds.pixel_array
 
 
-def _rescale(ds: pydicom.Dataset) -> tuple[float, float]:
+def _syntax_name(uid: str) -> str:
+    return pydicom.uid.UID(uid).name if uid else ""
+
+
+def _rescale(ds: SliceHeader) -> tuple[float, float]:
     return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
 
 
@@ -310,7 +254,7 @@ def _to_hu(slices: list[np.ndarray], rescale: list[tuple[float, float]]) -> np.n
     return volume
 
 
-def _read_raw(item: SliceFile, out: np.ndarray) -> None:
+def _read_raw(item: SliceHeader, out: np.ndarray) -> None:
     """Read the raw pixels of ``item`` straight into the C-contiguous int16 array ``out``."""
     with open(item.path, "rb", buffering=0) as fp:
         fp.seek(item.pixel_offset)
@@ -319,9 +263,12 @@ def _read_raw(item: SliceFile, out: np.ndarray) -> None:
         raise DicomError(f"truncated pixel data in {Path(item.path).name}")
 
 
-def _slice_pixels(item: SliceFile) -> np.ndarray:
+def _slice_pixels(item: SliceHeader) -> np.ndarray:
     """Stored values of one slice by pydicom (compressed, 8/32-bit or unusually laid out files)."""
-    ds = item.header if "PixelData" in item.header else pydicom.dcmread(item.path)
+    try:
+        ds = item.dataset if item.dataset is not None and "PixelData" in item.dataset else pydicom.dcmread(item.path)
+    except READ_ERRORS as err:
+        raise DicomError(f"unreadable file {Path(item.path).name}: {err}") from None
     try:
         return _decode(ds)
     except DicomError:
@@ -330,19 +277,23 @@ def _slice_pixels(item: SliceFile) -> np.ndarray:
         raise DicomError(f"cannot decode pixel data ({ds.file_meta.TransferSyntaxUID.name}): {err}") from None
 
 
-def _as_slice_file(f) -> SliceFile:
-    if isinstance(f, SliceFile):
+def _as_header(f) -> SliceHeader:
+    if isinstance(f, SliceHeader):
         return f
     if isinstance(f, pydicom.Dataset):
-        return SliceFile(str(getattr(f, "filename", "") or ""), f, None)
+        meta = getattr(f, "file_meta", None)
+        return SliceHeader(
+            str(getattr(f, "filename", "") or ""), header_values(f), str(getattr(meta, "TransferSyntaxUID", "")),
+            str(getattr(meta, "MediaStorageSOPClassUID", "")), parsed_by="pydicom", dataset=f,
+        )
     try:
-        return read_slice_header(f)
-    except _READ_ERRORS as err:
+        return read_header(f)
+    except READ_ERRORS as err:
         raise DicomError(f"unreadable file {Path(f).name}: {err}") from None
 
 
 def load_dicom_series(
-    files: list[str | os.PathLike | pydicom.Dataset | SliceFile], spacing_tolerance: float = 0.1
+    files: list[str | os.PathLike | pydicom.Dataset | SliceHeader], spacing_tolerance: float = 0.1
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Decode one CT series into Hounsfield units.
 
@@ -350,7 +301,7 @@ def load_dicom_series(
     else (JPEG, JPEG 2000, RLE, odd layouts) goes through pydicom's decoders.
 
     Args:
-        files: the series' files, their already-read datasets or the :class:`SliceFile` headers from
+        files: the series' files, their already-read datasets or the :class:`SliceHeader` headers from
             :func:`scan_dicom_tree`, in any order.
 
     Returns:
@@ -364,14 +315,14 @@ def load_dicom_series(
     """
     if not files:
         raise DicomError("empty series")
-    items = [_as_slice_file(f) for f in files]
-    first = items[0].header
+    items = [_as_header(f) for f in files]
+    first = items[0]
     try:
-        iop = np.asarray(first.ImageOrientationPatient, float)
+        iop = np.asarray(first.get("ImageOrientationPatient"), float)
         row_dir, col_dir = iop[:3], iop[3:]
         normal = np.cross(row_dir, col_dir)
-        positions = np.asarray([[float(v) for v in it.header.ImagePositionPatient] for it in items])
-        dy, dx = (float(v) for v in first.PixelSpacing)
+        positions = np.asarray([[float(v) for v in it.get("ImagePositionPatient")] for it in items], float).reshape(len(items), 3)
+        dy, dx = (float(v) for v in first.get("PixelSpacing"))
     except (AttributeError, TypeError, ValueError, IndexError):
         raise DicomError("missing image geometry (orientation, position or pixel spacing)") from None
     order = np.argsort(positions @ normal, kind="stable")
@@ -384,14 +335,14 @@ def load_dicom_series(
     if gaps.size and np.max(np.abs(gaps - dz)) > spacing_tolerance * dz + 1e-3:
         raise DicomError(f"inconsistent slice spacing ({gaps.min():.2f}–{gaps.max():.2f} mm)")
     try:
-        shapes = {(int(it.header.Rows), int(it.header.Columns)) for it in items}
+        shapes = {(int(it.get("Rows")), int(it.get("Columns"))) for it in items}
     except (AttributeError, TypeError, ValueError):
         raise DicomError("no pixel data (missing Rows/Columns)") from None
     if len(shapes) != 1:
         raise DicomError("inconsistent image size within the series")
     shape = shapes.pop()
-    rescale = [_rescale(it.header) for it in items]
-    signs = {int(it.header.get("PixelRepresentation") or 0) for it in items}
+    rescale = [_rescale(it) for it in items]
+    signs = {int(it.get("PixelRepresentation") or 0) for it in items}
     if all(it.pixel_offset is not None for it in items) and len(signs) == 1:
         stored = np.empty((len(items), *shape), dtype=np.int16)
         for i, it in enumerate(items):
@@ -407,6 +358,6 @@ def load_dicom_series(
         "spacing": (abs(dz), dy, dx),
         "n_slices": len(items),
         "series_description": str(first.get("SeriesDescription", "")),
-        "transfer_syntax": str(first.file_meta.TransferSyntaxUID.name),
+        "transfer_syntax": _syntax_name(first.transfer_syntax),
     }
     return volume, affine, meta

@@ -6,7 +6,8 @@ import pydicom
 import pytest
 
 from ctmil.data.dicom_io import write_dicom_series
-from ctmil.transforms.dicom import DicomError, load_dicom_series, read_slice_header, scan_dicom_tree
+from ctmil.transforms.dicom import DicomError, load_dicom_series, scan_dicom_tree
+from ctmil.transforms.dicom_header import read_header
 from tests.conftest import simple_chest
 
 
@@ -30,7 +31,7 @@ def _reference(paths):
 def test_raw_reader_matches_pydicom(tmp_path, syntax, intercept, slope, hu_offset, dtype):
     vol = simple_chest(n_slices=7, size=48) + hu_offset
     paths = write_dicom_series(vol, (2.0, 1.0, 1.0), tmp_path, rng=1, transfer_syntax=syntax, rescale_intercept=intercept, rescale_slope=slope)
-    items = [read_slice_header(p) for p in paths]
+    items = [read_header(p) for p in paths]
     assert all(it.pixel_offset is not None for it in items)  # the direct path is taken
     loaded, _, meta = load_dicom_series(items)
     assert loaded.dtype == dtype
@@ -58,7 +59,7 @@ def test_files_with_data_after_the_pixels_fall_back_to_pydicom(tmp_path):
     ds = pydicom.dcmread(paths[2])
     ds.DataSetTrailingPadding = b"\0" * 16  # (FFFC,FFFC) after the pixel data
     ds.save_as(paths[2])
-    items = [read_slice_header(p) for p in paths]
+    items = [read_header(p) for p in paths]
     assert items[2].pixel_offset is None and all(it.pixel_offset is not None for k, it in enumerate(items) if k != 2)
     loaded, _, _ = load_dicom_series(items)
     np.testing.assert_array_equal(loaded, _reference(paths))
@@ -67,7 +68,7 @@ def test_files_with_data_after_the_pixels_fall_back_to_pydicom(tmp_path):
 def test_truncated_file_is_a_one_line_error(tmp_path):
     vol = simple_chest(n_slices=6, size=48)
     paths = write_dicom_series(vol, (2.0, 1.0, 1.0), tmp_path, rng=4)
-    items = [read_slice_header(p) for p in paths]
+    items = [read_header(p) for p in paths]
     data = paths[1].read_bytes()
     paths[1].write_bytes(data[:-100])  # cut after discovery
     with pytest.raises(DicomError, match="truncated pixel data"):
@@ -80,6 +81,6 @@ def test_header_read_stops_before_the_pixels_and_keeps_what_discovery_needs(tmp_
     studies, skipped = scan_dicom_tree(tmp_path, keep_headers=True)
     (series,) = next(iter(studies.values()))
     assert not skipped and len(series.slices) == 8
-    header = series.slices[0].header
-    assert "PixelData" not in header and "PatientName" not in header and "PatientID" not in header
-    assert {"ImagePositionPatient", "RescaleIntercept", "Rows"} <= set(header.dir())
+    header = series.slices[0]
+    assert header.parsed_by == "ctmil" and header.dataset is None
+    assert {"ImagePositionPatient", "RescaleIntercept", "Rows"} <= set(header.values) and "PatientID" not in header.values
