@@ -102,7 +102,7 @@ def lung_mask_hu(
     """Lung mask of a HU slice stack, computed on a working grid of about ``working_mm``.
 
     In plane the grid takes every ``stride``-th row and column; along z every ``round(working_mm / dz)``-th
-    slice (only when ``spacing`` is given), each slice then taking the mask of its nearest working slice.
+    slice (only when ``spacing`` is given), each slice then taking the mask of its slab.
 
     Args:
         volume: ``(S, H, W)`` Hounsfield units.
@@ -143,8 +143,8 @@ def lung_mask_hu(
         mask |= labels == label
     mask = _fill_and_close(mask, int(round(closing_mm / (pixel * stride))))
     mask = _dilate(mask, int(round(dilate_mm / (pixel * stride))))
-    if z_stride > 1:  # each slice takes its nearest working slice
-        mask = mask[np.minimum((np.arange(volume.shape[0]) + z_stride // 2) // z_stride, mask.shape[0] - 1)]
+    if z_stride > 1:  # working slice k was built from slices k*z_stride .. k*z_stride+z_stride-1
+        mask = mask[np.arange(volume.shape[0]) // z_stride]
     return mask, stride
 
 

@@ -59,3 +59,169 @@ def test_bad_arguments(kwargs):
 def test_bad_shape():
     with pytest.raises(ValueError, match=r"\(1, S, H, W\)"):
         LungMask()(np.zeros((4, 8, 8)))
+
+
+# --- working grid: LungMask.working_mask, LungMaskd(full_resolution=False), the z grid ---
+
+
+def _repeat_crop(mask: np.ndarray, stride: int, shape: tuple[int, int]) -> np.ndarray:
+    full = np.repeat(np.repeat(np.asarray(mask), stride, axis=-2), stride, axis=-1)
+    return full[..., : shape[0], : shape[1]]
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@pytest.mark.parametrize("as_torch", [False, True])
+@pytest.mark.parametrize("size,spacing,working_mm,stride", [
+    (96, None, 3.0, 3),  # plain arrays: 1 mm pixels assumed
+    (97, None, 4.0, 4),  # H, W not multiples of the stride: the full mask is cropped
+    (100, (2.0, 0.5, 0.5), 4.0, 8),
+    (98, (5.0, 0.75, 0.75), 3.0, 4),
+])
+def test_full_mask_is_the_working_mask_repeated_and_cropped(as_torch, size, spacing, working_mm, stride):
+    vol = simple_chest(size=size)
+    arr = vol[None]
+    if spacing is not None:
+        img = MetaTensor(torch.from_numpy(arr), meta={"spacing": spacing, "intensity": "hu"})
+    else:
+        img = torch.from_numpy(arr) if as_torch else arr
+    masker = LungMask(working_mm=working_mm)
+    small, got_stride = masker.working_mask(img)
+    full = masker(img)
+    assert got_stride == stride
+    is_torch = isinstance(img, torch.Tensor)
+    assert isinstance(small, torch.Tensor) == is_torch and isinstance(full, torch.Tensor) == is_torch
+    small, full = np.asarray(small), np.asarray(full)
+    assert small.dtype == bool and full.dtype == bool
+    assert small.shape == (1, vol.shape[0], _ceil(size, stride), _ceil(size, stride))
+    assert full.shape == (1, *vol.shape)
+    np.testing.assert_array_equal(full, _repeat_crop(small, stride, (size, size)))
+    np.testing.assert_array_equal(small[0], lung_mask_hu(vol, spacing, working_mm=working_mm)[0])
+    assert small[0, 6].any() and not small[0, 0].any()  # lungs in the middle, none in the first slice
+
+
+@pytest.mark.parametrize("source", ["meta", "argument"])
+@pytest.mark.parametrize("as_torch", [False, True])
+def test_windowed_working_mask_has_stride_one(source, as_torch):
+    vol = np.clip((simple_chest() + 1000.0) / 1100.0, 0, 1).astype(np.float32)
+    if source == "meta":
+        img, masker = MetaTensor(torch.from_numpy(vol)[None], meta={"intensity": "windowed", "spacing": (1.0, 0.5, 0.5)}), LungMask()
+    else:
+        img, masker = (torch.from_numpy(vol)[None] if as_torch else vol[None]), LungMask(intensity="windowed")
+    small, stride = masker.working_mask(img)
+    assert stride == 1 and tuple(small.shape) == tuple(img.shape)
+    assert isinstance(small, torch.Tensor) == isinstance(img, torch.Tensor)
+    np.testing.assert_array_equal(np.asarray(small), np.asarray(masker(img)))
+    np.testing.assert_array_equal(np.asarray(small)[0], lung_mask_windowed(vol))
+
+
+def test_working_mask_rejects_bad_shape():
+    with pytest.raises(ValueError, match=r"\(1, S, H, W\)"):
+        LungMask().working_mask(np.zeros((2, 3, 8, 8)))
+
+
+def _lung_cells(vol: np.ndarray, stride: int) -> np.ndarray:
+    """Lung voxels (below -500 HU inside the body) of ``simple_chest`` at the working grid points."""
+    truth = np.zeros(vol.shape, bool)
+    truth[:, 30:71, 12:85] = vol[:, 30:71, 12:85] < -500
+    return truth[:, ::stride, ::stride]
+
+
+def test_z_grid_keeps_every_slice_and_empty_ends():
+    vol = simple_chest(n_slices=12)
+    m, stride = lung_mask_hu(vol, (1.0, 1.0, 1.0), working_mm=2.0)  # stride 2, z_stride 2
+    assert stride == 2 and m.shape == (12, 48, 48) and m.dtype == bool
+    assert not m[0].any() and not m[-2:].any()  # far from any lung: empty
+    assert m[5].sum() > _lung_cells(vol, 2)[5].sum()  # a mid-chest slice: both lungs, generously
+    # 6 working slices for 12 slices: every slice shares its mask with a neighbour, at most 6 distinct masks
+    assert len({m[s].tobytes() for s in range(12)}) <= 6
+    assert all(np.array_equal(m[s], m[s - 1]) or np.array_equal(m[s], m[s + 1]) for s in range(1, 11))
+    # working_mm = pixel size: no z grid, the mask follows the phantom slice by slice
+    fine = lung_mask_hu(vol, (1.0, 1.0, 1.0), working_mm=1.0)[0]
+    assert fine.shape == vol.shape and [bool(fine[s].any()) for s in range(12)] == [2 <= s <= 9 for s in range(12)]
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.4, 1.0, 1.0), (0.5, 1.0, 1.0), (0.6, 1.0, 1.0), (1.5, 1.0, 1.0), (2.0, 1.0, 1.0)])
+def test_z_grid_every_lung_slice_is_inside_its_own_mask(spacing):
+    """Whatever the z stride, the lung voxels of each slice lie in that slice's mask (the slab that sampled
+    the slice's air is the one whose mask the slice takes)."""
+    vol = simple_chest(n_slices=12)
+    m, stride = lung_mask_hu(vol, spacing, working_mm=2.0)
+    truth = _lung_cells(vol, stride)
+    missed = {s: int((truth[s] & ~m[s]).sum()) for s in range(vol.shape[0]) if (truth[s] & ~m[s]).any()}
+    assert not missed, f"lung cells outside their slice's mask (slice: count): {missed}"
+
+
+@pytest.mark.parametrize("parity", [0, 1])
+def test_z_grid_lung_air_in_any_slice_of_a_slab_counts(parity):
+    """Lungs whose air shows only in every other slice (the others consolidated): per slice they are separate
+    pieces, but on the 2-slice working grid every slab holds air and the lungs are found on all lung slices."""
+    vol = simple_chest(n_slices=12)
+    for s in range(2, 10):
+        if s % 2 != parity:
+            vol[s][vol[s] == -850.0] = 40.0
+    air_slices = [s for s in range(2, 10) if s % 2 == parity]
+    truth = _lung_cells(vol, 2)
+    assert all(truth[s].sum() > 100 for s in air_slices)
+    m, stride = lung_mask_hu(vol, (1.0, 1.0, 1.0), working_mm=2.0)
+    assert stride == 2 and m.shape == (12, 48, 48)
+    for s in air_slices:
+        assert int((truth[s] & ~m[s]).sum()) == 0, f"slice {s}: its lung air is outside its mask"
+    assert not m[0].any() and not m[-1].any()
+    # slice by slice (no z grid: spacing None or thick slices) the pieces are separate components and only
+    # the largest one or two are kept: fewer slices get a mask
+    per_slice = lung_mask_hu(vol, None, working_mm=2.0)[0]
+    np.testing.assert_array_equal(per_slice, lung_mask_hu(vol, (5.0, 1.0, 1.0), working_mm=2.0)[0])
+    assert sum(per_slice[s].any() for s in air_slices) < len(air_slices)
+
+
+def test_spacing_none_keeps_z_stride_one():
+    vol = simple_chest(n_slices=12)
+    m, stride = lung_mask_hu(vol, None, working_mm=2.0)
+    assert stride == 2 and m.shape == (12, 48, 48)
+    assert [bool(m[s].any()) for s in range(12)] == [2 <= s <= 9 for s in range(12)]
+    np.testing.assert_array_equal(m, lung_mask_hu(vol, (5.0, 1.0, 1.0), working_mm=2.0)[0])  # z_stride round(0.4) → 1
+    # slices with the same content get the same mask; slices differ where the phantom differs
+    assert np.array_equal(m[4], m[7]) and not np.array_equal(m[3], m[4])
+
+
+@pytest.mark.parametrize("as_meta", [False, True])
+def test_lung_maskd_working_resolution_writes_mask_and_stride(as_meta):
+    vol = simple_chest(size=100)
+    img = MetaTensor(torch.from_numpy(vol)[None], meta={"spacing": (2.0, 0.5, 0.5), "intensity": "hu"}) if as_meta else vol[None]
+    stride = 8 if as_meta else 4
+    d = LungMaskd("image", mask_key="lung", full_resolution=False)({"image": img, "other": 1})
+    assert d["lung_stride"] == stride and isinstance(d["lung_stride"], int)
+    assert tuple(d["lung"].shape) == (1, 12, _ceil(100, stride), _ceil(100, stride))
+    assert isinstance(d["lung"], torch.Tensor) == as_meta
+    assert d["image"] is img and d["other"] == 1
+    full = LungMaskd("image", mask_key="lung")({"image": img})
+    assert "lung_stride" not in full and tuple(full["lung"].shape) == (1, 12, 100, 100)
+    np.testing.assert_array_equal(np.asarray(full["lung"]), _repeat_crop(d["lung"], stride, (100, 100)))
+
+
+@pytest.mark.parametrize("size,spacing", [
+    (96, (2.0, 0.5, 0.5)),  # stride 8, z_stride 2
+    (100, (2.0, 0.5, 0.5)),  # stride 8, 100 not a multiple of it
+    (96, (2.0, 1.0, 1.0)),  # stride 4
+    (97, (5.0, 0.75, 0.75)),  # stride 5, z_stride 1
+])
+def test_working_resolution_chain_matches_full_resolution_chain(size, spacing):
+    from ctmil.transforms import LungBoxCropd, SelectLungSlicesd
+
+    vol = simple_chest(n_slices=12, size=size)
+
+    def chain(full_resolution):
+        img = MetaTensor(torch.from_numpy(vol.copy())[None], meta={"spacing": spacing, "intensity": "hu"})
+        d = LungMaskd("image", mask_key="lung", full_resolution=full_resolution)({"image": img})
+        d = SelectLungSlicesd(["image", "lung"], source_key="lung")(d)
+        return LungBoxCropd("image", source_key="lung", spatial_size=(18, 24))(d)
+
+    coarse, full = chain(False), chain(True)
+    assert coarse["lung_stride"] > 1 or spacing[1] == 1.0
+    np.testing.assert_array_equal(coarse["kept_slices"], full["kept_slices"])
+    np.testing.assert_array_equal(coarse["boxes"], full["boxes"])
+    assert torch.equal(coarse["image"], full["image"])
+    assert coarse["lung"].shape[-2:] != full["lung"].shape[-2:]
