@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
-from pydicom.errors import InvalidDicomError
+from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filereader import read_partial
 from pydicom.tag import Tag
 
@@ -59,7 +60,14 @@ _HEAD_BYTES = 16384  # most CT headers end within this; more is read when not
 _U16, _U32 = struct.Struct("<H"), struct.Struct("<I")
 _TAG = struct.Struct("<HH")
 
-READ_ERRORS = (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, IndexError, struct.error)
+#: what reading a damaged or non-DICOM file may raise (pydicom's fallback included); callers skip such files
+READ_ERRORS = (
+    InvalidDicomError, BytesLengthException, NotImplementedError, OSError, EOFError, ValueError, KeyError, TypeError,
+    AttributeError, IndexError, struct.error,
+)
+#: VRs whose text may use the declared character set (the other text VRs read here are ASCII by the standard)
+_CHARSET_VRS = {"LO"}
+_DEFAULT_CHARSETS = {"", "ISO_IR 6", "ISO_IR 100"}  # both decode as latin-1
 
 
 @dataclass
@@ -89,10 +97,13 @@ class _Unsupported(Exception):
     """A layout the fast walker does not handle; pydicom reads the file instead."""
 
 
-def _convert(keyword: str, vr: str, raw: bytes) -> Any:
+def _convert(keyword: str, vr: str, raw: bytes, encodings: list[str] | None = None) -> Any:
     if vr == "US":
         return _U16.unpack_from(raw)[0] if len(raw) >= 2 else None
-    text = raw.decode("latin-1").strip(" \0")
+    if encodings and vr in _CHARSET_VRS:
+        text = decode_bytes(raw, encodings, {0x5C}).strip(" \0")
+    else:
+        text = raw.decode("latin-1").strip(" \0")
     if not text:
         return None
     if vr == "DS":
@@ -157,9 +168,8 @@ class _Walker:
         """Raw values of the wanted tags from ``pos`` to the first tag past group 0028; the stop position."""
         found: dict[int, tuple[bytes | None, bytes]] = {}
         while True:
-            if pos + 8 > len(self.buf):
-                more = self.fp.read(_HEAD_BYTES)
-                self.buf += more
+            if pos + 8 > len(self.buf):  # past the buffer (a long skipped element): read up to and beyond pos
+                self.buf += self.fp.read(max(pos + 8 - len(self.buf), _HEAD_BYTES))
                 if pos + 8 > len(self.buf):
                     return found, pos  # end of file: a header without pixel data
             tag, vr, start, length = self.element(pos, self.implicit)
@@ -235,6 +245,7 @@ def header_values(ds: pydicom.Dataset) -> dict[str, Any]:
 
 def _read_with_pydicom(path: str, fp) -> SliceHeader:
     fp.seek(0)
+    # on a damaged file pydicom raises one of READ_ERRORS (BytesLengthException, NotImplementedError, ...)
     ds = read_partial(fp, stop_when=lambda tag, vr, length: tag > _LAST_TAG, specific_tags=[Tag(t) for t, _ in HEADER_TAGS.values()])
     values = header_values(ds)
     syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", ""))
@@ -261,11 +272,13 @@ def read_header(path: str | os.PathLike) -> SliceHeader:
             walker = _Walker(fp, syntax == IMPLICIT_LE, buf)
             raw, end = walker.walk(pos)
             values = {}
+            charset = raw.get(HEADER_TAGS["SpecificCharacterSet"][0], (None, b""))[1].decode("latin-1").strip(" \0")
+            encodings = None if charset in _DEFAULT_CHARSETS else convert_encodings(charset.split("\\"))
             for tag, (vr, data) in raw.items():
                 keyword, expected = _BY_TAG[tag]
                 if vr is not None and vr.decode("latin-1") != expected and not (vr == b"UN" or (expected == "US" and vr == b"SS")):
                     raise _Unsupported(f"unexpected VR {vr!r} for {keyword}")
-                value = _convert(keyword, expected, data)
+                value = _convert(keyword, expected, data, encodings)
                 if value is not None:
                     values[keyword] = value
         except (_Unsupported, struct.error, ValueError, UnicodeDecodeError, EOFError):
