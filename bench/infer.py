@@ -25,16 +25,16 @@ from pathlib import Path
 import torch
 
 from ctmil.networks import MILNet
-from ctmil.pipeline.infer import run_inference
-from ctmil.pipeline.model_io import load_model
+from ctmil.infer.batch import run_inference
+from ctmil.infer.model_io import load_model
 
 THORAX = Path(__file__).resolve().parents[2] / "shared" / "data" / "thorax_ct_dicom"
 PHASES = ("t_load", "t_preprocess", "t_predict", "t_write")
 
 
 def _inputs(tmp: Path, quick: bool) -> list[tuple[str, Path]]:
-    from ctmil.data.dicom_io import write_dicom_series
-    from ctmil.data.phantoms import make_phantom, write_nifti
+    from ctmil.synthetic.dicom_writer import write_dicom_series
+    from ctmil.synthetic.phantoms import make_phantom, write_nifti
 
     rows = []
     if THORAX.exists():

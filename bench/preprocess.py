@@ -17,9 +17,9 @@ from pathlib import Path
 import pydicom
 import torch
 
-from ctmil.data.datalist import discover_cases
-from ctmil.pipeline.preprocess import cached_bag_dataset
-from ctmil.transforms.dicom_header import read_header
+from ctmil.io.discovery import discover_cases
+from ctmil.data.preprocess import cached_bag_dataset
+from ctmil.io.dicom_header import read_header
 from ctmil.transforms import LoadCT, LungBoxCrop, LungMask, NormalizePatches, SelectLungSlices, TilePatches, preprocessing_transforms
 
 DEFAULT_SERIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "thorax_ct_dicom"
@@ -35,8 +35,8 @@ def _median_time(fn, runs: int) -> float:
 
 
 def _phantom_series(folder: Path) -> Path:
-    from ctmil.data.dicom_io import write_dicom_series
-    from ctmil.data.phantoms import make_phantom
+    from ctmil.synthetic.dicom_writer import write_dicom_series
+    from ctmil.synthetic.phantoms import make_phantom
 
     volume, _, _ = make_phantom(0, shape=(141, 512, 512), spacing=(2.0, 0.98, 0.98))
     write_dicom_series(volume, (2.0, 0.98, 0.98), folder, rng=0, patient_id="BENCH")

@@ -40,7 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ctmil.networks import LeNetEncoder, MILNet  # noqa: E402
-from ctmil.pipeline.losses import MILSSLLoss  # noqa: E402
+from ctmil.train.losses import MILSSLLoss  # noqa: E402
 
 
 class BagEncoder(nn.Module):

@@ -28,8 +28,8 @@ def _labels_from_csv(path: str | None) -> dict[str, float]:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from ctmil.data.datalist import discover_cases
-    from ctmil.pipeline.preprocess import preprocess_cases
+    from ctmil.io.discovery import discover_cases
+    from ctmil.data.preprocess import preprocess_cases
 
     cases = discover_cases(args.inputs, labels=_labels_from_csv(args.labels), min_slices=args.min_slices, progress=not args.quiet)
     if not cases:
@@ -47,7 +47,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_phantoms(args: argparse.Namespace) -> int:
-    from ctmil.data.phantoms import generate_cohort
+    from ctmil.synthetic.phantoms import generate_cohort
 
     table = generate_cohort(args.out, n=args.n, seed=args.seed)
     logging.getLogger("ctmil").info("wrote %d phantoms (%d severe) to %s", len(table), int(table["label"].sum()), args.out)
@@ -55,8 +55,8 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from ctmil.pipeline.infer import run_inference
-    from ctmil.pipeline.model_io import ModelError
+    from ctmil.infer.batch import run_inference
+    from ctmil.infer.model_io import ModelError
 
     try:
         predictions, n_failed = run_inference(
@@ -90,15 +90,15 @@ def _overrides(pairs: list[str] | None) -> dict:
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
-    from ctmil.pipeline.cv import run_cv_from_config
+    from ctmil.evaluate.cv import run_cv_from_config
 
     import pandas as pd
 
     config = args.config or str(Path(__file__).resolve().parents[1] / "bundles" / "covid19_severity_mil" / "configs" / "cv.json")
     datalist = args.datalist
     if "bag" not in pd.read_csv(datalist, nrows=0).columns:  # a datalist of CT files: preprocess it first
-        from ctmil.data.datalist import read_datalist
-        from ctmil.pipeline.preprocess import preprocess_cases
+        from ctmil.io.discovery import read_datalist
+        from ctmil.data.preprocess import preprocess_cases
 
         manifest = preprocess_cases(read_datalist(datalist), Path(args.out) / "bags", progress=True)
         for row in manifest[manifest["status"] == "failed"].itertuples():
@@ -110,7 +110,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ctmil.pipeline.demo import run_demo
+    from ctmil.demo import run_demo
 
     result = run_demo(args.out, config=args.config, overrides=_overrides(args.set), progress=not args.quiet)
     print(Path(result["report"]).read_text())

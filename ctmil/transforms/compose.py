@@ -9,7 +9,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, MapTransform
 
 from ctmil.transforms.crop import LungBoxCropd, SelectLungSlicesd
-from ctmil.transforms.io import LoadCTd
+from ctmil.transforms.load import LoadCTd
 from ctmil.transforms.lung import LungMaskd
 from ctmil.transforms.tiling import ToBagd
 

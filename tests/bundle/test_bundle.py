@@ -24,10 +24,10 @@ from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metad
 from monai.bundle.config_item import ComponentLocator
 from monai.utils import optional_import
 
-from ctmil.data.phantoms import generate_cohort
+from ctmil.synthetic.phantoms import generate_cohort
 from ctmil.networks import MILNet
-from ctmil.pipeline.metrics import binary_metrics
-from ctmil.pipeline.trainer import predict
+from ctmil.evaluate.metrics import binary_metrics
+from ctmil.train.trainer import predict
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "covid19_severity_mil"
 SCHEMA = "configs/schema/meta_schema_20240725.json"
@@ -239,7 +239,7 @@ def test_multi_gpu_train_config_in_one_process(trained, work, cohort, monkeypatc
         idist.sync()  # Ignite back to its serial model, for the tests that follow in this process
     network = workflow.parser.get_parsed_content("network")
     assert isinstance(network.ddp, torch.nn.parallel.DistributedDataParallel)
-    from ctmil.pipeline.distributed import ShardedEpochBags
+    from ctmil.train.distributed import ShardedEpochBags
 
     assert isinstance(workflow.parser.get_parsed_content("train#dataloader"), ShardedEpochBags)  # each rank its shard
     assert workflow.parser["train#handlers#2#_target_"].endswith("DistributedVirtualBagHandler")
@@ -364,7 +364,7 @@ def test_targets_and_package_references_resolve(name):
         for dotted in re.findall(r"\bctmil(?:\.\w+)+", expr):
             module, _, attr = dotted.rpartition(".")
             _, ok = optional_import(module, name=attr)
-            if not ok:  # a module path such as ctmil.pipeline.bundle_utils
+            if not ok:  # a module path such as ctmil.bundle
                 _, ok = optional_import(dotted)
             assert ok, f"{name}: {dotted} in {expr!r} does not resolve"
     if name in ("train.json", "multi_gpu_train.json"):

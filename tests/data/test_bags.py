@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ctmil.data.bags import BagDataset, EpochBags, collate_bags, epoch_generator, load_bag, virtual_bag
-from tests.pipeline._bags import make_bag, make_bags
+from tests.train._bags import make_bag, make_bags
 
 
 def test_load_bag_reads_weights_only_file(tmp_path):

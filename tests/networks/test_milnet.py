@@ -6,7 +6,7 @@ import torch.nn as nn
 from monai.networks.nets import Classifier
 
 from ctmil.networks import MILNet, pairs_for_batch
-from ctmil.pipeline.losses import MILSSLLoss
+from ctmil.train.losses import MILSSLLoss
 from tests.networks._bags import make_bag, pad_batch
 
 OUT_KEYS = {"logits", "attention", "features", "bag_features", "ssl_abs", "ssl_rel"}

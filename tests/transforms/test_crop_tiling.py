@@ -196,8 +196,8 @@ def _true_lungs(vol: np.ndarray) -> np.ndarray:
 
 
 def _write_case(tmp_path, fmt, vol, spacing):
-    from ctmil.data.dicom_io import write_dicom_series
-    from ctmil.data.phantoms import write_nifti
+    from ctmil.synthetic.dicom_writer import write_dicom_series
+    from ctmil.synthetic.phantoms import write_nifti
 
     if fmt == "dicom":
         write_dicom_series(vol, spacing, tmp_path / "dcm", rng=11)

@@ -1,0 +1,184 @@
+"""Batch preprocessing: cases → one bag file per case + a manifest, cached and atomic.
+
+A case that cannot be read gets a one-line reason in the manifest and the others still complete. Bags are
+written to a temporary name and renamed, so a bag file on disk is always whole. A bag is reused when its
+recorded cache key (preprocessing settings + ctmil version + the input files' size and mtime) matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+from monai.data import PersistentDataset
+
+from ctmil import __version__
+from ctmil.transforms.compose import preprocessing_transforms
+from ctmil.io.dicom_series import DicomError
+from ctmil.io.readers import CaseError
+
+logger = logging.getLogger(__name__)
+MANIFEST_COLUMNS = [
+    "case_id", "label", "patient", "status", "error", "source", "input_kind", "series", "n_slices",
+    "n_slices_kept", "K", "bag_path",
+]
+
+
+def source_signature(image) -> list:
+    """Size and mtime of the input files: part of the cache key, so edited inputs are re-read."""
+    files = image if isinstance(image, (list, tuple)) else [image]
+    sig = []
+    for f in files:
+        p = Path(f)
+        paths = sorted(q for q in p.iterdir() if q.is_file()) if p.is_dir() else [p]
+        sig.extend((str(q), q.stat().st_size, int(q.stat().st_mtime_ns)) for q in paths)
+    return sig
+
+
+def cache_key(case: dict, settings: dict) -> str:
+    """Hash of what determines a bag: the settings, the ctmil version, the input files and the label."""
+    payload = {"settings": settings, "version": __version__, "source": source_signature(case["image"]), "label": case.get("label")}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            frame.to_csv(fh, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def preprocess_case(case: dict, transform, settings: dict, bag_dir: Path) -> dict:
+    """Preprocess one case into ``bag_dir/<case_id>.pt``; returns its manifest row (never raises for data problems)."""
+    row = {c: "" for c in MANIFEST_COLUMNS}
+    row.update(case_id=case["case_id"], label=case.get("label"), patient=case.get("patient", case["case_id"]),
+               source=case.get("source", ""), series=case.get("series", ""))
+    if case.get("error") or case.get("image") is None:
+        row.update(status="failed", error=case.get("error") or "no input")
+        return row
+    bag_path = bag_dir / f"{case['case_id']}.pt"
+    try:
+        key = cache_key(case, settings)
+        if bag_path.exists():
+            old = torch.load(bag_path, weights_only=True)
+            if old.get("meta", {}).get("cache_key") == key:
+                return _fill_row(row, old, bag_path, "cached")
+        bag = transform({"image": case["image"], "case_id": case["case_id"], "label": case.get("label")})
+        bag["meta"]["cache_key"] = key
+        atomic_torch_save(bag, bag_path)
+        return _fill_row(row, bag, bag_path, "ok")
+    except Exception as raised:  # one case must never stop the batch
+        row.update(status="failed", error=case_error_text(raised, case["case_id"]))
+    return row
+
+
+def case_error_text(raised: BaseException, case_id: str = "") -> str:
+    """The one-line manifest reason for an exception raised while processing one case.
+
+    Data problems (``CaseError``, ``DicomError``, ``ValueError``, ``OSError``) give their message; anything
+    else is labelled an internal error and its traceback goes to the debug log.
+    """
+    err = root_cause(raised)
+    text = " ".join(str(err).split()) or type(err).__name__
+    if not isinstance(err, (CaseError, DicomError, ValueError, OSError)):
+        logger.debug("case %s failed", case_id, exc_info=raised)
+        text = f"internal error ({type(err).__name__}): {text}"
+    return text
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """The original exception behind MONAI's ``RuntimeError("applying transform ...")`` wrappers."""
+    while isinstance(err, RuntimeError) and err.__cause__ is not None and str(err).startswith("applying transform"):
+        err = err.__cause__
+    return err
+
+
+def _fill_row(row: dict, bag: dict, bag_path: Path, status: str) -> dict:
+    meta = bag["meta"]
+    row.update(status=status, error="", input_kind=meta.get("input_kind", ""), n_slices=meta["spatial_shape"][0],
+               n_slices_kept=int(bag["kept_slices"].numel()), K=int(bag["patches"].shape[0]), bag_path=str(bag_path.resolve()))
+    return row
+
+
+def preprocess_cases(cases: list[dict], out_dir: str | os.PathLike, settings: dict | None = None, progress: bool = True) -> pd.DataFrame:
+    """Write ``out_dir/bags/<case_id>.pt`` per case, ``out_dir/manifest.csv`` and ``out_dir/datalist.csv``
+    (the labelled, usable cases in the form ``ctmil cv`` reads); return the manifest.
+
+    Args:
+        cases: from :func:`ctmil.io.discovery.discover_cases`.
+        settings: keyword arguments of :func:`ctmil.transforms.preprocessing_transforms`.
+    """
+    from tqdm.auto import tqdm
+
+    settings = dict(settings or {})
+    transform = preprocessing_transforms(**settings)
+    out_dir = Path(out_dir)
+    rows = []
+    bar = tqdm(cases, desc="preprocessing", unit="case", disable=not progress)
+    for case in bar:
+        bar.set_postfix_str(case["case_id"])
+        row = preprocess_case(case, transform, settings, out_dir / "bags")
+        if row["status"] == "failed":
+            logger.warning("case %s failed: %s", row["case_id"], row["error"])
+        rows.append(row)
+    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    atomic_write_csv(manifest, out_dir / "manifest.csv")
+    atomic_write_csv(bag_datalist(manifest, relative_to=out_dir), out_dir / "datalist.csv")
+    return manifest
+
+
+def bag_datalist(manifest: pd.DataFrame, relative_to: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The training datalist (``case_id, bag, label, patient``) of the preprocessed cases that have a label.
+
+    With ``relative_to`` (the datalist's folder) bag paths are written relative to it, so the folder can move.
+    """
+    ok = manifest[manifest["status"].isin(["ok", "cached"]) & pd.to_numeric(manifest["label"], errors="coerce").notna()]
+    bags = [str(Path(p).resolve()) for p in ok["bag_path"]]
+    if relative_to is not None:
+        bags = [os.path.relpath(p, Path(relative_to).resolve()) for p in bags]
+    return pd.DataFrame({"case_id": ok["case_id"], "bag": bags, "label": ok["label"].astype(float).astype(int), "patient": ok["patient"]})
+
+
+def cached_bag_dataset(cases: list[dict], cache_dir: str | os.PathLike, settings: dict | None = None) -> PersistentDataset:
+    """A MONAI ``PersistentDataset`` yielding bags; decoding and lung masking run once per case and settings.
+
+    The cache key hashes the input item (paths, label, the input files' size and mtime) together with the
+    preprocessing settings and the ctmil version, so changing any transform setting re-computes the bags.
+    """
+    settings = dict(settings or {})
+    items = [
+        {"image": c["image"], "case_id": c["case_id"], "label": c.get("label"), "signature": source_signature(c["image"])}
+        for c in cases if c.get("image") is not None and not c.get("error")
+    ]
+
+    def hash_item(item) -> bytes:
+        payload = {"item": item, "settings": settings, "version": __version__}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest().encode()
+
+    return PersistentDataset(items, transform=preprocessing_transforms(**settings), cache_dir=cache_dir, hash_func=hash_item)

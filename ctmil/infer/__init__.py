@@ -1,0 +1,1 @@
+"""Batch inference on exports: model loading, per-study predictions, attention maps and overlays."""

@@ -1,0 +1,1 @@
+"""Training: step functions, engines, losses, handlers (one per file) and distributed wrappers."""

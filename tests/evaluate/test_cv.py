@@ -1,0 +1,195 @@
+"""Stratified grouped folds, configs, datalists, the report and a tiny end-to-end cross-validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats
+
+import ctmil.evaluate.cv as cv_module
+from ctmil.networks import MILNet
+from ctmil.evaluate.cv import load_config, load_datalist, make_folds, run_cv, run_cv_from_config, stratified_group_folds
+from ctmil.evaluate.metrics import METRIC_NAMES, binary_metrics
+from ctmil.evaluate.report import write_report
+from tests.train._bags import TINY_NET, make_bag, one_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CONFIGS = Path(__file__).resolve().parents[2] / "bundles" / "covid19_severity_mil" / "configs"
+
+
+@pytest.mark.parametrize(
+    "n_pos,n_neg,n_folds,seed", [(10, 30, 10, 0), (7, 23, 5, 1), (3, 9, 3, 2), (32, 197, 10, 3), (5, 5, 2, 4)]
+)
+def test_folds_are_stratified_and_cover_every_case_once(n_pos, n_neg, n_folds, seed):
+    labels = [1] * n_pos + [0] * n_neg
+    folds = stratified_group_folds(labels, [f"p{i}" for i in range(len(labels))], n_folds, seed)
+    assert folds.shape == (len(labels),) and set(folds.tolist()) == set(range(n_folds))
+    labels = np.array(labels)
+    for cls in (0, 1):
+        per_fold = np.bincount(folds[labels == cls], minlength=n_folds)
+        assert per_fold.max() - per_fold.min() <= 1  # stratified
+    sizes = np.bincount(folds, minlength=n_folds)
+    assert sizes.max() - sizes.min() <= 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_folds_keep_patients_together(seed):
+    rng = np.random.default_rng(seed)
+    groups = [f"p{g}" for g in rng.integers(0, 25, 60)]
+    labels = [int(g in {"p1", "p2", "p3", "p4", "p5", "p6"}) for g in groups]
+    folds = stratified_group_folds(labels, groups, 5, seed)
+    frame = pd.DataFrame({"group": groups, "fold": folds, "label": labels})
+    assert (frame.groupby("group")["fold"].nunique() == 1).all()
+    assert frame.groupby("fold")["label"].sum().min() >= 1  # every fold holds a positive
+
+
+def test_folds_are_deterministic_per_seed():
+    labels, groups = [1] * 8 + [0] * 22, list(range(30))
+    a = stratified_group_folds(labels, groups, 5, seed=7)
+    assert np.array_equal(a, stratified_group_folds(labels, groups, 5, seed=7))
+    assert not np.array_equal(a, stratified_group_folds(labels, groups, 5, seed=8))
+
+
+def test_folds_reject_too_few_groups():
+    with pytest.raises(ValueError):
+        stratified_group_folds([0, 1, 0], ["a", "a", "b"], 3, 0)
+
+
+def test_manifest_repeats_cover_each_case_once_and_never_leak():
+    n = 24
+    data = pd.DataFrame(
+        {"case_id": [f"c{i}" for i in range(n)], "bag": "x", "label": [int(i % 4 == 0) for i in range(n)],
+         "patient": [f"p{i // 2}" for i in range(n)]}
+    )
+    manifest = make_folds(data, n_folds=4, n_repeats=3, seed=0)
+    assert len(manifest) == 3 * n
+    for r, part in manifest.groupby("repeat"):
+        assert sorted(part["case_id"]) == sorted(data["case_id"])
+        for f in range(4):
+            test, train = part[part["fold"] == f], part[part["fold"] != f]
+            assert not set(test["case_id"]) & set(train["case_id"])
+            assert not set(test["patient"]) & set(train["patient"])
+    assert manifest[manifest.repeat == 0]["fold"].tolist() != manifest[manifest.repeat == 1]["fold"].tolist()
+
+
+def test_load_config_merges_base_and_overrides():
+    cfg = load_config(CONFIGS / "cv_demo.json", overrides={"train.epochs": 1, "virtual::alpha": 0.1, "cv": {"n_folds": 2}})
+    paper = load_config(CONFIGS / "cv.json")
+    assert paper["cv"]["n_folds"] == 10 and paper["cv"]["n_repeats"] == 5 and paper["train"]["epochs"] == 50
+    assert paper["virtual"] == {"start_epoch": 26, "alpha": 0.025, "gamma": 0.2, "n_bags": None}
+    demo = json.loads((CONFIGS / "cv_demo.json").read_text())
+    assert cfg["cv"]["n_folds"] == 2 and cfg["cv"]["n_repeats"] == demo["cv"]["n_repeats"] and cfg["cv"]["settings"] == ["A", "D"]
+    assert cfg["train"]["epochs"] == 1 and cfg["train"]["lr"] == paper["train"]["lr"]
+    assert cfg["virtual"]["alpha"] == 0.1 and cfg["virtual"]["gamma"] == 0.2
+    with pytest.raises(ValueError):
+        load_config({"trian": {}})
+
+
+def test_load_datalist(tmp_path):
+    (tmp_path / "bags").mkdir()
+    pd.DataFrame(
+        {"case_id": ["a", "b", "c"], "bag": ["bags/a.pt", "/abs/b.pt", "bags/c.pt"], "label": [1, 0, -1]}
+    ).to_csv(tmp_path / "list.csv", index=False)
+    data = load_datalist(tmp_path / "list.csv")
+    assert data["case_id"].tolist() == ["a", "b"] and data["patient"].tolist() == ["a", "b"]
+    assert data["bag"].tolist() == [str(tmp_path / "bags" / "a.pt"), "/abs/b.pt"]
+    with pytest.raises(ValueError):
+        load_datalist(pd.DataFrame({"case_id": ["a"], "label": [1]}))
+
+
+def _fake_predictions():
+    rng = np.random.default_rng(0)
+    rows = []
+    for setting, shift in (("A", 0.1), ("D", 0.4)):
+        for repeat in range(3):
+            for i in range(20):
+                label = int(i < 6)
+                rows.append({"case_id": f"c{i}", "setting": setting, "repeat": repeat, "fold": i % 4,
+                             "prob": float(np.clip(0.3 + shift * label + rng.normal(0, 0.2), 0, 1)), "label": label})
+    return pd.DataFrame(rows)
+
+
+def test_report_files_and_values(tmp_path):
+    predictions = _fake_predictions()
+    paths = write_report(tmp_path, predictions)
+    for path in paths.values():
+        assert path.exists() and path.stat().st_size > 0
+    report = pd.read_csv(tmp_path / "report.csv")
+    assert report.columns.tolist() == ["setting", "description", "n_repeats"] + [
+        f"{m}_{s}" for m in METRIC_NAMES for s in ("mean", "sd")
+    ]
+    per_repeat = [
+        binary_metrics(p["prob"], p["label"]) for _, p in predictions[predictions.setting == "D"].groupby("repeat")
+    ]
+    d = report.set_index("setting").loc["D"]
+    assert d["auc_mean"] == pytest.approx(np.mean([m["auc"] for m in per_repeat]))
+    assert d["accuracy_sd"] == pytest.approx(np.std([m["accuracy"] for m in per_repeat], ddof=1))
+    tests = pd.read_csv(tmp_path / "ttests.csv")
+    auc_a = [binary_metrics(p["prob"], p["label"])["auc"] for _, p in predictions[predictions.setting == "A"].groupby("repeat")]
+    expected = stats.ttest_ind([m["auc"] for m in per_repeat], auc_a)
+    assert tests.loc[0, "p_value"] == pytest.approx(expected.pvalue) and tests.loc[0, "t"] == pytest.approx(expected.statistic)
+    folds = pd.read_csv(tmp_path / "fold_metrics.csv")
+    assert len(folds) == 2 * 3 * 4 and {"setting", "repeat", "fold", "auc"} <= set(folds.columns)
+    md = (tmp_path / "report.md").read_text()
+    assert "| (D) MIL + both |" in md and f"{d['auc_mean']:.3f} ± {d['auc_sd']:.3f}" in md
+
+
+@pytest.fixture(scope="module")
+def datalist(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bags")
+    rows = []
+    for i, label in enumerate([1, 1, 0, 0, 0, 0]):
+        torch.save(make_bag(i, label), root / f"case{i}.pt")
+        rows.append({"case_id": f"case{i}", "bag": f"case{i}.pt", "label": label, "patient": f"p{i}"})
+    pd.DataFrame(rows).to_csv(root / "datalist.csv", index=False)
+    return root / "datalist.csv"
+
+
+def test_run_cv_end_to_end_and_resume(datalist, tmp_path, monkeypatch):
+    overrides = {
+        "cv": {"n_folds": 2, "n_repeats": 1, "settings": ["A", "B"], "final_model": "last_fold", "progress": False},
+        "train": {"epochs": 2, "threshold": 0.0, "tensorboard": False},
+        "virtual": {"start_epoch": 1},
+        "network": TINY_NET,
+    }
+    out = tmp_path / "out"
+    predictions = run_cv_from_config(CONFIGS / "cv_demo.json", datalist, out, overrides=overrides)
+    assert predictions.columns.tolist() == ["case_id", "setting", "repeat", "fold", "prob", "label"]
+    for setting in ("A", "B"):
+        part = predictions[predictions.setting == setting]
+        assert sorted(part["case_id"]) == [f"case{i}" for i in range(6)]  # every case tested exactly once
+    folds = pd.read_csv(out / "folds.csv")
+    merged = predictions.merge(folds, on=["case_id", "repeat"], suffixes=("", "_manifest"))
+    assert (merged["fold"] == merged["fold_manifest"]).all()
+    fold_of = {s: dict(zip(p["case_id"], p["fold"])) for s, p in predictions.groupby("setting")}
+    assert fold_of["A"] == fold_of["B"]  # paired: both settings use the same folds
+    for name in ("config.json", "report.md", "report.csv", "ttests.csv", "roc.png", "predictions.csv", "model.pt"):
+        assert (out / name).exists(), name
+    assert (out / "runs" / "B" / "r0_f1" / "predictions.csv").exists()
+    assert not (out / "runs" / "B" / "r0_f1" / "checkpoints").exists()
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["epochs"] == 2 and config["cv"]["n_folds"] == 2
+    info = json.loads((out / "model.json").read_text())
+    model = MILNet(**info["network"])
+    model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    assert info["setting"] == "B"
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("finished folds must not be trained again")
+
+    monkeypatch.setattr(cv_module, "fit", no_training)
+    again = run_cv_from_config(CONFIGS / "cv_demo.json", datalist, out, overrides=overrides)
+    pd.testing.assert_frame_equal(again, predictions)
+
+
+def test_run_cv_rejects_bad_settings(datalist, tmp_path):
+    with pytest.raises(ValueError):
+        run_cv(datalist, tmp_path, settings=["E"])
+    with pytest.raises(ValueError):
+        run_cv(datalist, tmp_path, train={"ssl": "absolute"})
