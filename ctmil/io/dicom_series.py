@@ -3,11 +3,11 @@
 A hospital export mixes studies, series, localizers, dose reports, DICOMDIR files and non-DICOM junk.
 :func:`scan_dicom_tree` reads headers only, :func:`choose_ct_series` picks per study the axial CT image
 series and says why, and :func:`load_dicom_series` decodes it into a Hounsfield-unit slice stack ordered
-by position along the slice normal (never by file name or InstanceNumber).
+by position along the slice normal (never by file name or InstanceNumber; see :mod:`ctmil.io.dicom_volume`).
 
-The slice stack is ``(S, H, W)``: axis 0 runs along the slice normal (inferior → superior for a standard
-axial series), axis 1 down the image rows, axis 2 along the image columns, exactly as the scanner stores it.
-The returned affine maps ``(s, r, c, 1)`` to RAS millimetres.
+Every file is read in isolation: a file that cannot be read, is too large or is not an image is skipped with
+its reason; a slice with unusable geometry is set aside in ``SeriesInfo.bad`` (a few are dropped with a
+warning, more fail the series: :mod:`ctmil.io.dicom_validate`).
 """
 
 from __future__ import annotations
@@ -19,19 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pydicom
 
-from ctmil.io.dicom_header import READ_ERRORS, SliceHeader, header_values, read_header
+from ctmil.io.dicom_header import SliceHeader, read_header
+from ctmil.io.dicom_pixels import DicomError
+from ctmil.io.dicom_validate import bad_files_text, geometry_problem, image_problem, max_bad, spacing_problem
+from ctmil.io.dicom_volume import load_dicom_series
+from ctmil.io.dicom_walker import DicomReadError
+from ctmil.io.grouping import INFERRED_WARNING, series_key
+from ctmil.io.paths import walk_files
+
+__all__ = ["DicomError", "SeriesInfo", "choose_ct_series", "load_dicom_series", "scan_dicom_tree", "series_problem"]
 
 logger = logging.getLogger(__name__)
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
-
-
-class DicomError(ValueError):
-    """A data problem with a DICOM series, reported as a one-line reason (never a traceback)."""
 
 
 @dataclass
@@ -52,6 +55,9 @@ class SeriesInfo:
     sizes: set[tuple[int, int]] = field(default_factory=set)
     frames: int = 1
     slices: list[SliceHeader] = field(default_factory=list, repr=False)  # headers, when scanned with keep_headers
+    inferred: bool = False  # grouped without UIDs (see ctmil.io.grouping)
+    bad: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of slices with unusable geometry
+    warnings: list[str] = field(default_factory=list)  # set by choose_ct_series on the chosen series
 
     @property
     def n_files(self) -> int:
@@ -62,22 +68,69 @@ class SeriesInfo:
         return f"series {self.number if self.number is not None else '?'}{desc} ({self.modality or 'no modality'}, {self.n_files} files)"
 
 
+def _read_one(path: str) -> tuple[SliceHeader | None, str]:
+    """The header of one file, or why the file is skipped. Never raises: one file cannot stop a scan."""
+    try:
+        header = read_header(path)
+    except DicomReadError as err:
+        return None, str(err)
+    except Exception as err:  # noqa: BLE001 - read_header raises only DicomReadError; this is the last guard
+        logger.debug("reading %s failed", path, exc_info=err)
+        return None, f"not readable DICOM (unexpected {type(err).__name__})"
+    if header.media_sop_class == MEDIA_STORAGE_DIRECTORY or Path(path).name.upper() == "DICOMDIR":
+        return None, "DICOMDIR index file"
+    if problem := image_problem(header):
+        return None, problem
+    return header, ""
+
+
+def _new_series(ds: SliceHeader, study: str, uid: str, inferred: bool) -> SeriesInfo:
+    number = ds.get("SeriesNumber")
+    return SeriesInfo(
+        study_uid=study, series_uid=uid, modality=str(ds.get("Modality", "")).upper(),
+        description=str(ds.get("SeriesDescription", "")), number=int(number) if number not in (None, "") else None,
+        image_type=tuple(str(v).upper() for v in (ds.get("ImageType") or ())), sop_class=str(ds.get("SOPClassUID", "")),
+        inferred=inferred,
+    )
+
+
+def _add(info: SeriesInfo, ds: SliceHeader, keep_headers: bool) -> None:
+    if problem := geometry_problem(ds):
+        info.bad.append((ds.path, problem))
+        return
+    info.files.append(ds.path)
+    if keep_headers:
+        info.slices.append(ds)
+    iop, ipp, ps = ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient"), ds.get("PixelSpacing")
+    if iop is not None and len(iop) == 6:
+        info.orientations.add(tuple(round(float(v), 3) for v in iop))
+    info.positions.append(tuple(float(v) for v in ipp) if ipp is not None and len(ipp) == 3 else None)
+    if ps is not None and len(ps) == 2:
+        info.pixel_spacings.add((round(float(ps[0]), 4), round(float(ps[1]), 4)))
+    if ds.get("Rows") is not None and ds.get("Columns") is not None:
+        info.sizes.add((int(ds.get("Rows")), int(ds.get("Columns"))))
+    info.frames = max(info.frames, int(ds.get("NumberOfFrames") or 1))
+
+
 def scan_dicom_tree(
     root: str | os.PathLike, progress: bool = False, keep_headers: bool = False
 ) -> tuple[dict[str, list[SeriesInfo]], list[tuple[str, str]]]:
-    """Walk ``root`` and group DICOM image files by study and series, reading headers only.
+    """Walk ``root`` (directory symlinks followed once) and group DICOM image files by study and series,
+    reading headers only. Files without study/series UIDs are grouped as :mod:`ctmil.io.grouping` describes.
 
     With ``keep_headers`` each file's header and raw-pixel offset are kept in ``SeriesInfo.slices`` so that
     :func:`load_dicom_series` need not parse it again (the fast path for a folder holding one study).
 
     Returns:
-        ``(studies, skipped)`` where ``studies`` maps StudyInstanceUID to its series and ``skipped`` lists
-        ``(path, reason)`` for files that are not DICOM images (junk, DICOMDIR, unreadable files).
+        ``(studies, skipped)`` where ``studies`` maps a study key (the StudyInstanceUID, or an inferred key) to
+        its series and ``skipped`` lists ``(path, reason)`` for files that are not usable DICOM images (junk,
+        DICOMDIR, damaged or oversized files). No file, whatever its bytes, makes this raise.
     """
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"input not found: {root}")
-    paths = [str(root)] if root.is_file() else sorted(str(p) for p in root.rglob("*") if p.is_file())
+    paths = [str(p) for p in walk_files(root)]
+    base = root if root.is_dir() else root.parent
     series: dict[tuple[str, str], SeriesInfo] = {}
     skipped: list[tuple[str, str]] = []
     iterator = paths
@@ -86,41 +139,18 @@ def scan_dicom_tree(
 
         iterator = tqdm(paths, desc="scanning DICOM headers", unit="file", leave=False)
     for path in iterator:
-        try:
-            ds = read_header(path)
-        except READ_ERRORS:
-            skipped.append((path, "not a readable DICOM file"))
+        ds, reason = _read_one(path)
+        if ds is None:
+            skipped.append((path, reason))
             continue
-        media_class = ds.media_sop_class
-        if media_class == MEDIA_STORAGE_DIRECTORY or Path(path).name.upper() == "DICOMDIR":
-            skipped.append((path, "DICOMDIR index file"))
-            continue
-        study, uid = str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
-        if not study or not uid:
-            skipped.append((path, "DICOM without study/series UID"))
+        study, uid, inferred = series_key(ds, base)
+        if inferred and (ds.get("Rows") is None or ds.get("Columns") is None):
+            skipped.append((path, "DICOM without study/series UID and without an image"))
             continue
         info = series.get((study, uid))
         if info is None:
-            image_type = tuple(str(v).upper() for v in (ds.get("ImageType") or ()))
-            number = ds.get("SeriesNumber")
-            info = SeriesInfo(
-                study_uid=study, series_uid=uid, modality=str(ds.get("Modality", "")).upper(),
-                description=str(ds.get("SeriesDescription", "")), number=int(number) if number not in (None, "") else None,
-                image_type=image_type, sop_class=str(ds.get("SOPClassUID", "")),
-            )
-            series[(study, uid)] = info
-        info.files.append(path)
-        if keep_headers:
-            info.slices.append(ds)
-        iop, ipp, ps = ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient"), ds.get("PixelSpacing")
-        if iop is not None and len(iop) == 6:
-            info.orientations.add(tuple(round(float(v), 3) for v in iop))
-        info.positions.append(tuple(float(v) for v in ipp) if ipp is not None and len(ipp) == 3 else None)
-        if ps is not None and len(ps) == 2:
-            info.pixel_spacings.add((round(float(ps[0]), 4), round(float(ps[1]), 4)))
-        if ds.get("Rows") is not None and ds.get("Columns") is not None:
-            info.sizes.add((int(ds.get("Rows")), int(ds.get("Columns"))))
-        info.frames = max(info.frames, int(ds.get("NumberOfFrames") or 1))
+            info = series[(study, uid)] = _new_series(ds, study, uid, inferred)
+        _add(info, ds, keep_headers)
     studies: dict[str, list[SeriesInfo]] = defaultdict(list)
     for info in series.values():
         studies[info.study_uid].append(info)
@@ -130,6 +160,10 @@ def scan_dicom_tree(
 def _normal(orientation: tuple[float, ...]) -> np.ndarray:
     row, col = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
     return np.cross(row, col)
+
+
+def _along(info: SeriesInfo) -> np.ndarray:
+    return np.sort(np.asarray(info.positions, float) @ _normal(next(iter(info.orientations))))
 
 
 def series_problem(info: SeriesInfo, min_slices: int = 8, spacing_tolerance: float = 0.1) -> str | None:
@@ -142,33 +176,42 @@ def series_problem(info: SeriesInfo, min_slices: int = 8, spacing_tolerance: flo
         return "localizer/scout"
     if info.frames > 1 or info.sop_class == ENHANCED_CT_IMAGE_STORAGE:
         return "unsupported image type (multi-frame enhanced CT)"
+    total = info.n_files + len(info.bad)
+    if info.bad and len(info.bad) > max_bad(total):
+        return bad_files_text(info.bad, total)
     if not info.sizes:
         return "no pixel data"
     if len(info.orientations) != 1:
         return "inconsistent orientation" if info.orientations else "no orientation"
     if len(info.sizes) != 1 or len(info.pixel_spacings) != 1:
         return "inconsistent image size or pixel spacing"
-    normal = _normal(next(iter(info.orientations)))
-    if abs(normal[2]) < 0.8:
+    if abs(_normal(next(iter(info.orientations)))[2]) < 0.8:
         return "not axial"
     if any(p is None for p in info.positions):
         return "missing slice positions"
     if info.n_files < min_slices:
         return f"too few slices ({info.n_files} < {min_slices})"
-    pos = np.sort(np.asarray(info.positions) @ normal)
-    gaps = np.diff(pos)
-    if np.any(gaps < 1e-3):
-        return "duplicate slice positions"
-    if np.max(np.abs(gaps - np.median(gaps))) > spacing_tolerance * np.median(gaps) + 1e-3:
-        return f"inconsistent slice spacing ({gaps.min():.2f}–{gaps.max():.2f} mm)"
-    return None
+    problem, _, _ = spacing_problem(_along(info), spacing_tolerance)
+    if problem and info.inferred and problem.startswith("duplicate"):
+        problem += " (blank UIDs: two series in one folder could not be told apart)"
+    return problem
+
+
+def _warnings(info: SeriesInfo, spacing_tolerance: float) -> list[str]:
+    """What a user should know about a usable series: inferred grouping, dropped slices, gaps."""
+    warnings = [INFERRED_WARNING] if info.inferred else []
+    if info.bad:
+        names = ", ".join(Path(p).name for p, _ in info.bad[:5]) + (" ..." if len(info.bad) > 5 else "")
+        warnings.append(f"{len(info.bad)} slices dropped ({info.bad[0][1]}): {names}")
+    _, gap, _ = spacing_problem(_along(info), spacing_tolerance)
+    return warnings + ([gap] if gap else [])
 
 
 def choose_ct_series(series: list[SeriesInfo], min_slices: int = 8, spacing_tolerance: float = 0.1) -> tuple[SeriesInfo | None, str]:
     """Pick the axial CT image series of one study: a valid series with the most slices.
 
     Returns ``(chosen, reason)``; ``chosen`` is ``None`` when no series qualifies, and ``reason`` then says
-    what was wrong with each candidate.
+    what was wrong with each candidate. ``chosen.warnings`` lists what the manifest should say about it.
     """
     problems = {id(s): series_problem(s, min_slices, spacing_tolerance) for s in series}
     valid = [s for s in series if problems[id(s)] is None]
@@ -179,185 +222,9 @@ def choose_ct_series(series: list[SeriesInfo], min_slices: int = 8, spacing_tole
         return None, f"{head} ({detail})"
     valid.sort(key=lambda s: (-s.n_files, s.number if s.number is not None else 1 << 30))
     chosen = valid[0]
+    chosen.warnings = _warnings(chosen, spacing_tolerance)
     others = [f"{s.label()}: {problems[id(s)] or 'fewer slices'}" for s in series if s is not chosen]
     reason = f"axial CT with the most slices ({chosen.n_files})"
     if others:
         reason += "; not chosen: " + "; ".join(others)
     return chosen, reason
-
-
-def _decode(ds: pydicom.Dataset) -> np.ndarray:
-    """Stored values of one fully read slice as an integer/float array ``(H, W)``."""
-    if not ds.file_meta.TransferSyntaxUID.is_compressed and int(ds.get("BitsAllocated", 16)) == 16:
-        dtype = np.int16 if int(ds.get("PixelRepresentation", 0)) == 1 else np.uint16
-        order = "<" if ds.file_meta.TransferSyntaxUID.is_little_endian else ">"
-        arr = np.frombuffer(ds.PixelData, dtype=np.dtype(dtype).newbyteorder(order))
-        n = int(ds.Rows) * int(ds.Columns)
-        if arr.size < n:
-            raise DicomError("truncated pixel data")
-        return arr[:n].reshape(int(ds.Rows), int(ds.Columns))
-    return ds.pixel_array
-
-
-def _syntax_name(uid: str) -> str:
-    return pydicom.uid.UID(uid).name if uid else ""
-
-
-def _rescale(ds: SliceHeader) -> tuple[float, float]:
-    return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
-
-
-def _int16_shift_fits(stored: np.ndarray, signed: bool, intercept: int) -> bool:
-    """Whether stored + intercept stays in int16 for raw 16-bit values ``stored`` (int16 bits)."""
-    if not -32768 <= intercept <= 32767:
-        return False
-    if signed:
-        return (intercept <= 0 or int(stored.max()) + intercept <= 32767) and (intercept >= 0 or int(stored.min()) + intercept >= -32768)
-    return int(stored.view(np.uint16).max()) + intercept <= 32767  # unsigned values are >= 0
-
-
-def _raw_to_hu(stored: np.ndarray, signed: bool, rescale: list[tuple[float, float]]) -> np.ndarray:
-    """Raw 16-bit slices ``(S, H, W)`` (int16 bits, signed or not) → HU, in place as int16 when the slopes
-    are 1 and the intercepts whole numbers that keep the values in int16, float32 otherwise."""
-    if all(slope == 1.0 and intercept == int(intercept) for slope, intercept in rescale):
-        intercepts = [int(i) for _, i in rescale]
-        if len(set(intercepts)) == 1:
-            if _int16_shift_fits(stored, signed, intercepts[0]):
-                stored += np.int16(intercepts[0])  # wraps exactly: the true result is in int16 range
-                return stored
-        elif all(_int16_shift_fits(stored[i], signed, c) for i, c in enumerate(intercepts)):
-            for i, c in enumerate(intercepts):
-                stored[i] += np.int16(c)
-            return stored
-    values = stored if signed else stored.view(np.uint16)
-    slopes = np.asarray([s for s, _ in rescale], np.float32)[:, None, None]
-    intercepts = np.asarray([i for _, i in rescale], np.float32)[:, None, None]
-    return values * slopes + intercepts
-
-
-def _to_hu(slices: list[np.ndarray], rescale: list[tuple[float, float]]) -> np.ndarray:
-    """Stored values → HU ``(S, H, W)``: int16 in one pass when every slope is 1 and intercepts are whole
-    numbers that keep the values in int16 (the usual CT case), float32 otherwise."""
-    volume = np.empty((len(slices), *slices[0].shape), dtype=np.int16)
-    if all(slope == 1.0 and intercept == int(intercept) for slope, intercept in rescale):
-        for i, (stored, (_, intercept)) in enumerate(zip(slices, rescale)):
-            lo, hi = int(stored.min()) + int(intercept), int(stored.max()) + int(intercept)
-            if lo < -32768 or hi > 32767:
-                break
-            np.add(stored, np.int32(intercept), out=volume[i], casting="unsafe")
-        else:
-            return volume
-    volume = np.empty((len(slices), *slices[0].shape), dtype=np.float32)
-    for i, (stored, (slope, intercept)) in enumerate(zip(slices, rescale)):
-        np.multiply(stored, slope, out=volume[i], casting="unsafe")
-        volume[i] += intercept
-    return volume
-
-
-def _read_raw(item: SliceHeader, out: np.ndarray) -> None:
-    """Read the raw pixels of ``item`` straight into the C-contiguous int16 array ``out``."""
-    with open(item.path, "rb", buffering=0) as fp:
-        fp.seek(item.pixel_offset)
-        n = fp.readinto(memoryview(out).cast("B"))
-    if n != out.nbytes:
-        raise DicomError(f"truncated pixel data in {Path(item.path).name}")
-
-
-def _slice_pixels(item: SliceHeader) -> np.ndarray:
-    """Stored values of one slice by pydicom (compressed, 8/32-bit or unusually laid out files)."""
-    try:
-        ds = item.dataset if item.dataset is not None and "PixelData" in item.dataset else pydicom.dcmread(item.path)
-    except READ_ERRORS as err:
-        raise DicomError(f"unreadable file {Path(item.path).name}: {err}") from None
-    try:
-        return _decode(ds)
-    except DicomError:
-        raise
-    except Exception as err:  # pixel handlers raise many types (missing codec, corrupt stream)
-        raise DicomError(f"cannot decode pixel data ({ds.file_meta.TransferSyntaxUID.name}): {err}") from None
-
-
-def _as_header(f) -> SliceHeader:
-    if isinstance(f, SliceHeader):
-        return f
-    if isinstance(f, pydicom.Dataset):
-        meta = getattr(f, "file_meta", None)
-        return SliceHeader(
-            str(getattr(f, "filename", "") or ""), header_values(f), str(getattr(meta, "TransferSyntaxUID", "")),
-            str(getattr(meta, "MediaStorageSOPClassUID", "")), parsed_by="pydicom", dataset=f,
-        )
-    try:
-        return read_header(f)
-    except READ_ERRORS as err:
-        raise DicomError(f"unreadable file {Path(f).name}: {err}") from None
-
-
-def load_dicom_series(
-    files: list[str | os.PathLike | pydicom.Dataset | SliceHeader], spacing_tolerance: float = 0.1
-) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Decode one CT series into Hounsfield units.
-
-    Uncompressed 16-bit files (the usual CT export) are read straight from disk into the volume; anything
-    else (JPEG, JPEG 2000, RLE, odd layouts) goes through pydicom's decoders.
-
-    Args:
-        files: the series' files, their already-read datasets or the :class:`SliceHeader` headers from
-            :func:`scan_dicom_tree`, in any order.
-
-    Returns:
-        ``(volume, affine, meta)``: ``volume`` ``(S, H, W)`` in HU (int16, or float32 for fractional
-        rescaling), slices ordered by position along
-        the slice normal; ``affine`` 4×4 mapping ``(s, r, c, 1)`` to RAS mm; ``meta`` with ``spacing``
-        ``(dz, dy, dx)`` mm, ``n_slices`` and the series description (no patient identifiers).
-
-    Raises:
-        DicomError: unreadable files, missing geometry, duplicate or inconsistent slice positions.
-    """
-    if not files:
-        raise DicomError("empty series")
-    items = [_as_header(f) for f in files]
-    first = items[0]
-    try:
-        iop = np.asarray(first.get("ImageOrientationPatient"), float)
-        row_dir, col_dir = iop[:3], iop[3:]
-        normal = np.cross(row_dir, col_dir)
-        positions = np.asarray([[float(v) for v in it.get("ImagePositionPatient")] for it in items], float).reshape(len(items), 3)
-        dy, dx = (float(v) for v in first.get("PixelSpacing"))
-    except (AttributeError, TypeError, ValueError, IndexError):
-        raise DicomError("missing image geometry (orientation, position or pixel spacing)") from None
-    order = np.argsort(positions @ normal, kind="stable")
-    items, positions = [items[i] for i in order], positions[order]
-    along = positions @ normal
-    gaps = np.diff(along)
-    if gaps.size and np.any(gaps < 1e-3):
-        raise DicomError("duplicate slice positions")
-    dz = float(np.median(gaps)) if gaps.size else float(first.get("SliceThickness") or 1.0)
-    if gaps.size and np.max(np.abs(gaps - dz)) > spacing_tolerance * dz + 1e-3:
-        raise DicomError(f"inconsistent slice spacing ({gaps.min():.2f}–{gaps.max():.2f} mm)")
-    try:
-        shapes = {(int(it.get("Rows")), int(it.get("Columns"))) for it in items}
-    except (AttributeError, TypeError, ValueError):
-        raise DicomError("no pixel data (missing Rows/Columns)") from None
-    if len(shapes) != 1:
-        raise DicomError("inconsistent image size within the series")
-    shape = shapes.pop()
-    rescale = [_rescale(it) for it in items]
-    signs = {int(it.get("PixelRepresentation") or 0) for it in items}
-    if all(it.pixel_offset is not None for it in items) and len(signs) == 1:
-        stored = np.empty((len(items), *shape), dtype=np.int16)
-        for i, it in enumerate(items):
-            _read_raw(it, stored[i])
-        volume = _raw_to_hu(stored, signs.pop() == 1, rescale)
-    else:
-        volume = _to_hu([_slice_pixels(it) for it in items], rescale)
-    slice_vec = (positions[-1] - positions[0]) / (len(positions) - 1) if len(positions) > 1 else normal * dz
-    lps = np.eye(4)
-    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = slice_vec, col_dir * dy, row_dir * dx, positions[0]
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # LPS → RAS
-    meta = {
-        "spacing": (abs(dz), dy, dx),
-        "n_slices": len(items),
-        "series_description": str(first.get("SeriesDescription", "")),
-        "transfer_syntax": _syntax_name(first.transfer_syntax),
-    }
-    return volume, affine, meta

@@ -17,6 +17,7 @@ import numpy as np
 from monai.transforms import LoadImage, Orientation
 
 from ctmil.io.dicom_series import DicomError, choose_ct_series, load_dicom_series, scan_dicom_tree
+from ctmil.io.grouping import nothing_usable
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -93,23 +94,27 @@ def load_nifti(path: str | os.PathLike, reader: LoadImage | None = None) -> tupl
 
 
 def load_dicom_case(source: str | os.PathLike | list[str], min_slices: int = 8) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Discover and load the axial CT series of a DICOM folder (one study) or an explicit file list."""
+    """Discover and load the axial CT series of a DICOM folder (one study) or an explicit file list.
+
+    ``meta["warnings"]`` lists what the manifest should say (inferred grouping, dropped slices, gaps).
+    """
     if isinstance(source, (list, tuple)):
-        files, series_info = [str(f) for f in source], {"series_uid": "", "reason": "file list given"}
+        files, series_info = [str(f) for f in source], {"series_uid": "", "reason": "file list given", "warnings": []}
     else:
-        studies, _ = scan_dicom_tree(source, keep_headers=True)  # one parse per file
+        studies, skipped = scan_dicom_tree(source, keep_headers=True)  # one parse per file
         if not studies:
-            raise CaseError("no DICOM images found")
+            raise CaseError(nothing_usable(skipped) if skipped else "no DICOM images found")
         if len(studies) > 1:
             raise CaseError(f"{len(studies)} studies in one case folder: give one study per case (or run discovery on the export root)")
         chosen, reason = choose_ct_series(next(iter(studies.values())), min_slices=min_slices)
         if chosen is None:
             raise CaseError(reason)
         files = chosen.slices
-        series_info = {"series_uid": chosen.series_uid, "series_number": chosen.number, "reason": reason}
+        series_info = {"series_uid": chosen.series_uid, "series_number": chosen.number, "reason": reason, "warnings": chosen.warnings}
     try:
         volume, affine, meta = load_dicom_series(files)
     except DicomError as err:
         raise CaseError(str(err)) from None
-    meta.update(series_info)
+    warnings = list(dict.fromkeys(series_info.pop("warnings") + meta["warnings"]))  # in order, without repeats
+    meta.update(series_info, warnings=warnings)
     return volume, affine, meta

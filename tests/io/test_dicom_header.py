@@ -566,14 +566,14 @@ def test_big_endian_falls_back_to_pydicom(tmp_path):
 
 
 @pytest.mark.parametrize("with_sequence", [False, True])
-def test_deflated_falls_back_to_pydicom(tmp_path, with_sequence):
+def test_deflated_is_inflated_and_walked(tmp_path, with_sequence):
     ds = ct_slice()
     if with_sequence:
         ds.ReferencedImageSequence = Sequence([Dataset()])
         ds.ReferencedImageSequence[0].SeriesInstanceUID = DECOY_UID
     path = save(ds, tmp_path / "a.dcm", DeflatedExplicitVRLittleEndian)
     assert SERIES_UID.encode() not in path.read_bytes()  # really deflated
-    header = check(path, parsed_by="pydicom", pixels=False)
+    header = check(path, parsed_by="ctmil", pixels=False)
     assert typed(header.values) == typed(expected_values())
 
 
@@ -585,7 +585,7 @@ def test_deflated_by_hand_matches(tmp_path):
     comp = zlib.compressobj(9, zlib.DEFLATED, -15)
     path = tmp_path / "deflated.dcm"
     path.write_bytes(data[:meta_end] + comp.compress(data[meta_end:]) + comp.flush())
-    header = check(path, parsed_by="pydicom", pixels=False)
+    header = check(path, parsed_by="ctmil", pixels=False)
     assert typed(header.values) == typed(expected_values())
 
 
@@ -860,7 +860,9 @@ def test_truncated_anywhere(tmp_path, syntax):
                 continue
         if got != ref:
             disagree.append((cut, header.parsed_by))
-    assert read_errors >= 132 and walked > 100  # every cut before the magic raises; many are walked
+    # every cut before the magic raises, and so does every cut inside a header element (it runs past the end of
+    # the file); cuts between elements and in the pixels are walked
+    assert read_errors >= 132 + 100 and walked > 50
     assert not disagree, disagree[:10]
     assert not escaped, f"{len(escaped)} cuts raised outside READ_ERRORS, e.g. {escaped[:4]}"
 
