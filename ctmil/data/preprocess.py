@@ -1,6 +1,8 @@
 """Batch preprocessing: cases → one bag file per case + a manifest, cached and atomic.
 
-A case that cannot be read gets a one-line reason in the manifest and the others still complete. Bags are
+A case that cannot be read gets a one-line reason in the manifest and the others still complete; what a user
+should know about a usable case (slices dropped, gaps, inferred series grouping) goes to its ``warning``.
+Bag file names come from :func:`ctmil.io.paths.safe_case_name` (never outside ``out_dir``, one per id). Bags are
 written to a temporary name and renamed, so a bag file on disk is always whole. A bag is reused when its
 recorded cache key (preprocessing settings + ctmil version + the input files' size and mtime) matches.
 """
@@ -21,11 +23,12 @@ from monai.data import PersistentDataset
 from ctmil import __version__
 from ctmil.transforms.compose import preprocessing_transforms
 from ctmil.io.dicom_series import DicomError
+from ctmil.io.paths import inside, safe_case_name
 from ctmil.io.readers import CaseError
 
 logger = logging.getLogger(__name__)
 MANIFEST_COLUMNS = [
-    "case_id", "label", "patient", "status", "error", "source", "input_kind", "series", "n_slices",
+    "case_id", "label", "patient", "status", "error", "warning", "source", "input_kind", "series", "n_slices",
     "n_slices_kept", "K", "bag_path",
 ]
 
@@ -74,15 +77,22 @@ def atomic_write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
         raise
 
 
+def bag_path_for(bag_dir: str | os.PathLike, case_id: str) -> Path:
+    """``bag_dir/<safe name>.pt`` for ``case_id``; inside ``bag_dir`` whatever the id (checked)."""
+    path = Path(bag_dir) / f"{safe_case_name(case_id)}.pt"
+    inside(path, bag_dir)
+    return path
+
+
 def preprocess_case(case: dict, transform, settings: dict, bag_dir: Path) -> dict:
-    """Preprocess one case into ``bag_dir/<case_id>.pt``; returns its manifest row (never raises for data problems)."""
+    """Preprocess one case into ``bag_dir/<safe name>.pt``; returns its manifest row (never raises for data problems)."""
     row = {c: "" for c in MANIFEST_COLUMNS}
     row.update(case_id=case["case_id"], label=case.get("label"), patient=case.get("patient", case["case_id"]),
-               source=case.get("source", ""), series=case.get("series", ""))
+               source=case.get("source", ""), series=case.get("series", ""), warning=case.get("warning", ""))
     if case.get("error") or case.get("image") is None:
         row.update(status="failed", error=case.get("error") or "no input")
         return row
-    bag_path = bag_dir / f"{case['case_id']}.pt"
+    bag_path = bag_path_for(bag_dir, case["case_id"])
     try:
         key = cache_key(case, settings)
         if bag_path.exists():
@@ -91,6 +101,7 @@ def preprocess_case(case: dict, transform, settings: dict, bag_dir: Path) -> dic
                 return _fill_row(row, old, bag_path, "cached")
         bag = transform({"image": case["image"], "case_id": case["case_id"], "label": case.get("label")})
         bag["meta"]["cache_key"] = key
+        bag["meta"]["source"] = row["source"]  # as discovery shows it (relative to the input unless keep_paths)
         atomic_torch_save(bag, bag_path)
         return _fill_row(row, bag, bag_path, "ok")
     except Exception as raised:  # one case must never stop the batch
@@ -121,24 +132,36 @@ def root_cause(err: BaseException) -> BaseException:
 
 def _fill_row(row: dict, bag: dict, bag_path: Path, status: str) -> dict:
     meta = bag["meta"]
-    row.update(status=status, error="", input_kind=meta.get("input_kind", ""), n_slices=meta["spatial_shape"][0],
+    series = meta.get("series") if isinstance(meta.get("series"), dict) else {}
+    warnings = [w for w in row["warning"].split("; ") if w] + list(series.get("warnings") or [])
+    row.update(status=status, error="", warning="; ".join(dict.fromkeys(warnings)), input_kind=meta.get("input_kind", ""),
+               n_slices=meta["spatial_shape"][0],
                n_slices_kept=int(bag["kept_slices"].numel()), K=int(bag["patches"].shape[0]), bag_path=str(bag_path.resolve()))
     return row
 
 
 def preprocess_cases(cases: list[dict], out_dir: str | os.PathLike, settings: dict | None = None, progress: bool = True) -> pd.DataFrame:
-    """Write ``out_dir/bags/<case_id>.pt`` per case, ``out_dir/manifest.csv`` and ``out_dir/datalist.csv``
+    """Write ``out_dir/bags/<safe name>.pt`` per case, ``out_dir/manifest.csv`` and ``out_dir/datalist.csv``
     (the labelled, usable cases in the form ``ctmil cv`` reads); return the manifest.
 
     Args:
-        cases: from :func:`ctmil.io.discovery.discover_cases`.
+        cases: from :func:`ctmil.io.discovery.discover_cases` (their ``source`` is written as given: discovery
+            makes it relative to the input unless asked to keep paths).
         settings: keyword arguments of :func:`ctmil.transforms.preprocessing_transforms`.
+
+    Raises:
+        ValueError: one line, before any case is processed: duplicate case ids, or an ``out_dir`` that cannot
+            be written.
     """
     from tqdm.auto import tqdm
 
     settings = dict(settings or {})
-    transform = preprocessing_transforms(**settings)
+    ids = [str(c["case_id"]) for c in cases]
+    if len(ids) != len(set(ids)):
+        raise ValueError("duplicate case ids: " + ", ".join(sorted({i for i in ids if ids.count(i) > 1})[:5]))
     out_dir = Path(out_dir)
+    check_writable(out_dir / "bags")
+    transform = preprocessing_transforms(**settings)
     rows = []
     bar = tqdm(cases, desc="preprocessing", unit="case", disable=not progress)
     for case in bar:
@@ -151,6 +174,22 @@ def preprocess_cases(cases: list[dict], out_dir: str | os.PathLike, settings: di
     atomic_write_csv(manifest, out_dir / "manifest.csv")
     atomic_write_csv(bag_datalist(manifest, relative_to=out_dir), out_dir / "datalist.csv")
     return manifest
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Create ``folder`` and write a probe file there, before any work is done.
+
+    Raises:
+        ValueError: one line, when the folder cannot be created or written.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ValueError(f"cannot write to {folder}: {err.strerror or type(err).__name__}") from None
 
 
 def bag_datalist(manifest: pd.DataFrame, relative_to: str | os.PathLike | None = None) -> pd.DataFrame:
