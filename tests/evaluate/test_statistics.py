@@ -59,8 +59,8 @@ def test_estimates_equal_sklearn(seed, n, levels, threshold):
 @pytest.mark.parametrize("seed,n,levels,threshold", CASES[:3])
 def test_every_resample_equals_sklearn_on_the_same_indices(seed, n, levels, threshold, stratified):
     y, p = make_data(seed, n, levels)
-    samples = bootstrap_samples(y, p, threshold, n_resamples=30, seed=seed, stratified=stratified)
-    idx = st._resample_indices(y.astype(float), 30, stratified, np.random.default_rng(seed))
+    samples = bootstrap_samples(y, p, threshold, n_resamples=12, seed=seed, stratified=stratified)
+    idx = st._resample_indices(y.astype(float), 12, stratified, np.random.default_rng(seed))
     for row, i in zip(samples.itertuples(index=False), idx):
         if stratified:
             assert y[i].sum() == y.sum()  # class counts kept
