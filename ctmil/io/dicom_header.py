@@ -119,11 +119,11 @@ def _number(keyword: str, vr: str, text: str) -> float | int:
     try:
         value = float(text)
     except ValueError:
-        raise DicomReadError(f"{keyword} value {text[:16]!r} is not a number") from None
+        raise DicomReadError(f"{keyword} is not a number ({text[:16]!r})") from None
     if vr == "DS":
         return value
     if not math.isfinite(value) or abs(value) > _MAX_IS:
-        raise DicomReadError(f"{keyword} value {text[:16]!r} is not a 32-bit integer")
+        raise DicomReadError(f"{keyword} is not a 32-bit integer ({text[:16]!r})")
     return int(text) if text.lstrip("+-").isdigit() else int(value)
 
 

@@ -45,7 +45,7 @@ def image_problem(header) -> str | None:
     if rows < 1 or cols < 1:
         return f"empty image ({rows}×{cols})"
     if rows * cols * max(frames, 1) * max(samples, 1) > MAX_PIXELS:
-        return f"image of {rows}×{cols}×{frames} frames×{samples} samples larger than 4096×4096"
+        return f"image larger than 4096×4096 pixels ({rows}×{cols}, {frames} frames, {samples} samples)"
     return None
 
 

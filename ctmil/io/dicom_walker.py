@@ -75,7 +75,7 @@ class Walker:
     def at(self, pos: int, n: int) -> int:
         """Offset in ``self.buf`` where the ``n`` bytes at ``pos`` are (read them when not in the window)."""
         if pos + n > self.src.size:
-            raise DicomReadError(f"element at byte {pos} runs past the end of the file")
+            raise DicomReadError(f"an element runs past the end of the file (at byte {pos})")
         off = pos - self.base
         if off < 0 or off + n > len(self.buf):
             self.buf, self.base, off = self.src.read(pos, max(n, WINDOW)), pos, 0
@@ -102,7 +102,7 @@ class Walker:
             else:
                 start, length = pos + 8, _U16.unpack_from(self.buf, off + 6)[0]
         if length != UNDEFINED and start + length > self.src.size:
-            raise DicomReadError(f"element ({group:04X},{elem:04X}) of {length} bytes runs past the end of the file")
+            raise DicomReadError(f"an element runs past the end of the file (({group:04X},{elem:04X}), {length} bytes)")
         return tag, vr, start, length
 
     def skip_undefined(self, pos: int, implicit: bool) -> int:
