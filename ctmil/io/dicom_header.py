@@ -276,6 +276,8 @@ def read_header(path: str | os.PathLike) -> SliceHeader:
         raise
     except OSError as err:
         raise DicomReadError(f"cannot read the file ({err.strerror or type(err).__name__})") from None
-    except Exception as err:  # pydicom's fallback raises many types (and MemoryError/RecursionError on hostile files)
+    except BaseException as err:  # pydicom's fallback raises many types (and MemoryError/RecursionError on hostile files)
+        if isinstance(err, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
         text = " ".join(str(err).split())[:120]
         raise DicomReadError(f"not readable DICOM ({type(err).__name__}{': ' + text if text else ''})") from None

@@ -20,6 +20,11 @@ class DicomError(ValueError):
     """A data problem with a DICOM series, reported as a one-line reason (never a traceback)."""
 
 
+#: never swallowed; everything else a decoder raises is a damaged slice (Rust decoders raise pyo3's
+#: ``PanicException``, a ``BaseException``, on corrupt RLE streams)
+NOT_DATA_ERRORS = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
 def _decode(ds: pydicom.Dataset) -> np.ndarray:
     """Stored values of one fully read slice as an integer/float array ``(H, W)``."""
     if not ds.file_meta.TransferSyntaxUID.is_compressed and int(ds.get("BitsAllocated", 16)) == 16:
@@ -34,7 +39,10 @@ def _decode(ds: pydicom.Dataset) -> np.ndarray:
 
 
 def syntax_name(uid: str) -> str:
-    return pydicom.uid.UID(uid).name if uid else ""
+    try:
+        return pydicom.uid.UID(uid).name if uid else ""
+    except Exception:  # noqa: BLE001 - a damaged UID string is shown as it is
+        return uid[:64]
 
 
 def rescale_of(ds: SliceHeader) -> tuple[float, float]:
@@ -126,15 +134,19 @@ def slice_pixels(item: SliceHeader, shape: tuple[int, int]) -> np.ndarray:
     _check_before_decoding(item, shape)
     try:
         ds = item.dataset if item.dataset is not None and "PixelData" in item.dataset else pydicom.dcmread(item.path)
-    except Exception as err:  # noqa: BLE001 - pydicom raises many types on damaged files
+    except BaseException as err:  # noqa: BLE001 - pydicom raises many types on damaged files
+        if isinstance(err, NOT_DATA_ERRORS):
+            raise
         raise DicomError(f"unreadable file ({type(err).__name__}: {' '.join(str(err).split())[:100]})") from None
     try:
         arr = _decode(ds)
     except DicomError:
         raise
-    except Exception as err:  # pixel handlers raise many types (missing codec, corrupt stream)
+    except BaseException as err:  # pixel handlers raise many types (missing codec, corrupt stream, Rust panics)
+        if isinstance(err, NOT_DATA_ERRORS):
+            raise
         text = " ".join(str(err).split())[:120]
-        raise DicomError(f"cannot decode pixel data ({ds.file_meta.TransferSyntaxUID.name}): {text}") from None
+        raise DicomError(f"cannot decode pixel data ({syntax_name(item.transfer_syntax) or 'unknown syntax'}): {text}") from None
     if arr.shape != shape:
         raise DicomError(f"decoded image of shape {arr.shape}, header says {shape}")
     return arr

@@ -143,14 +143,16 @@ def scan_dicom_tree(
         if ds is None:
             skipped.append((path, reason))
             continue
-        study, uid, inferred = series_key(ds, base)
-        if inferred and (ds.get("Rows") is None or ds.get("Columns") is None):
-            skipped.append((path, "DICOM without study/series UID and without an image"))
-            continue
-        info = series.get((study, uid))
-        if info is None:
-            info = series[(study, uid)] = _new_series(ds, study, uid, inferred)
-        _add(info, ds, keep_headers)
+        try:
+            study, uid, inferred = series_key(ds, base)
+            if inferred and (ds.get("Rows") is None or ds.get("Columns") is None):
+                skipped.append((path, "DICOM without study/series UID and without an image"))
+                continue
+            info = series.get((study, uid)) or _new_series(ds, study, uid, inferred)
+            _add(info, ds, keep_headers)
+            series[(study, uid)] = info
+        except Exception as err:  # noqa: BLE001 - values of an odd type: this file only is skipped
+            skipped.append((path, f"unusable header values ({type(err).__name__})"))
     studies: dict[str, list[SeriesInfo]] = defaultdict(list)
     for info in series.values():
         studies[info.study_uid].append(info)

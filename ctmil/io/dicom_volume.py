@@ -42,8 +42,11 @@ def _usable(files: list) -> tuple[list[SliceHeader], list[tuple[str, str]]]:
         except DicomReadError as err:
             bad.append((name, f"unreadable file ({err})"))
             continue
-        problem = image_problem(item) or geometry_problem(item)
-        if not problem and (item.get("ImagePositionPatient") is None or item.get("Rows") is None):
+        try:
+            problem = image_problem(item) or geometry_problem(item)
+        except Exception as err:  # noqa: BLE001 - values of an odd type: this slice only is dropped
+            problem = f"unusable header values ({type(err).__name__})"
+        if not problem and any(item.get(k) is None for k in ("ImagePositionPatient", "Rows", "Columns")):
             problem = "missing ImagePositionPatient or Rows/Columns"
         if problem:
             bad.append((name, problem))
@@ -72,6 +75,12 @@ def _geometry(items: list[SliceHeader]) -> tuple[np.ndarray, np.ndarray, float, 
     return iop[:3] / np.linalg.norm(iop[:3]), iop[3:] / np.linalg.norm(iop[3:]), float(dy), float(dx)
 
 
+def _reason(err: BaseException) -> str:
+    if isinstance(err, DicomError):
+        return str(err)
+    return f"cannot read pixel data ({type(err).__name__}: {' '.join(str(err).split())[:80]})"
+
+
 def _pixels(items: list[SliceHeader], shape: tuple[int, int]) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """HU volume of the slices that decode; their indices into ``items``; ``(path, reason)`` of the others."""
     signs = {int(it.get("PixelRepresentation") or 0) for it in items}
@@ -81,8 +90,8 @@ def _pixels(items: list[SliceHeader], shape: tuple[int, int]) -> tuple[np.ndarra
         for i, it in enumerate(items):
             try:
                 read_raw(it, stored[i])
-            except (DicomError, OSError) as err:
-                failed.append((i, str(err)))
+            except Exception as err:  # noqa: BLE001 - one damaged slice must not fail the series
+                failed.append((i, _reason(err)))
         keep = [i for i in range(len(items)) if i not in {j for j, _ in failed}]
         if failed:
             stored = stored[keep]
@@ -93,8 +102,8 @@ def _pixels(items: list[SliceHeader], shape: tuple[int, int]) -> tuple[np.ndarra
             try:
                 slices.append(slice_pixels(it, shape))
                 keep.append(i)
-            except (DicomError, OSError) as err:
-                failed.append((i, str(err)))
+            except Exception as err:  # noqa: BLE001 - one damaged slice must not fail the series
+                failed.append((i, _reason(err)))
         volume = stored_to_hu(slices, [rescale_of(items[i]) for i in keep]) if keep else None
     return volume, keep, [(items[i].path, reason) for i, reason in failed]
 
