@@ -99,10 +99,10 @@ def mutate(data: bytes, rng: np.random.Generator) -> bytes:
             start, _, _, _ = elements[int(rng.integers(len(elements)))]
             text = NUMBERS[int(rng.integers(len(NUMBERS)))]
             data[start : start + len(text)] = text
-        elif kind == 4:  # random bytes
+        elif kind == 4 and len(data) > 129:  # random bytes
             for at in rng.integers(128, len(data), size=int(rng.integers(1, 9))):
                 data[int(at)] = int(rng.integers(256))
-        elif kind == 5:  # cut
+        elif kind == 5 and len(data) > 133:  # cut
             del data[int(rng.integers(132, len(data))) :]
         elif kind == 6 and len(data) > 200:  # delete or duplicate a chunk
             a = int(rng.integers(132, len(data) - 1))

@@ -62,6 +62,22 @@ def test_free_text_is_cut_at_control_characters_and_limited(tmp_path, text, expe
     assert read_header(tmp_path / "a.dcm").get("SeriesDescription") == expected
 
 
+def test_a_long_header_is_read_through_a_small_window(tmp_path):
+    """A 32 MiB private element before the image tags: skipped by seeking, not read or buffer-grown."""
+    import tracemalloc
+
+    from tests.io._hostile import MARK_TAG, element, splice
+
+    path = splice(tmp_path / "a.dcm", element(MARK_TAG, "OB", bytes(32 << 20)))
+    tracemalloc.start()
+    start = time.perf_counter()
+    header = read_header(path)
+    elapsed, (_, peak) = time.perf_counter() - start, tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert header.parsed_by == "ctmil" and header.get("Rows") == 32 and header.pixel_offset is not None
+    assert peak < 1 << 20 and elapsed < 0.5
+
+
 def test_huge_image_is_refused_before_decoding(tmp_path):
     path = write_huge_rle(tmp_path / "a.dcm")
     with pytest.raises(DicomError, match="larger than 4096"):
