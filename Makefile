@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(VENV)/bin/ctmil demo --out $(OUT)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[test,bench]"

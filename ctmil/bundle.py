@@ -1,15 +1,12 @@
-"""Glue called from the MONAI bundle configs (``bundles/covid19_severity_mil/configs``).
+"""The composition root: the MONAI bundle's configs, where they live, and the few functions they call.
 
-Nothing here holds logic of its own: each piece adapts an existing ctmil function or object to what a
-MONAI ``SupervisedTrainer`` / ``SupervisedEvaluator`` and ``ConfigWorkflow`` expect.
+Every setting of a run is in the bundle's ``ConfigParser`` configs (``configs/train.json`` and the files
+merged over it); ``ctmil train``, ``ctmil cv``, ``ctmil demo`` and ``python -m monai.bundle run`` all build
+their trainer from them through :func:`build_workflow`. The configs ship inside the package
+(``ctmil/configs``, the bundle's ``configs`` folder), so an installed ctmil finds them without a checkout.
 
-* cases and bags: :func:`load_cases` (datalist CSV or folders → cases), :func:`split_cases` (patient-grouped,
-  stratified hold-out split), :func:`preprocessed_bags` (cases → cached bag files → ``BagDataset``),
-  :func:`n_virtual_bags`;
-* engine glue: :class:`EpochSetter` (``EpochBags.set_epoch`` at ``EPOCH_STARTED``), :class:`StepAverages`
-  (epoch means of the step losses), :func:`step_losses` (output transform for MONAI's stats handlers),
-  :class:`PredictionWriter` (``predictions.csv`` of an evaluation run);
-* inference and multi-GPU: :func:`load_inference_model`, :class:`DistributedForwardAll`.
+Functions called from the configs: :func:`bag_table` (datalist or CT inputs → preprocessed bag table),
+:func:`split_cases` (patient-grouped stratified hold-out split), :func:`bag_dataset`, :func:`virtual_slots`.
 """
 
 from __future__ import annotations
@@ -17,249 +14,188 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
-import torch.nn as nn
-from ignite.engine import Engine, Events
-from ignite.metrics import Average
 
-from ctmil.data.bags import BagDataset, EpochBags
-from ctmil.io.discovery import discover_cases
-from ctmil.evaluate.cv import stratified_group_folds
-from ctmil.train.steps import StepsRun
-from ctmil.train.handlers.virtual_bags import balancing_count
-from ctmil.infer.model_io import InferenceModel, load_model
-from ctmil.data.preprocess import atomic_write_csv, preprocess_cases
+from ctmil.data.bags import BagDataset
+from ctmil.evaluate.folds import stratified_group_folds
 
 __all__ = [
-    "DistributedForwardAll",
-    "EpochSetter",
-    "PredictionWriter",
-    "StepAverages",
-    "load_cases",
-    "load_inference_model",
-    "n_virtual_bags",
-    "preprocessed_bags",
+    "bag_dataset",
+    "bag_table",
+    "build_workflow",
+    "config_dir",
+    "config_files",
+    "load_bag_datalist",
     "read_labels",
     "split_cases",
-    "step_losses",
+    "virtual_slots",
 ]
 
 logger = logging.getLogger(__name__)
+PathLike = "str | os.PathLike[str]"
+BAG_COLUMNS = ["case_id", "bag", "label", "patient"]
 
 
-# ------------------------------------------------------------------------------------------------ cases
+# ------------------------------------------------------------------------------------------------ configs
+def config_dir() -> Path:
+    """The packaged bundle configs (``metadata.json``, ``train.json``, ``cv.json``, ...)."""
+    return Path(str(resources.files("ctmil") / "configs"))
+
+
+def config_files(*names: str) -> list[str]:
+    """Absolute paths of packaged config files, e.g. ``config_files("train.json", "cv.json")``."""
+    paths = [config_dir() / n for n in names]
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError(f"packaged config {p.name} not found in {config_dir()}")
+    return [str(p) for p in paths]
+
+
+def build_workflow(files: Sequence[str | os.PathLike], overrides: Mapping[str, Any] | None = None,
+                   workflow_type: str = "train"):
+    """A MONAI ``ConfigWorkflow`` over ``files`` (merged in order) with ``#``-id ``overrides``, initialised.
+
+    Plain names are packaged configs (``"train.json"``); paths are used as they are. Override values may be
+    Python objects (a ``BagDataset`` for a fold, say). This is exactly what ``python -m monai.bundle run``
+    builds, so every entry point trains the same way.
+    """
+    from monai.bundle import ConfigWorkflow
+
+    paths = [str(f) if os.sep in str(f) or Path(f).is_file() else config_files(str(f))[0] for f in files]
+    workflow = ConfigWorkflow(config_file=paths, meta_file=config_files("metadata.json")[0],
+                              workflow_type=workflow_type, **dict(overrides or {}))
+    workflow.initialize()
+    return workflow
+
+
+# ------------------------------------------------------------------------------------------------ data
 def read_labels(labels: "str | os.PathLike[str] | Mapping[str, float] | None") -> dict[str, float]:
-    """Labels by case id (or StudyInstanceUID) from a mapping or a CSV with ``label`` and ``case_id``/``study_uid``."""
+    """Labels by case id (or StudyInstanceUID) from a mapping or a CSV with ``label`` and ``case_id``/``study_uid``.
+
+    The CSV is read as text (``0012`` stays ``0012``; ``NA`` is an id, not a missing value).
+    """
     if labels is None:
         return {}
     if isinstance(labels, Mapping):
         return {str(k): float(v) for k, v in labels.items()}
-    table = pd.read_csv(labels, dtype={"case_id": str, "study_uid": str})
+    table = pd.read_csv(labels, dtype=str, keep_default_na=False)
     keys = [c for c in ("case_id", "study_uid") if c in table.columns]
     if "label" not in table.columns or not keys:
         raise ValueError(f"{labels}: a labels CSV needs a 'label' column and a 'case_id' or 'study_uid' column.")
+    label = pd.to_numeric(table["label"].str.strip(), errors="coerce")
     out: dict[str, float] = {}
     for key in keys:
-        out.update({str(k): float(v) for k, v in zip(table[key], table["label"]) if not pd.isna(k) and not pd.isna(v)})
+        out.update({k: float(v) for k, v in zip(table[key], label) if k != "" and not pd.isna(v)})
     return out
 
 
-def load_cases(
-    datalist: "str | os.PathLike[str] | Sequence[str | os.PathLike[str]]",
-    labels: "str | os.PathLike[str] | Mapping[str, float] | None" = None,
-    require_label: bool = True,
-    min_slices: int = 8,
-) -> list[dict]:
-    """Usable cases from a datalist CSV, CT folders / files, or a list of them (:func:`discover_cases`).
+def load_bag_datalist(datalist: "str | os.PathLike[str] | pd.DataFrame") -> pd.DataFrame:
+    """A datalist of bags (``case_id, bag, label[, patient]``) → a frame with exactly :data:`BAG_COLUMNS`.
 
-    A datalist CSV has ``case_id``, one of ``image``/``path``/``dicom_dir``/``nifti_path`` (relative to the CSV)
-    and ``label`` (1 severe, 0 non-severe), optionally ``patient``. For folders, ``labels`` (a CSV with
-    ``case_id`` or ``study_uid`` and ``label``, or a dict) supplies the labels. Cases that cannot be read, and
-    with ``require_label`` those without a 0/1 label, are left out with a warning.
-
-    Raises:
-        ValueError: no usable case remains.
+    Relative ``bag`` paths are resolved against the CSV's folder; rows without a 0/1 label are dropped with a
+    warning; ``patient`` defaults to ``case_id``.
     """
-    inputs = [datalist] if isinstance(datalist, (str, os.PathLike)) else list(datalist)
-    cases = discover_cases(inputs, labels=read_labels(labels), min_slices=min_slices)
-    usable = []
-    for case in cases:
-        if case.get("error") or case.get("image") is None:
-            logger.warning("case %s left out: %s", case["case_id"], case.get("error") or "no input")
-        elif require_label and case.get("label") not in (0.0, 1.0):
-            logger.warning("case %s left out: no 0/1 label", case["case_id"])
-        else:
-            usable.append(case)
-    if not usable:
-        raise ValueError(f"no usable{' labelled' if require_label else ''} case in {[str(p) for p in inputs]}.")
-    return usable
+    if isinstance(datalist, pd.DataFrame):
+        df, root = datalist.copy(), Path.cwd()
+    else:
+        df, root = pd.read_csv(datalist, dtype=str, keep_default_na=False), Path(datalist).resolve().parent
+    missing = [c for c in ("case_id", "bag", "label") if c not in df.columns]
+    if missing:
+        raise ValueError(f"datalist is missing columns {missing}; it needs case_id, bag, label (and optional patient).")
+    df["case_id"] = df["case_id"].astype(str)
+    if df["case_id"].duplicated().any():
+        raise ValueError(f"duplicate case ids in the datalist, e.g. {df.loc[df['case_id'].duplicated(), 'case_id'].tolist()[:5]}.")
+    label = pd.to_numeric(df["label"], errors="coerce")
+    known = label.isin([0, 1])
+    if not known.all():
+        logger.warning("datalist: %d case(s) without a 0/1 label are left out.", int((~known).sum()))
+    df = df.loc[known].copy()
+    df["label"] = label[known].astype(int)
+    patient = df["patient"].astype(str) if "patient" in df.columns else df["case_id"]
+    df["patient"] = [p if p else c for p, c in zip(patient, df["case_id"])]
+    df["bag"] = [str(p if Path(p).is_absolute() else (root / p)) for p in df["bag"].astype(str)]
+    return df[BAG_COLUMNS].reset_index(drop=True)
 
 
-def split_cases(cases: Sequence[Mapping[str, Any]], val_fraction: float = 0.2, seed: int = 0) -> tuple[list, list]:
-    """``(train, validation)`` cases: a stratified split that keeps each patient's cases together.
-
-    ``val_fraction`` 0 puts every case in training, 1 every case in validation (to evaluate on a separate test
-    datalist); otherwise the validation part is one of ``round(1 / val_fraction)`` folds of
-    :func:`ctmil.evaluate.cv.stratified_group_folds` (e.g. 0.2 → one fold of five).
-    """
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction <= 1.0:
-        raise ValueError(f"val_fraction must be a number in [0, 1], got {val_fraction!r}.")
-    cases = list(cases)
-    if val_fraction == 0.0:
-        return cases, []
-    if val_fraction == 1.0:
-        return [], cases
-    n_folds = max(2, round(1.0 / val_fraction))
-    folds = stratified_group_folds([c["label"] for c in cases], [c.get("patient") or c["case_id"] for c in cases], n_folds, int(seed))
-    return [c for c, f in zip(cases, folds) if f != 0], [c for c, f in zip(cases, folds) if f == 0]
+def _is_bag_datalist(path: Any) -> bool:
+    return isinstance(path, (str, os.PathLike)) and str(path).endswith(".csv") and Path(path).is_file() and \
+        "bag" in pd.read_csv(path, nrows=0).columns
 
 
-def preprocessed_bags(
-    data: Sequence[Mapping[str, Any]],
+def bag_table(
+    datalist: "str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | pd.DataFrame",
     cache_dir: "str | os.PathLike[str]",
-    settings: Mapping[str, Any] | None = None,
+    preprocessing: Mapping[str, Any] | None = None,
+    labels: "str | os.PathLike[str] | Mapping[str, float] | None" = None,
     progress: bool = False,
-) -> BagDataset:
-    """Cases → bags with :func:`ctmil.data.preprocess.preprocess_cases` (cached in ``cache_dir``) → ``BagDataset``.
+) -> pd.DataFrame:
+    """The labelled bags of a run (:data:`BAG_COLUMNS`) from a bag datalist, or from CT inputs preprocessed first.
 
-    ``settings`` are :func:`ctmil.transforms.preprocessing_transforms` keyword arguments; bags whose recorded
-    cache key (settings, ctmil version, input files, label) matches are reused. ``cache_dir/manifest.csv`` lists
-    every case with its status; failed cases are left out with a warning. Under ``torch.distributed`` rank 0
-    preprocesses while the other ranks wait, then read rank 0's manifest (one writer per cache folder).
+    CT inputs (a datalist of CT files, export folders, NIfTI files) are preprocessed into ``cache_dir`` with
+    ``preprocessing`` (keyword arguments of :func:`ctmil.transforms.preprocessing_transforms`); bags whose
+    cache key matches are reused, failed cases are left out with a warning (``cache_dir/manifest.csv`` says why).
+    Under ``torch.distributed`` rank 0 preprocesses while the others wait.
 
     Raises:
-        ValueError: no case, or none could be preprocessed.
+        ValueError: no usable labelled case.
     """
-    if len(data) == 0:
-        raise ValueError("no cases to preprocess (an empty training or validation split?).")
-    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(settings or {}).items()}
+    if isinstance(datalist, pd.DataFrame) or _is_bag_datalist(datalist):
+        table = load_bag_datalist(datalist)
+    else:
+        table = _preprocessed(datalist, cache_dir, preprocessing, labels, progress)
+    if table.empty:
+        raise ValueError(f"no usable labelled case in {datalist}.")
+    return table
+
+
+def _preprocessed(datalist, cache_dir, preprocessing, labels, progress) -> pd.DataFrame:
+    from ctmil.data.preprocess import bag_datalist, preprocess_cases
+    from ctmil.io.discovery import discover_cases
+
+    inputs = [datalist] if isinstance(datalist, (str, os.PathLike)) else list(datalist)
+    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(preprocessing or {}).items()}
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     if not distributed or torch.distributed.get_rank() == 0:  # one writer per cache folder
-        manifest = preprocess_cases(list(data), cache_dir, settings=settings, progress=progress)
+        cases = discover_cases(inputs, labels=read_labels(labels), min_slices=settings.get("min_slices", 8))
+        preprocess_cases(cases, cache_dir, settings=settings, progress=progress)
     if distributed:
         torch.distributed.barrier()
-        if torch.distributed.get_rank() != 0:
-            manifest = pd.read_csv(Path(cache_dir) / "manifest.csv", dtype={"case_id": str}, keep_default_na=False)
-    ok = manifest[manifest["status"].isin(["ok", "cached"])]
-    if ok.empty:
-        raise ValueError(f"none of the {len(manifest)} cases could be preprocessed; see {Path(cache_dir) / 'manifest.csv'}.")
-    labels = pd.to_numeric(ok["label"], errors="coerce").fillna(-1.0).tolist()
-    return BagDataset(ok["bag_path"].tolist(), labels=labels, case_ids=ok["case_id"].astype(str).tolist())
+    manifest = pd.read_csv(Path(cache_dir) / "manifest.csv", dtype=str, keep_default_na=False)
+    for row in manifest[manifest["status"] == "failed"].itertuples():
+        logger.warning("case %s left out: %s", row.case_id, row.error)
+    return load_bag_datalist(bag_datalist(manifest.assign(label=pd.to_numeric(manifest["label"], errors="coerce"))))
 
 
-def n_virtual_bags(dataset: BagDataset, n_bags: int | None = None) -> int:
-    """Virtual bags per epoch as :class:`VirtualBagHandler` counts them (``None``: negatives minus positives)."""
-    return balancing_count(dataset.labels) if n_bags is None else int(n_bags)
+def split_cases(cases: pd.DataFrame, val_fraction: float = 0.2, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(train, validation)`` rows of a bag table: a stratified split that keeps each patient's cases together.
+
+    ``val_fraction`` 0 puts every case in training; otherwise the validation part is one of
+    ``round(1 / val_fraction)`` folds of :func:`ctmil.evaluate.folds.stratified_group_folds` (0.2 → one of five).
+    """
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}.")
+    if val_fraction == 0.0:
+        return cases.reset_index(drop=True), cases.iloc[:0]
+    folds = stratified_group_folds(cases["label"].tolist(), cases["patient"].tolist(), max(2, round(1.0 / val_fraction)), int(seed))
+    return cases[folds != 0].reset_index(drop=True), cases[folds == 0].reset_index(drop=True)
 
 
-# ------------------------------------------------------------------------------------------------ engine glue
-class EpochSetter:
-    """Call ``data.set_epoch(epoch)`` at ``EPOCH_STARTED`` (the ``DistributedSampler.set_epoch`` of
-    :class:`~ctmil.data.bags.EpochBags`; MONAI workflows only do this for ``DataLoader`` samplers)."""
-
-    def __init__(self, data: EpochBags) -> None:
-        self.data = data
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        self.data.set_epoch(engine.state.epoch)
-
-
-class StepAverages:
-    """Epoch means of scalar step outputs (``loss``, ``mil``, ``ssl``) in ``engine.state.metrics``, over the
-    iterations that ran a step (skipped ``None`` batches do not count), as :func:`~ctmil.train.steps.create_trainer`."""
-
-    def __init__(self, names: Sequence[str] = ("loss", "mil", "ssl")) -> None:
-        self.names = tuple(names)
-
-    def attach(self, engine: Engine) -> None:
-        for name in self.names:
-            Average(output_transform=lambda out, key=name: out[key]).attach(engine, name, usage=StepsRun())
-
-
-def step_losses(output: Mapping[str, Any] | None) -> dict[str, float] | None:
-    """``{"loss", "mil", "ssl"}`` of a training step output; ``None`` for a skipped batch (MONAI's
-    ``StatsHandler`` / ``TensorBoardStatsHandler`` then log nothing)."""
-    if output is None:
+def bag_dataset(table: pd.DataFrame | None) -> BagDataset | None:
+    """A :class:`BagDataset` of a bag table's rows (``None`` for no rows: no validation set)."""
+    if table is None or len(table) == 0:
         return None
-    return {k: float(output[k]) for k in ("loss", "mil", "ssl") if k in output}
+    return BagDataset(table["bag"].tolist(), labels=table["label"].tolist(), case_ids=table["case_id"].tolist())
 
 
-class PredictionWriter:
-    """Collect ``case_id, prob, label`` of an evaluation run and write ``output_dir/filename`` at ``EPOCH_COMPLETED``.
+def virtual_slots(dataset: BagDataset, n_bags: int | None = None, enabled: bool = True) -> int:
+    """Virtual-bag capacity per epoch: ``n_bags``, or ``n_negative - n_positive`` of ``dataset`` when ``None``."""
+    from ctmil.train.handlers.virtual_bags import balancing_count
 
-    Collect-then-publish like ``ignite.handlers.EpochOutputStore``; columns ``case_id, prob, prediction, label``
-    (``prediction = prob >= threshold``).
-    """
-
-    def __init__(self, output_dir: "str | os.PathLike[str]", filename: str = "predictions.csv", threshold: float = 0.5) -> None:
-        self.path = Path(output_dir) / filename
-        self.threshold = float(threshold)
-        self.rows: list[dict] = []
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.publish)
-
-    def reset(self, engine: Engine | None = None) -> None:
-        self.rows = []
-
-    def collect(self, engine: Engine) -> None:
-        out = engine.state.output
-        if out is None:
-            return
-        for case_id, prob, label in zip(out["case_id"], out["prob"].tolist(), out["label"].tolist()):
-            self.rows.append({"case_id": case_id, "prob": prob, "prediction": int(prob >= self.threshold), "label": label})
-
-    def publish(self, engine: Engine) -> None:
-        atomic_write_csv(pd.DataFrame(self.rows, columns=["case_id", "prob", "prediction", "label"]), self.path)
-        logger.info("%d predictions written to %s", len(self.rows), self.path)
-
-
-# ------------------------------------------------------------------------------------------------ inference / DDP
-def load_inference_model(
-    path: "str | os.PathLike[str]", device: "str | torch.device" = "cpu", preprocessing: Mapping[str, Any] | None = None
-) -> InferenceModel:
-    """:func:`ctmil.infer.model_io.load_model` with the bundle's preprocessing settings recorded on the model,
-    so that :func:`ctmil.infer.batch.run_inference` preprocesses exactly as the bundle trained."""
-    model = load_model(path, device=device)
-    if preprocessing:
-        model.preprocessing = {**model.preprocessing, **{k: tuple(v) if isinstance(v, list) else v for k, v in preprocessing.items()}}
-    return model
-
-
-class _ForwardAll(nn.Module):
-    def __init__(self, network: nn.Module) -> None:
-        super().__init__()
-        self.network = network
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, pairs: torch.Tensor | None = None) -> dict:
-        return self.network.forward_all(x, mask, pairs)
-
-
-class DistributedForwardAll(nn.Module):
-    """A :class:`~ctmil.networks.MILNet` under ``DistributedDataParallel`` whose ``forward_all`` runs through DDP's
-    ``forward`` (the ctmil steps call ``forward_all``; calling it on the bare module would skip DDP's gradient sync).
-
-    ``find_unused_parameters`` defaults to True: the SSL head that the loss does not use gets no gradient.
-    Save and load weights through the wrapped network itself, not through this wrapper.
-    """
-
-    def __init__(self, module: nn.Module, device_ids: Sequence[Any] | None = None, find_unused_parameters: bool = True, **ddp_kwargs: Any) -> None:
-        super().__init__()
-        self.ddp = nn.parallel.DistributedDataParallel(
-            _ForwardAll(module), device_ids=device_ids, find_unused_parameters=find_unused_parameters, **ddp_kwargs
-        )
-
-    def forward_all(self, x: torch.Tensor, mask: torch.Tensor | None = None, pairs: torch.Tensor | None = None) -> dict:
-        return self.ddp(x, mask, pairs)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.forward_all(x, mask)["logits"]
+    if not enabled:
+        return 0
+    return balancing_count(dataset.labels) if n_bags is None else int(n_bags)

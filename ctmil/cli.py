@@ -1,87 +1,37 @@
-"""The ``ctmil`` command line. Each subcommand parses its arguments here and calls one library function."""
+"""The ``ctmil`` command line. Each subcommand turns its options into config overrides or arguments and calls
+one library function; every training setting comes from the bundle's configs (``--set KEY=VALUE`` with MONAI
+``#`` ids, e.g. ``--set max_epochs=5 train#virtual_bags#start_epoch=3``).
+
+Exit codes: 0 success, 2 a usage or input error (one line on stderr, no traceback unless ``-v``), 3 partial
+success (some cases failed).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 from ctmil import __version__
 
-
-def _labels_from_csv(path: str | None) -> dict[str, float]:
-    if not path:
-        return {}
-    import pandas as pd
-
-    table = pd.read_csv(path)
-    if "label" not in table.columns:
-        raise SystemExit(f"error: {path} has no 'label' column")
-    keys = [c for c in ("case_id", "study_uid") if c in table.columns]
-    if not keys:
-        raise SystemExit(f"error: {path} needs a 'case_id' or 'study_uid' column")
-    labels = {}
-    for key in keys:
-        labels.update({str(k): float(v) for k, v in zip(table[key], table["label"]) if not pd.isna(v)})
-    return labels
+EXIT_USAGE, EXIT_PARTIAL = 2, 3
+log = logging.getLogger("ctmil")
 
 
-def cmd_preprocess(args: argparse.Namespace) -> int:
-    from ctmil.io.discovery import discover_cases
-    from ctmil.data.preprocess import preprocess_cases
-
-    cases = discover_cases(args.inputs, labels=_labels_from_csv(args.labels), min_slices=args.min_slices, progress=not args.quiet)
-    if not cases:
-        raise SystemExit("error: no cases found in the inputs")
-    settings = {"min_slices": args.min_slices, "min_area_fraction": args.min_area_fraction}
-    manifest = preprocess_cases(cases, args.out, settings=settings, progress=not args.quiet)
-    failed = manifest[manifest["status"] == "failed"]
-    logging.getLogger("ctmil").info(
-        "%d cases: %d ok, %d cached, %d failed; manifest: %s", len(manifest), (manifest["status"] == "ok").sum(),
-        (manifest["status"] == "cached").sum(), len(failed), Path(args.out) / "manifest.csv",
-    )
-    for row in failed.itertuples():
-        print(f"FAILED {row.case_id}: {row.error}", file=sys.stderr)
-    return 3 if len(failed) else 0
+class UsageError(Exception):
+    """A problem with what the user asked for; reported in one line with exit code 2."""
 
 
-def cmd_phantoms(args: argparse.Namespace) -> int:
-    from ctmil.synthetic.phantoms import generate_cohort
-
-    table = generate_cohort(args.out, n=args.n, seed=args.seed)
-    logging.getLogger("ctmil").info("wrote %d phantoms (%d severe) to %s", len(table), int(table["label"].sum()), args.out)
-    return 0
-
-
-def cmd_infer(args: argparse.Namespace) -> int:
-    from ctmil.infer.batch import run_inference
-    from ctmil.infer.model_io import ModelError
-
-    try:
-        predictions, n_failed = run_inference(
-            args.inputs, args.model, args.out, threshold=args.threshold, device=args.device,
-            save_maps=not args.no_maps, save_overlays=not args.no_overlays, save_features=args.features,
-            top_slices=args.top_slices, map_mode=args.map_mode, labels=_labels_from_csv(args.labels),
-            min_slices=args.min_slices, min_area_fraction=args.min_area_fraction, progress=not args.quiet)
-    except (ModelError, ValueError) as err:  # bad model file, bad options, no inputs
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for row in predictions[predictions["status"] == "failed"].itertuples():
-        print(f"FAILED {row.case_id}: {row.error}", file=sys.stderr)
-    logging.getLogger("ctmil").info("%d studies, %d failed; predictions: %s", len(predictions), n_failed, Path(args.out) / "predictions.csv")
-    return 3 if n_failed else 0
-
-
-def _overrides(pairs: list[str] | None) -> dict:
-    """``key=value`` pairs (dotted keys, JSON values) → a dict for the config loaders."""
-    import json
-
+def parse_overrides(pairs: list[str] | None) -> dict:
+    """``KEY=VALUE`` pairs (``#`` ids, JSON values, else strings) → config overrides."""
     out = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"error: override {pair!r} is not key=value")
+        if not sep or not key:
+            raise UsageError(f"override {pair!r} is not KEY=VALUE")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -89,94 +39,190 @@ def _overrides(pairs: list[str] | None) -> dict:
     return out
 
 
+def _device(value: str | None) -> dict:
+    if not value:
+        return {}
+    import torch
+
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, TypeError) as err:
+        raise UsageError(f"invalid --device {value!r}: {err}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {value} requested but CUDA is not available")
+    return {"device": f"$torch.device({str(dev)!r})"}
+
+
+def _existing(paths: list[str], what: str) -> list[str]:
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise UsageError(f"{what} not found: {missing[0]}")
+    return [str(Path(p).resolve()) for p in paths]
+
+
+def _out_dir(path: str) -> Path:
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".ctmil-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UsageError(f"cannot write to --out {path}: {err.strerror or err}") from None
+    return out.resolve()
+
+
+def _train_overrides(args: argparse.Namespace, out: Path) -> dict:
+    inputs = _existing(args.inputs, "input")
+    overrides = {
+        "datalist": inputs[0] if len(inputs) == 1 else inputs,
+        "bundle_root": str(out), "ckpt_dir": str(out), "output_dir": str(out), "cache_dir": str(out / "bags"),
+        "progress": not args.quiet,
+    }
+    if getattr(args, "labels", None):
+        overrides["labels"] = _existing([args.labels], "labels CSV")[0]
+    for key, value in (("max_epochs", args.epochs), ("seed", args.seed), ("val_fraction", getattr(args, "val_fraction", None))):
+        if value is not None:
+            overrides[key] = value
+    return {**overrides, **_device(args.device), **parse_overrides(args.set)}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    out = _out_dir(args.out)
+    overrides = _train_overrides(args, out)
+    files = ["train.json", *(_existing(args.config or [], "config"))]
+    if args.nproc > 1:
+        from ctmil.train.distributed import run_distributed
+
+        run_distributed(files, overrides, args.nproc)
+    else:
+        from ctmil.bundle import build_workflow
+
+        workflow = build_workflow(files, overrides)
+        workflow.run()
+        workflow.finalize()
+    log.info("model: %s", out / "model.pt")
+    return 0
+
+
 def cmd_cv(args: argparse.Namespace) -> int:
-    from ctmil.evaluate.cv import run_cv_from_config
+    from ctmil.evaluate.cv import run_cv
 
-    import pandas as pd
+    out = _out_dir(args.out)
+    overrides = {"progress": False, **_device(args.device), **parse_overrides(args.set)}
+    if args.epochs is not None:
+        overrides["max_epochs"] = args.epochs
+    files = ["train.json", "cv.json", *(_existing(args.config or [], "config"))]
+    datalist = _existing([args.datalist], "datalist")[0]
+    run_cv(datalist, out, files=files, overrides=overrides, progress=not args.quiet, restart=args.restart)
+    print((out / "report.md").read_text())
+    manifest = out / "bags" / "manifest.csv"
+    if manifest.exists():
+        import pandas as pd
 
-    config = args.config or str(Path(__file__).resolve().parents[1] / "bundles" / "covid19_severity_mil" / "configs" / "cv.json")
-    datalist = args.datalist
-    if "bag" not in pd.read_csv(datalist, nrows=0).columns:  # a datalist of CT files: preprocess it first
-        from ctmil.io.discovery import read_datalist
-        from ctmil.data.preprocess import preprocess_cases
-
-        manifest = preprocess_cases(read_datalist(datalist), Path(args.out) / "bags", progress=True)
-        for row in manifest[manifest["status"] == "failed"].itertuples():
+        failed = pd.read_csv(manifest, dtype=str, keep_default_na=False).query("status == 'failed'")
+        for row in failed.itertuples():
             print(f"FAILED {row.case_id}: {row.error} (left out of the cross-validation)", file=sys.stderr)
-        datalist = Path(args.out) / "bags" / "datalist.csv"
-    run_cv_from_config(config, datalist, args.out, overrides=_overrides(args.set))
-    print((Path(args.out) / "report.md").read_text())
+        if len(failed):
+            return EXIT_PARTIAL
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from ctmil.demo import run_demo
 
-    result = run_demo(args.out, config=args.config, overrides=_overrides(args.set), progress=not args.quiet)
+    result = run_demo(args.out, overrides=parse_overrides(args.set), progress=not args.quiet)
     print(Path(result["report"]).read_text())
     print(f"Demo finished in {result['seconds'] / 60:.1f} min. Report, ROC plot and model: {Path(result['report']).parent}")
     return 0
 
 
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from ctmil.bundle import read_labels
+    from ctmil.data.preprocess import preprocess_cases
+    from ctmil.io.discovery import discover_cases
+
+    inputs = _existing(args.inputs, "input")
+    out = _out_dir(args.out)
+    labels = read_labels(_existing([args.labels], "labels CSV")[0]) if args.labels else {}
+    cases = discover_cases(inputs, labels=labels, min_slices=args.min_slices, progress=not args.quiet)
+    if not cases:
+        raise UsageError("no cases found in the inputs")
+    settings = {"min_slices": args.min_slices, "min_area_fraction": args.min_area_fraction}
+    manifest = preprocess_cases(cases, out, settings=settings, progress=not args.quiet)
+    failed = manifest[manifest["status"] == "failed"]
+    log.info("%d cases: %d ok, %d cached, %d failed; manifest: %s", len(manifest), (manifest["status"] == "ok").sum(),
+             (manifest["status"] == "cached").sum(), len(failed), out / "manifest.csv")
+    for row in failed.itertuples():
+        print(f"FAILED {row.case_id}: {row.error}", file=sys.stderr)
+    return EXIT_PARTIAL if len(failed) else 0
+
+
+def cmd_phantoms(args: argparse.Namespace) -> int:
+    from ctmil.synthetic.phantoms import generate_cohort
+
+    table = generate_cohort(_out_dir(args.out), n=args.n, seed=args.seed)
+    log.info("wrote %d phantoms (%d severe) to %s", len(table), int(table["label"].sum()), args.out)
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from ctmil.bundle import read_labels
+    from ctmil.infer.batch import run_inference
+
+    inputs = _existing(args.inputs, "input")
+    _existing([args.model], "model file")
+    labels = read_labels(_existing([args.labels], "labels CSV")[0]) if args.labels else {}
+    predictions, n_failed = run_inference(
+        inputs, args.model, _out_dir(args.out), threshold=args.threshold, device=args.device,
+        save_maps=not args.no_maps, save_overlays=not args.no_overlays, save_features=args.features,
+        top_slices=args.top_slices, map_mode=args.map_mode, labels=labels,
+        min_slices=args.min_slices, min_area_fraction=args.min_area_fraction, progress=not args.quiet)
+    for row in predictions[predictions["status"] == "failed"].itertuples():
+        print(f"FAILED {row.case_id}: {row.error}", file=sys.stderr)
+    log.info("%d studies, %d failed; predictions: %s", len(predictions), n_failed, Path(args.out) / "predictions.csv")
+    return EXIT_PARTIAL if n_failed else 0
+
+
+def _common(p: argparse.ArgumentParser, training: bool = False) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging, tracebacks")
+    if training:
+        p.add_argument("--epochs", type=int, help="override max_epochs")
+        p.add_argument("--device", help="cpu or cuda[:N] (default: cuda:0 when available, else cpu)")
+        p.add_argument("--config", nargs="*", metavar="JSON", help="more config files merged over the bundle's (MONAI ConfigParser)")
+        p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides by MONAI id, e.g. max_epochs=5 'cv#n_folds=3'")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from ctmil.cli_parser import add_subcommands
+
     parser = argparse.ArgumentParser(prog="ctmil", description="COVID-19 severity from chest CT with attention MIL (MONAI-based).")
     parser.add_argument("--version", action="version", version=f"ctmil {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("preprocess", help="CT inputs → one bag file per case + manifest.csv")
-    p.add_argument("inputs", nargs="+", help="export folders, NIfTI files, slice-image folders or datalist CSVs")
-    p.add_argument("--out", required=True, help="output folder (bags/, manifest.csv)")
-    p.add_argument("--labels", help="CSV with case_id (or study_uid) and label columns")
-    p.add_argument("--min-slices", type=int, default=8, help="fewest slices of a usable DICOM series (default 8)")
-    p.add_argument("--min-area-fraction", type=float, default=0.2, help="keep slices whose lung area is at least this fraction of the largest (default 0.2)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_preprocess)
-
-    p = sub.add_parser("phantoms", help="write a synthetic chest-CT cohort (DICOM, NIfTI, labels.csv)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--n", type=int, default=16, help="number of cases (default 16)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_phantoms)
-
-    p = sub.add_parser("cv", help="stratified, patient-grouped k-fold CV of the ablation settings → report")
-    p.add_argument("--datalist", required=True, help="CSV with case_id, bag, label[, patient] (ctmil preprocess writes one), "
-                   "or with case_id, image, label[, patient] (CT files, preprocessed into OUT/bags first)")
-    p.add_argument("--out", required=True, help="output folder (report.md/.csv, predictions, folds, roc.png, model)")
-    p.add_argument("--config", help="CV config JSON (default: the bundle's configs/cv.json, the paper's protocol)")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=5 cv.settings='[\"A\",\"D\"]'")
-    p.set_defaults(func=cmd_cv)
-
-    p = sub.add_parser("infer", help="CT studies → predictions.csv, attention maps (NIfTI) and overlays (PNG)")
-    p.add_argument("inputs", nargs="+", help="export folders, NIfTI files, slice-image folders or datalist CSVs")
-    p.add_argument("--model", required=True, help="state dict / checkpoint (.pt, loaded weights-only) or TorchScript")
-    p.add_argument("--out", required=True, help="output folder (predictions.csv, cases/<case_id>/...)")
-    p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
-    p.add_argument("--top-slices", type=int, default=3, help="PNG overlays of the N most attended slices")
-    p.add_argument("--map-mode", choices=("bag", "slice"), default="bag", help="attention as is, or normalised per slice (paper Fig. 5)")
-    p.add_argument("--no-maps", action="store_true", help="no attention NIfTI")
-    p.add_argument("--no-overlays", action="store_true", help="no PNG overlays")
-    p.add_argument("--features", action="store_true", help="also write bag feature vectors (features.npy, features.csv)")
-    p.add_argument("--labels", help="CSV with case_id (or study_uid) and label")
-    p.add_argument("--min-slices", type=int, default=None, help="default: the model's recorded setting, else 8")
-    p.add_argument("--min-area-fraction", type=float, default=None, help="default: the model's recorded setting, else 0.2")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_infer)
-
-    p = sub.add_parser("demo", help="phantoms → bags → short CV of settings A and D → report (what `make demo` runs)")
-    p.add_argument("--out", default="out/demo")
-    p.add_argument("--config", help="demo config JSON (default: the bundle's configs/demo.json)")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="overrides of the CV config, e.g. train.epochs=2")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_demo)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
+    add_subcommands(parser, sys.modules[__name__])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = any(a in ("-v", "--verbose") for a in argv)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return int(args.func(args) or 0)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from ctmil.evaluate.cv import CVConfigError
+    from ctmil.infer.model_io import ModelError
+
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, CVConfigError, ModelError, FileNotFoundError, ValueError) as err:
+        if verbose:
+            traceback.print_exc()
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"error: {text}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The ctmil command line: subcommands, exit codes and the raw-datalist path of ``ctmil cv``."""
+"""The ctmil command line: subcommands, exit codes, ``#``-id overrides, ``ctmil train`` and the raw-datalist path of ``ctmil cv``."""
 
 from pathlib import Path
 
@@ -8,8 +8,10 @@ import pytest
 from ctmil.cli import build_parser, main
 from ctmil.synthetic.phantoms import generate_cohort
 
+TINY_SETS = ["network_def#feature_dim=16", "network_def#attention_dim=8", "network_def#ssl_hidden=8", "tensorboard=false"]
 
-@pytest.mark.parametrize("command", ["preprocess", "phantoms", "cv", "infer", "demo"])
+
+@pytest.mark.parametrize("command", ["train", "preprocess", "phantoms", "cv", "infer", "demo"])
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as stop:
         build_parser().parse_args([command, "--help"])
@@ -19,7 +21,12 @@ def test_every_subcommand_has_help(command, capsys):
 def test_preprocess_exit_codes(tmp_path):
     generate_cohort(tmp_path / "c", n=2, seed=1, formats=("nifti",), shape=(16, 64, 64), spacing=(10.0, 5.0, 5.0), progress=False)
     assert main(["preprocess", str(tmp_path / "c" / "nifti"), "--out", str(tmp_path / "ok"), "-q"]) == 0
-    assert main(["preprocess", str(tmp_path / "c" / "nifti"), str(tmp_path / "missing"), "--out", str(tmp_path / "some"), "-q"]) == 3
+    # a missing input is a usage error: exit 2 before any work, no manifest
+    assert main(["preprocess", str(tmp_path / "c" / "nifti"), str(tmp_path / "missing"), "--out", str(tmp_path / "none"), "-q"]) == 2
+    assert not (tmp_path / "none" / "manifest.csv").exists()
+    # an unreadable case is a partial success: exit 3, every case in the manifest
+    (tmp_path / "junk.nii.gz").write_bytes(b"not a nifti file")
+    assert main(["preprocess", str(tmp_path / "c" / "nifti"), str(tmp_path / "junk.nii.gz"), "--out", str(tmp_path / "some"), "-q"]) == 3
     manifest = pd.read_csv(tmp_path / "some" / "manifest.csv")
     assert manifest["status"].tolist().count("failed") == 1 and manifest["status"].tolist().count("ok") == 2
 
@@ -28,9 +35,8 @@ def test_cv_preprocesses_a_datalist_of_ct_files(tmp_path, capsys):
     table = generate_cohort(tmp_path / "c", n=6, seed=2, formats=("nifti",), shape=(16, 64, 64), spacing=(10.0, 5.0, 5.0), progress=False)
     datalist = tmp_path / "c" / "ct_datalist.csv"
     pd.DataFrame({"case_id": table["case_id"], "image": table["nifti_path"], "label": table["label"]}).to_csv(datalist, index=False)
-    sets = ["train.epochs=1", "cv.n_folds=2", "cv.n_repeats=1", 'cv.settings=["A"]', "cv.progress=false",
-            "train.tensorboard=false", 'network={"feature_dim": 16, "attention_dim": 8, "ssl_hidden": 8}']
-    assert main(["cv", "--datalist", str(datalist), "--out", str(tmp_path / "cv"), "--set", *sets]) == 0
+    sets = ["cv#n_folds=2", "cv#n_repeats=1", 'cv#settings=["A"]', "cv#final_model=none", *TINY_SETS]
+    assert main(["cv", "--datalist", str(datalist), "--out", str(tmp_path / "cv"), "--epochs", "1", "-q", "--set", *sets]) == 0
     assert len(pd.read_csv(tmp_path / "cv" / "bags" / "datalist.csv")) == 6
     predictions = pd.read_csv(tmp_path / "cv" / "predictions.csv")
     assert sorted(predictions["case_id"]) == sorted(table["case_id"])
@@ -39,7 +45,7 @@ def test_cv_preprocesses_a_datalist_of_ct_files(tmp_path, capsys):
 
 def test_relative_output_folder_gives_a_usable_datalist(tmp_path, monkeypatch):
     """`--out` relative to the working directory (as `make demo` passes it): the datalist must still resolve."""
-    from ctmil.evaluate.cv import load_datalist
+    from ctmil.bundle import load_bag_datalist as load_datalist
 
     generate_cohort(tmp_path / "c", n=2, seed=1, formats=("nifti",), shape=(16, 64, 64), spacing=(10.0, 5.0, 5.0), progress=False)
     pd.read_csv(tmp_path / "c" / "labels.csv").assign(image=lambda t: "c/" + t["nifti_path"])[["case_id", "image", "label"]].to_csv(tmp_path / "dl.csv", index=False)
@@ -47,3 +53,42 @@ def test_relative_output_folder_gives_a_usable_datalist(tmp_path, monkeypatch):
     assert main(["preprocess", "dl.csv", "--out", "rel/out", "-q"]) == 0
     table = load_datalist(tmp_path / "rel" / "out" / "datalist.csv")
     assert len(table) == 2 and all(Path(p).is_file() for p in table["bag"])
+
+
+def test_train_writes_a_model_and_resumes(tmp_path):
+    import json
+
+    generate_cohort(tmp_path / "c", n=6, seed=3, formats=("nifti",), shape=(16, 64, 64), spacing=(10.0, 5.0, 5.0), progress=False)
+    args = ["train", str(tmp_path / "c" / "labels.csv"), "--out", str(tmp_path / "m"), "--epochs", "2", "--device", "cpu",
+            "-q", "--set", "val_fraction=0.34", "val_interval=1", "train#virtual_bags#start_epoch=1", *TINY_SETS]
+    assert main(args) == 0
+    info = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert info["epochs"] == 2 and info["trained_on"] == 4 and info["setting"] == "D"  # 2 of 6 cases validate
+    assert info["preprocessing"]["spatial_size"] == [180, 240] and info["network"]["feature_dim"] == 16
+    assert (tmp_path / "m" / "checkpoints" / "checkpoint_2.pt").exists()
+    before = (tmp_path / "m" / "model.pt").read_bytes()
+    assert main([*args[:5], "3", *args[6:]]) == 0  # --epochs 3: continues from epoch 2
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["epochs"] == 3
+    assert (tmp_path / "m" / "model.pt").read_bytes() != before
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "MISSING.csv", "--out", "{tmp}/o"], "input not found"),
+        (["cv", "--datalist", "MISSING.csv", "--out", "{tmp}/o"], "datalist not found"),
+        (["train", "{tmp}", "--out", "{tmp}/o", "--set", "novalue"], "not KEY=VALUE"),
+        (["train", "{tmp}", "--out", "{tmp}/o", "--device", "tpu:9"], "invalid --device"),
+        (["train", "{tmp}", "--out", "/proc/ctmil-cannot-write"], "cannot write to --out"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(tmp_path, capsys, argv, message):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0] and "Traceback" not in err[0]
+
+
+def test_verbose_anywhere_shows_the_traceback(tmp_path, capsys):
+    assert main(["cv", "--datalist", str(tmp_path / "x.csv"), "--out", str(tmp_path / "o"), "-v"]) == 2
+    assert "Traceback" in capsys.readouterr().err

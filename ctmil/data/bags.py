@@ -18,9 +18,7 @@ from torch.utils.data import Dataset
 
 __all__ = [
     "BagDataset",
-    "EpochBags",
     "collate_bags",
-    "epoch_generator",
     "load_bag",
     "virtual_bag",
 ]
@@ -229,84 +227,3 @@ def collate_bags(bags: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         out["position"][i, :k] = torch.as_tensor(b["position"]).long()
         out["slice_index"][i, :k] = torch.as_tensor(b["slice_index"]).long()
     return out
-
-
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """A ``torch.Generator`` that depends only on ``(seed, epoch)``, so a resumed run draws the same numbers."""
-    state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
-
-
-class EpochBags:
-    """The training data of one epoch: the real bags plus this epoch's virtual bags, as collated batches.
-
-    The iteration order is a permutation drawn from :func:`epoch_generator` ``(seed, epoch)``; call
-    :meth:`set_epoch` at ``EPOCH_STARTED`` (like ``DistributedSampler.set_epoch``). Virtual bags are set with
-    :meth:`set_virtual` (as instance references, materialised only when their batch is built) and stay until
-    replaced.
-
-    Ignite counts a fixed number of iterations per epoch, so the length is fixed: real bags plus
-    ``virtual_slots`` (the most virtual bags an epoch may hold), in batches of ``batch_size``. Batches that
-    are not needed (before virtual bags start, or when fewer virtual bags were made) are yielded as ``None``
-    at the end of the epoch; the training step skips them.
-
-    Args:
-        dataset: the real (training) bags.
-        batch_size: bags per batch.
-        virtual_slots: capacity for virtual bags per epoch (``>= 0``).
-        seed: seed of the per-epoch order.
-        shuffle: shuffle each epoch (``False``: real bags in dataset order, then virtual bags).
-    """
-
-    def __init__(
-        self, dataset: BagDataset, batch_size: int = 1, virtual_slots: int = 0, seed: int = 0, shuffle: bool = True
-    ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
-        if isinstance(virtual_slots, bool) or not isinstance(virtual_slots, int) or virtual_slots < 0:
-            raise ValueError(f"virtual_slots must be an int >= 0, got {virtual_slots!r}.")
-        if len(dataset) == 0:
-            raise ValueError("the dataset has no bags.")
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.virtual_slots = virtual_slots
-        self.seed = int(seed)
-        self.shuffle = shuffle
-        self.epoch = 1
-        self._virtual: List[torch.Tensor] = []
-
-    def __len__(self) -> int:
-        return math.ceil((len(self.dataset) + self.virtual_slots) / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def set_virtual(self, refs: Sequence[torch.Tensor]) -> None:
-        """Use these virtual bags (each ``(N, 2)`` rows ``(bag index, instance index)``) until the next call."""
-        if len(refs) > self.virtual_slots:
-            raise ValueError(f"{len(refs)} virtual bags exceed the {self.virtual_slots} virtual slots per epoch.")
-        self._virtual = [torch.as_tensor(r, dtype=torch.long).clone() for r in refs]
-
-    @property
-    def n_virtual(self) -> int:
-        return len(self._virtual)
-
-    def _item(self, j: int) -> Dict[str, Any]:
-        n_real = len(self.dataset)
-        if j < n_real:
-            return self.dataset[j]
-        v = j - n_real
-        return virtual_bag(self.dataset, self._virtual[v], case_id=f"virtual-e{self.epoch}-{v}")
-
-    def __iter__(self) -> Iterator[Optional[Dict[str, Any]]]:
-        n_items = len(self.dataset) + len(self._virtual)
-        if self.shuffle:
-            order = torch.randperm(n_items, generator=epoch_generator(self.seed, self.epoch)).tolist()
-        else:
-            order = list(range(n_items))
-        n_batches = 0
-        for start in range(0, n_items, self.batch_size):
-            yield collate_bags([self._item(j) for j in order[start : start + self.batch_size]])
-            n_batches += 1
-        for _ in range(len(self) - n_batches):
-            yield None

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ctmil.networks import MILNet
+from ctmil.train.steps import BagInferer, predict_batch
 
 logger = logging.getLogger(__name__)
 
@@ -82,12 +83,12 @@ class InferenceModel:
         x = patches.to(self.device, torch.float32)[None]  # (1, K, C, P, P)
         attention = features = None
         with torch.inference_mode():
-            if self.strategy == "parts":
-                n_chunks = -(-x.shape[1] // self.chunk_size)
-                step = -(-x.shape[1] // n_chunks)  # equal chunks of at most chunk_size
-                feats = torch.cat([self.module.encode(x[:, i : i + step]) for i in range(0, x.shape[1], step)], dim=1)  # (1, K, M)
-                features, attention = self.module.pool(feats)  # (1, M), (1, K)
-                logits = self.module.classifier(features)  # dropout is the identity in eval mode
+            if self.strategy == "parts":  # a MILNet: the one prediction path of validation, CV and the bundle
+                mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+                batch = {"patches": x, "mask": mask, "label": torch.full((1,), -1.0), "case_id": [""]}
+                out = predict_batch(self.module, batch, BagInferer(self.chunk_size), self.device)
+                logits = out["logit"]
+                attention, features = out["attention"], out["bag_features"]
             elif self.strategy == "forward_all":
                 out = self.module.forward_all(x)
                 logits, attention, features = out["logits"], out["attention"], out.get("bag_features")
@@ -179,17 +180,20 @@ def infer_network_kwargs(state: Mapping[str, torch.Tensor]) -> dict:
     return kwargs
 
 
-def _sidecar_network(path: Path) -> dict:
-    """``network`` of a ``model.json`` written next to ``model.pt`` by ``ctmil cv`` (empty when absent)."""
+def _sidecar(path: Path) -> tuple[dict, dict]:
+    """``(network, preprocessing)`` of the ``model.json`` written next to ``model.pt`` by
+    :func:`ctmil.train.handlers.save_model` (empty when absent)."""
     sidecar = path.with_suffix(".json")
     if not sidecar.is_file():
-        return {}
+        return {}, {}
     try:
         info = json.loads(sidecar.read_text())
     except (OSError, ValueError):
         logger.warning("ignoring unreadable %s", sidecar.name)
-        return {}
-    return dict(info.get("network") or {}) if isinstance(info, Mapping) else {}
+        return {}, {}
+    if not isinstance(info, Mapping):
+        return {}, {}
+    return dict(info.get("network") or {}), dict(info.get("preprocessing") or {})
 
 
 def _first_line(err: BaseException) -> str:
@@ -257,7 +261,10 @@ def load_model(
         raise ModelError(f"cannot read model file {path.name}: not a PyTorch checkpoint or TorchScript file ({_first_line(err)})") from None
     state, recorded, preprocessing = _unpack(obj, path.name)
     state = _strip_prefix(state)
-    kwargs = {**infer_network_kwargs(state), **_sidecar_network(path), **recorded, **dict(network or {})}
+    side_network, side_preprocessing = _sidecar(path)
+    preprocessing = {**side_preprocessing, **preprocessing}
+    preprocessing = {k: tuple(v) if isinstance(v, list) else v for k, v in preprocessing.items()}
+    kwargs = {**infer_network_kwargs(state), **side_network, **recorded, **dict(network or {})}
     try:
         module = MILNet(**kwargs)
     except (TypeError, ValueError) as err:

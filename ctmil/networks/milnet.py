@@ -76,6 +76,10 @@ class MILNet(nn.Module):
         if encoder is not None and not isinstance(encoder, nn.Module):
             raise ValueError(f"encoder must be an nn.Module or None, got {type(encoder).__name__}.")
 
+        # constructor arguments, so a trained model can be rebuilt (a custom encoder is not recorded)
+        self.hparams = {"in_channels": in_channels, "patch_size": patch_size, "feature_dim": feature_dim,
+                        "attention_dim": attention_dim, "gated": gated, "n_positions": n_positions,
+                        "n_directions": n_directions, "ssl_hidden": ssl_hidden, "dropout": float(dropout)}
         self.encoder = LeNetEncoder(in_channels, patch_size, feature_dim) if encoder is None else encoder
         self.pool = GatedAttentionPool(feature_dim, attention_dim, gated=gated)
         self.dropout = nn.Dropout(float(dropout))
@@ -119,15 +123,23 @@ class MILNet(nn.Module):
         x = self._instances(x)
         return self._encode(x, self._check_mask(x, mask))
 
-    def _encode(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """``x: (B, K, C, P, P)`` validated, ``mask: (B, K)`` bool or None -> ``(B, K, M)``."""
+    def _encode(self, x: torch.Tensor, mask: Optional[torch.Tensor], chunk_size: Optional[int] = None) -> torch.Tensor:
+        """``x: (B, K, C, P, P)`` validated, ``mask: (B, K)`` bool or None -> ``(B, K, M)``.
+
+        ``chunk_size`` encodes the instances in equal chunks of at most that many (same result; bounds the
+        activation memory of large bags at inference, ~0.6 MB per 60×60 patch)."""
         b, k = x.shape[0], x.shape[1]
         flat = x.flatten(0, 1)  # (B*K, C, P, P)
         idx = torch.empty(0, dtype=torch.long, device=x.device)
         if mask is not None:
             idx = torch.nonzero(mask.reshape(-1)).squeeze(1)  # (R,) real instances
             flat = flat.index_select(0, idx)  # (R, C, P, P): padded instances never reach the encoder
-        feats = self.encoder(flat)  # (R, M)
+        if chunk_size is None or flat.shape[0] <= chunk_size:
+            feats = self.encoder(flat)  # (R, M)
+        else:
+            n_chunks = (flat.shape[0] + chunk_size - 1) // chunk_size
+            step = (flat.shape[0] + n_chunks - 1) // n_chunks  # equal chunks of at most chunk_size
+            feats = torch.cat([self.encoder(c) for c in flat.split(step)])  # (R, M)
         if feats.dim() != 2 or feats.shape[1] != self.feature_dim:
             raise ValueError("the encoder must map (N, C, H, W) to (N, feature_dim).")
         if mask is not None:
@@ -151,7 +163,11 @@ class MILNet(nn.Module):
 
     @torch.jit.export
     def forward_all(
-        self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, pairs: Optional[torch.Tensor] = None
+        self,
+        x: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        pairs: Optional[torch.Tensor] = None,
+        chunk_size: Optional[int] = None,
     ) -> Dict[str, torch.Tensor]:
         """Every output of the network.
 
@@ -160,6 +176,7 @@ class MILNet(nn.Module):
             mask: ``(B, K)`` bool, True = real instance; None = all real.
             pairs: optional ``(B, P, 2)`` int64 ``(anchor, partner)`` indices into the K axis, ``-1`` rows
                 are padding (see :func:`ctmil.networks.pairs_for_batch`).
+            chunk_size: encode at most this many instances at once (None: all at once).
 
         Returns:
             dict with ``logits (B, 1)``, ``attention (B, K)``, ``features (B, K, M)``, ``bag_features (B, M)``,
@@ -168,7 +185,7 @@ class MILNet(nn.Module):
         """
         x = self._instances(x)
         mask = self._check_mask(x, mask)
-        feats = self._encode(x, mask)  # (B, K, M)
+        feats = self._encode(x, mask, chunk_size)  # (B, K, M)
         z, a = self.pool(feats, mask)  # (B, M), (B, K)
         ssl_abs = self.ssl_heads["absolute"](feats)  # (B, K, n_positions)
         if mask is not None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ctmil.data.bags import BagDataset, EpochBags, collate_bags, epoch_generator, load_bag, virtual_bag
+from ctmil.data.bags import BagDataset, collate_bags, load_bag, virtual_bag
+from ctmil.data.epochs import EpochBags, epoch_generator
 from tests.train._bags import make_bag, make_bags
 
 

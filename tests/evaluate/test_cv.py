@@ -12,15 +12,17 @@ import torch
 from scipy import stats
 
 import ctmil.evaluate.cv as cv_module
+from ctmil.bundle import load_bag_datalist as load_datalist
+from ctmil.evaluate.cv import CVConfigError, cv_protocol, run_cv
+from ctmil.evaluate.folds import make_folds, stratified_group_folds
 from ctmil.networks import MILNet
-from ctmil.evaluate.cv import load_config, load_datalist, make_folds, run_cv, run_cv_from_config, stratified_group_folds
 from ctmil.evaluate.metrics import METRIC_NAMES, binary_metrics
 from ctmil.evaluate.report import write_report
 from tests.train._bags import TINY_NET, make_bag, one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CONFIGS = Path(__file__).resolve().parents[2] / "bundles" / "covid19_severity_mil" / "configs"
+DEMO = ("train.json", "cv.json", "demo.json")
 
 
 @pytest.mark.parametrize(
@@ -78,17 +80,15 @@ def test_manifest_repeats_cover_each_case_once_and_never_leak():
     assert manifest[manifest.repeat == 0]["fold"].tolist() != manifest[manifest.repeat == 1]["fold"].tolist()
 
 
-def test_load_config_merges_base_and_overrides():
-    cfg = load_config(CONFIGS / "cv_demo.json", overrides={"train.epochs": 1, "virtual::alpha": 0.1, "cv": {"n_folds": 2}})
-    paper = load_config(CONFIGS / "cv.json")
-    assert paper["cv"]["n_folds"] == 10 and paper["cv"]["n_repeats"] == 5 and paper["train"]["epochs"] == 50
-    assert paper["virtual"] == {"start_epoch": 26, "alpha": 0.025, "gamma": 0.2, "n_bags": None}
-    demo = json.loads((CONFIGS / "cv_demo.json").read_text())
-    assert cfg["cv"]["n_folds"] == 2 and cfg["cv"]["n_repeats"] == demo["cv"]["n_repeats"] and cfg["cv"]["settings"] == ["A", "D"]
-    assert cfg["train"]["epochs"] == 1 and cfg["train"]["lr"] == paper["train"]["lr"]
-    assert cfg["virtual"]["alpha"] == 0.1 and cfg["virtual"]["gamma"] == 0.2
-    with pytest.raises(ValueError):
-        load_config({"trian": {}})
+def test_protocol_comes_from_the_configs_with_overrides():
+    paper = cv_protocol()
+    assert (paper["n_folds"], paper["n_repeats"], paper["settings"]) == (10, 5, ["A", "B", "C", "D"])
+    demo = cv_protocol(DEMO, {"cv#n_folds": 2})
+    assert demo["n_folds"] == 2 and demo["settings"] == ["A", "D"] and demo["final_setting"] == "D"
+    for bad in ({"cv#settings": ["E"]}, {"cv#settings": []}, {"cv#ssl_task": "both"}, {"cv#n_folds": 1},
+                {"cv#final_model": "best"}, {"cv#settings": ["A"], "cv#final_setting": "D"}):
+        with pytest.raises(CVConfigError):
+            cv_protocol(DEMO, bad)
 
 
 def test_load_datalist(tmp_path):
@@ -151,15 +151,14 @@ def datalist(tmp_path_factory):
     return root / "datalist.csv"
 
 
+TINY = {"max_epochs": 2, "threshold": 0.0, "train#virtual_bags#start_epoch": 1, "device": "$torch.device('cpu')",
+        "cv#n_folds": 2, "cv#n_repeats": 1, "cv#settings": ["A", "B"], "cv#final_model": "last_fold",
+        **{f"network_def#{k}": v for k, v in TINY_NET.items()}}
+
+
 def test_run_cv_end_to_end_and_resume(datalist, tmp_path, monkeypatch):
-    overrides = {
-        "cv": {"n_folds": 2, "n_repeats": 1, "settings": ["A", "B"], "final_model": "last_fold", "progress": False},
-        "train": {"epochs": 2, "threshold": 0.0, "tensorboard": False},
-        "virtual": {"start_epoch": 1},
-        "network": TINY_NET,
-    }
     out = tmp_path / "out"
-    predictions = run_cv_from_config(CONFIGS / "cv_demo.json", datalist, out, overrides=overrides)
+    predictions = run_cv(datalist, out, files=DEMO, overrides=TINY, progress=False)
     assert predictions.columns.tolist() == ["case_id", "setting", "repeat", "fold", "prob", "label"]
     for setting in ("A", "B"):
         part = predictions[predictions.setting == setting]
@@ -174,22 +173,43 @@ def test_run_cv_end_to_end_and_resume(datalist, tmp_path, monkeypatch):
     assert (out / "runs" / "B" / "r0_f1" / "predictions.csv").exists()
     assert not (out / "runs" / "B" / "r0_f1" / "checkpoints").exists()
     config = json.loads((out / "config.json").read_text())
-    assert config["train"]["epochs"] == 2 and config["cv"]["n_folds"] == 2
+    assert config["overrides"]["max_epochs"] == 2 and config["protocol"]["n_folds"] == 2 and config["n_cases"] == 6
     info = json.loads((out / "model.json").read_text())
     model = MILNet(**info["network"])
     model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
-    assert info["setting"] == "B"
+    assert info["setting"] == "B" and info["virtual_bags"] is True and info["ssl"] == "none"
 
     def no_training(*args, **kwargs):
         raise AssertionError("finished folds must not be trained again")
 
-    monkeypatch.setattr(cv_module, "fit", no_training)
-    again = run_cv_from_config(CONFIGS / "cv_demo.json", datalist, out, overrides=overrides)
+    monkeypatch.setattr(cv_module, "_train", no_training)
+    again = run_cv(datalist, out, files=DEMO, overrides=TINY, progress=False)
     pd.testing.assert_frame_equal(again, predictions)
 
 
-def test_run_cv_rejects_bad_settings(datalist, tmp_path):
-    with pytest.raises(ValueError):
-        run_cv(datalist, tmp_path, settings=["E"])
-    with pytest.raises(ValueError):
-        run_cv(datalist, tmp_path, train={"ssl": "absolute"})
+def test_run_cv_refuses_an_out_made_from_other_settings(datalist, tmp_path):
+    out = tmp_path / "out"
+    one = {**TINY, "cv#settings": ["A"], "cv#final_model": "none", "max_epochs": 1}
+    run_cv(datalist, out, files=DEMO, overrides=one, progress=False)
+    with pytest.raises(CVConfigError, match="--restart"):
+        run_cv(datalist, out, files=DEMO, overrides={**one, "max_epochs": 2}, progress=False)
+    run_cv(datalist, out, files=DEMO, overrides={**one, "max_epochs": 2}, progress=False, restart=True)
+    assert json.loads((out / "config.json").read_text())["overrides"]["max_epochs"] == 2
+
+
+def test_cv_runs_are_the_bundle_train_workflow(datalist, tmp_path, monkeypatch):
+    """Every fold is built by ctmil.bundle.build_workflow from the same config files, with the fold's data."""
+    seen = []
+    real = cv_module.build_workflow
+
+    def spy(files, overrides):
+        seen.append((list(files), dict(overrides)))
+        return real(files, overrides)
+
+    monkeypatch.setattr(cv_module, "build_workflow", spy)
+    run_cv(datalist, tmp_path, files=DEMO, overrides={**TINY, "cv#settings": ["C"], "cv#final_model": "all_data",
+                                                        "max_epochs": 1}, progress=False)
+    assert len(seen) == 3 and all(Path(f[0][0]).name == "train.json" for f in seen)
+    assert [len(o["train#dataset"]) for _, o in seen] == [3, 3, 6]  # two folds, then all cases
+    assert {o["ssl"] for _, o in seen} == {"absolute"} and not any(o["use_virtual_bags"] for _, o in seen)
+    assert seen[-1][1]["seed"] == 0 and seen[-1][1]["validate#dataset"] is None  # the final model: root seed

@@ -39,3 +39,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def tiny_overrides(out_dir, **changes) -> Dict:
+    """Overrides of the bundle's train.json for a tiny CPU run writing into ``out_dir`` (no datalist needed
+    when ``train#dataset`` is given)."""
+    base = {
+        "bundle_root": str(out_dir), "ckpt_dir": str(out_dir), "output_dir": str(out_dir),
+        "device": "$torch.device('cpu')", "max_epochs": 2, "val_interval": 0, "validate#dataset": None,
+        "tensorboard": False, **{f"network_def#{k}": v for k, v in TINY_NET.items()},
+    }
+    return {**base, **changes}
+
+
+def train_tiny(out_dir, dataset, files=("train.json",), **changes):
+    """Train through the bundle's workflow (the composition root) on ``dataset``; returns the finished workflow."""
+    from ctmil.bundle import build_workflow
+
+    workflow = build_workflow(list(files), tiny_overrides(out_dir, **{"train#dataset": dataset, **changes}))
+    workflow.run()
+    workflow.finalize()
+    return workflow

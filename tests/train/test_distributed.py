@@ -1,20 +1,22 @@
-"""Data-parallel training: 2 ranks on CPU (gloo) see disjoint data and match the single-process run."""
-
-import functools
+"""Data-parallel training through the one trainer: 2 gloo ranks on CPU see disjoint shards, match the
+single-process run with the combined batch, gather the bag metrics, and resume from their checkpoint."""
 
 import pytest
+
+pytestmark = pytest.mark.xdist_group("distributed")  # one worker: the resume test reuses an uninterrupted run
 import torch
 
 from ctmil.data.bags import BagDataset
-from ctmil.train.distributed import ShardedEpochBags, fit_distributed
-from ctmil.train.trainer import TrainConfig, VirtualBagConfig, build_model, fit
-from tests.train._bags import TINY_NET, make_bags
+from ctmil.data.epochs import EpochBags
+from ctmil.train.distributed import free_port, run_distributed
+from ctmil.networks import MILNet
+from tests.train._bags import TINY_NET, make_bags, tiny_overrides, train_tiny
 
 
 @pytest.mark.parametrize("n_items,world", [(8, 2), (7, 2), (9, 4), (5, 1)])
 def test_shards_are_disjoint_cover_everything_and_have_equal_length(n_items, world):
     data = BagDataset(make_bags([i % 2 for i in range(n_items)]))
-    shards = [ShardedEpochBags(data, 1, 0, seed=3, rank=r, world_size=world) for r in range(world)]
+    shards = [EpochBags(data, 1, 0, seed=3, rank=r, world_size=world) for r in range(world)]
     orders = []
     for epoch in (1, 2):
         for s in shards:
@@ -30,25 +32,58 @@ def test_shards_are_disjoint_cover_everything_and_have_equal_length(n_items, wor
     assert orders[0] != orders[1]  # a fresh shared order every epoch, like DistributedSampler.set_epoch
 
 
+@pytest.mark.parametrize("rank,world", [(-1, 2), (2, 2), (0, 0)])
+def test_bad_rank(rank, world):
+    with pytest.raises(ValueError):
+        EpochBags(BagDataset(make_bags([0, 1])), rank=rank, world_size=world)
+
+
+DATA = BagDataset(make_bags([0, 1, 0, 1, 0, 1, 1, 0], n_slices=2))
+
+
+def _distributed(out, **changes):
+    overrides = tiny_overrides(out, **{"train#dataset": DATA, "max_epochs": 3, "seed": 5, **changes})
+    overrides.pop("device")  # run_distributed picks the device with the backend (gloo: CPU)
+    run_distributed(["train.json"], overrides, nproc=2)
+    return torch.load(out / "model.pt", weights_only=True)
+
+
+RUNS: dict = {}
+
+
 @pytest.mark.parametrize("virtual,ssl,tolerance", [(False, "absolute", 0.02), (True, "none", 0.15)])
 def test_two_gloo_ranks_match_one_process_with_the_combined_batch(tmp_path, virtual, ssl, tolerance):
-    """Rank r trains on items r, r+2, ... of the shared epoch order with averaged gradients: the same updates
-    as one process with batches of 2. With virtual bags the SSL term is left out: a rank holding only a
-    virtual bag contributes no SSL, which halves that batch's SSL weight compared with one process — a
-    property of data parallelism, not something to test for equality. Virtual bags also hinge on
-    ``prob >= 0.5`` decisions of a barely trained net, which float summation order can flip, hence the
-    looser bound there (a rank training on the wrong shard, or unsynchronised, misses both bounds)."""
-    data = BagDataset(make_bags([0, 1, 0, 1, 0, 1, 1, 0], n_slices=2))
-    base = dict(epochs=3, ssl=ssl, seed=5, checkpoint_every=0, tensorboard=False, deterministic=True,
-                virtual=VirtualBagConfig(start_epoch=1, n_bags=2) if virtual else None)
-    single = fit(build_model(TINY_NET, seed=1), data, TrainConfig(batch_size=2, **base)).model.state_dict()
-    model_fn = functools.partial(build_model, TINY_NET, 1)
-    dist = fit_distributed(model_fn, data, TrainConfig(batch_size=1, **base), None, tmp_path / "rank0.pt", nproc_per_node=2)
-    start = build_model(TINY_NET, seed=1).state_dict()
+    """Rank r trains on items r, r+2, ... of the shared epoch order and DDP averages the gradients: the same
+    updates as one process with batches of 2. With virtual bags the SSL term is left out: a rank holding only a
+    virtual bag contributes no SSL, which halves that batch's SSL weight compared with one process — a property
+    of data parallelism, not something to test for equality. Virtual bags also hinge on ``prob >= 0.5``
+    decisions of a barely trained net, which float summation order can flip, hence the looser bound there (a
+    rank training on the wrong shard, or unsynchronised, misses both bounds)."""
+    settings = {"ssl": ssl, "use_virtual_bags": virtual, "train#virtual_bags#start_epoch": 1, "train#virtual_bags#n_bags": 2}
+    single_wf = train_tiny(tmp_path / "single", DATA, max_epochs=3, seed=5, **{"train#dataloader#batch_size": 2}, **settings)
+    single = single_wf.parser.get_parsed_content("network_def").state_dict()
+    dist = _distributed(tmp_path / "dist", **settings)
+    RUNS[(virtual, ssl)] = (dist, settings)
+    torch.manual_seed(5)  # what train.json's set_determinism(seed=5) does before the network is built
+    start = MILNet(**TINY_NET).state_dict()
     moved = max(float((single[k] - start[k]).abs().max()) for k in single)
     gap = max(float((dist[k] - single[k]).abs().max()) for k in single)
     assert moved > 1e-4, "training changed nothing: the comparison would be empty"
     assert gap < tolerance * moved, (gap, moved)
+
+
+def test_distributed_run_resumes_from_its_checkpoint(tmp_path):
+    """An interrupted 2-rank run (absolute SSL on) continues from rank 0's checkpoint on every rank and
+    ends where the uninterrupted run ended."""
+    full, settings = RUNS.get((False, "absolute")) or (None, {"ssl": "absolute", "use_virtual_bags": False})
+    if full is None:  # run alone (e.g. with -k): make the uninterrupted run here
+        full = _distributed(tmp_path / "full", **settings)
+    _distributed(tmp_path / "resumed", **{**settings, "max_epochs": 1})
+    assert (tmp_path / "resumed" / "checkpoints" / "checkpoint_1.pt").exists()
+    resumed = _distributed(tmp_path / "resumed", **settings)  # max_epochs 3: every rank reads rank 0's checkpoint
+    for k in full:
+        assert torch.allclose(full[k], resumed[k], atol=1e-6), k
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["checkpoint_3.pt"]
 
 
 def _metrics_worker(local_rank, out):
@@ -69,10 +104,9 @@ def _metrics_worker(local_rank, out):
 def test_bag_metrics_gather_every_rank(tmp_path):
     import ignite.distributed as idist
 
-    from ctmil.train.distributed import _free_port
     from ctmil.evaluate.metrics import binary_metrics
 
-    with idist.Parallel(backend="gloo", nproc_per_node=2, master_addr="127.0.0.1", master_port=_free_port()) as parallel:
+    with idist.Parallel(backend="gloo", nproc_per_node=2, master_addr="127.0.0.1", master_port=free_port()) as parallel:
         parallel.run(_metrics_worker, str(tmp_path / "m.pt"))
     got = torch.load(tmp_path / "m.pt", weights_only=True)
     expected = binary_metrics(torch.tensor([0.9, 0.2, 0.4, 0.7]), torch.tensor([1.0, 0.0, 1.0, 0.0]))

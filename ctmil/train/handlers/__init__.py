@@ -1,8 +1,12 @@
-"""Ignite handlers of the training engine, one per module, each with ``attach(engine)``."""
+"""Ignite handlers of the bag engines, one per module, each with ``attach(engine)``.
 
-from ctmil.train.handlers.checkpoint import CheckpointHandler
-from ctmil.train.handlers.tensorboard import TensorBoardHandler
-from ctmil.train.handlers.validation import ValidationHandler
+Validation, statistics logging and TensorBoard use MONAI's own handlers (``ValidationHandler``,
+``StatsHandler``, ``TensorBoardStatsHandler``); these are the ones MONAI has no equivalent for.
+"""
+
+from ctmil.train.handlers.checkpoint import CheckpointHandler, TorchRNGState
+from ctmil.train.handlers.model_writer import ModelWriter, save_model
+from ctmil.train.handlers.prediction_writer import PredictionWriter
 from ctmil.train.handlers.virtual_bags import VirtualBagHandler, balancing_count
 
-__all__ = ["CheckpointHandler", "TensorBoardHandler", "ValidationHandler", "VirtualBagHandler", "balancing_count"]
+__all__ = ["CheckpointHandler", "ModelWriter", "PredictionWriter", "TorchRNGState", "VirtualBagHandler", "balancing_count", "save_model"]

@@ -7,7 +7,10 @@ Every saved value is a tensor, number, string, list, tuple or dict, so the files
 ``torch.load(..., weights_only=True)`` (which is how Ignite's ``Checkpoint.load_objects`` reads them).
 
 Register this handler *after* the handlers whose ``EPOCH_COMPLETED`` work must be in the checkpoint
-(e.g. :class:`~ctmil.train.handlers.virtual_bags.VirtualBagHandler`).
+(e.g. :class:`~ctmil.train.handlers.virtual_bags.VirtualBagHandler`). Attached to a trainer, it adds the
+trainer itself to the saved objects and, with ``resume``, loads the latest checkpoint at ``STARTED`` (as MONAI's
+``CheckpointLoader`` does), so a restarted run continues where it stopped. Under data parallelism every rank
+resumes from the same files while only the rank with ``save=True`` writes them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 
@@ -32,22 +36,47 @@ def _epoch(engine: Engine, event: Any) -> int:
     return engine.state.epoch
 
 
+class TorchRNGState:
+    """The global torch CPU RNG as a checkpointable object (dropout draws from it)."""
+
+    def state_dict(self) -> dict:
+        return {"torch": torch.get_rng_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+
+
 class CheckpointHandler:
     """Save ``objects`` every ``every`` epochs into ``dirname``; :meth:`resume` loads the latest checkpoint.
 
     Args:
-        objects: name -> object with ``state_dict``/``load_state_dict``.
+        objects: name -> object with ``state_dict``/``load_state_dict`` (``None`` values are left out).
         dirname: checkpoint folder (created if missing).
         every: epochs between checkpoints.
         n_saved: how many checkpoints to keep.
+        resume: load the latest checkpoint when the trainer starts.
+        save: write checkpoints (False on the ranks that only read them).
+        rng: also save the global torch RNG state.
     """
 
-    def __init__(self, objects: Mapping[str, Any], dirname: "str | os.PathLike[str]", every: int = 1, n_saved: int = 1):
+    def __init__(
+        self,
+        objects: Mapping[str, Any],
+        dirname: "str | os.PathLike[str]",
+        every: int = 1,
+        n_saved: int = 1,
+        resume: bool = True,
+        save: bool = True,
+        rng: bool = True,
+    ):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}.")
-        self.objects = dict(objects)
+        self.objects = {k: v for k, v in dict(objects).items() if v is not None}
+        if rng:
+            self.objects["rng"] = TorchRNGState()
         self.dirname = Path(dirname)
         self.every = every
+        self.resume_on_start, self.save = bool(resume), bool(save)
         self.checkpoint = Checkpoint(
             self.objects,
             DiskSaver(str(self.dirname), create_dir=True, require_empty=False),
@@ -58,7 +87,18 @@ class CheckpointHandler:
         )
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.every), self.checkpoint)
+        self.objects.setdefault("trainer", engine)
+        self.checkpoint.to_save = self.objects
+        if self.resume_on_start:
+            engine.add_event_handler(Events.STARTED, self._resume)
+        if self.save:
+            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.every), self.checkpoint)
+
+    def _resume(self, engine: Engine) -> None:
+        max_epochs = engine.state.max_epochs
+        if self.resume() and engine.state.epoch >= max_epochs:
+            logger.info("checkpoint already at epoch %d; nothing to train.", engine.state.epoch)
+        engine.state.max_epochs = max_epochs
 
     def latest(self) -> Optional[Path]:
         """The checkpoint file of the highest epoch in ``dirname`` (``None`` if there is none)."""

@@ -49,6 +49,27 @@ def _identity(output: Any) -> Any:
     return output
 
 
+def gather_rows(rows: torch.Tensor) -> torch.Tensor:
+    """All-gather ``(N_r, 2)`` long tensors of different ``N_r`` across ranks (padded with -1 for the collective)."""
+    import ignite.distributed as idist
+
+    if idist.get_world_size() == 1:
+        return rows
+    n = torch.tensor([rows.shape[0]], dtype=torch.long)
+    sizes = idist.all_gather(n)
+    padded = torch.full((int(sizes.max()), 2), -1, dtype=torch.long)
+    padded[: rows.shape[0]] = rows
+    gathered = idist.all_gather(padded.unsqueeze(0))  # (W, max N_r, 2)
+    return torch.cat([g[: int(k)] for g, k in zip(gathered, sizes.tolist())])
+
+
+def _in_order(rows: torch.Tensor, first: Mapping[int, int]) -> torch.Tensor:
+    """``rows`` sorted (stably) by where their bag first appears in the epoch order."""
+    if not len(rows):
+        return rows
+    return rows[sorted(range(len(rows)), key=lambda r: first.get(int(rows[r, 0]), 1 << 30))]
+
+
 def _check_fraction(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
         raise ValueError(f"{name} must be a number in (0, 1), got {value!r}.")
@@ -70,6 +91,11 @@ class VirtualBagHandler:
         seed: seed of the handler's own ``torch.Generator`` (sampling from the pools).
         output_transform: maps ``engine.state.output`` to a dict with ``prob (B,)``, ``label (B,)``,
             ``attention (B, K)``, ``mask (B, K)``, ``case_id`` (list) and ``is_virtual (B,)``; ``None`` skips.
+        gather: under data parallelism, draw from the union of every rank's pools (all-gathered before each
+            draw; the same seeded draw on every rank gives every rank the same virtual bags).
+        epoch_order: with ``gather``, a callable returning this epoch's shared item order (e.g.
+            :meth:`ctmil.data.epochs.EpochBags.order`); gathered pools are put in the order one process
+            would have collected them, so the draw matches a single-process run.
     """
 
     def __init__(
@@ -83,6 +109,8 @@ class VirtualBagHandler:
         threshold: float = 0.5,
         seed: int = 0,
         output_transform: Callable[[Any], Optional[Mapping[str, Any]]] = _identity,
+        gather: bool = False,
+        epoch_order: Optional[Callable[[], List[int]]] = None,
     ) -> None:
         self.alpha = _check_fraction("alpha", alpha)
         self.gamma = _check_fraction("gamma", gamma)
@@ -97,6 +125,8 @@ class VirtualBagHandler:
         self.start_epoch = start_epoch
         self.threshold = float(threshold)
         self.output_transform = output_transform
+        self.gather = bool(gather)
+        self.epoch_order = epoch_order
         self.n_bags = balancing_count(dataset.labels) if n_bags is None else n_bags
         self.mean_bag_size = sum(dataset.bag_size(i) for i in range(len(dataset))) / len(dataset)  # K̄
         self.n_key = max(1, math.floor(self.alpha * self.mean_bag_size))
@@ -157,9 +187,20 @@ class VirtualBagHandler:
             return pool[torch.randperm(pool.shape[0], generator=self.generator)[:n]]
         return pool[torch.randint(pool.shape[0], (n,), generator=self.generator)]
 
+    def pools(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(key, regular)`` references to draw from: this process's pools, or with ``gather`` every rank's."""
+        key, regular = self.key_pool, self.regular_pool
+        if not self.gather:
+            return key, regular
+        key, regular = gather_rows(key), gather_rows(regular)
+        if self.epoch_order is not None:
+            first = {item: i for i, item in reversed(list(enumerate(self.epoch_order())))}
+            key, regular = (_in_order(rows, first) for rows in (key, regular))
+        return key, regular
+
     def make_bags(self) -> List[torch.Tensor]:
         """Draw ``n_bags`` virtual bags from the current pools (empty list if a needed pool is empty)."""
-        key, regular = self.key_pool, self.regular_pool
+        key, regular = self.pools()
         if key.shape[0] == 0 or (self.n_regular > 0 and regular.shape[0] == 0):
             return []
         bags = []

@@ -1,0 +1,70 @@
+"""The subcommands and options of the ``ctmil`` command line (the commands themselves are in :mod:`ctmil.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+from types import ModuleType
+
+
+def add_subcommands(parser: argparse.ArgumentParser, cli: ModuleType) -> None:
+    """Add every subcommand to ``parser``; each calls ``cli.cmd_<name>``."""
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = cli._common
+
+    p = sub.add_parser("train", help="train one model on every labelled case (optional validation split) → OUT/model.pt")
+    p.add_argument("inputs", nargs="+", help="a datalist CSV (of bags, or of CT files), export folders or NIfTI files")
+    p.add_argument("--out", required=True, help="output folder (model.pt, model.json, checkpoints/, tensorboard/, bags/)")
+    p.add_argument("--labels", help="CSV with case_id (or study_uid) and label, for folder inputs")
+    p.add_argument("--val-fraction", type=float, help="share of cases held out for validation (default 0.2; 0: none)")
+    p.add_argument("--seed", type=int, help="seed of the initialisation, data order and split (default 0)")
+    p.add_argument("--nproc", type=int, default=1, help="data-parallel processes (gloo on CPU, nccl on GPUs)")
+    common(p, training=True)
+    p.set_defaults(func=cli.cmd_train)
+
+    p = sub.add_parser("cv", help="stratified, patient-grouped k-fold CV of the ablation settings → report")
+    p.add_argument("--datalist", required=True, help="CSV with case_id, bag, label[, patient] (ctmil preprocess writes one), "
+                   "or with case_id, image, label[, patient] (CT files, preprocessed into OUT/bags first)")
+    p.add_argument("--out", required=True, help="output folder (report.md/.csv, predictions, folds, roc.png, model)")
+    p.add_argument("--restart", action="store_true", help="discard an --out made from another config or datalist")
+    common(p, training=True)
+    p.set_defaults(func=cli.cmd_cv)
+
+    p = sub.add_parser("demo", help="phantoms → bags → short CV of settings A and D → report (what `make demo` runs)")
+    p.add_argument("--out", default="out/demo")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="overrides of the demo config, e.g. max_epochs=2")
+    common(p)
+    p.set_defaults(func=cli.cmd_demo)
+
+    p = sub.add_parser("preprocess", help="CT inputs → one bag file per case + manifest.csv")
+    p.add_argument("inputs", nargs="+", help="export folders, NIfTI files, slice-image folders or datalist CSVs")
+    p.add_argument("--out", required=True, help="output folder (bags/, manifest.csv, datalist.csv)")
+    p.add_argument("--labels", help="CSV with case_id (or study_uid) and label columns")
+    p.add_argument("--min-slices", type=int, default=8, help="fewest slices of a usable DICOM series (default 8)")
+    p.add_argument("--min-area-fraction", type=float, default=0.2,
+                   help="keep slices whose lung area is at least this fraction of the largest (default 0.2)")
+    common(p)
+    p.set_defaults(func=cli.cmd_preprocess)
+
+    p = sub.add_parser("phantoms", help="write a synthetic chest-CT cohort (DICOM, NIfTI, labels.csv)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=16, help="number of cases (default 16)")
+    p.add_argument("--seed", type=int, default=0)
+    common(p)
+    p.set_defaults(func=cli.cmd_phantoms)
+
+    p = sub.add_parser("infer", help="CT studies → predictions.csv, attention maps (NIfTI) and overlays (PNG)")
+    p.add_argument("inputs", nargs="+", help="export folders, NIfTI files, slice-image folders or datalist CSVs")
+    p.add_argument("--model", required=True, help="model.pt (state dict or checkpoint, loaded weights-only) or TorchScript")
+    p.add_argument("--out", required=True, help="output folder (predictions.csv, cases/<case_id>/...)")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--top-slices", type=int, default=3, help="PNG overlays of the N most attended slices")
+    p.add_argument("--map-mode", choices=("bag", "slice"), default="bag", help="attention as is, or normalised per slice (paper Fig. 5)")
+    p.add_argument("--no-maps", action="store_true", help="no attention NIfTI")
+    p.add_argument("--no-overlays", action="store_true", help="no PNG overlays")
+    p.add_argument("--features", action="store_true", help="also write bag feature vectors (features.npy, features.csv)")
+    p.add_argument("--labels", help="CSV with case_id (or study_uid) and label")
+    p.add_argument("--min-slices", type=int, default=None, help="default: the model's recorded setting, else 8")
+    p.add_argument("--min-area-fraction", type=float, default=None, help="default: the model's recorded setting, else 0.2")
+    common(p)
+    p.set_defaults(func=cli.cmd_infer)

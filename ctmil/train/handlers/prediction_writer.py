@@ -1,0 +1,48 @@
+"""Write the predictions of an evaluation run: ``case_id, prob, prediction, label`` per bag, as a CSV."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pandas as pd
+from ignite.engine import Engine, Events
+
+from ctmil.data.preprocess import atomic_write_csv
+
+__all__ = ["PredictionWriter"]
+
+logger = logging.getLogger(__name__)
+
+
+class PredictionWriter:
+    """Collect ``case_id, prob, label`` of an evaluation run and write ``output_dir/filename`` at ``EPOCH_COMPLETED``.
+
+    Collect-then-publish like ``ignite.handlers.EpochOutputStore``; columns ``case_id, prob, prediction, label``
+    (``prediction = prob >= threshold``).
+    """
+
+    def __init__(self, output_dir: "str | os.PathLike[str]", filename: str = "predictions.csv", threshold: float = 0.5) -> None:
+        self.path = Path(output_dir) / filename
+        self.threshold = float(threshold)
+        self.rows: list[dict] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.publish)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        self.rows = []
+
+    def collect(self, engine: Engine) -> None:
+        out = engine.state.output
+        if out is None:
+            return
+        for case_id, prob, label in zip(out["case_id"], out["prob"].tolist(), out["label"].tolist()):
+            self.rows.append({"case_id": case_id, "prob": prob, "prediction": int(prob >= self.threshold), "label": label})
+
+    def publish(self, engine: Engine) -> None:
+        atomic_write_csv(pd.DataFrame(self.rows, columns=["case_id", "prob", "prediction", "label"]), self.path)
+        logger.info("%d predictions written to %s", len(self.rows), self.path)
