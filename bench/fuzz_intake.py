@@ -2,7 +2,7 @@
 discovery and loading, under a 1 GiB address-space headroom. Prints a Markdown table, one row per seed.
 
 Run: ``.venv/bin/python bench/fuzz_intake.py [--n 20000] [--seeds 0 1 2 3]`` (about 1 ms per file). The CI
-version is tests/io/test_fuzz_intake.py (400 files per seed). A non-zero exit means something escaped.
+version is tests/io/test_fuzz_intake.py (250 files per seed). A non-zero exit means something escaped.
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ def write_deflated_garbage(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def write_deflate_bomb(path: Path, megabytes: int = 40) -> Path:
+def write_deflate_bomb(path: Path, megabytes: int = 24) -> Path:
     """A deflated slice holding, before its image tags, a private OB of ``megabytes`` zeros (a ~1000:1 ratio)."""
     ds = base_dataset()
     ds.add_new(0x00091011, "OB", bytes(megabytes << 20))
