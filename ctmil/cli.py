@@ -177,7 +177,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
         inputs, args.model, _out_dir(args.out), threshold=args.threshold, device=args.device,
         save_maps=not args.no_maps, save_overlays=not args.no_overlays, save_features=args.features,
         top_slices=args.top_slices, map_mode=args.map_mode, labels=labels,
-        min_slices=args.min_slices, min_area_fraction=args.min_area_fraction, progress=not args.quiet)
+        min_slices=args.min_slices, min_area_fraction=args.min_area_fraction, progress=not args.quiet,
+        allow_torchscript=args.allow_torchscript)
     for row in predictions[predictions["status"] == "failed"].itertuples():
         print(f"FAILED {row.case_id}: {row.error}", file=sys.stderr)
     log.info("%d studies, %d failed; predictions: %s", len(predictions), n_failed, Path(args.out) / "predictions.csv")

@@ -54,7 +54,8 @@ def add_subcommands(parser: argparse.ArgumentParser, cli: ModuleType) -> None:
 
     p = sub.add_parser("infer", help="CT studies → predictions.csv, attention maps (NIfTI) and overlays (PNG)")
     p.add_argument("inputs", nargs="+", help="export folders, NIfTI files, slice-image folders or datalist CSVs")
-    p.add_argument("--model", required=True, help="model.pt (state dict or checkpoint, loaded weights-only) or TorchScript")
+    p.add_argument("--model", required=True, help="model.pt (state dict or checkpoint, loaded weights-only)")
+    p.add_argument("--allow-torchscript", action="store_true", help="also accept TorchScript models (programs: only ones you trust)")
     p.add_argument("--out", required=True, help="output folder (predictions.csv, cases/<case_id>/...)")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")

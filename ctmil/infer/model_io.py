@@ -68,6 +68,12 @@ class InferenceModel:
     preprocessing: dict = field(default_factory=dict)
     chunk_size: int = 1024
 
+    @classmethod
+    def wrap(cls, module: torch.nn.Module, device: "str | torch.device" = "cpu", chunk_size: int = 1024) -> "InferenceModel":
+        """An in-memory network (e.g. the bundle's ``network_def`` after its ``CheckpointLoader``) as an inference model."""
+        return cls(module.eval(), "module", "<in memory>", _strategy(module), torch.device(device),
+                   network=dict(getattr(module, "hparams", {}) or {}), chunk_size=chunk_size)
+
     @property
     def has_attention(self) -> bool:
         return self.strategy != "logits"
@@ -211,11 +217,24 @@ def _device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def recorded_preprocessing(path: "str | os.PathLike") -> dict:
+    """The preprocessing settings recorded with a model (``model.json`` beside it, or inside the checkpoint);
+    empty (= the defaults) when none were recorded or the file is not there yet."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        return dict(load_model(path).preprocessing)
+    except ModelError:
+        return _sidecar(path)[1]
+
+
 def load_model(
     path: str | os.PathLike,
     device: str | torch.device = "cpu",
     network: Mapping[str, Any] | None = None,
     chunk_size: int = 1024,
+    allow_torchscript: bool = False,
 ) -> InferenceModel:
     """Load a model file for inference (see the module docstring for the accepted formats).
 
@@ -224,6 +243,7 @@ def load_model(
         device: where the network runs.
         network: ``MILNet`` keyword arguments; overrides those recorded in the checkpoint / ``model.json``.
         chunk_size: instances encoded at once (bounds memory for large bags).
+        allow_torchscript: load TorchScript archives (programs that run on load, unlike weights); refused otherwise.
 
     Raises:
         ModelError: missing, unreadable or incompatible file (one-line reason).
@@ -237,6 +257,9 @@ def load_model(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     dev = _device(device)
     if _is_torchscript(path):
+        if not allow_torchscript:
+            raise ModelError(f"{path.name} is a TorchScript program, not weights; load it only if you trust it "
+                             "(--allow-torchscript), or pass the model.pt state dict")
         try:
             module = torch.jit.load(str(path), map_location=dev)
         except Exception as err:  # torch raises RuntimeError subclasses with multi-line messages

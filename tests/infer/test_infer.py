@@ -17,7 +17,8 @@ from ctmil.synthetic.dicom_writer import write_dicom_series
 from ctmil.synthetic.phantoms import make_phantom, write_nifti
 from ctmil.networks import MILNet
 from ctmil.infer.attention_maps import cell_index, paint_attention, relayout, voxel_mapping
-from ctmil.infer.batch import PREDICTION_COLUMNS, CasePipeline, InferenceOptions, iter_predictions, run_inference
+from ctmil.infer.batch import CaseDataset, CasePipeline, case_loader, create_inference_evaluator, run_inference
+from ctmil.infer.writer import PREDICTION_COLUMNS, InferenceOptions, InferenceWriter
 from ctmil.infer.model_io import ModelError, load_model
 from ctmil.transforms import LoadCT
 
@@ -181,20 +182,27 @@ def test_no_patient_identifiers_in_outputs_or_logs(batch):
 
 
 def test_cases_stream_one_at_a_time(batch, model_path, tmp_path):
-    """iter_predictions pulls a case only when the previous one is finished and written."""
+    """The infer workflow loads a case only when the previous one is predicted and written."""
     source = str(batch["export"] / "nifti" / "case_n.nii.gz")
-    pulled = []
+    events = []
 
-    def cases():
-        for i in range(2):
-            pulled.append(i)
-            yield {"case_id": f"c{i}", "image": source, "label": None}
+    class Spy(CaseDataset):
+        def __getitem__(self, i):
+            events.append(f"load {i}")
+            return super().__getitem__(i)
 
-    rows = iter_predictions(cases(), load_model(model_path), tmp_path, InferenceOptions(save_overlays=False))
-    first = next(rows)
-    assert pulled == [0] and first["status"] == "ok"
-    assert sorted(p.name for p in (tmp_path / "cases").iterdir()) == ["c0"]
-    assert [r["case_id"] for r in rows] == ["c1"] and pulled == [0, 1]
+    class SpyWriter(InferenceWriter):
+        def collect(self, engine):
+            super().collect(engine)
+            events.append(f"written {engine.state.output['row']['case_id']}")
+
+    cases = [{"case_id": f"c{i}", "image": source, "label": None} for i in range(2)]
+    writer = SpyWriter(tmp_path, InferenceOptions(save_overlays=False))
+    evaluator = create_inference_evaluator(load_model(model_path), case_loader(Spy(cases)), val_handlers=[writer])
+    evaluator.run()
+    assert events == ["load 0", "written c0", "load 1", "written c1"]
+    assert sorted(p.name for p in (tmp_path / "cases").iterdir()) == ["c0", "c1"]
+    assert evaluator.state.predictions["status"].tolist() == ["ok", "ok"]
 
 
 def test_memory_stays_flat_over_many_cases(batch, model_path, tmp_path):
@@ -339,7 +347,9 @@ def test_torchscript_models(tmp_path, batch):
     torch.manual_seed(3)
     net = MILNet().eval()
     torch.jit.script(net).save(str(tmp_path / "milnet.ts"))
-    model = load_model(tmp_path / "milnet.ts")
+    with pytest.raises(ModelError, match="--allow-torchscript"):
+        load_model(tmp_path / "milnet.ts")  # a program, not weights: refused by default
+    model = load_model(tmp_path / "milnet.ts", allow_torchscript=True)
     assert model.kind == "torchscript" and model.strategy == "parts"
     x = _bag(2)
     with torch.no_grad():
@@ -349,7 +359,7 @@ def test_torchscript_models(tmp_path, batch):
     np.testing.assert_allclose(pred.attention, ref["attention"][0].numpy(), atol=1e-6)
 
     torch.jit.script(_LogitsOnly()).save(str(tmp_path / "plain.ts"))
-    plain = load_model(tmp_path / "plain.ts")
+    plain = load_model(tmp_path / "plain.ts", allow_torchscript=True)
     assert plain.strategy == "logits" and not plain.has_attention
     source = batch["export"] / "nifti" / "case_n.nii.gz"
     table, n_failed = run_inference(source, plain, tmp_path / "out", progress=False)

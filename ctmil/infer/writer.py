@@ -1,0 +1,215 @@
+"""What batch inference writes: ``predictions.csv`` (one row per case, rewritten after every case), the attention
+NIfTI and PNG overlays of each case and, optionally, bag features. :class:`InferenceWriter` is the handler the
+inference evaluator (``ctmil infer`` and the bundle's ``inference.json`` alike) attaches.
+
+Output layout (``out_dir``)::
+
+    predictions.csv                      one row per case (PREDICTION_COLUMNS)
+    features.csv                         with save_features: case_id, f000 ... (bag feature vectors)
+    cases/<case_id>/attention.nii.gz     attention painted on the CT grid, aligned with the input series
+    cases/<case_id>/overlay_s<NNN>.png   the most attended slices (NNN = slice index in the CT stack)
+    cases/<case_id>/features.npy         with save_features: the bag feature vector (M,)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+from ignite.engine import Engine, Events
+
+from ctmil.data.preprocess import atomic_write_csv
+from ctmil.io.paths import safe_case_name
+from ctmil.infer.attention_maps import paint_attention, save_attention_nifti, save_overlay, slice_attention, top_attended_slices
+
+__all__ = ["PREDICTION_COLUMNS", "InferenceOptions", "InferenceWriter", "case_dirname", "empty_row", "predictions_frame",
+           "write_case_outputs"]
+
+logger = logging.getLogger(__name__)
+
+PREDICTION_COLUMNS = [
+    "case_id", "status", "probability", "prediction", "threshold", "label", "input_kind", "series",
+    "n_slices", "n_slices_kept", "K", "top_slices", "attention_path", "overlay_paths", "features_path", "error",
+    "t_load", "t_preprocess", "t_predict", "t_write",
+]
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """What to write per case.
+
+    Args:
+        threshold: probability at or above which a case is predicted severe (``prediction = 1``).
+        save_maps: write ``attention.nii.gz``.
+        save_overlays: write PNG overlays of the ``top_slices`` most attended slices.
+        save_features: write the bag feature vector (``features.npy`` and, at the end, ``features.csv``).
+        top_slices: how many overlays per case.
+        map_mode: ``"bag"`` (attention as is) or ``"slice"`` (normalised per slice, the paper's Fig. 5).
+    """
+
+    threshold: float = 0.5
+    save_maps: bool = True
+    save_overlays: bool = True
+    save_features: bool = False
+    top_slices: int = 3
+    map_mode: str = "bag"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.top_slices < 0:
+            raise ValueError(f"top_slices must be >= 0, got {self.top_slices}")
+        if self.map_mode not in ("bag", "slice"):
+            raise ValueError(f"map_mode must be 'bag' or 'slice', got {self.map_mode!r}")
+
+
+def case_dirname(case_id: str) -> str:
+    """The folder name of a case's outputs: :func:`ctmil.io.paths.safe_case_name` (the one sanitiser of ids)."""
+    return safe_case_name(case_id)
+
+
+def empty_row(case: Mapping, threshold: float) -> dict:
+    row = {c: "" for c in PREDICTION_COLUMNS}
+    label = case.get("label")
+    row.update(case_id=str(case["case_id"]), threshold=threshold, series=case.get("series", "") or "",
+               label="" if label is None or (isinstance(label, float) and np.isnan(label)) else int(label))
+    return row
+
+
+def _clear_case_dir(folder: Path) -> None:
+    """Remove this module's outputs of an earlier run of the same case (stale overlays of other slices)."""
+    if not folder.is_dir():
+        return
+    for f in folder.iterdir():
+        if f.is_file() and (f.name in ("attention.nii.gz", "features.npy") or (f.name.startswith("overlay_") and f.suffix == ".png")):
+            f.unlink(missing_ok=True)
+
+
+def write_case_outputs(bag: dict, attention: np.ndarray | None, features: np.ndarray | None, folder: Path, out_dir: Path,
+                       options: InferenceOptions) -> dict:
+    """Write one case's maps, overlays and features into ``folder``; returns the row fields (paths relative to ``out_dir``)."""
+    fields = {"attention_path": "", "overlay_paths": "", "features_path": "", "top_slices": ""}
+    _clear_case_dir(folder)
+    meta = bag["meta"]
+    if options.save_features and features is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / ".tmp-features.npy"
+        np.save(tmp, features.astype(np.float32))
+        os.replace(tmp, folder / "features.npy")
+        fields["features_path"] = (folder / "features.npy").relative_to(out_dir).as_posix()
+    if attention is None or not (options.save_maps or options.save_overlays):
+        return fields
+    top = top_attended_slices(attention, bag["slice_index"], options.top_slices)
+    fields["top_slices"] = ";".join(str(int(s)) for s in top)
+    painted = paint_attention(attention, bag["slice_index"], bag["position"], bag["boxes"], bag["kept_slices"],
+                              meta["spatial_shape"], mode=options.map_mode)  # (S, H, W)
+    if options.save_maps:
+        path = save_attention_nifti(painted, meta, folder / "attention.nii.gz")
+        fields["attention_path"] = path.relative_to(out_dir).as_posix()
+    if options.save_overlays and top.size:
+        ct = bag["ct"].as_tensor()[0].numpy() if hasattr(bag["ct"], "as_tensor") else np.asarray(bag["ct"])[0]  # (S, H, W)
+        kept = bag["kept_slices"].tolist()
+        spacing = meta.get("spacing")
+        aspect = float(spacing[1]) / float(spacing[2]) if spacing else 1.0
+        vmax = float(painted.max())
+        mass = dict(zip(*(v.tolist() for v in slice_attention(attention, bag["slice_index"]))))
+        paths = []
+        for s in top.tolist():
+            box = bag["boxes"][kept.index(s)].tolist()
+            title = f"{bag['case_id']}  slice index {s} of {meta['spatial_shape'][0]}  ({mass[s]:.1%} of the attention)"
+            p = save_overlay(ct[s], painted[s], box, folder / f"overlay_s{s:03d}.png", intensity=meta.get("intensity", "hu"),
+                             vmax=vmax, title=title, aspect=aspect)
+            paths.append(p.relative_to(out_dir).as_posix())
+        fields["overlay_paths"] = ";".join(paths)
+    return fields
+
+
+_INT_COLUMNS = ("prediction", "label", "n_slices", "n_slices_kept", "K")
+_FLOAT_COLUMNS = ("probability", "threshold", "t_load", "t_preprocess", "t_predict", "t_write")
+
+
+def predictions_frame(rows: list[dict]) -> pd.DataFrame:
+    """The rows as a typed table (nullable ints, floats with NaN where a failed case has no value)."""
+    frame = pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+    for c in _INT_COLUMNS:
+        frame[c] = pd.to_numeric(frame[c].replace("", None), errors="coerce").astype("Int64")
+    for c in _FLOAT_COLUMNS:
+        frame[c] = pd.to_numeric(frame[c].replace("", None), errors="coerce").astype(float)
+    return frame
+
+
+def _write_features_csv(rows: list[dict], out_dir: Path) -> Path | None:
+    """``features.csv`` (case_id, f000…) from the per-case ``features.npy`` files, streamed row by row."""
+    done = [r for r in rows if r.get("features_path")]
+    if not done:
+        return None
+    path, tmp = out_dir / "features.csv", out_dir / ".features.csv.tmp"
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        header_written = False
+        for r in done:
+            vec = np.load(out_dir / r["features_path"])
+            if not header_written:
+                writer.writerow(["case_id"] + [f"f{i:03d}" for i in range(vec.size)])
+                header_written = True
+            writer.writerow([r["case_id"]] + [f"{v:.6g}" for v in vec.tolist()])
+    os.replace(tmp, path)
+    return path
+
+
+class InferenceWriter:
+    """Write each predicted case as it completes, and ``predictions.csv`` after every case (atomically: after a
+    crash it holds every finished case). Reads the step output of :func:`ctmil.infer.batch.make_case_step`:
+    ``{"row": dict, "bag": dict | None, "attention": array | None, "features": array | None}``.
+
+    Args:
+        output_dir: the output folder.
+        options: what to write per case.
+    """
+
+    def __init__(self, output_dir: "str | os.PathLike[str]", options: InferenceOptions | None = None) -> None:
+        self.out_dir = Path(output_dir)
+        self.options = options or InferenceOptions()
+        self.rows: list[dict] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.publish)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        self.rows = []
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def collect(self, engine: Engine) -> None:
+        out = engine.state.output
+        row = dict(out["row"])
+        folder = self.out_dir / "cases" / case_dirname(row["case_id"])
+        if row["status"] != "failed":
+            t0 = time.perf_counter()
+            try:
+                fields = write_case_outputs(out["bag"], out["attention"], out["features"], folder, self.out_dir, self.options)
+                row.update(fields, t_write=round(time.perf_counter() - t0, 4))
+            except Exception as raised:  # one case must never stop the batch
+                from ctmil.data.preprocess import case_error_text
+
+                row.update(status="failed", error=case_error_text(raised, row["case_id"]), probability="", prediction="")
+        if row["status"] == "failed":
+            with contextlib.suppress(OSError):
+                _clear_case_dir(folder)  # no stale maps of an earlier run
+            logger.warning("case %s failed: %s", row["case_id"], row["error"])
+        self.rows.append(row)
+        atomic_write_csv(predictions_frame(self.rows), self.out_dir / "predictions.csv")
+
+    def publish(self, engine: Engine) -> None:
+        if self.options.save_features:
+            _write_features_csv(self.rows, self.out_dir)
+        engine.state.predictions = predictions_frame(self.rows)
