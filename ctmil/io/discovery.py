@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from ctmil.io.dicom_series import choose_ct_series, scan_dicom_tree
-from ctmil.io.grouping import nothing_usable
+from ctmil.io.grouping import case_studies, nothing_usable
 from ctmil.io.paths import shown_path, walk_dirs, walk_files
 from ctmil.io.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES, detect_input_kind
 
@@ -114,6 +114,7 @@ def _cases_for_path(path: Path, source: str, case_id: str, label, patient, min_s
     if kind != "dicom":
         return [_case(case_id, str(path), source, label, patient)]
     studies, skipped = scan_dicom_tree(path)
+    studies = case_studies(studies)
     if not studies:
         return [_case(case_id, None, source, label, patient, error=nothing_usable(skipped) if skipped else "no DICOM images found")]
     if len(studies) > 1:

@@ -45,6 +45,14 @@ def series_key(header, root: str | os.PathLike) -> tuple[str, str, bool]:
     return study, "inferred:" + repr(parts), True
 
 
+def case_studies(studies: dict[str, list]) -> dict[str, list]:
+    """The studies of a folder named as one case: studies that were only inferred (blank UIDs, so one per
+    folder or frame of reference) are taken as one, since the user said the folder is one case."""
+    if len(studies) > 1 and all(key.startswith("inferred-") for key in studies):
+        return {"inferred-case": [series for group in studies.values() for series in group]}
+    return studies
+
+
 def summarise_skipped(skipped: list[tuple[str, str]], limit: int = 3) -> str:
     """One line on rejected files: how many, and the most common reasons with an example file each."""
     if not skipped:

@@ -17,7 +17,7 @@ import numpy as np
 from monai.transforms import LoadImage, Orientation
 
 from ctmil.io.dicom_series import DicomError, choose_ct_series, load_dicom_series, scan_dicom_tree
-from ctmil.io.grouping import nothing_usable
+from ctmil.io.grouping import case_studies, nothing_usable
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -61,6 +61,8 @@ def load_slice_folder(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray
                 arr = np.asarray(im.convert("I;16") if im.mode in ("I;16", "I") else im.convert("L"), dtype=np.float32)
         except (UnidentifiedImageError, OSError) as err:
             raise CaseError(f"unreadable image {f.name}: {err}") from None
+        except Exception as err:  # noqa: BLE001 - PIL's DecompressionBombError and decoder errors: this case fails
+            raise CaseError(f"unreadable image {f.name} ({type(err).__name__}: {' '.join(str(err).split())[:100]})") from None
         slices.append(arr / (65535.0 if arr.max() > 255 else 255.0))
     shapes = {s.shape for s in slices}
     if len(shapes) != 1:
@@ -102,6 +104,7 @@ def load_dicom_case(source: str | os.PathLike | list[str], min_slices: int = 8) 
         files, series_info = [str(f) for f in source], {"series_uid": "", "reason": "file list given", "warnings": []}
     else:
         studies, skipped = scan_dicom_tree(source, keep_headers=True)  # one parse per file
+        studies = case_studies(studies)
         if not studies:
             raise CaseError(nothing_usable(skipped) if skipped else "no DICOM images found")
         if len(studies) > 1:

@@ -119,3 +119,18 @@ def test_rejected_files_are_summarised_truthfully(tmp_path):
     (case,) = discover_cases([tmp_path])
     assert case["error"].startswith("12 DICOM files found but none usable; 12 files rejected: 12 × ")
     assert "no DICOM images, NIfTI" not in case["error"]
+
+
+def test_a_folder_named_as_one_case_with_blank_uids_is_one_study(tmp_path):
+    """Series sub-folders without UIDs or a frame of reference are inferred as separate studies; a folder the
+    user names as one case (datalist, LoadCT) is still read as one study and its best series chosen."""
+    thin = write_series(tmp_path / "case" / "a", n=12, seed=1)
+    thick = write_series(tmp_path / "case" / "b", n=9, seed=2)
+    _anonymise(thin + thick)
+    for p in thin + thick:
+        ds = pydicom.dcmread(p)
+        del ds.FrameOfReferenceUID
+        ds.save_as(p)
+    assert len(scan_dicom_tree(tmp_path / "case")[0]) == 2
+    volume, _, meta = load_dicom_case(str(tmp_path / "case"))
+    assert volume.shape[0] == 12 and any("grouped by folder" in w for w in meta["warnings"])
