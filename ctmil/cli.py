@@ -81,6 +81,8 @@ def _train_overrides(args: argparse.Namespace, out: Path) -> dict:
     }
     if getattr(args, "labels", None):
         overrides["labels"] = _existing([args.labels], "labels CSV")[0]
+    if getattr(args, "model_dir", None):
+        overrides["ckpt_dir"] = str(_out_dir(args.model_dir))
     for key, value in (("max_epochs", args.epochs), ("seed", args.seed), ("val_fraction", getattr(args, "val_fraction", None))):
         if value is not None:
             overrides[key] = value
@@ -101,7 +103,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         workflow = build_workflow(files, overrides)
         workflow.run()
         workflow.finalize()
-    log.info("model: %s", out / "model.pt")
+    log.info("model: %s", Path(overrides["ckpt_dir"]) / "model.pt")
     return 0
 
 
@@ -110,8 +112,9 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
     out = _out_dir(args.out)
     overrides = {"progress": False, **_device(args.device), **parse_overrides(args.set)}
-    if args.epochs is not None:
-        overrides["max_epochs"] = args.epochs
+    for key, value in (("max_epochs", args.epochs), ("seed", args.seed)):
+        if value is not None:
+            overrides[key] = value
     files = ["train.json", "cv.json", *(_existing(args.config or [], "config"))]
     datalist = _existing([args.datalist], "datalist")[0]
     run_cv(datalist, out, files=files, overrides=overrides, progress=not args.quiet, restart=args.restart)
@@ -183,6 +186,16 @@ def cmd_infer(args: argparse.Namespace) -> int:
         print(f"FAILED {row.case_id}: {row.error}", file=sys.stderr)
     log.info("%d studies, %d failed; predictions: %s", len(predictions), n_failed, Path(args.out) / "predictions.csv")
     return EXIT_PARTIAL if n_failed else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ctmil.infer.export import export_model
+
+    model = _existing([args.model], "model file")[0]
+    _out_dir(str(Path(args.out).parent))
+    diff = export_model(model, args.out, fmt=args.format)
+    print(f"{args.format} model written to {args.out} (max logit difference to PyTorch {diff:.1e})")
+    return 0
 
 
 def _common(p: argparse.ArgumentParser, training: bool = False) -> None:

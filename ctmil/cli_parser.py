@@ -18,6 +18,7 @@ def add_subcommands(parser: argparse.ArgumentParser, cli: ModuleType) -> None:
     p.add_argument("--val-fraction", type=float, help="share of cases held out for validation (default 0.2; 0: none)")
     p.add_argument("--seed", type=int, help="seed of the initialisation, data order and split (default 0)")
     p.add_argument("--nproc", type=int, default=1, help="data-parallel processes (gloo on CPU, nccl on GPUs)")
+    p.add_argument("--model-dir", help="where model.pt/model.json go (default: --out), e.g. a bundle's models/ folder")
     common(p, training=True)
     p.set_defaults(func=cli.cmd_train)
 
@@ -26,6 +27,7 @@ def add_subcommands(parser: argparse.ArgumentParser, cli: ModuleType) -> None:
                    "or with case_id, image, label[, patient] (CT files, preprocessed into OUT/bags first)")
     p.add_argument("--out", required=True, help="output folder (report.md/.csv, predictions, folds, roc.png, model)")
     p.add_argument("--restart", action="store_true", help="discard an --out made from another config or datalist")
+    p.add_argument("--seed", type=int, help="root seed of the folds, initialisations and data order (default 0)")
     common(p, training=True)
     p.set_defaults(func=cli.cmd_cv)
 
@@ -51,6 +53,13 @@ def add_subcommands(parser: argparse.ArgumentParser, cli: ModuleType) -> None:
     p.add_argument("--seed", type=int, default=0)
     common(p)
     p.set_defaults(func=cli.cmd_phantoms)
+
+    p = sub.add_parser("export", help="model.pt → ONNX or TorchScript for deployment tools, checked for parity")
+    p.add_argument("--model", required=True, help="model.pt written by ctmil train / cv (weights only)")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--out", required=True, help="output file (e.g. model.onnx, model.ts)")
+    common(p)
+    p.set_defaults(func=cli.cmd_export)
 
     p = sub.add_parser("infer", help="CT studies → predictions.csv, attention maps (NIfTI) and overlays (PNG)")
     p.add_argument("inputs", nargs="+", help="export folders, NIfTI files, slice-image folders or datalist CSVs")

@@ -269,7 +269,10 @@ def load_model(
         if strategy == "logits":
             logger.warning("TorchScript model %s exposes no attention (no encode/forward_all/attention method): "
                            "only probabilities are written, attention maps and overlays are skipped", path.name)
-        return InferenceModel(module, "torchscript", str(path), strategy, dev, chunk_size=chunk_size)
+        network_kwargs, preprocessing = _sidecar(path)  # a model.json beside the export records its preprocessing
+        preprocessing = {k: tuple(x) if isinstance(x, list) else x for k, x in preprocessing.items()}
+        return InferenceModel(module, "torchscript", str(path), strategy, dev, network=network_kwargs,
+                              preprocessing=preprocessing, chunk_size=chunk_size)
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -63,8 +63,6 @@ def test_metadata_versions_match_environment():
     assert meta["schema"].endswith(Path(SCHEMA).name)  # the shipped schema is the one the metadata names
 
 
-@pytest.mark.xfail(strict=True, reason="metadata.json#required_packages_version lacks scikit-learn and tqdm, "
-                   "which setup.cfg pins and ctmil imports")
 def test_metadata_declares_every_pinned_dependency():
     """Every run-time dependency that ctmil pins (other than torch, monai, numpy, which have their own fields)
     is declared to the bundle at the same version."""

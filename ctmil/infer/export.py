@@ -1,0 +1,78 @@
+"""Export a trained model for deployment tools that cannot run Python: TorchScript or ONNX, checked for parity.
+
+Both exports take the weights-only ``model.pt`` (+ ``model.json``) that training writes. The exported graph is the
+network's ``forward``: bag logits ``(B, 1)`` for patches ``(B, K, 1, 60, 60)``, with ``K`` dynamic. After writing,
+the export is run on a random bag and compared with the PyTorch model (ONNX through onnxruntime); the largest
+absolute difference of the logits is returned, and an export that disagrees by more than ``tolerance`` is an error.
+``model.json`` is copied beside the export (``model.onnx`` → ``model.json``), so the preprocessing the model was
+trained with travels with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from ctmil.infer.model_io import ModelError, load_model
+
+__all__ = ["export_model"]
+
+logger = logging.getLogger(__name__)
+FORMATS = ("onnx", "torchscript")
+
+
+def _sample(network: torch.nn.Module, k: int, seed: int = 0) -> torch.Tensor:
+    size = int(getattr(network, "hparams", {}).get("patch_size", 60))
+    return torch.rand(1, k, 1, size, size, generator=torch.Generator().manual_seed(seed))  # (1, K, 1, P, P)
+
+
+def _onnx(network: torch.nn.Module, out: Path, opset: int) -> None:
+    torch.onnx.export(network, (_sample(network, 12),), str(out), dynamo=False, opset_version=opset,
+                      input_names=["patches"], output_names=["logits"], dynamic_axes={"patches": {0: "B", 1: "K"}, "logits": {0: "B"}})
+
+
+def _run_onnx(out: Path, x: torch.Tensor) -> torch.Tensor:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ModelError("the ONNX parity check needs onnxruntime: pip install 'ctmil[export]'") from None
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {"patches": x.numpy()})[0])
+
+
+def export_model(model: "str | os.PathLike", out: "str | os.PathLike", fmt: str = "onnx", opset: int = 17,
+                 tolerance: float = 1e-4) -> float:
+    """Write ``model`` as ``fmt`` to ``out`` and return the largest logit difference on random bags (K = 12, 36).
+
+    Raises:
+        ModelError: the model cannot be loaded, or the export disagrees with it by more than ``tolerance``.
+        ValueError: unknown ``fmt``.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    loaded = load_model(model)
+    network = loaded.module.eval()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "torchscript":
+        torch.jit.script(network).save(str(out))
+        exported = torch.jit.load(str(out))
+        run = lambda x: exported(x)  # noqa: E731
+    else:
+        _onnx(network, out, opset)
+        run = lambda x: _run_onnx(out, x)  # noqa: E731
+    sidecar = Path(model).with_suffix(".json")
+    if sidecar.is_file():  # the export keeps the model's record (network, preprocessing), for ctmil infer
+        out.with_suffix(".json").write_text(sidecar.read_text())
+    worst = 0.0
+    with torch.no_grad():
+        for k in (12, 36):
+            x = _sample(network, k, seed=k)
+            worst = max(worst, float((run(x).float() - network(x)).abs().max()))
+    if worst > tolerance:
+        raise ModelError(f"the {fmt} export differs from the model by {worst:.2e} (> {tolerance:.0e}); not usable")
+    logger.info("%s export written to %s (max logit difference %.2e)", fmt, out, worst)
+    return worst

@@ -1,0 +1,59 @@
+"""ctmil export: ONNX (checked in onnxruntime) and TorchScript files that give the model's logits for any K."""
+
+import json
+
+import pytest
+import torch
+
+from ctmil.cli import main
+from ctmil.infer.export import export_model
+from ctmil.infer.model_io import ModelError
+from ctmil.networks import MILNet
+from ctmil.train.handlers import save_model
+
+TINY = {"feature_dim": 16, "attention_dim": 8, "ssl_hidden": 8, "gated": False}
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_model(MILNet(**TINY), tmp_path_factory.mktemp("m"))
+
+
+@pytest.mark.parametrize("fmt,suffix", [("onnx", "onnx"), ("torchscript", "ts")])
+def test_export_matches_the_model_for_any_bag_size(model, tmp_path, fmt, suffix):
+    out = tmp_path / f"model.{suffix}"
+    assert export_model(model, out, fmt=fmt) < 1e-4
+    net = MILNet(**json.loads(model.with_suffix(".json").read_text())["network"])
+    net.load_state_dict(torch.load(model, weights_only=True))
+    net.eval()
+    x = torch.rand(2, 60, 1, 60, 60)  # a batch and a K the export never saw
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        got = torch.from_numpy(ort.InferenceSession(str(out)).run(None, {"patches": x.numpy()})[0])
+    else:
+        got = torch.jit.load(str(out))(x)
+    with torch.no_grad():
+        assert torch.allclose(got, net(x), atol=1e-4)
+
+
+def test_export_command_and_errors(model, tmp_path, capsys):
+    assert main(["export", "--model", str(model), "--format", "onnx", "--out", str(tmp_path / "x" / "m.onnx")]) == 0
+    assert "max logit difference" in capsys.readouterr().out and (tmp_path / "x" / "m.onnx").is_file()
+    assert main(["export", "--model", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "m.onnx")]) == 2
+    with pytest.raises(ValueError):
+        export_model(model, tmp_path / "m.bin", fmt="tflite")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(ModelError):
+        export_model(tmp_path / "junk.pt", tmp_path / "m.onnx")
+
+
+def test_exports_keep_the_recorded_preprocessing(tmp_path):
+    from ctmil.infer.model_io import load_model
+
+    path = save_model(MILNet(**TINY), tmp_path / "m", info={"preprocessing": {"min_area_fraction": 0.5, "spatial_size": [180, 240]}})
+    export_model(path, tmp_path / "e" / "model.ts", fmt="torchscript")
+    loaded = load_model(tmp_path / "e" / "model.ts", allow_torchscript=True)
+    assert loaded.preprocessing == {"min_area_fraction": 0.5, "spatial_size": (180, 240)}
+    assert loaded.network["feature_dim"] == 16
