@@ -16,7 +16,7 @@ import pydicom
 
 from ctmil.io.dicom_header import SliceHeader, header_values, read_header
 from ctmil.io.dicom_pixels import DicomError, raw_to_hu, read_raw, rescale_of, slice_pixels, stored_to_hu, syntax_name
-from ctmil.io.dicom_validate import bad_files_text, geometry_problem, image_problem, max_bad, spacing_problem
+from ctmil.io.dicom_validate import SPACING_RANGE, bad_files_text, geometry_problem, image_problem, max_bad, spacing_problem
 from ctmil.io.dicom_walker import DicomReadError
 
 
@@ -158,7 +158,9 @@ def load_dicom_series(
         steps = int(round(float((positions[-1] - positions[0]) @ normal) / dz))
         slice_vec = (positions[-1] - positions[0]) / steps
     else:
-        dz = float(items[0].get("SliceThickness") or 1.0)
+        thickness = items[0].get("SliceThickness")
+        lo, hi = SPACING_RANGE
+        dz = float(thickness) if thickness is not None and lo <= thickness <= hi else 1.0  # NaN fails the range
         slice_vec = normal * dz
     lps = np.eye(4)
     lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = slice_vec, col_dir * dy, row_dir * dx, positions[0]

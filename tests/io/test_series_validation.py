@@ -134,3 +134,14 @@ def test_a_folder_named_as_one_case_with_blank_uids_is_one_study(tmp_path):
     assert len(scan_dicom_tree(tmp_path / "case")[0]) == 2
     volume, _, meta = load_dicom_case(str(tmp_path / "case"))
     assert volume.shape[0] == 12 and any("grouped by folder" in w for w in meta["warnings"])
+
+
+@pytest.mark.parametrize("thickness", ["nan", "inf", "-2", "1e999"])
+def test_a_single_slice_with_a_bad_thickness_gets_a_finite_affine(tmp_path, thickness):
+    (path,) = write_series(tmp_path / "s", n=1)
+    data = path.read_bytes()
+    at = data.index(b"\x18\x00\x50\x00DS")  # SliceThickness
+    length = int.from_bytes(data[at + 6 : at + 8], "little")
+    path.write_bytes(data[: at + 8] + thickness.encode().ljust(length)[:length] + data[at + 8 + length :])
+    _, affine, meta = load_dicom_series([path])
+    assert np.all(np.isfinite(affine)) and meta["spacing"][0] == 1.0
