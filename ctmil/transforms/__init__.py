@@ -1,12 +1,22 @@
-"""MONAI transforms of the preprocessing chain (array + dictionary pairs): load, lung mask, slice filter, crop, tiling."""
+"""MONAI transforms of the preprocessing chain (array + dictionary pairs): load, lung mask, slice filter, crop, tiling.
+
+They work behind ctmil's own loader (``LoadCT``, slice-first ``(1, S, H, W)``, ``slice_axis=1``) and behind MONAI's
+(``LoadImaged`` + ``EnsureChannelFirstd`` + ``Orientationd``, spatial-last, ``slice_axis=-1``): see
+:mod:`ctmil.transforms.layout` and docs/preprocessing.md.
+"""
 
 from ctmil.transforms.compose import StoreCaseMetad, preprocessing_transforms
 from ctmil.transforms.crop import LungBoxCrop, LungBoxCropd, SelectLungSlices, SelectLungSlicesd
-from ctmil.transforms.load import LoadCT, LoadCTd
-from ctmil.transforms.lung import LungMask, LungMaskd, lung_mask_hu, lung_mask_windowed
-from ctmil.transforms.tiling import NormalizePatches, TilePatches, ToBagd
+from ctmil.transforms.layout import DEFAULT_SLICE_AXIS
+from ctmil.transforms.load import LOADCT_SLICE_AXIS, LoadCT, LoadCTd
+from ctmil.transforms.lung import LungMask, LungMaskd
+from ctmil.transforms.lung_masks import lung_mask_hu, lung_mask_windowed
+from ctmil.transforms.tiling import BAG_KEYS, NormalizePatches, TilePatches, ToBagd
 
 __all__ = [
+    "BAG_KEYS",
+    "DEFAULT_SLICE_AXIS",
+    "LOADCT_SLICE_AXIS",
     "LoadCT",
     "LoadCTd",
     "LungBoxCrop",

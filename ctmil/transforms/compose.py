@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 
 import numpy as np
+import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose, MapTransform
+from monai.transforms import Compose, MapTransform, SelectItemsd
 
 from ctmil.transforms.crop import LungBoxCropd, SelectLungSlicesd
-from ctmil.transforms.load import LoadCTd
-from ctmil.transforms.lung import LungMaskd
-from ctmil.transforms.tiling import ToBagd
+from ctmil.transforms.layout import DEFAULT_SLICE_AXIS, check_slice_axis, stack_spacing, stack_to_array
+from ctmil.transforms.load import LOADCT_SLICE_AXIS, LoadCTd
+from ctmil.transforms.lung import INTENSITIES, LungMaskd
+from ctmil.transforms.tiling import BAG_KEYS, ToBagd
 
 
 def _plain(value):
@@ -28,20 +30,49 @@ def _plain(value):
 
 
 class StoreCaseMetad(MapTransform):
-    """Copy the loader's metadata (affine, spacing, shape, source, series) of ``d[key]`` to ``d[meta_key]``."""
+    """Record the case metadata of ``d[key]`` (a MetaTensor, before cropping) as plain Python in ``d[meta_key]``.
 
-    def __init__(self, keys="image", meta_key: str = "image_meta", allow_missing_keys: bool = False) -> None:
+    The bag's ``meta`` (docs/design.md): ``spatial_shape`` ``(S, H, W)`` and ``affine`` (``(s, r, c, 1)`` → world
+    mm) of the image seen as a slice stack (slices along ``slice_axis``, rows and columns the other axes in
+    array order), and ``input_kind``, ``intensity``, ``spacing`` ``(dz, dy, dx)``, ``source``, ``series``. ctmil's
+    :class:`~ctmil.transforms.LoadCT` records all of them; for an image from MONAI's loaders ``spacing`` comes
+    from the affine, ``source`` from ``filename_or_obj``, ``intensity`` from the argument, the rest is ``None``.
+
+    Args:
+        intensity: ``"hu"`` or ``"windowed"`` to record; ``None`` keeps ctmil's recorded value (``None`` if none).
+        slice_axis: spatial axis holding the slices (``-1``: MONAI's spatial-last layout; ``1``: LoadCT's).
+    """
+
+    def __init__(
+        self, keys="image", meta_key: str = "image_meta", intensity: str | None = None, slice_axis: int = DEFAULT_SLICE_AXIS, allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
+        if intensity not in (None, *INTENSITIES):
+            raise ValueError(f"intensity must be 'hu', 'windowed' or None, got {intensity!r}")
         self.meta_key = meta_key
+        self.intensity = intensity
+        self.slice_axis = check_slice_axis(slice_axis)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         img = d[self.first_key(d)]
         if not isinstance(img, MetaTensor):
-            raise TypeError("StoreCaseMetad needs the MetaTensor written by LoadCTd")
-        fields = ("input_kind", "intensity", "spacing", "spatial_shape", "source", "series")
-        meta = {k: img.meta.get(k) for k in fields}
-        meta["affine"] = img.affine
+            raise TypeError("StoreCaseMetad needs a MetaTensor (from LoadCTd, or MONAI's LoadImaged)")
+        axes = stack_to_array(self.slice_axis)  # array spatial axis of (s, r, c)
+        ours = "input_kind" in img.meta  # written by ctmil's LoadCT
+        meta = {k: img.meta.get(k) for k in ("input_kind", "intensity")}
+        meta["intensity"] = self.intensity or meta["intensity"]
+        meta["spacing"] = img.meta.get("spacing") if ours else stack_spacing(img, self.slice_axis)
+        meta["spatial_shape"] = tuple(int(img.shape[1 + a]) for a in axes)
+        meta["source"] = img.meta.get("source") if ours else img.meta.get("filename_or_obj")
+        meta["series"] = img.meta.get("series")
+        affine = img.affine
+        if axes != [0, 1, 2]:
+            permute = torch.zeros((4, 4), dtype=affine.dtype)  # (s, r, c, 1) -> array index
+            permute[axes, [0, 1, 2]] = 1.0
+            permute[3, 3] = 1.0
+            affine = affine @ permute
+        meta["affine"] = affine
         d[self.meta_key] = _plain(meta)
         return d
 
@@ -57,19 +88,24 @@ def preprocessing_transforms(
     patch_size: tuple[int, int] = (60, 60),
     margin_fraction: float = 0.02,
 ) -> Compose:
-    """``{"image": path, "case_id": str, "label": float}`` → bag dictionary (docs/design.md).
+    """``{"image": path, "case_id": str, "label": float}`` → bag dictionary (docs/design.md), nothing else.
 
     Args mirror the transforms': ``min_slices`` (DICOM series), ``threshold_hu`` / ``closing_mm`` / ``dilate_mm`` (lung mask),
     ``min_area_fraction`` (slice selection), ``spatial_size`` (H, W), ``patch_size``, ``margin_fraction``.
+    LoadCTd gives ``(1, S, H, W)`` stacks, so every later transform gets ``slice_axis=1``; the intensity is the
+    one LoadCT records (``hu`` for DICOM and NIfTI, ``windowed`` for slice images).
     """
+    axis = LOADCT_SLICE_AXIS
     return Compose(
         [
             LoadCTd(image_key, min_slices=min_slices),
-            StoreCaseMetad(image_key),
-            LungMaskd(image_key, mask_key="lung", full_resolution=False, threshold_hu=threshold_hu, closing_mm=closing_mm, dilate_mm=dilate_mm),
-            SelectLungSlicesd([image_key, "lung"], source_key="lung", min_area_fraction=min_area_fraction),
-            LungBoxCropd(image_key, source_key="lung", spatial_size=spatial_size, margin_fraction=margin_fraction),
-            ToBagd(image_key, patch_size=patch_size),
+            StoreCaseMetad(image_key, slice_axis=axis),
+            LungMaskd(image_key, mask_key="lung", full_resolution=False, intensity=None, slice_axis=axis,
+                      threshold_hu=threshold_hu, closing_mm=closing_mm, dilate_mm=dilate_mm),
+            SelectLungSlicesd([image_key, "lung"], source_key="lung", min_area_fraction=min_area_fraction, slice_axis=axis),
+            LungBoxCropd(image_key, source_key="lung", spatial_size=spatial_size, margin_fraction=margin_fraction, slice_axis=axis),
+            ToBagd(image_key, patch_size=patch_size, slice_axis=axis),
+            SelectItemsd(BAG_KEYS),
         ],
         map_items=False,
     )

@@ -17,11 +17,17 @@ from monai.transforms import LoadImage, MapTransform, Transform
 
 from ctmil.io.readers import CaseError, detect_input_kind, load_dicom_case, load_nifti, load_slice_folder
 
-__all__ = ["LoadCT", "LoadCTd", "LoadCTD", "LoadCTDict"]
+__all__ = ["LOADCT_SLICE_AXIS", "LoadCT", "LoadCTd", "LoadCTD", "LoadCTDict"]
+
+#: The slice axis of LoadCT's ``(1, S, H, W)`` stacks: the ``slice_axis`` the other transforms need behind it.
+LOADCT_SLICE_AXIS = 1
 
 
 class LoadCT(Transform):
     """Load one CT case as a ``(1, S, H, W)`` MetaTensor (see the module docstring for the layout).
+
+    Slice-first, unlike MONAI's spatial-last ``(C, H, W, D)``: the transforms after it take
+    ``slice_axis=LOADCT_SLICE_AXIS`` (1), as :func:`~ctmil.transforms.preprocessing_transforms` passes them.
 
     Args:
         min_slices: fewest slices a DICOM series needs to be considered.

@@ -1,7 +1,7 @@
-"""Classical lung masks: from Hounsfield units (3D) or from pre-windowed slice images (2D, intensity based).
+"""The lung mask transforms (array + dictionary pair) around :mod:`ctmil.transforms.lung_masks`.
 
-The mask is built for cropping, so it is generous: dense consolidation and vessels inside the lungs are
-filled in, and each slice is closed with a disk so that consolidation along the chest wall stays inside.
+The image may come from MONAI's loaders (``(C, H, W, D)``, ``slice_axis=-1``) or from ctmil's
+:class:`~ctmil.transforms.LoadCT` (``(1, S, H, W)``, ``slice_axis=1``); see :mod:`ctmil.transforms.layout`.
 """
 
 from __future__ import annotations
@@ -12,262 +12,141 @@ import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Transform
+from monai.transforms import MapTransform, TraceableTransform
 from monai.utils import TransformBackends
-from scipy import ndimage as ndi
 
-_INPLANE_6 = np.zeros((3, 3, 3), bool)
-_INPLANE_6[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]  # 4-connectivity within each slice only
-_FULL_6 = ndi.generate_binary_structure(3, 1)
+from ctmil.transforms.layout import DEFAULT_SLICE_AXIS, check_slice_axis, from_stack, spatial_scale, stack_spacing, stack_to_array, to_stack, wrap_like
+from ctmil.transforms.lung_masks import lung_mask_hu, lung_mask_windowed
 
+__all__ = ["LungMask", "LungMaskd", "LungMaskD", "LungMaskDict", "lung_mask_hu", "lung_mask_windowed"]
 
-def _border_labels(labels: np.ndarray) -> np.ndarray:
-    """Labels present on the in-plane border of a ``(S, H, W)`` label image."""
-    return np.unique(np.concatenate([labels[:, 0].ravel(), labels[:, -1].ravel(), labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
+INTENSITIES = ("hu", "windowed")
 
 
-def _drop_border_components(dark: np.ndarray, structure: np.ndarray) -> tuple[np.ndarray, int]:
-    """Label ``dark`` and zero the components that touch the in-plane image border (outside air, couch gap)."""
-    labels, n = ndi.label(dark, structure=structure)
-    keep = np.ones(n + 1, bool)
-    keep[_border_labels(labels)] = False
-    keep[0] = False
-    return np.where(keep[labels], labels, 0), n
+class LungMask(TraceableTransform):
+    """Boolean lung mask of a one-channel CT image, in the image's layout (``(1, H, W, D)`` → ``(1, H, W, D)``).
 
-
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Per slice, fill every background region that does not touch the in-plane border (one labelling pass)."""
-    background, n = ndi.label(~mask, structure=_INPLANE_6)
-    if n == 0:
-        return mask
-    outside = np.zeros(n + 1, bool)
-    outside[_border_labels(background)] = True
-    outside[0] = False  # label 0 is the mask itself
-    return ~outside[background]
-
-
-def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Per-slice dilation with a (2·radius+1)² square."""
-    if radius <= 0:
-        return mask
-    m = mask.view(np.uint8)
-    for axis in (1, 2):
-        m = ndi.maximum_filter1d(m, 2 * radius + 1, axis=axis)
-    return m.astype(bool)
-
-
-def _fill_and_close(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Per slice: fill holes, close with a (2·radius+1)² square (separable min/max filters), fill again."""
-    mask = _fill_holes(mask)
-    if radius > 0:
-        size = 2 * radius + 1
-        m = np.pad(mask, ((0, 0), (size, size), (size, size))).view(np.uint8)
-        for axis in (1, 2):
-            m = ndi.maximum_filter1d(m, size, axis=axis)
-        for axis in (1, 2):
-            m = ndi.minimum_filter1d(m, size, axis=axis)
-        mask = _fill_holes(m[:, size:-size, size:-size].astype(bool))
-    return mask
-
-
-def _lung_labels(labels: np.ndarray, sizes: np.ndarray, dark: np.ndarray, min_fraction: float) -> list[int]:
-    """The enclosed air components that are lung: the largest, plus the second largest when the largest lies
-    on one side of the body only (lungs not joined through the trachea) and the second is on the other side.
-    ``sizes`` are the voxel counts per label, zero for components that are not candidates."""
-    order = np.argsort(sizes)[::-1]
-    first = int(order[0])
-    tissue_cols = dark.shape[0] * dark.shape[1] - np.count_nonzero(dark, axis=(0, 1))  # (W,) tissue per column
-    mid = float(tissue_cols @ np.arange(dark.shape[2]) / tissue_cols.sum()) if tissue_cols.any() else dark.shape[2] / 2
-    left = int(np.ceil(mid))  # columns < mid
-
-    def left_fraction(label: int) -> float:
-        return np.count_nonzero(labels[:, :, :left] == label) / sizes[label]
-
-    left_first = left_fraction(first)
-    if 0.2 < left_first < 0.8 or len(order) < 2 or sizes[order[1]] < min_fraction * sizes[first]:
-        return [first]  # joined lungs (or one lung only)
-    second = int(order[1])
-    return [first, second] if (left_first - 0.5) * (left_fraction(second) - 0.5) < 0 else [first]
-
-
-def lung_mask_hu(
-    volume: np.ndarray,
-    spacing: tuple[float, float, float] | None = None,
-    threshold_hu: float = -400.0,
-    min_component_fraction: float = 0.08,
-    closing_mm: float = 10.0,
-    dilate_mm: float = 8.0,
-    working_mm: float = 4.0,
-) -> tuple[np.ndarray, int]:
-    """Lung mask of a HU slice stack, computed on a working grid of about ``working_mm``.
-
-    In plane the grid takes every ``stride``-th row and column; along z every ``round(working_mm / dz)``-th
-    slice (only when ``spacing`` is given), each slice then taking the mask of its slab.
+    The spacing comes from a MetaTensor's affine (MONAI's ``pixdim``) unless ``spacing`` is given. A MetaTensor result keeps the image's metadata and records the transform in
+    ``applied_operations`` (``extra_info``: ``intensity``, ``stride``).
 
     Args:
-        volume: ``(S, H, W)`` Hounsfield units.
-        spacing: ``(dz, dy, dx)`` mm; ``None`` assumes 1 mm pixels and keeps every slice.
-        threshold_hu: air/lung below, tissue above.
-        min_component_fraction: a second enclosed air component is the other lung when it lies on the other
-            side of the body and its volume is at least this fraction of the largest one (drops bowel gas,
-            keeps a heavily consolidated lung).
-        closing_mm: radius of the per-slice closing that fills concavities left by consolidation.
-        dilate_mm: final per-slice dilation, so that consolidation along the chest wall (which no fill can
-            recover from intensity alone) stays inside the lung box.
-        working_mm: pixel size (and slice spacing) the mask is computed at.
-
-    Returns:
-        ``(mask, stride)``: boolean mask ``(S, ceil(H/stride), ceil(W/stride))`` on the in-plane grid
-        ``volume[:, ::stride, ::stride]``, and that stride.
-    """
-    spacing = None if spacing is None else [float(v) for v in spacing]
-    pixel = min(spacing[1:]) if spacing else 1.0
-    stride = max(1, int(round(working_mm / pixel)))
-    z_stride = max(1, int(round(working_mm / spacing[0]))) if spacing and spacing[0] > 0 else 1
-    # A working voxel is air when any of its samples is: every slice of its slab at the grid points, plus the
-    # in-plane half-stride point. Point samples alone break lungs full of vessels or consolidation apart.
-    dark = volume[::z_stride, ::stride, ::stride] < threshold_hu
-    offsets = [(dz, 0) for dz in range(1, z_stride)] + ([(0, stride // 2)] if stride > 1 else [])
-    for dz, dxy in offsets:
-        part = volume[dz::z_stride, dxy::stride, dxy::stride] < threshold_hu
-        dark[: part.shape[0], : part.shape[1], : part.shape[2]] |= part
-    labels, n = ndi.label(dark, structure=_FULL_6)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    sizes[_border_labels(labels)] = 0  # outside air, the gap under the couch
-    sizes[0] = 0
-    if not sizes.any():
-        return np.zeros((volume.shape[0], *dark.shape[1:]), bool), stride
-    lungs = _lung_labels(labels, sizes, dark, min_component_fraction)
-    mask = labels == lungs[0]
-    for label in lungs[1:]:
-        mask |= labels == label
-    mask = _fill_and_close(mask, int(round(closing_mm / (pixel * stride))))
-    mask = _dilate(mask, int(round(dilate_mm / (pixel * stride))))
-    if z_stride > 1:  # working slice k was built from slices k*z_stride .. k*z_stride+z_stride-1
-        mask = mask[np.arange(volume.shape[0]) // z_stride]
-    return mask, stride
-
-
-def lung_mask_windowed(
-    volume: np.ndarray, threshold: float | None = None, min_area_fraction: float = 0.005, closing_fraction: float = 0.04
-) -> np.ndarray:
-    """Lung mask of pre-windowed slice images (lung window, [0, 1]), slice by slice.
-
-    Dark regions not connected to the image border are lung candidates; per slice the two largest ones
-    covering at least ``min_area_fraction`` of the image are kept. ``threshold`` defaults to Otsu's.
-
-    Args:
-        volume: ``(S, H, W)`` intensities in [0, 1].
-
-    Returns:
-        boolean mask ``(S, H, W)``.
-    """
-    from skimage.filters import threshold_otsu
-
-    if threshold is None:  # Otsu inside the body: lungs vs soft tissue, not outside air vs the rest
-        body = _fill_holes(volume > volume.min() + 0.05 * max(float(np.ptp(volume)), 1e-6))
-        inside = volume[body]
-        threshold = float(threshold_otsu(inside[:: max(1, inside.size // 200_000)])) if np.ptp(inside) > 0 else 0.5
-    inner, n = _drop_border_components(volume < threshold, _INPLANE_6)
-    mask = np.zeros(volume.shape, bool)
-    if n == 0:
-        return mask
-    min_area = min_area_fraction * volume.shape[1] * volume.shape[2]
-    sizes = np.bincount(inner.ravel(), minlength=n + 1)
-    for s in range(volume.shape[0]):
-        labels = np.unique(inner[s])
-        labels = labels[labels > 0]
-        labels = labels[sizes[labels] >= min_area]
-        if labels.size:
-            top = labels[np.argsort(sizes[labels])[::-1][:2]]
-            mask[s] = np.isin(inner[s], top)
-    radius = int(round(closing_fraction * max(volume.shape[1:])))
-    return _fill_and_close(mask, radius)
-
-
-class LungMask(Transform):
-    """Boolean lung mask ``(1, S, H, W)`` of a ``(1, S, H, W)`` CT slice stack.
-
-    ``intensity="auto"`` reads ``img.meta["intensity"]`` (``hu`` or ``windowed``) as set by
-    :class:`ctmil.transforms.LoadCT`; plain arrays are taken as HU.
-
-    Args:
-        intensity: ``auto`` | ``hu`` | ``windowed``.
+        intensity: ``"hu"`` (Hounsfield units, :func:`lung_mask_hu`) or ``"windowed"`` (lung-window slice images
+            in [0, 1], :func:`lung_mask_windowed`). ``None`` reads ``meta["intensity"]``, which only ctmil's
+            :class:`~ctmil.transforms.LoadCT` records; any other image is then an error (MONAI's loaders say
+            nothing about intensities), never a guess.
         threshold_hu, min_component_fraction, closing_mm, dilate_mm, working_mm: see :func:`lung_mask_hu`.
+        slice_axis: spatial axis holding the axial slices (``-1``: MONAI's spatial-last layout; ``1``: LoadCT's).
+        spacing: ``(slice, row, column)`` mm; ``None`` reads a MetaTensor's affine, and takes a plain HU array as
+            1 mm pixels with every slice on the working grid.
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
     def __init__(
         self,
-        intensity: str = "auto",
+        intensity: str | None = None,
         threshold_hu: float = -400.0,
         min_component_fraction: float = 0.08,
         closing_mm: float = 10.0,
         dilate_mm: float = 8.0,
         working_mm: float = 4.0,
+        slice_axis: int = DEFAULT_SLICE_AXIS,
+        spacing: tuple[float, float, float] | None = None,
     ) -> None:
-        if intensity not in ("auto", "hu", "windowed"):
-            raise ValueError(f"intensity must be 'auto', 'hu' or 'windowed', got {intensity!r}")
+        if intensity is not None and intensity not in INTENSITIES:
+            raise ValueError(f"intensity must be 'hu', 'windowed' or None (ctmil's LoadCT's record), got {intensity!r}")
         if not 0 < min_component_fraction <= 1:
             raise ValueError(f"min_component_fraction must be in (0, 1], got {min_component_fraction}")
         if closing_mm < 0 or dilate_mm < 0 or working_mm <= 0:
             raise ValueError("closing_mm and dilate_mm must be >= 0 and working_mm > 0")
+        if spacing is not None and (len(spacing) != 3 or min(spacing) <= 0):
+            raise ValueError(f"spacing must be three positive mm values (slice, row, column), got {spacing}")
         self.intensity = intensity
+        self.slice_axis = check_slice_axis(slice_axis)
+        self.spacing = None if spacing is None else tuple(float(v) for v in spacing)
         self.hu_args = {
             "threshold_hu": threshold_hu, "min_component_fraction": min_component_fraction,
             "closing_mm": closing_mm, "dilate_mm": dilate_mm, "working_mm": working_mm,
         }
 
-    def _kind(self, img: NdarrayOrTensor) -> str:
-        if self.intensity != "auto":
+    def intensity_of(self, img: NdarrayOrTensor) -> str:
+        """``hu`` or ``windowed``: the constructor's value, else ctmil's recorded one; ``ValueError`` when neither."""
+        if self.intensity is not None:
             return self.intensity
-        return getattr(img, "meta", {}).get("intensity", "hu") if isinstance(img, MetaTensor) else "hu"
+        recorded = img.meta.get("intensity") if isinstance(img, MetaTensor) else None
+        if recorded not in INTENSITIES:
+            raise ValueError(
+                "LungMask: the image does not record its intensity (only ctmil's LoadCT does): "
+                "pass intensity='hu' for Hounsfield units or intensity='windowed' for [0, 1] lung-window images"
+            )
+        return str(recorded)
 
-    def working_mask(self, img: NdarrayOrTensor) -> tuple[NdarrayOrTensor, int]:
-        """The mask as computed, ``(1, S, ceil(H/stride), ceil(W/stride))``, and the in-plane ``stride``
-        (``img[:, :, ::stride, ::stride]`` is its grid; 1 for windowed slice images)."""
+    def _compute(self, img: NdarrayOrTensor) -> tuple[np.ndarray, int, str]:
+        """The mask ``(1, S, h, w)`` on the working grid of the slice stack, its in-plane stride and the intensity."""
         if img.ndim != 4 or img.shape[0] != 1:
-            raise ValueError(f"LungMask expects a (1, S, H, W) slice stack, got shape {tuple(img.shape)}")
-        arr = img.detach().cpu().numpy()[0] if isinstance(img, torch.Tensor) else np.asarray(img)[0]
-        if self._kind(img) == "windowed":
+            raise ValueError(f"LungMask expects a one-channel 3D image (1, *spatial_3d), got shape {tuple(img.shape)}")
+        kind = self.intensity_of(img)
+        stack = to_stack(img, self.slice_axis, "LungMask")
+        arr = (stack.detach().cpu().numpy() if isinstance(stack, torch.Tensor) else np.asarray(stack))[0]  # (S, H, W)
+        if kind == "windowed":
             mask, stride = lung_mask_windowed(arr), 1
         else:
-            spacing = img.meta.get("spacing") if isinstance(img, MetaTensor) else None
+            spacing = self.spacing or stack_spacing(img, self.slice_axis)
             mask, stride = lung_mask_hu(arr, spacing, **self.hu_args)
-        mask = np.ascontiguousarray(mask[None])
-        return (torch.from_numpy(mask) if isinstance(img, torch.Tensor) else mask), stride
+        return mask[None], stride, kind
+
+    def _wrap(self, mask: np.ndarray, img: NdarrayOrTensor, stride: int, kind: str) -> NdarrayOrTensor:
+        out = np.ascontiguousarray(from_stack(mask, self.slice_axis))
+        out = torch.from_numpy(out) if isinstance(img, torch.Tensor) else out
+        inplane = stack_to_array(self.slice_axis)[1:]
+        scale = spatial_scale({a: stride for a in inplane}) if stride > 1 else None
+        return wrap_like(out, img, self, affine=scale, extra_info={"intensity": kind, "stride": int(stride)})
+
+    def working_mask(self, img: NdarrayOrTensor) -> tuple[NdarrayOrTensor, int]:
+        """The mask as computed, on the grid of every ``stride``-th row and column of each slice (each slice kept),
+        and that in-plane ``stride`` (1 for windowed images). A MetaTensor mask's affine is that grid's."""
+        mask, stride, kind = self._compute(img)
+        return self._wrap(mask, img, stride, kind), stride
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
-        """Boolean mask ``(1, S, H, W)`` on the grid of ``img``."""
-        mask, stride = self.working_mask(img)
-        if stride == 1:
-            return mask
-        s, h, w = (int(v) for v in img.shape[1:])
-        m = np.asarray(mask)[0]
-        full = np.empty((s, m.shape[1] * stride, m.shape[2] * stride), bool)
-        full.reshape(s, m.shape[1], stride, m.shape[2], stride)[...] = m[:, :, None, :, None]  # one pass
-        full = np.ascontiguousarray(full[None, :, :h, :w])
-        return torch.from_numpy(full) if isinstance(img, torch.Tensor) else full
+        """Boolean mask on the grid of ``img``, in its layout."""
+        mask, stride, kind = self._compute(img)
+        if stride > 1:
+            s, h, w = (int(v) for v in to_stack(img, self.slice_axis).shape[1:])
+            m = mask[0]
+            full = np.empty((s, m.shape[1] * stride, m.shape[2] * stride), bool)
+            full.reshape(s, m.shape[1], stride, m.shape[2], stride)[...] = m[:, :, None, :, None]  # one pass
+            mask = full[None, :, :h, :w]
+        return self._wrap(mask, img, 1, kind)
 
 
 class LungMaskd(MapTransform):
     """Dictionary wrapper of :class:`LungMask`: writes the mask of ``d[key]`` to ``d[mask_key]``.
 
     With ``full_resolution=False`` the mask stays on its working grid (``LungMask.working_mask``) and its
-    in-plane stride goes to ``d[mask_key + "_stride"]``; :class:`SelectLungSlicesd` and :class:`LungBoxCropd`
-    read both, so the chain never builds the full-size mask (the default chain does this).
+    in-plane stride goes to ``d[stride_key]`` (default ``mask_key + "_stride"``); :class:`SelectLungSlicesd` and
+    :class:`LungBoxCropd` read both, so the chain never builds the full-size mask (the default chain does this).
+    Other arguments: see :class:`LungMask`.
     """
 
     backend = LungMask.backend
 
     def __init__(
-        self, keys: KeysCollection = "image", mask_key: str = "lung", full_resolution: bool = True, allow_missing_keys: bool = False, **kwargs
+        self,
+        keys: KeysCollection = "image",
+        mask_key: str = "lung",
+        full_resolution: bool = True,
+        stride_key: str | None = None,
+        intensity: str | None = None,
+        slice_axis: int = DEFAULT_SLICE_AXIS,
+        allow_missing_keys: bool = False,
+        **kwargs,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.mask_key = mask_key
+        self.stride_key = stride_key or f"{mask_key}_stride"
         self.full_resolution = full_resolution
-        self.masker = LungMask(**kwargs)
+        self.masker = LungMask(intensity=intensity, slice_axis=slice_axis, **kwargs)
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
@@ -275,7 +154,7 @@ class LungMaskd(MapTransform):
             if self.full_resolution:
                 d[self.mask_key] = self.masker(d[key])
             else:
-                d[self.mask_key], d[f"{self.mask_key}_stride"] = self.masker.working_mask(d[key])
+                d[self.mask_key], d[self.stride_key] = self.masker.working_mask(d[key])
         return d
 
 

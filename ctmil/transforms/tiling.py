@@ -14,12 +14,16 @@ from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import GridPatch, MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_tensor
 
+from ctmil.transforms.layout import DEFAULT_SLICE_AXIS, check_slice_axis, to_stack
+
 
 class TilePatches(Transform):
-    """Tile a ``(1, S, H, W)`` stack into ``(S * n_patches, 1, ph, pw)`` patches plus their grid positions.
+    """Tile a one-channel image of ``S`` slices into ``(S * n_patches, 1, ph, pw)`` patches plus their grid positions.
 
-    MONAI's :class:`~monai.transforms.GridPatch` does the tiling (slices as channels, one call for the stack).
-    ``H`` and ``W`` must be multiples of the patch size (180 × 240 → 3 × 4 patches of 60 × 60).
+    The slices lie along ``slice_axis`` (``-1``: MONAI's ``(1, H, W, D)``; ``1``: ctmil's ``(1, S, H, W)``); rows and
+    columns are the other two axes in array order. MONAI's :class:`~monai.transforms.GridPatch` does the tiling
+    (slices as channels, one call for the stack). ``H`` and ``W`` must be multiples of the patch size
+    (180 × 240 → 3 × 4 patches of 60 × 60).
 
     Returns:
         ``(patches, position, slice_order)``: patches ``(K, 1, ph, pw)`` float32, ``position`` ``(K,)``
@@ -29,16 +33,18 @@ class TilePatches(Transform):
 
     backend = [TransformBackends.TORCH]
 
-    def __init__(self, patch_size: tuple[int, int] = (60, 60)) -> None:
+    def __init__(self, patch_size: tuple[int, int] = (60, 60), slice_axis: int = DEFAULT_SLICE_AXIS) -> None:
         if len(patch_size) != 2 or min(patch_size) < 1:
             raise ValueError(f"patch_size must be two positive ints, got {patch_size}")
         self.patch_size = (int(patch_size[0]), int(patch_size[1]))
+        self.slice_axis = check_slice_axis(slice_axis)
         self.gridder = GridPatch(patch_size=self.patch_size)
 
     def __call__(self, img: NdarrayOrTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = convert_to_tensor(img, track_meta=False, dtype=torch.float32)
         if x.ndim != 4 or x.shape[0] != 1:
-            raise ValueError(f"TilePatches expects a (1, S, H, W) stack, got {tuple(x.shape)}")
+            raise ValueError(f"TilePatches expects a one-channel 3D image (1, *spatial_3d), got {tuple(x.shape)}")
+        x = to_stack(x, self.slice_axis)  # (1, S, H, W)
         s, h, w = x.shape[1:]
         ph, pw = self.patch_size
         if h % ph or w % pw:
@@ -75,39 +81,61 @@ class NormalizePatches(Transform):
         return out.reshape(x.shape).clamp_(0.0, 1.0)
 
 
-class ToBagd(MapTransform):
-    """Turn a cropped stack ``d[key]`` ``(1, S, 180, 240)`` into the bag dictionary of docs/design.md.
+BAG_KEYS = ("patches", "position", "slice_index", "kept_slices", "boxes", "label", "case_id", "meta")
 
-    Reads ``kept_slices`` and ``boxes`` written by :class:`SelectLungSlicesd` / :class:`LungBoxCropd`, and the
-    loader's metadata from ``d[meta_source]`` (a MetaTensor), which it must be given before cropping.
-    Keys other than the bag's are dropped.
+
+class ToBagd(MapTransform):
+    """Turn a cropped image ``d[key]`` (one channel, ``S`` slices of 180 × 240) into the bag of docs/design.md.
+
+    Reads the kept slice indices from ``d[kept_key]`` (all ``S`` slices when absent) and the lung boxes from
+    ``d[boxes_key]``, as written by :class:`SelectLungSlicesd` / :class:`LungBoxCropd` with the same key
+    arguments, and the case metadata from ``d[meta_key]`` (:class:`~ctmil.transforms.StoreCaseMetad`; ``{}``
+    when absent). Writes the bag's keys (:data:`BAG_KEYS`) and keeps every other key of ``d`` except ``key``
+    itself, which the patches replace (MONAI's ``SelectItemsd(keys=BAG_KEYS)`` after it keeps the bag only).
     """
 
     backend = [TransformBackends.TORCH]
 
-    def __init__(self, keys: KeysCollection = "image", patch_size: tuple[int, int] = (60, 60), meta_key: str = "image_meta", allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        patch_size: tuple[int, int] = (60, 60),
+        meta_key: str = "image_meta",
+        kept_key: str = "kept_slices",
+        boxes_key: str = "boxes",
+        slice_axis: int = DEFAULT_SLICE_AXIS,
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.tiler = TilePatches(patch_size)
+        self.tiler = TilePatches(patch_size, slice_axis)
         self.normalizer = NormalizePatches()
-        self.meta_key = meta_key
+        self.meta_key, self.kept_key, self.boxes_key = meta_key, kept_key, boxes_key
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict:
         d = dict(data)
         key = self.first_key(d)
-        patches, position, order = self.tiler(d[key])
-        kept = torch.as_tensor(np.asarray(d["kept_slices"]), dtype=torch.int64)
+        if key == ():
+            return d
+        if self.boxes_key not in d:
+            raise KeyError(f"ToBagd: no lung boxes under {self.boxes_key!r}: run LungBoxCropd(boxes_key={self.boxes_key!r}) first")
+        patches, position, order = self.tiler(d.pop(key))
+        n_slices = int(order[-1]) + 1 if order.numel() else 0
+        kept = d.get(self.kept_key)
+        kept = torch.arange(n_slices) if kept is None else torch.as_tensor(np.asarray(kept), dtype=torch.int64)
         label = d.get("label")
         label = -1.0 if label is None or (isinstance(label, float) and np.isnan(label)) else float(label)
-        return {
+        bag = {
             "patches": self.normalizer(patches),
             "position": position,
             "slice_index": kept[order],
             "kept_slices": kept,
-            "boxes": torch.as_tensor(np.asarray(d["boxes"]), dtype=torch.int64),
+            "boxes": torch.as_tensor(np.asarray(d[self.boxes_key]), dtype=torch.int64),
             "label": torch.tensor(label, dtype=torch.float32),
             "case_id": str(d.get("case_id", "")),
             "meta": d.get(self.meta_key, {}),
         }
+        d.update(bag)
+        return d
 
 
 ToBagD = ToBagDict = ToBagd

@@ -4,6 +4,8 @@ import torch
 
 from ctmil.transforms import LungBoxCrop, LungBoxCropd, NormalizePatches, SelectLungSlices, SelectLungSlicesd, TilePatches
 
+AXIS = 1  # these tests use ctmil's (1, S, H, W) slice stacks; tests/transforms/test_layouts.py covers the others
+
 
 def _mask(n=6, h=40, w=50):
     m = np.zeros((1, n, h, w), bool)
@@ -16,14 +18,14 @@ def _mask(n=6, h=40, w=50):
 
 @pytest.mark.parametrize("frac,expected", [(0.05, [1, 2, 3]), (0.5, [2, 3]), (0.7, [3]), (0.001, [1, 2, 3, 4])])
 def test_slice_selection_by_area_fraction(frac, expected):
-    assert SelectLungSlices(frac).compute_kept_slices(_mask()).tolist() == expected
+    assert SelectLungSlices(frac, slice_axis=AXIS).compute_kept_slices(_mask()).tolist() == expected
 
 
 @pytest.mark.parametrize("as_torch", [False, True])
 def test_slice_selection_applies_to_images(as_torch):
     img = np.arange(6 * 40 * 50, dtype=np.float32).reshape(1, 6, 40, 50)
     img = torch.from_numpy(img) if as_torch else img
-    out = SelectLungSlices(0.05)(img, mask=_mask())
+    out = SelectLungSlices(0.05, slice_axis=AXIS)(img, mask=_mask())
     assert tuple(out.shape) == (1, 3, 40, 50)
     assert float(out[0, 0, 0, 0]) == float(img[0, 1, 0, 0])
 
@@ -31,24 +33,24 @@ def test_slice_selection_applies_to_images(as_torch):
 def test_non_contiguous_selection_and_recorded_indices():
     m = _mask()
     m[0, 2] = False
-    d = SelectLungSlicesd(["image", "lung"], source_key="lung", min_area_fraction=0.05)({"image": np.zeros((1, 6, 40, 50)), "lung": m})
+    d = SelectLungSlicesd(["image", "lung"], source_key="lung", min_area_fraction=0.05, slice_axis=AXIS)({"image": np.zeros((1, 6, 40, 50)), "lung": m})
     assert d["kept_slices"].tolist() == [1, 3] and d["image"].shape[1] == 2
-    d2 = SelectLungSlicesd(["image", "lung"], source_key="lung", min_area_fraction=1.0)(d)
+    d2 = SelectLungSlicesd(["image", "lung"], source_key="lung", min_area_fraction=1.0, slice_axis=AXIS)(d)
     assert d2["kept_slices"].tolist() == [3]  # composed with the earlier selection
 
 
 @pytest.mark.parametrize("mask,err", [(np.zeros((1, 3, 8, 8), bool), "no lungs"), (np.zeros((3, 8, 8), bool), "expected")])
 def test_slice_selection_errors(mask, err):
     with pytest.raises(ValueError, match=err):
-        SelectLungSlices().compute_kept_slices(mask)
+        SelectLungSlices(slice_axis=AXIS).compute_kept_slices(mask)
 
 
 def test_boxes_are_tight_with_margin_and_empty_slices_get_the_union():
-    boxes = LungBoxCrop(margin_fraction=0.0).compute_boxes(_mask())
+    boxes = LungBoxCrop(margin_fraction=0.0, slice_axis=AXIS).compute_boxes(_mask())
     assert boxes[1].tolist() == [10, 5, 20, 15]
     assert boxes[3].tolist() == [5, 2, 35, 48]
     assert boxes[0].tolist() == [5, 2, 35, 48]  # no lung on slice 0: union box
-    grown = LungBoxCrop(margin_fraction=0.1).compute_boxes(_mask())
+    grown = LungBoxCrop(margin_fraction=0.1, slice_axis=AXIS).compute_boxes(_mask())
     assert grown[1].tolist() == [9, 4, 21, 16] and grown[3].tolist() == [2, 0, 38, 50]  # clipped at the image edge
 
 
@@ -57,14 +59,16 @@ def test_crop_resamples_only_the_box(as_torch):
     img = np.zeros((1, 2, 100, 120), np.float32)
     img[0, :, 20:50, 30:90] = 1.0
     boxes = np.array([[20, 30, 50, 90], [0, 0, 100, 120]])
-    out = LungBoxCrop((18, 24), margin_fraction=0)(torch.from_numpy(img) if as_torch else img, boxes)
+    out = LungBoxCrop((18, 24), margin_fraction=0, slice_axis=AXIS)(torch.from_numpy(img) if as_torch else img, boxes)
+    assert isinstance(out, torch.Tensor) == as_torch  # numpy in, numpy out
+    out = torch.as_tensor(out)
     assert out.shape == (1, 2, 18, 24) and out.dtype == torch.float32
     assert torch.allclose(out[0, 0], torch.ones(18, 24))  # the box is all ones
     assert 0.1 < out[0, 1].mean() < 0.25  # the whole image: the square covers 15 %
 
 
 def test_crop_dict_records_boxes():
-    d = LungBoxCropd("image", source_key="lung")({"image": np.random.rand(1, 6, 40, 50).astype(np.float32), "lung": _mask()})
+    d = LungBoxCropd("image", source_key="lung", slice_axis=AXIS)({"image": np.random.rand(1, 6, 40, 50).astype(np.float32), "lung": _mask()})
     assert d["image"].shape == (1, 6, 180, 240) and d["boxes"].shape == (6, 4)
 
 
@@ -75,7 +79,7 @@ def test_tiling_positions_and_content():
         for c in range(4):
             img[0, :, r * 60 : (r + 1) * 60, c * 60 : (c + 1) * 60] = r * 4 + c
     img[0, 1] += 100
-    patches, pos, order = TilePatches()(img)
+    patches, pos, order = TilePatches(slice_axis=AXIS)(img)
     assert patches.shape == (24, 1, 60, 60)
     assert pos.tolist() == list(range(12)) * 2 and order.tolist() == [0] * 12 + [1] * 12
     for k in range(24):
@@ -85,7 +89,7 @@ def test_tiling_positions_and_content():
 @pytest.mark.parametrize("shape", [(1, 2, 170, 240), (2, 2, 180, 240)])
 def test_tiling_rejects_bad_shapes(shape):
     with pytest.raises(ValueError):
-        TilePatches()(torch.zeros(shape))
+        TilePatches(slice_axis=AXIS)(torch.zeros(shape))
 
 
 def test_normalize_each_patch_independently():
@@ -135,7 +139,7 @@ def test_boxes_of_a_coarse_mask_equal_boxes_of_the_repeated_full_mask(seed, stri
     coarse = _random_coarse_mask(rng, 7, h, w)
     full = _repeat_crop(coarse, stride, shape)
     assert full.shape == (1, 7, *shape)
-    cropper = LungBoxCrop(margin_fraction=margin)
+    cropper = LungBoxCrop(margin_fraction=margin, slice_axis=AXIS)
     expected = cropper.compute_boxes(full)
     got = cropper.compute_boxes(coarse, stride, shape)
     assert got.dtype == expected.dtype == np.int64
@@ -149,7 +153,7 @@ def test_boxes_of_a_coarse_mask_equal_boxes_of_the_repeated_full_mask(seed, stri
 def test_coarse_boxes_default_image_shape_is_the_uncropped_grid(stride):
     coarse = _random_coarse_mask(np.random.default_rng(7), 5, 9, 11)
     full = _repeat_crop(coarse, stride, (9 * stride, 11 * stride))
-    cropper = LungBoxCrop(margin_fraction=0.1)
+    cropper = LungBoxCrop(margin_fraction=0.1, slice_axis=AXIS)
     np.testing.assert_array_equal(cropper.compute_boxes(coarse, stride), cropper.compute_boxes(full))
 
 
@@ -157,18 +161,18 @@ def test_coarse_boxes_known_values_with_clipping_and_union():
     coarse = np.zeros((1, 3, 13, 10), bool)  # H=50, W=37 at stride 4: 13 x 10 cells, last ones cropped
     coarse[0, 0, 2:5, 1:3] = True
     coarse[0, 2, 10:13, 7:10] = True  # reaches the cropped border cells
-    boxes = LungBoxCrop(margin_fraction=0.0).compute_boxes(coarse, 4, (50, 37))
+    boxes = LungBoxCrop(margin_fraction=0.0, slice_axis=AXIS).compute_boxes(coarse, 4, (50, 37))
     assert boxes[0].tolist() == [8, 4, 20, 12]
     assert boxes[2].tolist() == [40, 28, 50, 37]  # 52 → 50 and 40 → 37: clipped to the image
     assert boxes[1].tolist() == [8, 4, 50, 37]  # no lung: the union box
-    grown = LungBoxCrop(margin_fraction=0.1).compute_boxes(coarse, 4, (50, 37))
+    grown = LungBoxCrop(margin_fraction=0.1, slice_axis=AXIS).compute_boxes(coarse, 4, (50, 37))
     assert grown[0].tolist() == [6, 3, 22, 13] and grown[2].tolist() == [39, 27, 50, 37]
 
 
 @pytest.mark.parametrize("stride", [0, -1])
 def test_coarse_boxes_reject_bad_stride(stride):
     with pytest.raises(ValueError, match="stride"):
-        LungBoxCrop().compute_boxes(_mask(), stride)
+        LungBoxCrop(slice_axis=AXIS).compute_boxes(_mask(), stride)
 
 
 @pytest.mark.parametrize("stride,shape", [(1, (40, 50)), (4, (50, 37)), (3, (31, 35))])
@@ -179,10 +183,10 @@ def test_crop_dict_reads_the_mask_stride(stride, shape):
     d = {"image": img, "lung": coarse}
     if stride > 1:
         d["lung_stride"] = stride
-    out = LungBoxCropd("image", source_key="lung", spatial_size=(18, 24))(d)
-    expected = LungBoxCrop((18, 24)).compute_boxes(_repeat_crop(coarse, stride, shape))
+    out = LungBoxCropd("image", source_key="lung", spatial_size=(18, 24), slice_axis=AXIS)(d)
+    expected = LungBoxCrop((18, 24), slice_axis=AXIS).compute_boxes(_repeat_crop(coarse, stride, shape))
     np.testing.assert_array_equal(out["boxes"], expected)
-    assert torch.allclose(out["image"], LungBoxCrop((18, 24))(img, expected))
+    assert torch.allclose(out["image"], LungBoxCrop((18, 24), slice_axis=AXIS)(img, expected))
 
 
 # --- the whole preprocessing chain on a tiny DICOM / NIfTI phantom ---

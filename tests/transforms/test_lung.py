@@ -6,12 +6,20 @@ from monai.data import MetaTensor
 from ctmil.transforms import LungMask, LungMaskd, lung_mask_hu, lung_mask_windowed
 from tests.conftest import simple_chest
 
+AXIS = 1  # these tests use ctmil's (1, S, H, W) slice stacks; tests/transforms/test_layouts.py covers the others
+
+
+def _meta(arr: np.ndarray, spacing, intensity: str = "hu") -> MetaTensor:
+    """A LoadCT-like MetaTensor: ``(1, S, H, W)`` with the affine of ``spacing`` (dz, dy, dx) and ctmil's intensity record."""
+    affine = torch.diag(torch.tensor([*spacing, 1.0], dtype=torch.float64))
+    return MetaTensor(torch.from_numpy(arr), affine=affine, meta={"intensity": intensity})
+
 
 @pytest.mark.parametrize("as_torch", [False, True])
 def test_lung_mask_finds_both_lungs_not_air_or_couch(as_torch):
     vol = simple_chest()
     img = torch.from_numpy(vol)[None] if as_torch else vol[None]
-    mask = LungMask(intensity="hu", working_mm=1.0)(img)
+    mask = LungMask(intensity="hu", working_mm=1.0, slice_axis=AXIS)(img)
     assert isinstance(mask, torch.Tensor) == as_torch
     m = np.asarray(mask)[0]
     assert m.shape == vol.shape and m.dtype == bool
@@ -42,23 +50,24 @@ def test_windowed_mask_on_synthetic_lung_window():
     assert m[6, 50, 29] and m[6, 50, 67] and not m[6, 80, 48] and not m[6, 2, 2]
 
 
-def test_auto_intensity_reads_metadata():
+def test_intensity_none_reads_ctmils_record():
     vol = np.clip((simple_chest() + 1000.0) / 1100.0, 0, 1)
     img = MetaTensor(torch.from_numpy(vol)[None], meta={"intensity": "windowed"})
-    assert np.asarray(LungMask()(img))[0, 6, 50, 29]
-    d = LungMaskd("image", mask_key="lung")({"image": img})
+    assert np.asarray(LungMask(slice_axis=AXIS)(img))[0, 6, 50, 29]
+    d = LungMaskd("image", mask_key="lung", slice_axis=AXIS)({"image": img})
     assert "lung" in d and d["lung"].shape == img.shape
 
 
-@pytest.mark.parametrize("kwargs", [{"intensity": "ct"}, {"min_component_fraction": 0.0}, {"working_mm": 0}])
+@pytest.mark.parametrize("kwargs", [{"intensity": "ct"}, {"intensity": "auto"}, {"min_component_fraction": 0.0}, {"working_mm": 0},
+                                    {"slice_axis": 0}, {"slice_axis": 4}, {"spacing": (1.0, 0.0, 1.0)}, {"spacing": (1.0, 1.0)}])
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         LungMask(**kwargs)
 
 
 def test_bad_shape():
-    with pytest.raises(ValueError, match=r"\(1, S, H, W\)"):
-        LungMask()(np.zeros((4, 8, 8)))
+    with pytest.raises(ValueError, match="one-channel 3D image"):
+        LungMask(intensity="hu")(np.zeros((4, 8, 8)))
 
 
 # --- working grid: LungMask.working_mask, LungMaskd(full_resolution=False), the z grid ---
@@ -84,10 +93,10 @@ def test_full_mask_is_the_working_mask_repeated_and_cropped(as_torch, size, spac
     vol = simple_chest(size=size)
     arr = vol[None]
     if spacing is not None:
-        img = MetaTensor(torch.from_numpy(arr), meta={"spacing": spacing, "intensity": "hu"})
+        img = _meta(arr, spacing)
     else:
         img = torch.from_numpy(arr) if as_torch else arr
-    masker = LungMask(working_mm=working_mm)
+    masker = LungMask(intensity="hu" if spacing is None else None, working_mm=working_mm, slice_axis=AXIS)
     small, got_stride = masker.working_mask(img)
     full = masker(img)
     assert got_stride == stride
@@ -107,9 +116,9 @@ def test_full_mask_is_the_working_mask_repeated_and_cropped(as_torch, size, spac
 def test_windowed_working_mask_has_stride_one(source, as_torch):
     vol = np.clip((simple_chest() + 1000.0) / 1100.0, 0, 1).astype(np.float32)
     if source == "meta":
-        img, masker = MetaTensor(torch.from_numpy(vol)[None], meta={"intensity": "windowed", "spacing": (1.0, 0.5, 0.5)}), LungMask()
+        img, masker = _meta(vol[None], (1.0, 0.5, 0.5), "windowed"), LungMask(slice_axis=AXIS)
     else:
-        img, masker = (torch.from_numpy(vol)[None] if as_torch else vol[None]), LungMask(intensity="windowed")
+        img, masker = (torch.from_numpy(vol)[None] if as_torch else vol[None]), LungMask(intensity="windowed", slice_axis=AXIS)
     small, stride = masker.working_mask(img)
     assert stride == 1 and tuple(small.shape) == tuple(img.shape)
     assert isinstance(small, torch.Tensor) == isinstance(img, torch.Tensor)
@@ -118,8 +127,8 @@ def test_windowed_working_mask_has_stride_one(source, as_torch):
 
 
 def test_working_mask_rejects_bad_shape():
-    with pytest.raises(ValueError, match=r"\(1, S, H, W\)"):
-        LungMask().working_mask(np.zeros((2, 3, 8, 8)))
+    with pytest.raises(ValueError, match="one-channel 3D image"):
+        LungMask(intensity="hu").working_mask(np.zeros((2, 3, 8, 8)))
 
 
 def _lung_cells(vol: np.ndarray, stride: int) -> np.ndarray:
@@ -190,14 +199,14 @@ def test_spacing_none_keeps_z_stride_one():
 @pytest.mark.parametrize("as_meta", [False, True])
 def test_lung_maskd_working_resolution_writes_mask_and_stride(as_meta):
     vol = simple_chest(size=100)
-    img = MetaTensor(torch.from_numpy(vol)[None], meta={"spacing": (2.0, 0.5, 0.5), "intensity": "hu"}) if as_meta else vol[None]
+    img = _meta(vol[None], (2.0, 0.5, 0.5)) if as_meta else vol[None]
     stride = 8 if as_meta else 4
-    d = LungMaskd("image", mask_key="lung", full_resolution=False)({"image": img, "other": 1})
+    d = LungMaskd("image", mask_key="lung", full_resolution=False, intensity="hu", slice_axis=AXIS)({"image": img, "other": 1})
     assert d["lung_stride"] == stride and isinstance(d["lung_stride"], int)
     assert tuple(d["lung"].shape) == (1, 12, _ceil(100, stride), _ceil(100, stride))
     assert isinstance(d["lung"], torch.Tensor) == as_meta
     assert d["image"] is img and d["other"] == 1
-    full = LungMaskd("image", mask_key="lung")({"image": img})
+    full = LungMaskd("image", mask_key="lung", intensity="hu", slice_axis=AXIS)({"image": img})
     assert "lung_stride" not in full and tuple(full["lung"].shape) == (1, 12, 100, 100)
     np.testing.assert_array_equal(np.asarray(full["lung"]), _repeat_crop(d["lung"], stride, (100, 100)))
 
@@ -214,10 +223,10 @@ def test_working_resolution_chain_matches_full_resolution_chain(size, spacing):
     vol = simple_chest(n_slices=12, size=size)
 
     def chain(full_resolution):
-        img = MetaTensor(torch.from_numpy(vol.copy())[None], meta={"spacing": spacing, "intensity": "hu"})
-        d = LungMaskd("image", mask_key="lung", full_resolution=full_resolution)({"image": img})
-        d = SelectLungSlicesd(["image", "lung"], source_key="lung")(d)
-        return LungBoxCropd("image", source_key="lung", spatial_size=(18, 24))(d)
+        img = _meta(vol.copy()[None], spacing)
+        d = LungMaskd("image", mask_key="lung", full_resolution=full_resolution, slice_axis=AXIS)({"image": img})
+        d = SelectLungSlicesd(["image", "lung"], source_key="lung", slice_axis=AXIS)(d)
+        return LungBoxCropd("image", source_key="lung", spatial_size=(18, 24), slice_axis=AXIS)(d)
 
     coarse, full = chain(False), chain(True)
     assert coarse["lung_stride"] > 1 or spacing[1] == 1.0

@@ -1,0 +1,180 @@
+"""Classical lung masks as numpy functions: from Hounsfield units (3D) or from pre-windowed slice images (2D).
+
+Both take an ``(S, H, W)`` slice stack; :class:`ctmil.transforms.LungMask` applies them to images in any layout.
+
+The mask is built for cropping, so it is generous: dense consolidation and vessels inside the lungs are
+filled in, and each slice is closed with a disk so that consolidation along the chest wall stays inside.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+_INPLANE_6 = np.zeros((3, 3, 3), bool)
+_INPLANE_6[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]  # 4-connectivity within each slice only
+_FULL_6 = ndi.generate_binary_structure(3, 1)
+
+
+def _border_labels(labels: np.ndarray) -> np.ndarray:
+    """Labels present on the in-plane border of a ``(S, H, W)`` label image."""
+    return np.unique(np.concatenate([labels[:, 0].ravel(), labels[:, -1].ravel(), labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
+
+
+def _drop_border_components(dark: np.ndarray, structure: np.ndarray) -> tuple[np.ndarray, int]:
+    """Label ``dark`` and zero the components that touch the in-plane image border (outside air, couch gap)."""
+    labels, n = ndi.label(dark, structure=structure)
+    keep = np.ones(n + 1, bool)
+    keep[_border_labels(labels)] = False
+    keep[0] = False
+    return np.where(keep[labels], labels, 0), n
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Per slice, fill every background region that does not touch the in-plane border (one labelling pass)."""
+    background, n = ndi.label(~mask, structure=_INPLANE_6)
+    if n == 0:
+        return mask
+    outside = np.zeros(n + 1, bool)
+    outside[_border_labels(background)] = True
+    outside[0] = False  # label 0 is the mask itself
+    return ~outside[background]
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Per-slice dilation with a (2·radius+1)² square."""
+    if radius <= 0:
+        return mask
+    m = mask.view(np.uint8)
+    for axis in (1, 2):
+        m = ndi.maximum_filter1d(m, 2 * radius + 1, axis=axis)
+    return m.astype(bool)
+
+
+def _fill_and_close(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Per slice: fill holes, close with a (2·radius+1)² square (separable min/max filters), fill again."""
+    mask = _fill_holes(mask)
+    if radius > 0:
+        size = 2 * radius + 1
+        m = np.pad(mask, ((0, 0), (size, size), (size, size))).view(np.uint8)
+        for axis in (1, 2):
+            m = ndi.maximum_filter1d(m, size, axis=axis)
+        for axis in (1, 2):
+            m = ndi.minimum_filter1d(m, size, axis=axis)
+        mask = _fill_holes(m[:, size:-size, size:-size].astype(bool))
+    return mask
+
+
+def _lung_labels(labels: np.ndarray, sizes: np.ndarray, dark: np.ndarray, min_fraction: float) -> list[int]:
+    """The enclosed air components that are lung: the largest, plus the second largest when the largest lies
+    on one side of the body only (lungs not joined through the trachea) and the second is on the other side.
+    ``sizes`` are the voxel counts per label, zero for components that are not candidates."""
+    order = np.argsort(sizes)[::-1]
+    first = int(order[0])
+    tissue_cols = dark.shape[0] * dark.shape[1] - np.count_nonzero(dark, axis=(0, 1))  # (W,) tissue per column
+    mid = float(tissue_cols @ np.arange(dark.shape[2]) / tissue_cols.sum()) if tissue_cols.any() else dark.shape[2] / 2
+    left = int(np.ceil(mid))  # columns < mid
+
+    def left_fraction(label: int) -> float:
+        return np.count_nonzero(labels[:, :, :left] == label) / sizes[label]
+
+    left_first = left_fraction(first)
+    if 0.2 < left_first < 0.8 or len(order) < 2 or sizes[order[1]] < min_fraction * sizes[first]:
+        return [first]  # joined lungs (or one lung only)
+    second = int(order[1])
+    return [first, second] if (left_first - 0.5) * (left_fraction(second) - 0.5) < 0 else [first]
+
+
+def lung_mask_hu(
+    volume: np.ndarray,
+    spacing: tuple[float, float, float] | None = None,
+    threshold_hu: float = -400.0,
+    min_component_fraction: float = 0.08,
+    closing_mm: float = 10.0,
+    dilate_mm: float = 8.0,
+    working_mm: float = 4.0,
+) -> tuple[np.ndarray, int]:
+    """Lung mask of a HU slice stack, computed on a working grid of about ``working_mm``.
+
+    In plane the grid takes every ``stride``-th row and column; along z every ``round(working_mm / dz)``-th
+    slice (only when ``spacing`` is given), each slice then taking the mask of its slab.
+
+    Args:
+        volume: ``(S, H, W)`` Hounsfield units.
+        spacing: ``(dz, dy, dx)`` mm; ``None`` assumes 1 mm pixels and keeps every slice.
+        threshold_hu: air/lung below, tissue above.
+        min_component_fraction: a second enclosed air component is the other lung when it lies on the other
+            side of the body and its volume is at least this fraction of the largest one (drops bowel gas,
+            keeps a heavily consolidated lung).
+        closing_mm: radius of the per-slice closing that fills concavities left by consolidation.
+        dilate_mm: final per-slice dilation, so that consolidation along the chest wall (which no fill can
+            recover from intensity alone) stays inside the lung box.
+        working_mm: pixel size (and slice spacing) the mask is computed at.
+
+    Returns:
+        ``(mask, stride)``: boolean mask ``(S, ceil(H/stride), ceil(W/stride))`` on the in-plane grid
+        ``volume[:, ::stride, ::stride]``, and that stride.
+    """
+    spacing = None if spacing is None else [float(v) for v in spacing]
+    pixel = min(spacing[1:]) if spacing else 1.0
+    stride = max(1, int(round(working_mm / pixel)))
+    z_stride = max(1, int(round(working_mm / spacing[0]))) if spacing and spacing[0] > 0 else 1
+    # A working voxel is air when any of its samples is: every slice of its slab at the grid points, plus the
+    # in-plane half-stride point. Point samples alone break lungs full of vessels or consolidation apart.
+    dark = volume[::z_stride, ::stride, ::stride] < threshold_hu
+    offsets = [(dz, 0) for dz in range(1, z_stride)] + ([(0, stride // 2)] if stride > 1 else [])
+    for dz, dxy in offsets:
+        part = volume[dz::z_stride, dxy::stride, dxy::stride] < threshold_hu
+        dark[: part.shape[0], : part.shape[1], : part.shape[2]] |= part
+    labels, n = ndi.label(dark, structure=_FULL_6)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[_border_labels(labels)] = 0  # outside air, the gap under the couch
+    sizes[0] = 0
+    if not sizes.any():
+        return np.zeros((volume.shape[0], *dark.shape[1:]), bool), stride
+    lungs = _lung_labels(labels, sizes, dark, min_component_fraction)
+    mask = labels == lungs[0]
+    for label in lungs[1:]:
+        mask |= labels == label
+    mask = _fill_and_close(mask, int(round(closing_mm / (pixel * stride))))
+    mask = _dilate(mask, int(round(dilate_mm / (pixel * stride))))
+    if z_stride > 1:  # working slice k was built from slices k*z_stride .. k*z_stride+z_stride-1
+        mask = mask[np.arange(volume.shape[0]) // z_stride]
+    return mask, stride
+
+
+def lung_mask_windowed(
+    volume: np.ndarray, threshold: float | None = None, min_area_fraction: float = 0.005, closing_fraction: float = 0.04
+) -> np.ndarray:
+    """Lung mask of pre-windowed slice images (lung window, [0, 1]), slice by slice.
+
+    Dark regions not connected to the image border are lung candidates; per slice the two largest ones
+    covering at least ``min_area_fraction`` of the image are kept. ``threshold`` defaults to Otsu's.
+
+    Args:
+        volume: ``(S, H, W)`` intensities in [0, 1].
+
+    Returns:
+        boolean mask ``(S, H, W)``.
+    """
+    from skimage.filters import threshold_otsu
+
+    if threshold is None:  # Otsu inside the body: lungs vs soft tissue, not outside air vs the rest
+        body = _fill_holes(volume > volume.min() + 0.05 * max(float(np.ptp(volume)), 1e-6))
+        inside = volume[body]
+        threshold = float(threshold_otsu(inside[:: max(1, inside.size // 200_000)])) if np.ptp(inside) > 0 else 0.5
+    inner, n = _drop_border_components(volume < threshold, _INPLANE_6)
+    mask = np.zeros(volume.shape, bool)
+    if n == 0:
+        return mask
+    min_area = min_area_fraction * volume.shape[1] * volume.shape[2]
+    sizes = np.bincount(inner.ravel(), minlength=n + 1)
+    for s in range(volume.shape[0]):
+        labels = np.unique(inner[s])
+        labels = labels[labels > 0]
+        labels = labels[sizes[labels] >= min_area]
+        if labels.size:
+            top = labels[np.argsort(sizes[labels])[::-1][:2]]
+            mask[s] = np.isin(inner[s], top)
+    radius = int(round(closing_fraction * max(volume.shape[1:])))
+    return _fill_and_close(mask, radius)
