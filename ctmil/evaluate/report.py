@@ -1,44 +1,50 @@
-"""The cross-validation report: a Table IV-style summary, t-tests on AUC and ROC curves.
+"""The cross-validation report: pooled and per-fold metrics, DeLong CIs, paired comparisons, Table IV, ROC curves.
 
-How the numbers are made (see also ``docs/training.md``):
+How the numbers are made (``report.md`` says the same in words, with this run's numbers):
 
-* **Per repeat, pooled out-of-fold.** For each setting and repeat, the out-of-fold predictions of all folds
-  are pooled (every case predicted once, by the model that did not see it) and the five metrics are
-  computed once on the pool (``repeat_metrics.csv``). Per-fold metrics are noisy with few positives per fold
-  (AUC is undefined for a fold without positives); they are written too (``fold_metrics.csv``) but not
-  averaged.
-* **Mean ± SD over repeats** (sample SD, ``ddof=1``; ``nan`` with one repeat): ``report.csv``/``report.md``.
-* **Two-sample t-tests** (``scipy.stats.ttest_ind``, equal variances, as the paper's "two-sample t-test")
-  on the per-repeat AUCs of every pair of settings: ``ttests.csv``; ``nan`` with fewer than two repeats.
+* **Pooled per repeat** (``repeat_metrics.csv``): for each setting and repeat, the out-of-fold predictions of all
+  folds are pooled (every case predicted once, by the model that did not see it) and the five metrics are
+  computed once on the pool, with the DeLong CI of the pooled AUC. ``report.csv`` has the mean and sample SD
+  (``ddof=1``; ``nan`` with one repeat) over repeats, and the mean over repeats of the DeLong bounds.
+* **Per fold** (``fold_metrics.csv``): the metrics of each test fold; ``report.csv`` has their mean and SD over all
+  folds x repeats (``<metric>_fold_mean``, ``_fold_sd``) and the number of folds where each is defined
+  (``_fold_n``; AUC is undefined for a fold of one class, which is skipped and counted).
+* **Paired comparisons** (``ttests.csv``, one row per pair; ``auc_differences.csv``, one row per pair and repeat):
+  see :mod:`ctmil.evaluate.report_comparisons`. ``t, p_value`` are now the *paired* t-test over repeats.
+* ``report.md``: the tables (:mod:`ctmil.evaluate.report_tables`), including Table IV beside the paper.
 * ``roc.png``: one ROC curve per (setting, repeat) of the pooled predictions.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Union
+from typing import Dict, List, Mapping, Optional, Union
 
-import numpy as np
 import pandas as pd
-from scipy import stats
 
+from ctmil.data.preprocess import atomic_write_csv
 from ctmil.evaluate.metrics import METRIC_NAMES, binary_metrics, roc_curve
+from ctmil.evaluate.report_comparisons import auc_delong, paired_comparisons
+from ctmil.evaluate.report_tables import describe, render_markdown
+from ctmil.evaluate.statistics import fold_summary
 
-__all__ = ["metric_table", "plot_roc", "repeat_metrics", "fold_metrics", "summary_table", "ttests", "write_report"]
+__all__ = ["PREDICTION_COLUMNS", "fold_metrics", "metric_table", "plot_roc", "repeat_metrics", "summary_table",
+           "write_report"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
-_DESCRIPTIONS = {"A": "MIL only", "B": "MIL + augmentation", "C": "MIL + self-supervision", "D": "MIL + both"}
-_PREDICTION_COLUMNS = ("case_id", "setting", "repeat", "fold", "prob", "label")
+PREDICTION_COLUMNS = ("case_id", "setting", "repeat", "fold", "prob", "label")
+_DELONG = ("auc_delong_lower", "auc_delong_upper")
 
 
 def _check(predictions: pd.DataFrame) -> None:
-    missing = [c for c in _PREDICTION_COLUMNS if c not in predictions.columns]
+    missing = [c for c in PREDICTION_COLUMNS if c not in predictions.columns]
     if missing:
         raise ValueError(f"predictions are missing columns {missing}.")
+    if predictions.duplicated(["setting", "repeat", "case_id"]).any():
+        raise ValueError("predictions hold a case twice in one (setting, repeat).")
 
 
 def metric_table(predictions: pd.DataFrame, by: List[str], threshold: float = 0.5) -> pd.DataFrame:
@@ -52,9 +58,14 @@ def metric_table(predictions: pd.DataFrame, by: List[str], threshold: float = 0.
     return pd.DataFrame(rows, columns=[*by, "n_cases", "n_positive", *METRIC_NAMES])
 
 
-def repeat_metrics(predictions: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
-    """Metrics of the pooled out-of-fold predictions of each (setting, repeat)."""
-    return metric_table(predictions, ["setting", "repeat"], threshold)
+def repeat_metrics(predictions: pd.DataFrame, threshold: float = 0.5, level: float = 0.95) -> pd.DataFrame:
+    """Metrics of the pooled out-of-fold predictions of each (setting, repeat), with the DeLong CI of the AUC
+    (``auc_delong_lower, auc_delong_upper``; ``nan`` with fewer than 2 cases of a class)."""
+    table = metric_table(predictions, ["setting", "repeat"], threshold)
+    cis = [auc_delong(p["label"], p["prob"], level) for _, p in predictions.groupby(["setting", "repeat"], sort=True)]
+    table["auc_delong_lower"] = [ci.lower for ci in cis]
+    table["auc_delong_upper"] = [ci.upper for ci in cis]
+    return table
 
 
 def fold_metrics(predictions: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
@@ -62,38 +73,31 @@ def fold_metrics(predictions: pd.DataFrame, threshold: float = 0.5) -> pd.DataFr
     return metric_table(predictions, ["setting", "repeat", "fold"], threshold)
 
 
-def summary_table(per_repeat: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sample SD over repeats per setting: ``setting, description, n_repeats, <metric>_mean, <metric>_sd``."""
+def summary_table(per_repeat: pd.DataFrame, per_fold: pd.DataFrame,
+                  descriptions: Optional[Mapping[str, str]] = None) -> pd.DataFrame:  # fmt: skip
+    """One row per setting: ``setting, description, n_repeats``, ``<metric>_mean, <metric>_sd`` over repeats
+    (pooled per repeat), ``auc_delong_lower, auc_delong_upper`` (mean over repeats), ``n_folds`` (folds x repeats)
+    and ``<metric>_fold_mean, <metric>_fold_sd, <metric>_fold_n`` over the folds where the metric is defined."""
+    per_repeat = per_repeat.sort_values(["setting", "repeat"])
+    rep = fold_summary(per_repeat, [*METRIC_NAMES, *_DELONG], by=["setting"]).set_index(["setting", "metric"])
+    fold = fold_summary(per_fold, METRIC_NAMES, by=["setting"]).set_index(["setting", "metric"])
     rows = []
-    for setting, part in per_repeat.groupby("setting", sort=True):
-        row: Dict[str, object] = {"setting": setting, "description": _DESCRIPTIONS.get(str(setting), ""),
-                                  "n_repeats": len(part)}
+    for setting in per_repeat["setting"].unique():
+        row: Dict[str, object] = {"setting": setting, "description": describe(setting, descriptions),
+                                  "n_repeats": int((per_repeat["setting"] == setting).sum())}
         for m in METRIC_NAMES:
-            values = part[m].to_numpy(dtype=float)
-            row[f"{m}_mean"] = float(np.mean(values))
-            row[f"{m}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+            row[f"{m}_mean"], row[f"{m}_sd"] = rep.loc[(setting, m), "mean"], rep.loc[(setting, m), "sd"]
+        row.update({c: rep.loc[(setting, c), "mean"] for c in _DELONG})
+        row["n_folds"] = int((per_fold["setting"] == setting).sum())
+        for m in METRIC_NAMES:
+            stats = fold.loc[(setting, m)]
+            row.update({f"{m}_fold_mean": stats["mean"], f"{m}_fold_sd": stats["sd"], f"{m}_fold_n": int(stats["n"])})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def ttests(per_repeat: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
-    """Two-sample t-test of ``metric`` over repeats for every pair of settings."""
-    rows = []
-    settings = sorted(per_repeat["setting"].unique())
-    for a, b in itertools.combinations(settings, 2):
-        xa = per_repeat.loc[per_repeat["setting"] == a, metric].to_numpy(dtype=float)
-        xb = per_repeat.loc[per_repeat["setting"] == b, metric].to_numpy(dtype=float)
-        if len(xa) > 1 and len(xb) > 1 and np.isfinite(xa).all() and np.isfinite(xb).all():
-            res = stats.ttest_ind(xb, xa)
-            t, p = float(res.statistic), float(res.pvalue)
-        else:
-            t, p = float("nan"), float("nan")
-        rows.append({"setting_a": a, "setting_b": b, "metric": metric, "mean_a": float(np.mean(xa)),
-                     "mean_b": float(np.mean(xb)), "t": t, "p_value": p})
-    return pd.DataFrame(rows, columns=["setting_a", "setting_b", "metric", "mean_a", "mean_b", "t", "p_value"])
-
-
-def plot_roc(predictions: pd.DataFrame, path: Union[str, "os.PathLike[str]"]) -> None:
+def plot_roc(predictions: pd.DataFrame, path: Union[str, "os.PathLike[str]"],
+             descriptions: Optional[Mapping[str, str]] = None) -> None:  # fmt: skip
     """ROC curves of the pooled out-of-fold predictions, one per (setting, repeat), coloured by setting."""
     import matplotlib
 
@@ -102,10 +106,10 @@ def plot_roc(predictions: pd.DataFrame, path: Union[str, "os.PathLike[str]"]) ->
 
     fig, ax = plt.subplots(figsize=(5, 5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    per_repeat = repeat_metrics(predictions)
+    per_repeat = metric_table(predictions, ["setting", "repeat"])
     for i, (setting, part) in enumerate(predictions.groupby("setting", sort=True)):
         aucs = per_repeat.loc[per_repeat["setting"] == setting, "auc"]
-        label = f"{setting} {_DESCRIPTIONS.get(str(setting), '')} (AUC {aucs.mean():.3f})"
+        label = f"{setting} {describe(setting, descriptions)} (AUC {aucs.mean():.3f})"
         for j, (_, rep) in enumerate(part.groupby("repeat", sort=True)):
             if rep["label"].nunique() < 2:
                 continue
@@ -118,77 +122,48 @@ def plot_roc(predictions: pd.DataFrame, path: Union[str, "os.PathLike[str]"]) ->
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.set_title("Out-of-fold ROC, one curve per repeat")
-    ax.legend(loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # no curve when every repeat holds one class
+        ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def _fmt(mean: float, sd: float) -> str:
-    if not np.isfinite(mean):
-        return "n/a"
-    return f"{mean:.3f} ± {sd:.3f}" if np.isfinite(sd) else f"{mean:.3f}"
-
-
-def _markdown(summary: pd.DataFrame, tests: pd.DataFrame, n_repeats: int, n_folds: int, threshold: float) -> str:
-    lines = [
-        "# Cross-validation report",
-        "",
-        f"{n_repeats} repeat(s) of {n_folds}-fold stratified, patient-grouped cross-validation. "
-        "Each repeat's metrics are computed on its pooled out-of-fold predictions "
-        f"(threshold {threshold}); the table shows mean ± sample SD over repeats.",
-        "",
-        "| Method | Accuracy | Sensitivity | Specificity | F1-Score | AUC |",
-        "|---|---|---|---|---|---|",
-    ]
-    for _, row in summary.iterrows():
-        cells = [_fmt(row[f"{m}_mean"], row[f"{m}_sd"]) for m in METRIC_NAMES]
-        lines.append(f"| ({row['setting']}) {row['description']} | " + " | ".join(cells) + " |")
-    lines += ["", "## Two-sample t-tests on AUC (over repeats)", ""]
-    if len(tests) == 0:
-        lines.append("Only one setting: no comparison.")
-    else:
-        lines += ["| Comparison | mean AUC | t | p |", "|---|---|---|---|"]
-        for _, t in tests.iterrows():
-            p = "n/a (needs ≥ 2 repeats)" if not np.isfinite(t["p_value"]) else f"{t['p_value']:.3g}"
-            tt = "n/a" if not np.isfinite(t["t"]) else f"{t['t']:.3f}"
-            lines.append(f"| ({t['setting_b']}) vs ({t['setting_a']}) | {t['mean_b']:.3f} vs {t['mean_a']:.3f} | {tt} | {p} |")
-    lines += [
-        "",
-        "Files: `report.csv` (this table), `repeat_metrics.csv`, `fold_metrics.csv`, `ttests.csv`, "
-        "`predictions.csv`, `folds.csv`, `roc.png`, `config.json`, `model.pt` + `model.json` (final model).",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def write_report(
-    out_dir: Union[str, "os.PathLike[str]"], predictions: pd.DataFrame, threshold: float = 0.5
+    out_dir: Union[str, "os.PathLike[str]"],
+    predictions: pd.DataFrame,
+    threshold: float = 0.5,
+    *,
+    level: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    descriptions: Optional[Mapping[str, str]] = None,
 ) -> Dict[str, Path]:
-    """Write ``report.md``, ``report.csv``, ``repeat_metrics.csv``, ``fold_metrics.csv``, ``ttests.csv`` and
-    ``roc.png`` into ``out_dir``; returns their paths by name."""
+    """Write ``report.md``, ``report.csv``, ``repeat_metrics.csv``, ``fold_metrics.csv``, ``ttests.csv`` (paired
+    comparisons), ``auc_differences.csv`` and ``roc.png`` into ``out_dir``; returns their paths by name.
+
+    ``level`` is the confidence of the DeLong and bootstrap intervals, ``n_resamples`` and ``seed`` drive the
+    bootstrap; ``descriptions`` (setting -> text) overrides the built-in descriptions of the settings.
+    """
     _check(predictions)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    per_repeat = repeat_metrics(predictions, threshold)
+    per_repeat = repeat_metrics(predictions, threshold, level)
     per_fold = fold_metrics(predictions, threshold)
-    summary = summary_table(per_repeat)
-    tests = ttests(per_repeat)
-    paths = {
-        "report_csv": out / "report.csv",
-        "report_md": out / "report.md",
-        "repeat_metrics": out / "repeat_metrics.csv",
-        "fold_metrics": out / "fold_metrics.csv",
-        "ttests": out / "ttests.csv",
-        "roc": out / "roc.png",
-    }
-    summary.to_csv(paths["report_csv"], index=False)
-    per_repeat.to_csv(paths["repeat_metrics"], index=False)
-    per_fold.to_csv(paths["fold_metrics"], index=False)
-    tests.to_csv(paths["ttests"], index=False)
-    n_folds = int(predictions["fold"].nunique())
-    n_repeats = int(predictions["repeat"].nunique())
-    paths["report_md"].write_text(_markdown(summary, tests, n_repeats, n_folds, threshold))
-    plot_roc(predictions, paths["roc"])
+    summary = summary_table(per_repeat, per_fold, descriptions)
+    tests, differences = paired_comparisons(predictions, n_resamples=n_resamples, level=level, seed=seed)
+    names = ("report_csv", "report_md", "repeat_metrics", "fold_metrics", "ttests", "auc_differences", "roc")
+    files = ("report.csv", "report.md", "repeat_metrics.csv", "fold_metrics.csv", "ttests.csv", "auc_differences.csv",
+             "roc.png")  # fmt: skip
+    paths = {name: out / file for name, file in zip(names, files)}
+    for name, frame in (("report_csv", summary), ("repeat_metrics", per_repeat), ("fold_metrics", per_fold),
+                        ("ttests", tests), ("auc_differences", differences)):  # fmt: skip
+        atomic_write_csv(frame, paths[name])
+    pools = predictions.drop_duplicates(["repeat", "case_id"])
+    ctx = {"n_repeats": int(predictions["repeat"].nunique()), "n_folds": int(predictions["fold"].nunique()),
+           "n_cases": int(pools["case_id"].nunique()), "n_positive": int(pools.drop_duplicates("case_id")["label"].sum()),
+           "threshold": threshold, "level": level, "n_resamples": n_resamples}  # fmt: skip
+    paths["report_md"].write_text(render_markdown(summary, tests, ctx, descriptions))
+    plot_roc(predictions, paths["roc"], descriptions)
     logger.info("report written to %s", out)
     return paths

@@ -9,15 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from scipy import stats
 
 import ctmil.evaluate.cv as cv_module
 from ctmil.bundle import load_bag_datalist as load_datalist
 from ctmil.evaluate.cv import CVConfigError, cv_protocol, run_cv
 from ctmil.evaluate.folds import make_folds, stratified_group_folds
 from ctmil.networks import MILNet
-from ctmil.evaluate.metrics import METRIC_NAMES, binary_metrics
-from ctmil.evaluate.report import write_report
 from tests.train._bags import TINY_NET, make_bag, one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -101,43 +98,6 @@ def test_load_datalist(tmp_path):
     assert data["bag"].tolist() == [str(tmp_path / "bags" / "a.pt"), "/abs/b.pt"]
     with pytest.raises(ValueError):
         load_datalist(pd.DataFrame({"case_id": ["a"], "label": [1]}))
-
-
-def _fake_predictions():
-    rng = np.random.default_rng(0)
-    rows = []
-    for setting, shift in (("A", 0.1), ("D", 0.4)):
-        for repeat in range(3):
-            for i in range(20):
-                label = int(i < 6)
-                rows.append({"case_id": f"c{i}", "setting": setting, "repeat": repeat, "fold": i % 4,
-                             "prob": float(np.clip(0.3 + shift * label + rng.normal(0, 0.2), 0, 1)), "label": label})
-    return pd.DataFrame(rows)
-
-
-def test_report_files_and_values(tmp_path):
-    predictions = _fake_predictions()
-    paths = write_report(tmp_path, predictions)
-    for path in paths.values():
-        assert path.exists() and path.stat().st_size > 0
-    report = pd.read_csv(tmp_path / "report.csv")
-    assert report.columns.tolist() == ["setting", "description", "n_repeats"] + [
-        f"{m}_{s}" for m in METRIC_NAMES for s in ("mean", "sd")
-    ]
-    per_repeat = [
-        binary_metrics(p["prob"], p["label"]) for _, p in predictions[predictions.setting == "D"].groupby("repeat")
-    ]
-    d = report.set_index("setting").loc["D"]
-    assert d["auc_mean"] == pytest.approx(np.mean([m["auc"] for m in per_repeat]))
-    assert d["accuracy_sd"] == pytest.approx(np.std([m["accuracy"] for m in per_repeat], ddof=1))
-    tests = pd.read_csv(tmp_path / "ttests.csv")
-    auc_a = [binary_metrics(p["prob"], p["label"])["auc"] for _, p in predictions[predictions.setting == "A"].groupby("repeat")]
-    expected = stats.ttest_ind([m["auc"] for m in per_repeat], auc_a)
-    assert tests.loc[0, "p_value"] == pytest.approx(expected.pvalue) and tests.loc[0, "t"] == pytest.approx(expected.statistic)
-    folds = pd.read_csv(tmp_path / "fold_metrics.csv")
-    assert len(folds) == 2 * 3 * 4 and {"setting", "repeat", "fold", "auc"} <= set(folds.columns)
-    md = (tmp_path / "report.md").read_text()
-    assert "| (D) MIL + both |" in md and f"{d['auc_mean']:.3f} ± {d['auc_sd']:.3f}" in md
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,211 @@
+"""The text of the cross-validation report: setting names, the paper's numbers and the markdown of ``report.md``.
+
+:func:`render_markdown` turns the tables of :mod:`ctmil.evaluate.report` and
+:mod:`ctmil.evaluate.report_comparisons` into ``report.md``: the summary (pooled per repeat), the per-fold table,
+a Table IV-style table beside the paper's numbers, the paired comparisons and, in words, how each number was made.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from ctmil.evaluate.metrics import METRIC_NAMES
+
+__all__ = ["DESCRIPTIONS", "PAPER_P_VALUES", "PAPER_RESULTS", "canonical_setting", "describe", "render_markdown"]
+
+#: Setting -> what it is (paper Sec. IV.E). A relative-SSL variant is named ``<letter>-rel`` (see :func:`canonical_setting`).
+DESCRIPTIONS = {"A": "MIL only", "B": "MIL + augmentation", "C": "MIL + self-supervision", "D": "MIL + both"}
+
+#: The paper's results, mean ± SD of (accuracy, sensitivity, specificity, F1, AUC), 10-fold CV repeated 5 times on
+#: 229 patients. A-D: Table IV ("The results of the ablation study"); C-rel: Table VI ("Performance of different
+#: pretext tasks"), row "Relative Patch Location" (MIL + the relative patch location task, no augmentation).
+PAPER_RESULTS: Dict[str, Tuple[str, Tuple[Tuple[float, float], ...]]] = {
+    "A": ("Table IV", ((0.908, 0.029), (0.740, 0.084), (0.954, 0.031), (0.776, 0.064), (0.932, 0.022))),
+    "B": ("Table IV", ((0.942, 0.025), (0.916, 0.022), (0.949, 0.036), (0.874, 0.045), (0.971, 0.004))),
+    "C": ("Table IV", ((0.937, 0.029), (0.844, 0.129), (0.963, 0.009), (0.850, 0.079), (0.964, 0.030))),
+    "D": ("Table IV", ((0.958, 0.015), (0.936, 0.032), (0.964, 0.024), (0.895, 0.029), (0.981, 0.006))),
+    "C-rel": ("Table VI", ((0.916, 0.004), (0.796, 0.114), (0.949, 0.032), (0.801, 0.024), (0.951, 0.014))),
+}
+
+#: The paper's p-values of its "two-sample t-test" on AUC (Sec. IV.E for A-D, Sec. IV.I.3 absolute vs relative).
+PAPER_P_VALUES: Dict[frozenset, float] = {
+    frozenset(("A", "B")): 0.015, frozenset(("A", "C")): 0.028, frozenset(("A", "D")): 0.006,
+    frozenset(("B", "D")): 0.027, frozenset(("C", "D")): 0.007, frozenset(("C", "C-rel")): 0.041,
+}  # fmt: skip
+
+_METRIC_HEADER = "| Accuracy | Sensitivity | Specificity | F1-Score | AUC |"
+_RELATIVE = re.compile(r"^([A-D])(?:[-_ ]?(rel|relative))?$", re.IGNORECASE)
+
+
+def canonical_setting(setting: object) -> Optional[str]:
+    """``"A"``..``"D"`` or ``"<letter>-rel"`` for a known setting name (``D-rel``, ``d_relative``, ...), else ``None``."""
+    match = _RELATIVE.match(str(setting).strip())
+    if match is None:
+        return None
+    return match.group(1).upper() + ("-rel" if match.group(2) else "")
+
+
+def describe(setting: object, descriptions: Optional[Mapping[str, str]] = None) -> str:
+    """What ``setting`` is: ``descriptions[setting]`` when given, a known setting's description, else ``""``."""
+    if descriptions and str(setting) in descriptions:
+        return str(descriptions[str(setting)])
+    name = canonical_setting(setting)
+    if name is None:
+        return ""
+    return DESCRIPTIONS[name[0]] + (" (relative patch location)" if name.endswith("-rel") else "")
+
+
+def _label(setting: object, descriptions: Optional[Mapping[str, str]]) -> str:
+    return f"({setting}) {describe(setting, descriptions)}".strip()
+
+
+def _fmt(mean: float, sd: float = float("nan")) -> str:
+    if not np.isfinite(mean):
+        return "n/a"
+    return f"{mean:.3f} ± {sd:.3f}" if np.isfinite(sd) else f"{mean:.3f}"
+
+
+def _p(p: float) -> str:
+    if not np.isfinite(p):
+        return "n/a"
+    return "< 1e-4" if p < 1e-4 else f"{p:.3g}"
+
+
+def _summary_section(summary: pd.DataFrame, level: float, descriptions) -> List[str]:
+    lines = [
+        "## Summary: pooled out-of-fold predictions per repeat, mean ± SD over repeats",
+        "",
+        f"| Method {_METRIC_HEADER} AUC {level:.0%} CI (DeLong) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for _, row in summary.iterrows():
+        cells = [_fmt(row[f"{m}_mean"], row[f"{m}_sd"]) for m in METRIC_NAMES]
+        lo, hi = row["auc_delong_lower"], row["auc_delong_upper"]
+        cells.append(f"[{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) and np.isfinite(hi) else "n/a")
+        lines.append(f"| {_label(row['setting'], descriptions)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _fold_section(summary: pd.DataFrame, descriptions) -> List[str]:
+    lines = [
+        "## Per fold: mean ± SD over the test folds of all repeats",
+        "",
+        "| Method " + _METRIC_HEADER + " folds | folds without AUC |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for _, row in summary.iterrows():
+        cells = [_fmt(row[f"{m}_fold_mean"], row[f"{m}_fold_sd"]) for m in METRIC_NAMES]
+        skipped = int(row["n_folds"] - row["auc_fold_n"])
+        lines.append(f"| {_label(row['setting'], descriptions)} | " + " | ".join(cells) + f" | {int(row['n_folds'])} | {skipped} |")
+    return lines
+
+
+def _table_iv_section(summary: pd.DataFrame, descriptions) -> List[str]:
+    lines = [
+        "## Table IV: ctmil beside the paper",
+        "",
+        "ctmil: pooled per repeat, mean ± SD over repeats (as the summary). Paper: Table IV (A-D) and Table VI "
+        "(relative patch location, C-rel).",
+        "",
+        "| Method | Source " + _METRIC_HEADER,
+        "|---|---|---|---|---|---|---|",
+    ]
+    ours = {str(s): row for s, row in zip(summary["setting"], summary.to_dict("records"))}
+    names = sorted(set(ours) | {"A", "B", "C", "D"})
+    for name in names:
+        row = ours.get(name)
+        cells = ["not run"] * 5 if row is None else [_fmt(row[f"{m}_mean"], row[f"{m}_sd"]) for m in METRIC_NAMES]
+        lines.append(f"| {_label(name, descriptions)} | ctmil | " + " | ".join(cells) + " |")
+        paper = PAPER_RESULTS.get(canonical_setting(name) or "")
+        if paper is None:
+            lines.append("| | paper | " + " | ".join(["not in the paper"] + ["—"] * 4) + " |")
+        else:
+            lines.append(f"| | paper ({paper[0]}) | " + " | ".join(_fmt(m, s) for m, s in paper[1]) + " |")
+    return lines
+
+
+def _comparison_section(tests: pd.DataFrame, level: float) -> List[str]:
+    lines = ["## Paired comparisons of AUC (b − a)", ""]
+    if len(tests) == 0:
+        return lines + ["Only one setting: no comparison."]
+    lines += [
+        f"| Comparison (b vs a) | mean AUC b vs a | ΔAUC | paired t over repeats | corrected resampled t over "
+        f"folds × repeats | {level:.0%} bootstrap CI of ΔAUC | paper p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for _, t in tests.iterrows():
+        paired = "n/a (needs ≥ 2 repeats)" if not np.isfinite(t["p_value"]) else (
+            f"t = {t['t']:.2f} (df {t['df']:.0f}), p = {_p(t['p_value'])}")
+        corrected = "n/a (needs ≥ 2 folds with AUC)" if not np.isfinite(t["nb_p_value"]) else (
+            f"t = {t['nb_t']:.2f} (df {t['nb_df']:.0f}), p = {_p(t['nb_p_value'])}")
+        ci = "n/a" if not np.isfinite(t["boot_lower"]) else f"[{t['boot_lower']:+.3f}, {t['boot_upper']:+.3f}]"
+        key = frozenset((canonical_setting(t["setting_a"]), canonical_setting(t["setting_b"])))
+        paper = PAPER_P_VALUES.get(key, float("nan"))
+        lines.append(
+            f"| ({t['setting_b']}) vs ({t['setting_a']}) | {_fmt(t['mean_b'])} vs {_fmt(t['mean_a'])} | "
+            f"{t['difference']:+.3f} | {paired} | {corrected} | {ci} | {'—' if np.isnan(paper) else _p(paper)} |"
+        )
+    return lines
+
+
+def _methods_section(ctx: Mapping[str, object], tests: pd.DataFrame) -> List[str]:
+    r, k, n, lvl = ctx["n_repeats"], ctx["n_folds"], ctx["n_cases"], ctx["level"]
+    sizes = ""
+    if len(tests) and np.isfinite(tests["n_test"]).any():
+        sizes = f" (here n_test = {tests['n_test'].iloc[0]:.0f}, n_train = {tests['n_train'].iloc[0]:.0f})"
+    return [
+        "## How these numbers were made",
+        "",
+        f"* **Protocol.** {r} repeat(s) of {k}-fold stratified, patient-grouped cross-validation of {n} cases "
+        f"({ctx['n_positive']} severe). In each repeat every case is predicted once, by the model that did not see it; "
+        "all settings of a repeat use the same folds and, per fold, the same seed, so settings are paired. "
+        f"A case is called severe when its probability is ≥ {ctx['threshold']}.",
+        f"* **Pooled per repeat** (summary, Table IV, `repeat_metrics.csv`): the out-of-fold predictions of the {k} "
+        f"folds of a repeat are pooled ({n} cases) and each metric is computed once on the pool; the tables give the "
+        f"mean ± sample SD (ddof 1) over the {r} repeat(s) (no SD with one repeat).",
+        f"* **AUC CI (DeLong).** For each repeat, the {lvl:.0%} CI of its pooled AUC from DeLong's variance (normal "
+        "approximation, clipped to [0, 1]; needs ≥ 2 cases of each class). The summary gives the mean over repeats "
+        "of the lower and of the upper bound: the uncertainty of one repeat's AUC, not of the mean over repeats.",
+        f"* **Per fold** (`fold_metrics.csv`): each metric on each of the {k} × {r} test folds (about {n / k:.0f} "
+        "cases each), then mean ± SD (ddof 1) over the folds where it is defined. A fold of one class has no AUC "
+        "(and no sensitivity or no specificity); it is skipped and counted in the last column.",
+        f"* **Paired t-test over repeats** (`scipy.stats.ttest_rel`): the per-repeat pooled AUC differences "
+        f"AUC_b − AUC_a, n = {r} repeat(s), df = n − 1; needs ≥ 2 repeats.",
+        "* **Corrected resampled t-test** (Nadeau & Bengio 2003) over folds × repeats: the per-fold AUC differences "
+        "of the J folds where AUC is defined, t = mean / sqrt((1 / J + n_test / n_train) · s²), df = J − 1, with "
+        f"n_test and n_train the mean test and training fold sizes{sizes}. The n_test / n_train term accounts for "
+        "the overlapping training sets, which make a plain one-sample t-test over folds far too liberal.",
+        f"* **Bootstrap CI of ΔAUC.** Per repeat, on its pooled out-of-fold predictions: {ctx['n_resamples']} "
+        "stratified resamples of the cases, each resampled case carrying both settings' scores (paired), and the "
+        f"percentile {lvl:.0%} interval. The table gives the mean over repeats of the difference and of each "
+        "bound (a typical repeat's interval); `auc_differences.csv` has every repeat's interval and DeLong's test "
+        "for two correlated ROC curves.",
+        "* **Paper.** The paper's ± SD is not stated to be over folds or repeats, and its p-values come from a "
+        "two-sample (unpaired) t-test on AUC. No correction for multiple comparisons is applied here or there.",
+    ]
+
+
+def render_markdown(summary: pd.DataFrame, tests: pd.DataFrame, ctx: Mapping[str, object],
+                    descriptions: Optional[Mapping[str, str]] = None) -> str:  # fmt: skip
+    """``report.md`` from the summary (:func:`~ctmil.evaluate.report.summary_table`), the paired comparisons
+    (:func:`~ctmil.evaluate.report_comparisons.paired_comparisons`) and ``ctx`` (``n_repeats, n_folds, n_cases,
+    n_positive, threshold, level, n_resamples``)."""
+    sections: Sequence[List[str]] = (
+        ["# Cross-validation report", "",
+         f"{ctx['n_repeats']} repeat(s) of {ctx['n_folds']}-fold stratified, patient-grouped cross-validation, "
+         f"{ctx['n_cases']} cases ({ctx['n_positive']} severe), threshold {ctx['threshold']}. "
+         "How each number was made is told at the end."],
+        _summary_section(summary, float(ctx["level"]), descriptions),
+        _fold_section(summary, descriptions),
+        _table_iv_section(summary, descriptions),
+        _comparison_section(tests, float(ctx["level"])),
+        _methods_section(ctx, tests),
+        ["Files: `report.csv` (summary and per-fold tables), `repeat_metrics.csv`, `fold_metrics.csv`, `ttests.csv` "
+         "(paired comparisons), `auc_differences.csv` (per repeat), `predictions.csv`, `folds.csv`, `roc.png`, "
+         "`config.json`, `model.pt` + `model.json` (final model)."],
+    )  # fmt: skip
+    return "\n\n".join("\n".join(s) for s in sections) + "\n"
