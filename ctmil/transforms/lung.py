@@ -26,7 +26,8 @@ INTENSITIES = ("hu", "windowed")
 class LungMask(TraceableTransform):
     """Boolean lung mask of a one-channel CT image, in the image's layout (``(1, H, W, D)`` → ``(1, H, W, D)``).
 
-    The spacing comes from a MetaTensor's affine (MONAI's ``pixdim``) unless ``spacing`` is given. A MetaTensor result keeps the image's metadata and records the transform in
+    The spacing comes from a MetaTensor's affine (MONAI's ``pixdim``) unless ``spacing`` is given, and so does the
+    in-plane axis running across the body (:meth:`left_right_axis`, for the second-lung test). A MetaTensor result keeps the image's metadata and records the transform in
     ``applied_operations`` (``extra_info``: ``intensity``, ``stride``).
 
     Args:
@@ -92,8 +93,17 @@ class LungMask(TraceableTransform):
             mask, stride = lung_mask_windowed(arr), 1
         else:
             spacing = self.spacing or stack_spacing(img, self.slice_axis)
-            mask, stride = lung_mask_hu(arr, spacing, **self.hu_args)
+            mask, stride = lung_mask_hu(arr, spacing, lr_axis=self.left_right_axis(img), **self.hu_args)
         return mask[None], stride, kind
+
+    def left_right_axis(self, img: NdarrayOrTensor) -> int:
+        """Which in-plane axis of the slice stack runs across the body (1: rows, 2: columns): for a MetaTensor the
+        one closer to the world's left-right axis (x in RAS and LPS alike), else the columns, as displayed."""
+        if not isinstance(img, MetaTensor):
+            return 2
+        rows, cols = stack_to_array(self.slice_axis)[1:]
+        x = img.affine[0, :3].abs()
+        return 1 if float(x[rows]) > float(x[cols]) else 2
 
     def _wrap(self, mask: np.ndarray, img: NdarrayOrTensor, stride: int, kind: str) -> NdarrayOrTensor:
         out = np.ascontiguousarray(from_stack(mask, self.slice_axis))

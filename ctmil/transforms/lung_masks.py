@@ -65,10 +65,13 @@ def _fill_and_close(mask: np.ndarray, radius: int) -> np.ndarray:
     return mask
 
 
-def _lung_labels(labels: np.ndarray, sizes: np.ndarray, dark: np.ndarray, min_fraction: float) -> list[int]:
+def _lung_labels(labels: np.ndarray, sizes: np.ndarray, dark: np.ndarray, min_fraction: float, lr_axis: int = 2) -> list[int]:
     """The enclosed air components that are lung: the largest, plus the second largest when the largest lies
     on one side of the body only (lungs not joined through the trachea) and the second is on the other side.
-    ``sizes`` are the voxel counts per label, zero for components that are not candidates."""
+    ``sizes`` are the voxel counts per label, zero for components that are not candidates; the body's sides are
+    split along ``lr_axis`` of the ``(S, H, W)`` stack (2: columns)."""
+    if lr_axis == 1:  # left-right runs along the rows: look at the slices transposed
+        labels, dark = labels.transpose(0, 2, 1), dark.transpose(0, 2, 1)
     order = np.argsort(sizes)[::-1]
     first = int(order[0])
     tissue_cols = dark.shape[0] * dark.shape[1] - np.count_nonzero(dark, axis=(0, 1))  # (W,) tissue per column
@@ -93,6 +96,7 @@ def lung_mask_hu(
     closing_mm: float = 10.0,
     dilate_mm: float = 8.0,
     working_mm: float = 4.0,
+    lr_axis: int = 2,
 ) -> tuple[np.ndarray, int]:
     """Lung mask of a HU slice stack, computed on a working grid of about ``working_mm``.
 
@@ -110,11 +114,15 @@ def lung_mask_hu(
         dilate_mm: final per-slice dilation, so that consolidation along the chest wall (which no fill can
             recover from intensity alone) stays inside the lung box.
         working_mm: pixel size (and slice spacing) the mask is computed at.
+        lr_axis: the axis of ``volume`` running across the body, patient right to left or back (2: columns, as
+            displayed; 1: rows), for the "other side of the body" test of a second lung.
 
     Returns:
         ``(mask, stride)``: boolean mask ``(S, ceil(H/stride), ceil(W/stride))`` on the in-plane grid
         ``volume[:, ::stride, ::stride]``, and that stride.
     """
+    if lr_axis not in (1, 2):
+        raise ValueError(f"lr_axis must be 1 (rows) or 2 (columns), got {lr_axis!r}")
     spacing = None if spacing is None else [float(v) for v in spacing]
     pixel = min(spacing[1:]) if spacing else 1.0
     stride = max(1, int(round(working_mm / pixel)))
@@ -132,7 +140,7 @@ def lung_mask_hu(
     sizes[0] = 0
     if not sizes.any():
         return np.zeros((volume.shape[0], *dark.shape[1:]), bool), stride
-    lungs = _lung_labels(labels, sizes, dark, min_component_fraction)
+    lungs = _lung_labels(labels, sizes, dark, min_component_fraction, lr_axis)
     mask = labels == lungs[0]
     for label in lungs[1:]:
         mask |= labels == label

@@ -234,3 +234,20 @@ def test_working_resolution_chain_matches_full_resolution_chain(size, spacing):
     np.testing.assert_array_equal(coarse["boxes"], full["boxes"])
     assert torch.equal(coarse["image"], full["image"])
     assert coarse["lung"].shape[-2:] != full["lung"].shape[-2:]
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_the_second_lung_is_found_across_the_body_whatever_the_in_plane_order(transposed):
+    """``simple_chest``'s lungs are not joined: the second one is kept for lying on the other side of the body,
+    which the affine tells (world x); a plain array is read as displayed (columns across the body)."""
+    vol = simple_chest()[None]  # (1, S, rows A→P, columns R→L)
+    affine = torch.tensor([[0, 0, -1.0, 0], [0, -1.0, 0, 0], [5.0, 0, 0, 0], [0, 0, 0, 1]], dtype=torch.float64)  # (s, r, c) → RAS
+    if transposed:  # rows run across the body
+        vol, affine = np.ascontiguousarray(vol.transpose(0, 1, 3, 2)), affine[:, [0, 2, 1, 3]]
+    masker = LungMask(intensity="hu", working_mm=1.0, slice_axis=AXIS)
+    both = np.asarray(masker(MetaTensor(torch.from_numpy(vol), affine=affine)))[0, 6]
+    plain = np.asarray(masker(vol))[0, 6]
+    both, plain = (both.T, plain.T) if transposed else (both, plain)
+    assert both[50, 29] and both[50, 67]  # right and left lung
+    assert masker.left_right_axis(MetaTensor(torch.from_numpy(vol), affine=affine)) == (1 if transposed else 2)
+    assert (plain[50, 29] and plain[50, 67]) != transposed  # read as displayed, a transposed array loses one lung
