@@ -77,20 +77,31 @@ def build_workflow(files: Sequence[str | os.PathLike], overrides: Mapping[str, A
 def read_labels(labels: "str | os.PathLike[str] | Mapping[str, float] | None") -> dict[str, float]:
     """Labels by case id (or StudyInstanceUID) from a mapping or a CSV with ``label`` and ``case_id``/``study_uid``.
 
-    The CSV is read as text (``0012`` stays ``0012``; ``NA`` is an id, not a missing value).
+    The CSV is read as text (:func:`ctmil.io.discovery.read_table`: ``0012`` stays ``0012``, ``NA`` is an id);
+    labels are 0/1, blank or ``NA`` for unlabelled (:func:`~ctmil.io.discovery.parse_label`).
+
+    Raises:
+        ValueError: one line, for a CSV without the columns or with a label other than 0/1/blank.
     """
+    from ctmil.io.discovery import parse_label, read_table
+
     if labels is None:
         return {}
     if isinstance(labels, Mapping):
         return {str(k): float(v) for k, v in labels.items()}
-    table = pd.read_csv(labels, dtype=str, keep_default_na=False)
+    table = read_table(labels)
     keys = [c for c in ("case_id", "study_uid") if c in table.columns]
     if "label" not in table.columns or not keys:
         raise ValueError(f"{labels}: a labels CSV needs a 'label' column and a 'case_id' or 'study_uid' column.")
-    label = pd.to_numeric(table["label"].str.strip(), errors="coerce")
     out: dict[str, float] = {}
     for key in keys:
-        out.update({k: float(v) for k, v in zip(table[key], label) if k != "" and not pd.isna(v)})
+        for k, text in zip(table[key], table["label"]):
+            try:
+                value = parse_label(text)
+            except ValueError as err:
+                raise ValueError(f"{labels}: case {k!r}: {err}") from None
+            if k != "" and value is not None:
+                out[k] = value
     return out
 
 

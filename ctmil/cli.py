@@ -148,7 +148,8 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     inputs = _existing(args.inputs, "input")
     out = _out_dir(args.out)
     labels = read_labels(_existing([args.labels], "labels CSV")[0]) if args.labels else {}
-    cases = discover_cases(inputs, labels=labels, min_slices=args.min_slices, progress=not args.quiet)
+    cases = discover_cases(inputs, labels=labels, min_slices=args.min_slices, progress=not args.quiet,
+                           keep_paths=args.keep_paths)
     if not cases:
         raise UsageError("no cases found in the inputs")
     settings = {"min_slices": args.min_slices, "min_area_fraction": args.min_area_fraction}
@@ -181,7 +182,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         save_maps=not args.no_maps, save_overlays=not args.no_overlays, save_features=args.features,
         top_slices=args.top_slices, map_mode=args.map_mode, labels=labels,
         min_slices=args.min_slices, min_area_fraction=args.min_area_fraction, progress=not args.quiet,
-        allow_torchscript=args.allow_torchscript)
+        allow_torchscript=args.allow_torchscript, keep_paths=args.keep_paths)
     for row in predictions[predictions["status"] == "failed"].itertuples():
         print(f"FAILED {row.case_id}: {row.error}", file=sys.stderr)
     log.info("%d studies, %d failed; predictions: %s", len(predictions), n_failed, Path(args.out) / "predictions.csv")

@@ -44,6 +44,8 @@ def add_subcommands(parser: argparse.ArgumentParser, cli: ModuleType) -> None:
     p.add_argument("--min-slices", type=int, default=8, help="fewest slices of a usable DICOM series (default 8)")
     p.add_argument("--min-area-fraction", type=float, default=0.2,
                    help="keep slices whose lung area is at least this fraction of the largest (default 0.2)")
+    p.add_argument("--keep-paths", action="store_true",
+                   help="write absolute source paths to the manifest (default: relative to the input; folders are often named after patients)")
     common(p)
     p.set_defaults(func=cli.cmd_preprocess)
 
@@ -76,5 +78,6 @@ def add_subcommands(parser: argparse.ArgumentParser, cli: ModuleType) -> None:
     p.add_argument("--labels", help="CSV with case_id (or study_uid) and label")
     p.add_argument("--min-slices", type=int, default=None, help="default: the model's recorded setting, else 8")
     p.add_argument("--min-area-fraction", type=float, default=None, help="default: the model's recorded setting, else 0.2")
+    p.add_argument("--keep-paths", action="store_true", help="absolute source paths in the outputs (default: relative to the input)")
     common(p)
     p.set_defaults(func=cli.cmd_infer)

@@ -38,7 +38,7 @@ def source_signature(image) -> list:
     files = image if isinstance(image, (list, tuple)) else [image]
     sig = []
     for f in files:
-        p = Path(f)
+        p = Path(getattr(f, "path", f))  # a path, or a scanned DICOM header
         paths = sorted(q for q in p.iterdir() if q.is_file()) if p.is_dir() else [p]
         sig.extend((str(q), q.stat().st_size, int(q.stat().st_mtime_ns)) for q in paths)
     return sig

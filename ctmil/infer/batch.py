@@ -110,7 +110,8 @@ def make_case_step(model: InferenceModel, threshold: float = 0.5):
             row.update(status="failed", error=item["error"])
             return out
         meta = bag["meta"]
-        row.update(input_kind=meta.get("input_kind", ""), n_slices=int(meta["spatial_shape"][0]),
+        row.update(warning=case.get("warning", "") or "; ".join(meta.get("series", {}).get("warnings", []) or []),
+                   input_kind=meta.get("input_kind", ""), n_slices=int(meta["spatial_shape"][0]),
                    n_slices_kept=int(bag["kept_slices"].numel()), K=int(bag["patches"].shape[0]),
                    t_load=item["t_load"], t_preprocess=item["t_preprocess"])
         t0 = time.perf_counter()
@@ -164,6 +165,7 @@ def run_inference(
     min_area_fraction: float | None = None,
     progress: bool = True,
     allow_torchscript: bool = False,
+    keep_paths: bool = False,
 ) -> tuple[pd.DataFrame, int]:
     """Predict every study of ``inputs`` with the bundle's infer workflow (``inference.json``), writing
     ``out_dir/predictions.csv`` and per-case outputs (:mod:`ctmil.infer.writer`).
@@ -177,6 +179,7 @@ def run_inference(
         min_slices, min_area_fraction: preprocessing settings; ``None`` = those recorded with the model
             (``model.json``), else the defaults. They must match what the model was trained on.
         allow_torchscript: accept TorchScript model files (programs, not weights).
+        keep_paths: absolute source paths in the outputs (default: relative to the input).
 
     Returns:
         ``(predictions, n_failed)``.
@@ -208,7 +211,7 @@ def run_inference(
         "load_weights": False, "preprocessing_args": settings, "threshold": float(threshold), "labels": dict(labels or {}),
         "options#save_maps": bool(save_maps), "options#save_overlays": bool(save_overlays),
         "options#save_features": bool(save_features), "options#top_slices": int(top_slices), "options#map_mode": map_mode,
-        "progress": bool(progress),
+        "progress": bool(progress), "cases#keep_paths": bool(keep_paths),
     }
     workflow = build_workflow(["inference.json"], overrides, workflow_type="infer")
     cases = workflow.parser.get_parsed_content("cases")

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = [
     "case_id", "status", "probability", "prediction", "threshold", "label", "input_kind", "series",
-    "n_slices", "n_slices_kept", "K", "top_slices", "attention_path", "overlay_paths", "features_path", "error",
+    "n_slices", "n_slices_kept", "K", "top_slices", "attention_path", "overlay_paths", "features_path", "error", "warning",
     "t_load", "t_preprocess", "t_predict", "t_write",
 ]
 

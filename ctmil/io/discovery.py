@@ -185,13 +185,14 @@ def _cases_in_directory(root: Path, min_slices: int, progress: bool, keep_paths:
     for folder in walk_dirs(root):
         if folder != root and detect_input_kind(folder) == "slices":
             cases.append(_case(folder.name, str(folder), shown(folder)))
-    studies, skipped = scan_dicom_tree(root, progress=progress)
+    studies, skipped = scan_dicom_tree(root, progress=progress, keep_headers=True)  # each header parsed once
     if skipped:
         logger.info("%d files below %s are not usable DICOM images (junk, DICOMDIR, reports, damaged); skipped", len(skipped), root)
     for study_uid, series in sorted(studies.items(), key=lambda kv: study_key(kv[0])):
         chosen, reason = choose_ct_series(series, min_slices=min_slices)
         first = Path((chosen or series[0]).files[0] if (chosen or series[0]).files else (chosen or series[0]).bad[0][0]).parent
-        case = _case(study_key(study_uid), chosen.files if chosen else None, shown(first),
+        image = (chosen.slices or chosen.files) if chosen else None  # headers travel with the case: no re-parse
+        case = _case(study_key(study_uid), image, shown(first),
                      series=f"{chosen.label()}: {reason}" if chosen else "", error="" if chosen else reason,
                      warning="; ".join(chosen.warnings) if chosen else "")
         case["_study_uid"] = study_uid

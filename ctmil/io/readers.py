@@ -101,7 +101,8 @@ def load_dicom_case(source: str | os.PathLike | list[str], min_slices: int = 8) 
     ``meta["warnings"]`` lists what the manifest should say (inferred grouping, dropped slices, gaps).
     """
     if isinstance(source, (list, tuple)):
-        files, series_info = [str(f) for f in source], {"series_uid": "", "reason": "file list given", "warnings": []}
+        files = [f if hasattr(f, "path") else str(f) for f in source]  # paths, or headers scanned by discovery
+        series_info = {"series_uid": "", "reason": "file list given", "warnings": []}
     else:
         studies, skipped = scan_dicom_tree(source, keep_headers=True)  # one parse per file
         studies = case_studies(studies)

@@ -62,7 +62,7 @@ class LoadCT(Transform):
             "intensity": intensity,
             "spacing": spacing,
             "spatial_shape": tuple(int(v) for v in volume.shape),
-            "source": str(source[0] if isinstance(source, (list, tuple)) else source),
+            "source": str(getattr(source[0], "path", source[0]) if isinstance(source, (list, tuple)) else source),
             "series": extra,
         }
         return MetaTensor(torch.from_numpy(volume)[None], affine=torch.as_tensor(affine, dtype=torch.float64), meta=meta)

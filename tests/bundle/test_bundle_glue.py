@@ -72,8 +72,11 @@ def test_split_cases_rejects_bad_fraction(fraction):
 
 # ------------------------------------------------------------------------------------------------ labels and datalists
 def test_read_labels_reads_ids_as_text(tmp_path):
-    (tmp_path / "labels.csv").write_text("case_id,study_uid,label\n0012,1.2.840.10,1\nNA,1.2.840.11,0\n7,,x\n")
+    (tmp_path / "labels.csv").write_text("case_id,study_uid,label\n0012,1.2.840.10,1\nNA,1.2.840.11,0\n7,,\n")
     assert bu.read_labels(tmp_path / "labels.csv") == {"0012": 1.0, "1.2.840.10": 1.0, "NA": 0.0, "1.2.840.11": 0.0}
+    (tmp_path / "bad_label.csv").write_text("case_id,label\n0012,1\n7,x\n")
+    with pytest.raises(ValueError, match="case '7'"):  # a label that is not 0/1/blank is an error, not a silent drop
+        bu.read_labels(tmp_path / "bad_label.csv")
     assert bu.read_labels({12: 1, "a": 0}) == {"12": 1.0, "a": 0.0}
     assert bu.read_labels(None) == {}
 

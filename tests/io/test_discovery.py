@@ -158,3 +158,23 @@ def test_compressed_series_decode(tmp_path, syntax):
     assert pydicom.dcmread(next(out.iterdir())).file_meta.TransferSyntaxUID == syntax
     img = LoadCT()(str(out))
     assert np.allclose(np.asarray(img[0]), vol, atol=1.0)
+
+
+def test_each_dicom_header_is_parsed_once_on_the_cli_path(tmp_path, monkeypatch):
+    """discover_cases keeps the scanned headers in the case, so loading the series does not read them again."""
+    import ctmil.io.dicom_series as series_module
+    import ctmil.io.dicom_volume as volume_module
+    from ctmil.data.preprocess import preprocess_cases
+    from ctmil.io.discovery import discover_cases
+    from ctmil.synthetic.phantoms import generate_cohort
+
+    generate_cohort(tmp_path / "c", n=1, seed=4, formats=("dicom",), shape=(12, 64, 64), spacing=(10.0, 5.0, 5.0), progress=False)
+    n_files = sum(1 for p in (tmp_path / "c" / "dicom").rglob("*") if p.is_file())
+    calls = []
+    for module in (series_module, volume_module):
+        real = module.read_header
+        monkeypatch.setattr(module, "read_header", lambda path, real=real: calls.append(str(path)) or real(path))
+    cases = discover_cases([tmp_path / "c" / "dicom"])
+    manifest = preprocess_cases(cases, tmp_path / "out", progress=False)
+    assert manifest["status"].tolist() == ["ok"]
+    assert n_files >= 12 and len(calls) == len(set(calls)) == n_files
