@@ -203,10 +203,11 @@ def bag_dataset(table: pd.DataFrame | None) -> BagDataset | None:
     return BagDataset(table["bag"].tolist(), labels=table["label"].tolist(), case_ids=table["case_id"].tolist())
 
 
-def virtual_slots(dataset: BagDataset, n_bags: int | None = None, enabled: bool = True) -> int:
-    """Virtual-bag capacity per epoch: ``n_bags``, or ``n_negative - n_positive`` of ``dataset`` when ``None``."""
+def virtual_slots(dataset: BagDataset, n_bags: int | None = None, enabled: bool = True, gap_fraction: float = 1.0) -> int:
+    """Virtual-bag capacity per epoch: ``n_bags``, or ``gap_fraction`` of ``n_negative - n_positive`` of ``dataset``
+    when ``None`` (as :class:`~ctmil.train.handlers.VirtualBagHandler` counts them)."""
     from ctmil.train.handlers.virtual_bags import balancing_count
 
     if not enabled:
         return 0
-    return balancing_count(dataset.labels) if n_bags is None else int(n_bags)
+    return balancing_count(dataset.labels, gap_fraction) if n_bags is None else int(n_bags)

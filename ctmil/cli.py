@@ -60,6 +60,22 @@ def _existing(paths: list[str], what: str) -> list[str]:
     return [str(Path(p).resolve()) for p in paths]
 
 
+def _configs(names: list[str] | None) -> list[str]:
+    """``--config`` files: paths, or the names of packaged configs (``paper.json``)."""
+    from ctmil.bundle import config_dir
+
+    out = []
+    for name in names or []:
+        if Path(name).is_file():
+            out.append(str(Path(name).resolve()))
+        elif (config_dir() / name).is_file():
+            out.append(name)
+        else:
+            raise UsageError(f"config not found: {name} (a file, or one of the bundle's: "
+                             f"{', '.join(sorted(p.name for p in config_dir().glob('*.json')))})")
+    return out
+
+
 def _out_dir(path: str) -> Path:
     out = Path(path)
     try:
@@ -92,7 +108,7 @@ def _train_overrides(args: argparse.Namespace, out: Path) -> dict:
 def cmd_train(args: argparse.Namespace) -> int:
     out = _out_dir(args.out)
     overrides = _train_overrides(args, out)
-    files = ["train.json", *(_existing(args.config or [], "config"))]
+    files = ["train.json", *_configs(args.config)]
     if args.nproc > 1:
         from ctmil.train.distributed import run_distributed
 
@@ -115,7 +131,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     for key, value in (("max_epochs", args.epochs), ("seed", args.seed)):
         if value is not None:
             overrides[key] = value
-    files = ["train.json", "cv.json", *(_existing(args.config or [], "config"))]
+    files = ["train.json", "cv.json", *_configs(args.config)]
     datalist = _existing([args.datalist], "datalist")[0]
     run_cv(datalist, out, files=files, overrides=overrides, progress=not args.quiet, restart=args.restart)
     print((out / "report.md").read_text())

@@ -72,6 +72,16 @@ def test_train_writes_a_model_and_resumes(tmp_path):
     assert (tmp_path / "m" / "model.pt").read_bytes() != before
 
 
+def test_train_with_the_packaged_paper_config(tmp_path):
+    import json
+
+    generate_cohort(tmp_path / "c", n=4, seed=5, formats=("nifti",), shape=(16, 64, 64), spacing=(10.0, 5.0, 5.0), progress=False)
+    assert main(["train", str(tmp_path / "c" / "labels.csv"), "--out", str(tmp_path / "m"), "--epochs", "1", "-q",
+                 "--config", "paper.json", "--set", "val_fraction=0", *TINY_SETS]) == 0
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["network"]["gated"] is False  # the paper's Eq. 2
+    assert main(["train", str(tmp_path), "--out", str(tmp_path / "x"), "--config", "nosuch.json"]) == 2
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

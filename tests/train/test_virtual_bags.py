@@ -127,6 +127,31 @@ def test_number_of_virtual_bags(n_bags, expected):
     assert len(sink.calls[-1]) == expected
 
 
+@pytest.mark.parametrize("gap_fraction,expected", [(1.0, 7), (0.5, 4), (0.0, 0), (2.0, 14)])
+def test_share_of_the_class_gap(gap_fraction, expected):
+    ds = BagDataset(make_bags([1] + [0] * 8))  # a gap of 7
+    sink = Sink()
+    handler = VirtualBagHandler(ds, sink, start_epoch=1, gap_fraction=gap_fraction)
+    run(handler, [step_output(ds, 0, 0.9)])
+    assert handler.n_bags == expected == len(sink.calls[-1])
+    from ctmil.bundle import virtual_slots
+
+    assert virtual_slots(ds, None, True, gap_fraction) == expected  # the data loader makes room for exactly these
+
+
+def test_ramp_grows_the_number_of_virtual_bags_from_the_start_epoch():
+    ds = BagDataset(make_bags([1] + [0] * 7))  # a gap of 6
+    sink = Sink()
+    handler = VirtualBagHandler(ds, sink, start_epoch=2, ramp_epochs=3)
+    engine = Engine(lambda e, batch: batch)
+    handler.attach(engine)
+    counts = []
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: counts.append(len(handler.virtual)))
+    engine.run([step_output(ds, 0, 0.9)], max_epochs=6)
+    assert counts == [0, 2, 4, 6, 6, 6]  # ceil(6 k / 3) at the k-th epoch from epoch 2, then all 6
+    assert [handler.count(e) for e in range(1, 7)] == counts
+
+
 def test_no_correct_positive_means_no_virtual_bags():
     ds = BagDataset(make_bags([1, 0, 0]))
     sink = Sink()
@@ -170,7 +195,8 @@ def test_state_dict_round_trip_through_weights_only_file():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"alpha": 0.0}, {"alpha": 1.0}, {"gamma": -0.1}, {"start_epoch": 0}, {"n_bags": -1}, {"alpha": True}]
+    "kwargs", [{"alpha": 0.0}, {"alpha": 1.0}, {"gamma": -0.1}, {"start_epoch": 0}, {"n_bags": -1}, {"alpha": True},
+              {"gap_fraction": -0.5}, {"gap_fraction": "1"}, {"ramp_epochs": -1}, {"ramp_epochs": 1.5}]
 )
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):

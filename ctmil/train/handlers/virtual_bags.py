@@ -38,11 +38,12 @@ __all__ = ["VirtualBagHandler", "balancing_count"]
 logger = logging.getLogger(__name__)
 
 
-def balancing_count(labels: Sequence[float]) -> int:
-    """Virtual positive bags that balance the classes: ``max(0, n_negative - n_positive)``."""
+def balancing_count(labels: Sequence[float], gap_fraction: float = 1.0) -> int:
+    """Virtual positive bags per epoch from the class gap: ``round(gap_fraction · max(0, n_negative - n_positive))``
+    (``gap_fraction`` 1 balances the classes, as the paper does)."""
     n_pos = sum(1 for y in labels if y == 1.0)
     n_neg = sum(1 for y in labels if y == 0.0)
-    return max(0, n_neg - n_pos)
+    return int(round(float(gap_fraction) * max(0, n_neg - n_pos)))
 
 
 def _identity(output: Any) -> Any:
@@ -86,7 +87,11 @@ class VirtualBagHandler:
         alpha: key-instance fraction α (0.025).
         gamma: regular-instance fraction γ (0.2).
         start_epoch: first epoch (1-based) whose pools make virtual bags (26); they are used from the next epoch.
-        n_bags: virtual bags per epoch; ``None`` = ``max(0, n_negative - n_positive)`` of ``dataset``.
+        n_bags: virtual bags per epoch; ``None`` = ``gap_fraction`` of ``max(0, n_negative - n_positive)`` of
+            ``dataset`` (:func:`balancing_count`).
+        gap_fraction: share of the class gap filled with virtual bags when ``n_bags`` is ``None`` (1 = balanced).
+        ramp_epochs: grow the number of virtual bags linearly over this many epochs from ``start_epoch``
+            (``ceil(n_bags · k / ramp_epochs)`` at the k-th epoch) instead of switching the class mix at once; 0 = at once.
         threshold: a positive bag is predicted correctly when ``prob >= threshold``.
         seed: seed of the handler's own ``torch.Generator`` (sampling from the pools).
         output_transform: maps ``engine.state.output`` to a dict with ``prob (B,)``, ``label (B,)``,
@@ -106,6 +111,8 @@ class VirtualBagHandler:
         gamma: float = 0.2,
         start_epoch: int = 26,
         n_bags: Optional[int] = None,
+        gap_fraction: float = 1.0,
+        ramp_epochs: int = 0,
         threshold: float = 0.5,
         seed: int = 0,
         output_transform: Callable[[Any], Optional[Mapping[str, Any]]] = _identity,
@@ -127,7 +134,12 @@ class VirtualBagHandler:
         self.output_transform = output_transform
         self.gather = bool(gather)
         self.epoch_order = epoch_order
-        self.n_bags = balancing_count(dataset.labels) if n_bags is None else n_bags
+        if isinstance(gap_fraction, bool) or not isinstance(gap_fraction, (int, float)) or not 0.0 <= gap_fraction <= 10.0:
+            raise ValueError(f"gap_fraction must be a number in [0, 10], got {gap_fraction!r}.")
+        if isinstance(ramp_epochs, bool) or not isinstance(ramp_epochs, int) or ramp_epochs < 0:
+            raise ValueError(f"ramp_epochs must be an int >= 0, got {ramp_epochs!r}.")
+        self.n_bags = balancing_count(dataset.labels, gap_fraction) if n_bags is None else n_bags
+        self.ramp_epochs = ramp_epochs
         self.mean_bag_size = sum(dataset.bag_size(i) for i in range(len(dataset))) / len(dataset)  # K̄
         self.n_key = max(1, math.floor(self.alpha * self.mean_bag_size))
         self.n_regular = math.floor((1.0 - self.alpha) * self.mean_bag_size)
@@ -198,13 +210,21 @@ class VirtualBagHandler:
             key, regular = (_in_order(rows, first) for rows in (key, regular))
         return key, regular
 
-    def make_bags(self) -> List[torch.Tensor]:
-        """Draw ``n_bags`` virtual bags from the current pools (empty list if a needed pool is empty)."""
+    def count(self, epoch: int) -> int:
+        """Virtual bags made at the end of ``epoch`` (for the next one): ``n_bags``, ramped when ``ramp_epochs``."""
+        if epoch < self.start_epoch:
+            return 0
+        if self.ramp_epochs == 0:
+            return self.n_bags
+        return math.ceil(self.n_bags * min(1.0, (epoch - self.start_epoch + 1) / self.ramp_epochs))
+
+    def make_bags(self, n: Optional[int] = None) -> List[torch.Tensor]:
+        """Draw ``n`` (default ``n_bags``) virtual bags from the current pools (empty if a needed pool is empty)."""
         key, regular = self.pools()
         if key.shape[0] == 0 or (self.n_regular > 0 and regular.shape[0] == 0):
             return []
         bags = []
-        for _ in range(self.n_bags):
+        for _ in range(self.n_bags if n is None else n):
             refs = torch.cat([self._draw(key, self.n_key), self._draw(regular, self.n_regular)])  # (N, 2)
             bags.append(refs[torch.randperm(refs.shape[0], generator=self.generator)])
         return bags
@@ -212,7 +232,7 @@ class VirtualBagHandler:
     def publish(self, engine: Engine) -> None:
         epoch = engine.state.epoch
         if epoch >= self.start_epoch:
-            self.virtual = self.make_bags()
+            self.virtual = self.make_bags(self.count(epoch))
             self.made_at_epoch = epoch
             if self.n_bags > 0 and not self.virtual:
                 logger.info("epoch %d: no correctly predicted positive bag, no virtual bags next epoch.", epoch)
