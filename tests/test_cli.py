@@ -102,3 +102,43 @@ def test_user_errors_exit_2_with_one_line(tmp_path, capsys, argv, message):
 def test_verbose_anywhere_shows_the_traceback(tmp_path, capsys):
     assert main(["cv", "--datalist", str(tmp_path / "x.csv"), "--out", str(tmp_path / "o"), "-v"]) == 2
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_hostile_export_completes_through_the_cli_with_exit_3(tmp_path, capsys):
+    """Issue 11 end to end: junk files and broken series in one export; preprocess and infer both finish, one row
+    per case with a truthful status, exit code 3, and nothing is written outside --out."""
+    import torch
+
+    from ctmil.networks import MILNet
+    from ctmil.train.handlers import save_model
+    from tests.io._hostile import HOSTILE_FILES, edit, write_series
+
+    export = tmp_path / "EXPORT"
+    write_series(export / "good")
+    slope = write_series(export / "slope", seed=3)
+    edit(slope, range(12), RescaleSlope=0.0)
+    for name, write in HOSTILE_FILES.items():
+        write(export / "good" / f"junk_{name}")
+    before = {p for p in tmp_path.rglob("*")}
+    assert main(["preprocess", str(export), "--out", str(tmp_path / "pre"), "-q"]) == 3
+    manifest = pd.read_csv(tmp_path / "pre" / "manifest.csv", dtype=str, keep_default_na=False)
+    assert "ok" in manifest["status"].tolist() and "RescaleSlope" in " ".join(manifest["error"])
+    assert all(str(export) not in s for s in manifest["source"])  # sources relative to the input root
+    torch.manual_seed(0)
+    model = save_model(MILNet(feature_dim=16, attention_dim=8, ssl_hidden=8), tmp_path / "model")
+    assert main(["infer", str(export), "--model", str(model), "--out", str(tmp_path / "inf"), "-q", "--no-overlays"]) == 3
+    predictions = pd.read_csv(tmp_path / "inf" / "predictions.csv", dtype=str, keep_default_na=False)
+    assert len(predictions) == len(manifest) and set(predictions["status"]) == {"ok", "failed"}
+    err = capsys.readouterr().err
+    assert "FAILED" in err and "Traceback" not in err
+    created = {p for p in tmp_path.rglob("*")} - before
+    assert all(p.is_relative_to(tmp_path / "pre") or p.is_relative_to(tmp_path / "inf") or p.is_relative_to(tmp_path / "model")
+               for p in created)
+
+
+@pytest.mark.parametrize("content, message", [("a,b\n1,2\n", "datalist"), ("case_id,image,label\nx,a.nii.gz,1\nx,b.nii.gz,0\n", "duplicate")])
+def test_bad_datalists_exit_2_before_any_work(tmp_path, capsys, content, message):
+    (tmp_path / "list.csv").write_text(content)
+    assert main(["preprocess", str(tmp_path / "list.csv"), "--out", str(tmp_path / "out"), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and not (tmp_path / "out" / "manifest.csv").exists()
