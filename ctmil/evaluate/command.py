@@ -1,0 +1,60 @@
+"""``ctmil evaluate``: a trained model on held-out cases → metrics with CIs, calibration, ROC and reliability plots.
+
+The work is :func:`ctmil.evaluate.held_out.evaluate_model`; this module only turns the options into its arguments.
+Exit codes as every ``ctmil`` command: 0, 2 (a usage or input error, e.g. not one labelled case of each class),
+3 (some cases could not be predicted: ``FAILED <case>: <reason>`` lines on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+from ctmil.cli import EXIT_PARTIAL, UsageError, _existing, _out_dir
+
+__all__ = ["add_parser", "cmd_evaluate"]
+
+log = logging.getLogger("ctmil")
+
+
+def add_parser(sub: "argparse._SubParsersAction", common: Callable[..., None]) -> argparse.ArgumentParser:
+    """Register ``evaluate`` on the ``ctmil`` subcommands ``sub``; ``common`` is :func:`ctmil.cli._common`."""
+    p = sub.add_parser("evaluate", help="a trained model on held-out cases → metrics with 95%% CIs, calibration, ROC and "
+                       "reliability plots")  # fmt: skip
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="CT inputs: export folders, NIfTI files, slice-image folders or CT datalist CSVs")  # fmt: skip
+    p.add_argument("--datalist", help="a bag datalist (case_id, bag, label; ctmil preprocess writes one) or a CT datalist")
+    p.add_argument("--model", required=True, help="model.pt written by ctmil train / cv (weights only; model.json beside it)")
+    p.add_argument("--out", required=True, help="output folder (evaluation.md, metrics.csv, predictions.csv, roc.png, "
+                   "reliability.png; inference/ for CT inputs)")  # fmt: skip
+    p.add_argument("--labels", help="CSV with case_id (or study_uid) and label, for cases the inputs give no label")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="operating threshold (default: the one recorded in model.json, else 0.5)")  # fmt: skip
+    p.add_argument("--n-resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    common(p, training=False)
+    p.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Run the evaluation; print the metrics table; list failed cases on stderr (exit 3 when there are any)."""
+    from ctmil.evaluate.held_out import evaluate_model
+
+    if bool(args.inputs) == bool(args.datalist):
+        raise UsageError("give either CT inputs or --datalist CSV" + (", not both" if args.inputs else ""))
+    inputs = _existing(args.inputs, "input") if args.inputs else _existing([args.datalist], "datalist")
+    model = _existing([args.model], "model file")[0]
+    labels = _existing([args.labels], "labels CSV")[0] if args.labels else None
+    out = _out_dir(args.out)
+    result = evaluate_model(model, inputs, out, labels=labels, threshold=args.threshold, n_resamples=args.n_resamples,
+                            seed=args.seed, device=args.device, progress=not args.quiet)  # fmt: skip
+    print(f"{len(result['predictions'])} held-out cases; threshold {result['threshold']:.4g} ({result['threshold_source']})")
+    print(result["table"])
+    for row in result["failed"].itertuples():
+        print(f"FAILED {row.case_id}: {row.error}", file=sys.stderr)
+    log.info("evaluation: %s", result["report"])
+    return EXIT_PARTIAL if len(result["failed"]) else 0

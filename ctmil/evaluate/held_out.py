@@ -1,0 +1,286 @@
+"""Evaluation of a trained model on held-out cases: metrics with confidence intervals, calibration, ROC and reliability.
+
+:func:`evaluate_model` (``ctmil evaluate``) predicts the cases, keeps those with a 0/1 label and writes into ``out_dir``:
+
+* ``predictions.csv``: ``case_id, probability, prediction, label`` of every evaluated case;
+* ``metrics.csv``: ``metric, estimate, lower, upper, method``: accuracy, sensitivity, specificity, F1, AUC and
+  PR-AUC with percentile bootstrap CIs (:func:`ctmil.evaluate.statistics.bootstrap_ci`, stratified, seeded),
+  the AUC with DeLong's CI (``auc_delong``), the Brier score (``brier``), the expected calibration error
+  (``ece``) and the operating ``threshold`` (its method says where it came from);
+* ``evaluation.md``: the table and how each number was made; ``roc.png``, ``reliability.png``.
+
+Where the predictions come from (one predict path each, as in training and inference):
+
+* a **bag datalist** (``case_id, bag, label``, what ``ctmil preprocess`` writes): :func:`ctmil.train.engines.predict`;
+* **CT inputs** (export folders, NIfTI files, a CT datalist): :func:`ctmil.infer.batch.run_inference`, whose own
+  outputs go to ``out_dir/inference``.
+
+Labels come from the datalist, else from ``labels`` (a labels CSV or a mapping); unlabelled cases are left out with
+a warning. A case that cannot be predicted is left out and listed in ``result["failed"]`` with its one-line reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ctmil.data.preprocess import atomic_write_csv, case_error_text
+from ctmil.evaluate.calibration import brier_score, expected_calibration_error, plot_reliability
+from ctmil.evaluate.metrics import roc_curve
+from ctmil.evaluate.statistics import bootstrap_ci, delong_auc_ci
+
+__all__ = ["METRIC_LABELS", "evaluate_model", "held_out_metrics", "plot_roc", "resolve_threshold"]
+
+logger = logging.getLogger(__name__)
+
+METRIC_LABELS = {
+    "accuracy": "Accuracy", "sensitivity": "Sensitivity", "specificity": "Specificity", "f1": "F1", "auc": "AUC",
+    "pr_auc": "PR-AUC", "auc_delong": "AUC (DeLong)", "brier": "Brier score", "ece": "ECE", "threshold": "Threshold",
+}  # fmt: skip
+ECE_BINS = 10
+PathLike = "str | os.PathLike[str]"
+
+
+def resolve_threshold(threshold: float | None, model: PathLike) -> tuple[float, str]:
+    """``(threshold, where it came from)``: the given one, else ``threshold`` of ``model.json`` beside the model,
+    else 0.5."""
+    source = "given (--threshold)"
+    if threshold is None:
+        sidecar = Path(model).with_suffix(".json")
+        try:
+            recorded = json.loads(sidecar.read_text()).get("threshold") if sidecar.is_file() else None
+        except (OSError, ValueError, AttributeError):
+            logger.warning("ignoring unreadable %s", sidecar.name)
+            recorded = None
+        threshold, source = (0.5, "default 0.5") if recorded is None else (recorded, f"recorded in {sidecar.name}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold ({source}) must be a number in [0, 1], got {threshold!r}.")
+    return float(threshold), source
+
+
+def _bag_datalist(inputs: Sequence[PathLike]) -> Path | None:
+    """The one bag datalist among ``inputs`` (a CSV with a ``bag`` column), or ``None`` for CT inputs."""
+    from ctmil.io.discovery import read_table
+
+    bags = [Path(p) for p in inputs if str(p).endswith(".csv") and Path(p).is_file() and "bag" in read_table(p).columns]
+    if bags and len(inputs) > 1:
+        raise ValueError(f"a bag datalist ({bags[0].name}) is evaluated on its own, not with other inputs.")
+    return bags[0] if bags else None
+
+
+def _bag_predictions(datalist: Path, loaded: Any, labels: Mapping[str, float]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(predictions [case_id, probability, label], failed [case_id, error])`` of a bag datalist, by ``predict``;
+    rows without a 0/1 label (in the datalist or ``labels``) are not predicted and have ``nan`` label and probability."""
+    from ctmil.bundle import load_bag_datalist
+    from ctmil.data.bags import BagDataset, load_bag
+    from ctmil.io.discovery import read_table
+    from ctmil.train.engines import predict
+    from ctmil.train.steps import BagInferer
+
+    if loaded.strategy != "parts":
+        raise ValueError(f"a bag datalist needs a MILNet state dict (model.pt), not a {loaded.kind} model.")
+    table = read_table(datalist)
+    if "case_id" not in table.columns:
+        raise ValueError(f"{datalist}: a bag datalist needs case_id and bag columns (and label, or --labels).")
+    table["label"] = table["label"] if "label" in table.columns else ""
+    known = pd.to_numeric(table["label"], errors="coerce").isin([0, 1])
+    table.loc[~known, "label"] = [str(int(labels[c])) if c in labels else "" for c in table.loc[~known, "case_id"]]
+    known = pd.to_numeric(table["label"], errors="coerce").isin([0, 1])
+    unlabelled = pd.DataFrame({"case_id": table.loc[~known, "case_id"], "probability": np.nan, "label": np.nan})
+    table["bag"] = [p if Path(p).is_absolute() else str(datalist.resolve().parent / p) for p in table["bag"]]
+    table = load_bag_datalist(table.loc[known])  # the one datalist reader (bag paths, duplicate ids)
+    bags, failed = [], []
+    for row in table.itertuples():
+        try:
+            bags.append((row.case_id, load_bag(row.bag), float(row.label)))
+        except Exception as raised:  # one unreadable bag must not stop the evaluation
+            failed.append({"case_id": row.case_id, "error": case_error_text(raised, row.case_id)})
+    predictions = pd.DataFrame({"case_id": [], "probability": [], "label": []})
+    if bags:
+        ids, dicts, ys = zip(*bags)
+        dataset = BagDataset(list(dicts), labels=list(ys), case_ids=list(ids))
+        out = predict(loaded.module, dataset, device=loaded.device, inferer=BagInferer(loaded.chunk_size))
+        predictions = pd.DataFrame({"case_id": out["case_id"], "probability": out["prob"], "label": out["label"]})
+    predictions = pd.concat([predictions, unlabelled], ignore_index=True) if len(unlabelled) else predictions
+    return predictions, pd.DataFrame(failed, columns=["case_id", "error"])
+
+
+def _ct_predictions(inputs: Sequence[PathLike], loaded: Any, out_dir: Path, labels: Mapping[str, float], threshold: float,
+                    progress: bool, save_maps: bool) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """``(predictions, failed)`` of CT inputs by :func:`run_inference` into ``out_dir/inference``."""
+    from ctmil.infer.batch import run_inference
+
+    frame, _ = run_inference(list(inputs), loaded, out_dir / "inference", threshold=threshold, save_maps=save_maps,
+                             save_overlays=save_maps, labels=dict(labels), progress=progress)  # fmt: skip
+    ok = frame["status"] != "failed"
+    predictions = pd.DataFrame({"case_id": frame.loc[ok, "case_id"], "probability": frame.loc[ok, "probability"],
+                                "label": frame.loc[ok, "label"].astype(float)})  # fmt: skip
+    return predictions.reset_index(drop=True), frame.loc[~ok, ["case_id", "error"]].reset_index(drop=True)
+
+
+def _labelled(predictions: pd.DataFrame, n_failed: int) -> pd.DataFrame:
+    """The predictions with a 0/1 label (the others are left out with a warning); at least one of each class."""
+    known = predictions["label"].isin([0.0, 1.0])
+    if not known.all():
+        left = predictions.loc[~known, "case_id"].tolist()
+        logger.warning("%d case(s) without a 0/1 label are left out: %s", len(left), ", ".join(left[:10]))
+    kept = predictions.loc[known].reset_index(drop=True)
+    n_pos = int((kept["label"] == 1).sum())
+    if n_pos == 0 or n_pos == len(kept):
+        raise ValueError(f"evaluation needs at least one labelled case of each class; got {n_pos} positive and "
+                         f"{len(kept) - n_pos} negative ({n_failed} failed, {int((~known).sum())} unlabelled).")
+    return kept.assign(label=kept["label"].astype(int))
+
+
+def held_out_metrics(labels, probs, threshold: float, threshold_source: str = "given", n_resamples: int = 2000,
+                     seed: int = 0, level: float = 0.95) -> pd.DataFrame:  # fmt: skip
+    """``metrics.csv``'s frame (``metric, estimate, lower, upper, method``) for ``labels, probs: (N,)``."""
+    ci = bootstrap_ci(labels, probs, threshold, n_resamples=n_resamples, level=level, seed=seed, stratified=True)
+    boot = f"percentile bootstrap, {n_resamples} stratified resamples, seed {seed}"
+    rows = [{"metric": m, "estimate": r.estimate, "lower": r.lower, "upper": r.upper, "method": boot} for m, r in ci.iterrows()]
+    try:
+        auc = delong_auc_ci(labels, probs, level=level)
+        rows.append({"metric": "auc_delong", "estimate": auc.auc, "lower": auc.lower, "upper": auc.upper,
+                     "method": "DeLong variance, normal interval clipped to [0, 1]"})  # fmt: skip
+    except ValueError as err:  # fewer than two cases of a class
+        rows.append({"metric": "auc_delong", "estimate": float(ci.loc["auc", "estimate"]), "lower": np.nan,
+                     "upper": np.nan, "method": f"DeLong not computed: {err}"})  # fmt: skip
+    rows += [
+        {"metric": "brier", "estimate": brier_score(probs, labels), "method": "mean of (probability - label)^2"},
+        {"metric": "ece", "estimate": expected_calibration_error(probs, labels, ECE_BINS),
+         "method": f"expected calibration error, {ECE_BINS} equal-width bins"},
+        {"metric": "threshold", "estimate": float(threshold), "method": threshold_source},
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=["metric", "estimate", "lower", "upper", "method"])
+
+
+def plot_roc(probs, labels, threshold: float, path: PathLike, title: str = "ROC", dpi: int = 100) -> Path:
+    """Write the ROC curve of ``probs, labels: (N,)`` as a PNG, with the operating point at ``threshold`` marked."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    p, y = np.asarray(probs, dtype=np.float64), np.asarray(labels, dtype=np.float64)
+    fpr, tpr, _ = roc_curve(p, y)
+    called = p >= threshold
+    point = (called[y == 0].mean(), called[y == 1].mean())  # (1 - specificity, sensitivity) at the threshold
+    fig = Figure(figsize=(5.0, 5.0), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey", label="chance")
+    ax.step(fpr, tpr, where="post", label="model")
+    ax.plot(*point, marker="o", linestyle="", color="tab:red", label=f"threshold {threshold:.3g}")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity (false positive rate)",
+           ylabel="sensitivity (true positive rate)", title=title)  # fmt: skip
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def _table(metrics: pd.DataFrame, level: float) -> str:
+    """The metrics as a Markdown table (estimate, CI where there is one, method)."""
+    lines = [f"| Metric | Estimate | {level:.0%} CI | Method |", "|---|---:|---:|---|"]
+    for r in metrics.itertuples():
+        ci = "–" if pd.isna(r.lower) else f"{r.lower:.3f} – {r.upper:.3f}"
+        lines.append(f"| {METRIC_LABELS.get(r.metric, r.metric)} | {r.estimate:.3f} | {ci} | {r.method} |")
+    return "\n".join(lines)
+
+
+def _markdown(table: str, predictions: pd.DataFrame, failed: pd.DataFrame, n_unlabelled: int, model: str,
+              threshold: str, n_resamples: int, seed: int, level: float) -> str:  # fmt: skip
+    n, n_pos = len(predictions), int(predictions["label"].sum())
+    left = [f"- {r.case_id}: failed ({r.error})" for r in failed.head(20).itertuples()]
+    left += [f"- ... and {len(failed) - 20} more failed cases"] if len(failed) > 20 else []
+    return "\n".join([
+        "# Held-out evaluation", "",
+        f"Model `{model}`; {n} cases ({n_pos} positive, {n - n_pos} negative); threshold {threshold}.",
+        f"Left out: {len(failed)} failed, {n_unlabelled} without a 0/1 label.", *left, "", table, "",
+        "## How each number was made", "",
+        "- Predictions: one probability per case (sigmoid of the bag logit); a case is called positive when "
+        "probability >= threshold. `predictions.csv` holds every evaluated case.",
+        "- Accuracy, sensitivity, specificity, F1 (TP / (TP + (FP + FN) / 2)) at the threshold, AUC (Mann-Whitney, "
+        "ties 1/2) and PR-AUC (average precision, as scikit-learn's `average_precision_score`) on all cases.",
+        f"- Their {level:.0%} CIs: percentile bootstrap over {n_resamples} resamples (seed {seed}), stratified: "
+        "positives and negatives are resampled separately, so each resample keeps the class counts.",
+        f"- AUC (DeLong): DeLong's (1988) variance of the AUC and the normal {level:.0%} interval, clipped to [0, 1] "
+        "(needs at least two cases of each class).",
+        f"- Brier score: mean of (probability - label)^2. ECE: sum over {ECE_BINS} equal-width probability bins of "
+        "(cases in bin / N) x |fraction positive - mean probability|.",
+        "", "![ROC curve](roc.png)", "", "![Reliability diagram](reliability.png)", "",
+    ])  # fmt: skip
+
+
+def evaluate_model(
+    model: PathLike,
+    inputs: "PathLike | Sequence[PathLike]",
+    out_dir: PathLike,
+    *,
+    labels: "PathLike | Mapping[str, float] | None" = None,
+    threshold: float | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    device: str = "cpu",
+    progress: bool = False,
+    save_maps: bool = False,
+) -> dict:
+    """Predict the held-out cases of ``inputs`` with ``model`` and write the evaluation into ``out_dir``.
+
+    Args:
+        model: ``model.pt`` (weights only; its ``model.json`` records network, preprocessing, threshold).
+        inputs: a bag datalist CSV, or CT inputs (export folders, NIfTI files, CT datalists).
+        labels: labels CSV or mapping by case id, for cases the datalist gives no label.
+        threshold: the operating threshold; ``None``: ``model.json``'s ``threshold``, else 0.5.
+        n_resamples, seed, level: the bootstrap; ``level`` is also DeLong's.
+        save_maps: attention maps and overlays for CT inputs (in ``out_dir/inference``).
+
+    Returns:
+        ``metrics``, ``predictions``, ``failed`` (``case_id, error``) frames; ``table`` (Markdown); ``threshold``,
+        ``threshold_source``; paths ``metrics_csv``, ``predictions_csv``, ``report``, ``roc``, ``reliability``.
+
+    Raises:
+        ModelError: the model cannot be loaded. ValueError: bad options, or not one labelled case of each class.
+    """
+    from ctmil.bundle import read_labels
+    from ctmil.infer.model_io import load_model
+
+    sources = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    if not sources:
+        raise ValueError("no inputs to evaluate.")
+    t, source = resolve_threshold(threshold, model)
+    loaded, known, out = load_model(model, device=device), read_labels(labels), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    datalist = _bag_datalist(sources)
+    if datalist is not None:
+        predicted, failed = _bag_predictions(datalist, loaded, known)
+    else:
+        predicted, failed = _ct_predictions(sources, loaded, out, known, t, progress, save_maps)
+    kept = _labelled(predicted, len(failed))
+    y, p = kept["label"].to_numpy(), kept["probability"].to_numpy(dtype=np.float64)
+    predictions = pd.DataFrame({"case_id": kept["case_id"], "probability": p, "prediction": (p >= t).astype(int), "label": y})
+    metrics = held_out_metrics(y, p, t, source, n_resamples, seed, level)
+    table = _table(metrics, level)
+    paths = {name: out / name for name in ("metrics.csv", "predictions.csv", "evaluation.md", "roc.png", "reliability.png")}
+    atomic_write_csv(metrics, paths["metrics.csv"])
+    atomic_write_csv(predictions, paths["predictions.csv"])
+    auc = metrics.set_index("metric").loc["auc", "estimate"]
+    plot_roc(p, y, t, paths["roc.png"], title=f"ROC, {len(y)} held-out cases (AUC {auc:.3f})")
+    plot_reliability(p, y, paths["reliability.png"], n_bins=ECE_BINS, title=f"Reliability, {len(y)} held-out cases")
+    text = _markdown(table, predictions, failed, len(predicted) - len(kept), Path(model).name, f"{t:.4g} ({source})",
+                     n_resamples, seed, level)  # fmt: skip
+    tmp = out / f".evaluation.md.{os.getpid()}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, paths["evaluation.md"])
+    logger.info("%d cases evaluated (%d failed); report: %s", len(y), len(failed), paths["evaluation.md"])
+    return {"metrics": metrics, "predictions": predictions, "failed": failed, "table": table, "threshold": t,
+            "threshold_source": source, "metrics_csv": paths["metrics.csv"], "predictions_csv": paths["predictions.csv"],
+            "report": paths["evaluation.md"], "roc": paths["roc.png"], "reliability": paths["reliability.png"]}  # fmt: skip
