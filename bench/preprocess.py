@@ -20,7 +20,7 @@ import torch
 from ctmil.io.discovery import discover_cases
 from ctmil.data.preprocess import cached_bag_dataset
 from ctmil.io.dicom_header import read_header
-from ctmil.transforms import LoadCT, LungBoxCrop, LungMask, NormalizePatches, SelectLungSlices, TilePatches, preprocessing_transforms
+from ctmil.transforms import LOADCT_SLICE_AXIS, LoadCT, LungBoxCrop, LungMask, NormalizePatches, SelectLungSlices, TilePatches, preprocessing_transforms
 
 DEFAULT_SERIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "thorax_ct_dicom"
 
@@ -67,15 +67,15 @@ def main() -> None:
         loader = LoadCT()
         img = loader(str(series))
         load = _median_time(lambda: loader(str(series)), args.runs)
-        masker = LungMask()
+        masker = LungMask(slice_axis=LOADCT_SLICE_AXIS)
         mask, stride = masker.working_mask(img)  # the chain keeps the mask on its working grid
         t_mask = _median_time(lambda: masker.working_mask(img), args.runs)
-        selector, cropper = SelectLungSlices(), LungBoxCrop()
+        selector, cropper = SelectLungSlices(slice_axis=LOADCT_SLICE_AXIS), LungBoxCrop(slice_axis=LOADCT_SLICE_AXIS)
         kept = selector.compute_kept_slices(mask)
         hw = tuple(img.shape[-2:])
         t_crop = _median_time(lambda: cropper(selector(img, kept), cropper.compute_boxes(selector(mask, kept), stride, hw)), args.runs)
         cropped = cropper(selector(img, kept), cropper.compute_boxes(selector(mask, kept), stride, hw))
-        tiler, norm = TilePatches(), NormalizePatches()
+        tiler, norm = TilePatches(slice_axis=LOADCT_SLICE_AXIS), NormalizePatches()
         t_tile = _median_time(lambda: norm(tiler(cropped)[0]), args.runs)
 
         cases = discover_cases([series])

@@ -11,7 +11,7 @@ from ctmil.synthetic.phantoms import generate_cohort
 TINY_SETS = ["network_def#feature_dim=16", "network_def#attention_dim=8", "network_def#ssl_hidden=8", "tensorboard=false"]
 
 
-@pytest.mark.parametrize("command", ["train", "preprocess", "phantoms", "cv", "infer", "demo"])
+@pytest.mark.parametrize("command", ["train", "preprocess", "phantoms", "cv", "infer", "demo", "evaluate", "export"])
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as stop:
         build_parser().parse_args([command, "--help"])

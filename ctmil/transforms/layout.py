@@ -26,10 +26,8 @@ from monai.data.meta_obj import get_track_meta
 from monai.transforms import TraceableTransform
 from monai.utils import convert_to_tensor
 
-#: The ``slice_axis`` every transform defaults to. Still 1 (ctmil's ``(1, S, H, W)`` stacks, the layout before
-#: ``slice_axis`` existed) while callers outside ctmil.transforms that rely on it are updated; issue 10 asks for
-#: -1 (MONAI's spatial-last layout). Pass ``slice_axis`` explicitly to be independent of it.
-DEFAULT_SLICE_AXIS = 1
+#: The ``slice_axis`` every transform defaults to: -1, MONAI's spatial-last layout (ctmil's own chain passes 1).
+DEFAULT_SLICE_AXIS = -1
 
 __all__ = ["DEFAULT_SLICE_AXIS", "check_slice_axis", "to_stack", "from_stack", "stack_spacing", "stack_to_array", "spatial_scale", "slice_shift", "wrap_like"]
 

@@ -52,8 +52,8 @@ def test_painted_cells_are_the_patches_of_the_resize_and_tiling(box):
     r0, c0, r1, c1 = box
     shape = (1, max(r1, 100), max(c1, 100))
     painted = paint_attention(np.arange(12) + 1.0, [0] * 12, np.arange(12), [box], [0], shape)
-    resized = LungBoxCrop((180, 240))(painted[None], boxes=np.array([box]))  # (1, 1, 180, 240)
-    patches, position, _ = TilePatches((60, 60))(resized)
+    resized = LungBoxCrop((180, 240), slice_axis=1)(painted[None], boxes=np.array([box]))  # (1, 1, 180, 240)
+    patches, position, _ = TilePatches((60, 60), slice_axis=1)(resized)
     for p, pos in zip(patches[:, 0], position):
         centre = p[12:48, 12:48]  # away from the bilinear blur across cell borders
         assert torch.allclose(centre, torch.full_like(centre, float(pos) + 1), atol=1e-4), int(pos)

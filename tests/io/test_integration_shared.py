@@ -50,7 +50,7 @@ def test_thorax_bag_boxes_contain_the_lungs(thorax_bag):
 
 def test_thorax_lung_volume_is_plausible():
     img = LoadCT()(str(shared_data("thorax_ct_dicom")))
-    mask = np.asarray(LungMask()(img))[0]
+    mask = np.asarray(LungMask(slice_axis=1)(img))[0]  # LoadCT's (1, S, H, W)
     litres = mask.sum() * np.prod(img.meta["spacing"]) / 1e6
     assert 2.0 < litres < 9.0  # two adult lungs, generously masked
 

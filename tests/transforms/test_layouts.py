@@ -172,3 +172,8 @@ def test_bad_slice_axis(axis):
 def test_box_count_must_match_the_slices_of_the_layout():
     with pytest.raises(ValueError, match="slices along axis 3"):
         LungBoxCrop(slice_axis=-1)(np.zeros((1, 20, 30, 4), np.float32), np.zeros((3, 4), np.int64))
+
+
+def test_the_default_slice_axis_is_monais_last_axis():
+    assert LungMask().slice_axis == SelectLungSlices().slice_axis == LungBoxCrop().slice_axis == TilePatches().slice_axis == 3
+    assert StoreCaseMetad().slice_axis == 3
