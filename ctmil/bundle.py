@@ -56,18 +56,30 @@ def config_files(*names: str) -> list[str]:
     return [str(p) for p in paths]
 
 
+class _NoLoggingNotice(logging.Filter):
+    """Drop MONAI's notice that a workflow leaves logging alone (ctmil's entry points configure logging)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Logging file is set to False")
+
+
 def build_workflow(files: Sequence[str | os.PathLike], overrides: Mapping[str, Any] | None = None,
                    workflow_type: str = "train"):
     """A MONAI ``ConfigWorkflow`` over ``files`` (merged in order) with ``#``-id ``overrides``, initialised.
 
     Plain names are packaged configs (``"train.json"``); paths are used as they are. Override values may be
     Python objects (a ``BagDataset`` for a fold, say). This is exactly what ``python -m monai.bundle run``
-    builds, so every entry point trains the same way.
+    builds, so every entry point trains the same way. Logging is left as the caller configured it (the bundle's
+    ``logging.conf`` is for ``python -m monai.bundle run``; it would send ctmil's logs to stdout).
     """
     from monai.bundle import ConfigWorkflow
 
+    notice = logging.getLogger("monai.bundle.workflows")
+    if not any(isinstance(f, _NoLoggingNotice) for f in notice.filters):
+        notice.addFilter(_NoLoggingNotice())
+
     paths = [str(f) if os.sep in str(f) or Path(f).is_file() else config_files(str(f))[0] for f in files]
-    workflow = ConfigWorkflow(config_file=paths, meta_file=config_files("metadata.json")[0],
+    workflow = ConfigWorkflow(config_file=paths, meta_file=config_files("metadata.json")[0], logging_file=False,
                               workflow_type=workflow_type, **dict(overrides or {}))
     workflow.initialize()
     return workflow
