@@ -28,6 +28,7 @@ __all__ = [
     "bag_dataset",
     "bag_table",
     "build_workflow",
+    "check_override_ids",
     "config_dir",
     "config_files",
     "load_bag_datalist",
@@ -79,10 +80,37 @@ def build_workflow(files: Sequence[str | os.PathLike], overrides: Mapping[str, A
         notice.addFilter(_NoLoggingNotice())
 
     paths = [str(f) if os.sep in str(f) or Path(f).is_file() else config_files(str(f))[0] for f in files]
+    check_override_ids(paths, overrides or {})
     workflow = ConfigWorkflow(config_file=paths, meta_file=config_files("metadata.json")[0], logging_file=False,
                               workflow_type=workflow_type, **dict(overrides or {}))
     workflow.initialize()
     return workflow
+
+
+def check_override_ids(files: Sequence[str], overrides: Mapping[str, Any]) -> None:
+    """Refuse overrides whose id is not in the merged configs: a misspelt ``max_epoch`` would silently be a new key.
+
+    The parent of every id must exist; the last part must exist too, unless the parent is a component (a dict with
+    ``_target_``), whose constructor arguments may be added (``network_def#feature_dim``).
+
+    Raises:
+        ValueError: one line naming the first unknown id.
+    """
+    from monai.bundle import ConfigParser
+
+    config = ConfigParser.load_config_files(list(files))
+    for key in overrides:
+        node: Any = config
+        parts = str(key).split("#")
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            index = int(part) if isinstance(node, list) and part.lstrip("-").isdigit() else part
+            known = (isinstance(node, dict) and index in node) or (isinstance(node, list) and isinstance(index, int) and -len(node) <= index < len(node))
+            if not known:
+                if last and isinstance(node, dict) and "_target_" in node:
+                    break
+                raise ValueError(f"unknown config id {key!r}: {'#'.join(parts[:depth + 1])!r} is not in {[Path(f).name for f in files]}")
+            node = node[index]
 
 
 # ------------------------------------------------------------------------------------------------ data

@@ -42,15 +42,9 @@ def parse_overrides(pairs: list[str] | None) -> dict:
 def _device(value: str | None) -> dict:
     if not value:
         return {}
-    import torch
+    from ctmil.infer.model_io import check_device
 
-    try:
-        dev = torch.device(value)
-    except (RuntimeError, TypeError) as err:
-        raise UsageError(f"invalid --device {value!r}: {err}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {value} requested but CUDA is not available")
-    return {"device": f"$torch.device({str(dev)!r})"}
+    return {"device": f"$torch.device({str(check_device(value))!r})"}
 
 
 def _existing(paths: list[str], what: str) -> list[str]:
@@ -93,7 +87,7 @@ def _train_overrides(args: argparse.Namespace, out: Path) -> dict:
     overrides = {
         "datalist": inputs[0] if len(inputs) == 1 else inputs,
         "bundle_root": str(out), "ckpt_dir": str(out), "output_dir": str(out), "cache_dir": str(out / "bags"),
-        "progress": not args.quiet,
+        "progress": not args.quiet, "log_epochs": not args.quiet,
     }
     if getattr(args, "labels", None):
         overrides["labels"] = _existing([args.labels], "labels CSV")[0]
@@ -105,10 +99,26 @@ def _train_overrides(args: argparse.Namespace, out: Path) -> dict:
     return {**overrides, **_device(args.device), **parse_overrides(args.set)}
 
 
+def _check_train_out(out: Path, files: list[str], overrides: dict, restart: bool) -> None:
+    """A run resumes from ``out/checkpoints`` only when it was made from the same configs and settings (more
+    epochs may be asked for); otherwise refuse, or with ``--restart`` discard the old checkpoints."""
+    import shutil
+
+    record = json.loads(json.dumps({"files": files, "overrides": {k: v for k, v in overrides.items()
+                                                                   if k not in ("max_epochs", "progress", "log_epochs")}}, default=str))
+    path = out / "train_config.json"
+    if path.exists() and (out / "checkpoints").is_dir() and json.loads(path.read_text()) != record:
+        if not restart:
+            raise UsageError(f"{out} holds a run made from other settings; use another --out, or --restart to discard it")
+        shutil.rmtree(out / "checkpoints")
+    path.write_text(json.dumps(record, indent=2))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     out = _out_dir(args.out)
     overrides = _train_overrides(args, out)
     files = ["train.json", *_configs(args.config)]
+    _check_train_out(out, files, overrides, args.restart)
     if args.nproc > 1:
         from ctmil.train.distributed import run_distributed
 
@@ -168,6 +178,9 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
                            keep_paths=args.keep_paths)
     if not cases:
         raise UsageError("no cases found in the inputs")
+    if labels and not any(c.get("label") is not None for c in cases):
+        print(f"warning: no case matched a label of {args.labels} (DICOM studies are matched by a study_uid column, "
+              "other inputs by case_id); datalist.csv will be empty", file=sys.stderr)
     settings = {"min_slices": args.min_slices, "min_area_fraction": args.min_area_fraction}
     manifest = preprocess_cases(cases, out, settings=settings, progress=not args.quiet)
     failed = manifest[manifest["status"] == "failed"]
@@ -235,22 +248,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_error(err: BaseException, verbose: bool) -> int:
+    """One line on stderr (the root cause of MONAI's wrapper errors too), the traceback only with ``-v``; exit 2."""
+    if verbose:
+        traceback.print_exc()
+    first = lambda e: str(e).strip().strip("'").splitlines()[0] if str(e).strip() else type(e).__name__  # noqa: E731
+    root = err
+    while isinstance(root, RuntimeError) and root.__cause__ is not None:  # down to what the config item raised
+        root = root.__cause__
+    text = first(err) if root is err else first(root)
+    print(f"error: {text}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = any(a in ("-v", "--verbose") for a in argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # Ignite's per-epoch engine lines; progress bars and ctmil's own log say what happens
+        logging.getLogger("ignite").setLevel(logging.WARNING)
     from ctmil.evaluate.cv import CVConfigError
     from ctmil.infer.model_io import ModelError
 
     try:
         return int(args.func(args) or 0)
-    except (UsageError, CVConfigError, ModelError, FileNotFoundError, ValueError) as err:
-        if verbose:
-            traceback.print_exc()
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"error: {text}", file=sys.stderr)
-        return EXIT_USAGE
+    except (UsageError, CVConfigError, ModelError, FileNotFoundError, ValueError, KeyError) as err:
+        return _user_error(err, verbose)
+    except RuntimeError as err:  # MONAI wraps what a config item raised: a misspelt argument, too few cases ...
+        if not str(err).startswith(("Failed to instantiate component", "Failed to evaluate ConfigExpression")):
+            raise
+        return _user_error(err, verbose)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

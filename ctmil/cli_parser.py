@@ -19,6 +19,7 @@ def add_subcommands(parser: argparse.ArgumentParser, cli: ModuleType) -> None:
     p.add_argument("--seed", type=int, help="seed of the initialisation, data order and split (default 0)")
     p.add_argument("--nproc", type=int, default=1, help="data-parallel processes (gloo on CPU, nccl on GPUs)")
     p.add_argument("--model-dir", help="where model.pt/model.json go (default: --out), e.g. a bundle's models/ folder")
+    p.add_argument("--restart", action="store_true", help="discard the checkpoints of an --out made from other settings")
     common(p, training=True)
     p.set_defaults(func=cli.cmd_train)
 

@@ -72,6 +72,35 @@ def test_train_writes_a_model_and_resumes(tmp_path):
     assert (tmp_path / "m" / "model.pt").read_bytes() != before
 
 
+def test_train_refuses_an_out_made_from_other_settings(tmp_path, capsys):
+    generate_cohort(tmp_path / "c", n=4, seed=6, formats=("nifti",), shape=(16, 64, 64), spacing=(10.0, 5.0, 5.0), progress=False)
+    args = ["train", str(tmp_path / "c" / "labels.csv"), "--out", str(tmp_path / "m"), "--epochs", "1", "-q",
+            "--set", "val_fraction=0", *TINY_SETS]
+    assert main(args) == 0
+    first = (tmp_path / "m" / "model.pt").read_bytes()
+    assert main([*args, "--seed", "7"]) == 2  # resuming the seed-0 checkpoint would give seed-0 weights
+    assert "--restart" in capsys.readouterr().err
+    assert main([*args, "--seed", "7", "--restart"]) == 0
+    assert (tmp_path / "m" / "model.pt").read_bytes() != first
+
+
+@pytest.mark.parametrize("override", ["max_epoch=1", "trian#virtual_bags#start_epoch=3", "train#virtual_bags#startepoch=3"])
+def test_misspelt_overrides_exit_2_with_one_line(tmp_path, capsys, override):
+    generate_cohort(tmp_path / "c", n=4, seed=6, formats=("nifti",), shape=(16, 64, 64), spacing=(10.0, 5.0, 5.0), progress=False)
+    assert main(["train", str(tmp_path / "c" / "labels.csv"), "--out", str(tmp_path / "m"), "--epochs", "1", "-q",
+                 "--set", "val_fraction=0", override, *TINY_SETS]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0]
+
+
+def test_a_config_item_that_fails_is_a_one_line_error(tmp_path, capsys):
+    generate_cohort(tmp_path / "c", n=4, seed=6, formats=("nifti",), shape=(16, 64, 64), spacing=(10.0, 5.0, 5.0), progress=False)
+    # 4 patients cannot fill the 5 folds of a 0.2 validation split: MONAI wraps the ValueError in a RuntimeError
+    assert main(["train", str(tmp_path / "c" / "labels.csv"), "--out", str(tmp_path / "m"), "--epochs", "1", "-q", *["--set", *TINY_SETS]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: 4 groups cannot fill 5 folds."]
+
+
 def test_train_with_the_packaged_paper_config(tmp_path):
     import json
 
@@ -88,7 +117,7 @@ def test_train_with_the_packaged_paper_config(tmp_path):
         (["train", "MISSING.csv", "--out", "{tmp}/o"], "input not found"),
         (["cv", "--datalist", "MISSING.csv", "--out", "{tmp}/o"], "datalist not found"),
         (["train", "{tmp}", "--out", "{tmp}/o", "--set", "novalue"], "not KEY=VALUE"),
-        (["train", "{tmp}", "--out", "{tmp}/o", "--device", "tpu:9"], "invalid --device"),
+        (["train", "{tmp}", "--out", "{tmp}/o", "--device", "tpu:9"], "invalid device"),
         (["train", "{tmp}", "--out", "/proc/ctmil-cannot-write"], "cannot write to --out"),
     ],
 )

@@ -29,14 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ctmil.infer.model_files import ModelError, infer_network_kwargs, strip_prefix, unpack
 from ctmil.networks import MILNet
 from ctmil.train.steps import BagInferer, predict_batch
 
 logger = logging.getLogger(__name__)
-
-
-class ModelError(ValueError):
-    """A model file that cannot be used; the message says why in one line."""
 
 
 @dataclass
@@ -138,54 +135,6 @@ def _strategy(module) -> str:
     return "logits"
 
 
-def _is_state_dict(obj) -> bool:
-    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-
-
-def _unpack(obj, name: str) -> tuple[dict, dict, dict]:
-    """``(state_dict, network kwargs, preprocessing settings)`` from what ``torch.load`` returned."""
-    if _is_state_dict(obj):
-        return dict(obj), {}, {}
-    if isinstance(obj, Mapping):
-        recorded, preprocessing = obj.get("network"), obj.get("preprocessing")
-        network = dict(recorded) if isinstance(recorded, Mapping) and not _is_state_dict(recorded) else {}
-        preprocessing = dict(preprocessing) if isinstance(preprocessing, Mapping) else {}
-        for key in ("state_dict", "model", "network", "net", "model_state_dict"):
-            if _is_state_dict(obj.get(key)):
-                return dict(obj[key]), network, preprocessing
-        keys = ", ".join(sorted(map(str, obj))[:8])
-        raise ModelError(f"{name}: no weights found (a state dict, or one under 'state_dict'/'model'); keys: {keys}")
-    raise ModelError(f"{name}: holds a {type(obj).__name__}, not model weights")
-
-
-def _strip_prefix(state: dict) -> dict:
-    """Drop the ``module.`` (DataParallel) / ``_orig_mod.`` (torch.compile) prefixes."""
-    for prefix in ("module.", "_orig_mod."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
-    return state
-
-
-def infer_network_kwargs(state: Mapping[str, torch.Tensor]) -> dict:
-    """``MILNet`` keyword arguments readable from the weights' shapes (the others keep their defaults)."""
-    kwargs: dict[str, Any] = {}
-    shape = {k: tuple(v.shape) for k, v in state.items()}
-    if "encoder.trunk.0.weight" in shape:
-        kwargs["in_channels"] = shape["encoder.trunk.0.weight"][1]
-    if "classifier.weight" in shape:
-        kwargs["feature_dim"] = shape["classifier.weight"][1]
-    if "pool.v.weight" in shape:
-        kwargs["attention_dim"] = shape["pool.v.weight"][0]
-        kwargs["gated"] = "pool.u.weight" in shape
-    if "ssl_heads.absolute.layers.0.weight" in shape:
-        kwargs["ssl_hidden"] = shape["ssl_heads.absolute.layers.0.weight"][0]
-    if "ssl_heads.absolute.layers.3.weight" in shape:
-        kwargs["n_positions"] = shape["ssl_heads.absolute.layers.3.weight"][0]
-    if "ssl_heads.relative.layers.3.weight" in shape:
-        kwargs["n_directions"] = shape["ssl_heads.relative.layers.3.weight"][0]
-    return kwargs
-
-
 def _sidecar(path: Path) -> tuple[dict, dict]:
     """``(network, preprocessing)`` of the ``model.json`` written next to ``model.pt`` by
     :func:`ctmil.train.handlers.save_model` (empty when absent)."""
@@ -207,7 +156,8 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _device(device: str | torch.device) -> torch.device:
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``; a one-line :class:`ModelError` for a bad name or CUDA that is not there."""
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
@@ -255,7 +205,7 @@ def load_model(
         raise ModelError(f"model path is not a file: {path}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    dev = _device(device)
+    dev = check_device(device)
     if _is_torchscript(path):
         if not allow_torchscript:
             raise ModelError(f"{path.name} is a TorchScript program, not weights; load it only if you trust it "
@@ -285,8 +235,8 @@ def load_model(
         raise ModelError(f"cannot read model file {path.name}: not a PyTorch checkpoint or TorchScript file (corrupt pickle)") from None
     except Exception as err:  # truncated zip, random bytes, wrong format
         raise ModelError(f"cannot read model file {path.name}: not a PyTorch checkpoint or TorchScript file ({_first_line(err)})") from None
-    state, recorded, preprocessing = _unpack(obj, path.name)
-    state = _strip_prefix(state)
+    state, recorded, preprocessing = unpack(obj, path.name)
+    state = strip_prefix(state)
     side_network, side_preprocessing = _sidecar(path)
     preprocessing = {**side_preprocessing, **preprocessing}
     preprocessing = {k: tuple(v) if isinstance(v, list) else v for k, v in preprocessing.items()}

@@ -28,7 +28,8 @@ from ignite.engine import Engine, Events
 
 from ctmil.data.preprocess import atomic_write_csv
 from ctmil.io.paths import safe_case_name
-from ctmil.infer.attention_maps import paint_attention, save_attention_nifti, save_overlay, slice_attention, top_attended_slices
+from ctmil.infer.attention_maps import paint_attention, save_attention_nifti, slice_attention, top_attended_slices
+from ctmil.infer.overlays import save_overlay
 
 __all__ = ["PREDICTION_COLUMNS", "InferenceOptions", "InferenceWriter", "case_dirname", "empty_row", "predictions_frame",
            "write_case_outputs"]

@@ -13,11 +13,11 @@ from ctmil.infer.attention_maps import (
     paint_attention,
     relayout,
     save_attention_nifti,
-    save_overlay,
     slice_attention,
     top_attended_slices,
     voxel_mapping,
 )
+from ctmil.infer.overlays import save_overlay
 from ctmil.transforms import LoadCT, LungBoxCrop, TilePatches
 from tests.conftest import simple_chest
 

@@ -1,0 +1,62 @@
+"""What a model file may hold and how to read constructor arguments from it: state dicts, checkpoints, prefixes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+__all__ = ["ModelError", "infer_network_kwargs", "strip_prefix", "unpack"]
+
+
+class ModelError(ValueError):
+    """A model file that cannot be used; the message says why in one line."""
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def unpack(obj, name: str) -> tuple[dict, dict, dict]:
+    """``(state_dict, network kwargs, preprocessing settings)`` from what ``torch.load`` returned."""
+    if _is_state_dict(obj):
+        return dict(obj), {}, {}
+    if isinstance(obj, Mapping):
+        recorded, preprocessing = obj.get("network"), obj.get("preprocessing")
+        network = dict(recorded) if isinstance(recorded, Mapping) and not _is_state_dict(recorded) else {}
+        preprocessing = dict(preprocessing) if isinstance(preprocessing, Mapping) else {}
+        for key in ("state_dict", "model", "network", "net", "model_state_dict"):
+            if _is_state_dict(obj.get(key)):
+                return dict(obj[key]), network, preprocessing
+        keys = ", ".join(sorted(map(str, obj))[:8])
+        raise ModelError(f"{name}: no weights found (a state dict, or one under 'state_dict'/'model'); keys: {keys}")
+    raise ModelError(f"{name}: holds a {type(obj).__name__}, not model weights")
+
+
+def strip_prefix(state: dict) -> dict:
+    """Drop the ``module.`` (DataParallel) / ``_orig_mod.`` (torch.compile) prefixes."""
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def infer_network_kwargs(state: Mapping[str, torch.Tensor]) -> dict:
+    """``MILNet`` keyword arguments readable from the weights' shapes (the others keep their defaults)."""
+    kwargs: dict[str, Any] = {}
+    shape = {k: tuple(v.shape) for k, v in state.items()}
+    if "encoder.trunk.0.weight" in shape:
+        kwargs["in_channels"] = shape["encoder.trunk.0.weight"][1]
+    if "classifier.weight" in shape:
+        kwargs["feature_dim"] = shape["classifier.weight"][1]
+    if "pool.v.weight" in shape:
+        kwargs["attention_dim"] = shape["pool.v.weight"][0]
+        kwargs["gated"] = "pool.u.weight" in shape
+    if "ssl_heads.absolute.layers.0.weight" in shape:
+        kwargs["ssl_hidden"] = shape["ssl_heads.absolute.layers.0.weight"][0]
+    if "ssl_heads.absolute.layers.3.weight" in shape:
+        kwargs["n_positions"] = shape["ssl_heads.absolute.layers.3.weight"][0]
+    if "ssl_heads.relative.layers.3.weight" in shape:
+        kwargs["n_directions"] = shape["ssl_heads.relative.layers.3.weight"][0]
+    return kwargs
