@@ -77,3 +77,18 @@ def test_workflow_properties_are_complete(elsewhere, tmp_path, monkeypatch, work
                               workflow_type=workflow_type, **overrides)
     workflow.initialize()
     assert workflow.check_properties() == []
+
+
+def test_onnx_export_from_another_directory_matches_in_onnxruntime(elsewhere, tmp_path):
+    import onnxruntime as ort
+
+    torch.manual_seed(1)
+    net = MILNet(**TINY_NET).eval()
+    ckpt = save_model(net, tmp_path / "models")
+    done = subprocess.run([sys.executable, "-m", "ctmil.cli", "export", "--model", str(ckpt), "--format", "onnx",
+                           "--out", str(tmp_path / "model.onnx")], cwd=elsewhere, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    x = torch.rand(1, 36, 1, 60, 60)
+    got = ort.InferenceSession(str(tmp_path / "model.onnx")).run(None, {"patches": x.numpy()})[0]
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(got), net(x), atol=1e-4)
