@@ -211,10 +211,14 @@ def cmd_infer(args: argparse.Namespace) -> int:
         save_maps=not args.no_maps, save_overlays=not args.no_overlays, save_features=args.features,
         top_slices=args.top_slices, map_mode=args.map_mode, labels=labels,
         min_slices=args.min_slices, min_area_fraction=args.min_area_fraction, progress=not args.quiet,
-        allow_torchscript=args.allow_torchscript, keep_paths=args.keep_paths)
+        allow_torchscript=args.allow_torchscript, keep_paths=args.keep_paths, with_study_uid=args.with_study_uid)
     for row in predictions[predictions["status"] == "failed"].itertuples():
         print(f"FAILED {row.case_id}: {row.error}", file=sys.stderr)
     log.info("%d studies, %d failed; predictions: %s", len(predictions), n_failed, Path(args.out) / "predictions.csv")
+    if len(predictions) == 1 and not n_failed:  # one study: the answer on stdout
+        row = predictions.iloc[0]
+        label = "severe" if row["prediction"] == 1 else "non-severe"
+        print(f"{row['case_id']}: probability of severe {row['probability']:.3f} -> {label} (threshold {row['threshold']:g})")
     return EXIT_PARTIAL if n_failed else 0
 
 

@@ -84,5 +84,7 @@ def add_subcommands(parser: argparse.ArgumentParser, cli: ModuleType) -> None:
     p.add_argument("--min-slices", type=int, default=None, help="default: the model's recorded setting, else 8")
     p.add_argument("--min-area-fraction", type=float, default=None, help="default: the model's recorded setting, else 0.2")
     p.add_argument("--keep-paths", action="store_true", help="absolute source paths in the outputs (default: relative to the input)")
+    p.add_argument("--with-study-uid", action="store_true",
+                   help="add the StudyInstanceUID to predictions.csv, to join with clinical data (an identifier: off by default)")
     common(p)
     p.set_defaults(func=cli.cmd_infer)

@@ -171,3 +171,23 @@ def test_bad_datalists_exit_2_before_any_work(tmp_path, capsys, content, message
     assert main(["preprocess", str(tmp_path / "list.csv"), "--out", str(tmp_path / "out"), "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and not (tmp_path / "out" / "manifest.csv").exists()
+
+
+def test_infer_one_study_prints_its_answer_and_study_uid_on_request(tmp_path, capsys):
+    import torch
+
+    from ctmil.networks import MILNet
+    from ctmil.train.handlers import save_model
+    from tests.io._hostile import write_series
+
+    write_series(tmp_path / "export" / "study")
+    torch.manual_seed(0)
+    model = save_model(MILNet(feature_dim=16, attention_dim=8, ssl_hidden=8), tmp_path / "model")
+    args = ["infer", str(tmp_path / "export"), "--model", str(model), "-q", "--no-overlays", "--no-maps"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "probability of severe" in out and ("-> severe" in out or "-> non-severe" in out)
+    assert "study_uid" not in pd.read_csv(tmp_path / "a" / "predictions.csv").columns  # an identifier: off by default
+    assert main([*args, "--out", str(tmp_path / "b"), "--with-study-uid"]) == 0
+    table = pd.read_csv(tmp_path / "b" / "predictions.csv", dtype=str)
+    assert table.columns[1] == "study_uid" and table["study_uid"].iloc[0].startswith("1.")

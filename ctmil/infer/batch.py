@@ -166,6 +166,7 @@ def run_inference(
     progress: bool = True,
     allow_torchscript: bool = False,
     keep_paths: bool = False,
+    with_study_uid: bool = False,
 ) -> tuple[pd.DataFrame, int]:
     """Predict every study of ``inputs`` with the bundle's infer workflow (``inference.json``), writing
     ``out_dir/predictions.csv`` and per-case outputs (:mod:`ctmil.infer.writer`).
@@ -180,6 +181,7 @@ def run_inference(
             (``model.json``), else the defaults. They must match what the model was trained on.
         allow_torchscript: accept TorchScript model files (programs, not weights).
         keep_paths: absolute source paths in the outputs (default: relative to the input).
+        with_study_uid: a ``study_uid`` column (DICOM StudyInstanceUID) to join with clinical data; an identifier.
 
     Returns:
         ``(predictions, n_failed)``.
@@ -211,7 +213,7 @@ def run_inference(
         "load_weights": False, "preprocessing_args": settings, "threshold": float(threshold), "labels": dict(labels or {}),
         "options#save_maps": bool(save_maps), "options#save_overlays": bool(save_overlays),
         "options#save_features": bool(save_features), "options#top_slices": int(top_slices), "options#map_mode": map_mode,
-        "progress": bool(progress), "cases#keep_paths": bool(keep_paths),
+        "progress": bool(progress), "cases#keep_paths": bool(keep_paths), "options#with_study_uid": bool(with_study_uid),
     }
     workflow = build_workflow(["inference.json"], overrides, workflow_type="infer")
     cases = workflow.parser.get_parsed_content("cases")

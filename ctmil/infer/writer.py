@@ -54,6 +54,7 @@ class InferenceOptions:
         save_features: write the bag feature vector (``features.npy`` and, at the end, ``features.csv``).
         top_slices: how many overlays per case.
         map_mode: ``"bag"`` (attention as is) or ``"slice"`` (normalised per slice, the paper's Fig. 5).
+        with_study_uid: add the DICOM StudyInstanceUID column (an identifier; off by default).
     """
 
     threshold: float = 0.5
@@ -62,6 +63,7 @@ class InferenceOptions:
     save_features: bool = False
     top_slices: int = 3
     map_mode: str = "bag"
+    with_study_uid: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
@@ -80,7 +82,7 @@ def case_dirname(case_id: str) -> str:
 def empty_row(case: Mapping, threshold: float) -> dict:
     row = {c: "" for c in PREDICTION_COLUMNS}
     label = case.get("label")
-    row.update(case_id=str(case["case_id"]), threshold=threshold, series=case.get("series", "") or "",
+    row.update(case_id=str(case["case_id"]), study_uid=case.get("study_uid", ""), threshold=threshold, series=case.get("series", "") or "",
                label="" if label is None or (isinstance(label, float) and np.isnan(label)) else int(label))
     return row
 
@@ -137,9 +139,9 @@ _INT_COLUMNS = ("prediction", "label", "n_slices", "n_slices_kept", "K")
 _FLOAT_COLUMNS = ("probability", "threshold", "t_load", "t_preprocess", "t_predict", "t_write")
 
 
-def predictions_frame(rows: list[dict]) -> pd.DataFrame:
+def predictions_frame(rows: list[dict], with_study_uid: bool = False) -> pd.DataFrame:
     """The rows as a typed table (nullable ints, floats with NaN where a failed case has no value)."""
-    frame = pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+    frame = pd.DataFrame(rows, columns=PREDICTION_COLUMNS[:1] + ["study_uid"] * with_study_uid + PREDICTION_COLUMNS[1:])
     for c in _INT_COLUMNS:
         frame[c] = pd.to_numeric(frame[c].replace("", None), errors="coerce").astype("Int64")
     for c in _FLOAT_COLUMNS:
@@ -208,9 +210,9 @@ class InferenceWriter:
                 _clear_case_dir(folder)  # no stale maps of an earlier run
             logger.warning("case %s failed: %s", row["case_id"], row["error"])
         self.rows.append(row)
-        atomic_write_csv(predictions_frame(self.rows), self.out_dir / "predictions.csv")
+        atomic_write_csv(predictions_frame(self.rows, self.options.with_study_uid), self.out_dir / "predictions.csv")
 
     def publish(self, engine: Engine) -> None:
         if self.options.save_features:
             _write_features_csv(self.rows, self.out_dir)
-        engine.state.predictions = predictions_frame(self.rows)
+        engine.state.predictions = predictions_frame(self.rows, self.options.with_study_uid)

@@ -127,7 +127,7 @@ def _cases_for_path(path: Path, source: str, case_id: str, label, patient, min_s
 
 def discover_cases(
     inputs: list[str | os.PathLike], labels: dict[str, float] | None = None, min_slices: int = 8, progress: bool = False,
-    keep_paths: bool = False,
+    keep_paths: bool = False, with_study_uid: bool = False,
 ) -> list[dict]:
     """Cases from CSV datalists, NIfTI files, slice-image folders and DICOM export trees.
 
@@ -158,11 +158,12 @@ def discover_cases(
         else:
             cases.append(_case(path.name, None, shown, error="unsupported input (expected a folder, .nii/.nii.gz or .csv)"))
     for case in cases:
+        key = case.pop("_study_uid", None)
         if case["label"] is None:
-            key = case.pop("_study_uid", None)
             label = labels.get(case["case_id"], labels.get(key) if key else None)
             case["label"] = None if label is None else float(label)
-        case.pop("_study_uid", None)
+        if with_study_uid:  # an identifier: only on request, to join predictions with clinical data
+            case["study_uid"] = key or ""
     ids = [c["case_id"] for c in cases]
     if len(ids) != len(set(ids)):
         raise ValueError("duplicate case ids among the inputs: " + ", ".join(sorted({i for i in ids if ids.count(i) > 1})[:5]))
