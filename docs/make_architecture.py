@@ -1,4 +1,4 @@
-"""Draw docs/architecture.png: ctmil's layers, the data flow, and the configs every entry point builds from.
+"""Draw docs/architecture.svg: ctmil's layers, the data flow, and the configs every entry point builds from.
 
 Run: .venv/bin/python docs/make_architecture.py
 """
@@ -27,7 +27,7 @@ LAYERS = [  # (x, y, w, h, title, body, colour)
 FLOWS = [(0, 1), (1, 2), (2, 3), (3, 5), (4, 5), (5, 6)]
 
 
-def main(path: Path = Path(__file__).with_name("architecture.png")) -> Path:
+def main(path: Path = Path(__file__).with_name("architecture.svg")) -> Path:
     fig, ax = plt.subplots(figsize=(10.6, 6.0), dpi=110)
     centres = []
     for x, y, w, h, title, body, colour in LAYERS:
