@@ -20,11 +20,11 @@ _MAX_SLUG = 80
 def safe_case_name(case_id: str) -> str:
     """A file/folder name for ``case_id`` that can never leave its folder, unique per id.
 
-    The id itself when it is already a plain name (letters, digits, ``.``, ``_``, ``-``; not ``.``/``..``,
-    not hidden, at most 80 characters); otherwise a readable slug of it, ``+`` and 10 hex digits of its
-    SHA-256, so that ``x`` and ``./x`` (or ``a/b`` and ``a_b``) get different names, and no hashed name can be
-    a plain id. Names differing only in case are
-    hashed too (``Case1`` and ``case1`` must not collide on case-insensitive file systems).
+    The id itself when it is already a plain name (lower-case letters, digits, ``.``, ``_``, ``-``; not
+    ``.``/``..``, not hidden, at most 80 characters); otherwise a readable slug of it, ``+`` and 10 hex digits of
+    its SHA-256, so that ``x`` and ``./x`` (or ``a/b`` and ``a_b``) get different names, and no hashed name can be
+    a plain id. Ids with capitals are hashed too, so ``Case1`` and ``case1`` cannot collide on a
+    case-insensitive file system (macOS, Windows).
 
     >>> safe_case_name("case_0012")
     'case_0012'
@@ -32,7 +32,8 @@ def safe_case_name(case_id: str) -> str:
     True
     """
     case_id = str(case_id)
-    plain = _UNSAFE.sub("", case_id) == case_id and case_id.strip(".") and not case_id.startswith(".")
+    plain = (_UNSAFE.sub("", case_id) == case_id and case_id.strip(".") and not case_id.startswith(".")
+             and case_id == case_id.lower())
     if plain and len(case_id) <= _MAX_SLUG:
         return case_id
     slug = _UNSAFE.sub("_", case_id).strip("._-")[:_MAX_SLUG] or "case"

@@ -119,3 +119,11 @@ def test_hostile_export_batch_gives_one_truthful_row_per_case(tmp_path):
     assert rows["nan_all"]["status"] == "failed" and "ImagePositionPatient" in rows["nan_all"]["error"]
     assert rows["slope"]["status"] == "failed" and "RescaleSlope" in rows["slope"]["error"]
     assert (tmp_path / "out" / "manifest.csv").exists()
+
+
+@pytest.mark.parametrize("ids", [("Case1", "case1"), ("AB", "ab", "Ab"), ("PerCOVID_001", "percovid_001")])
+def test_ids_differing_only_in_case_get_names_that_differ_on_case_insensitive_file_systems(ids):
+    from ctmil.io.paths import safe_case_name
+
+    names = [safe_case_name(i).lower() for i in ids]
+    assert len(set(names)) == len(ids)
