@@ -1,22 +1,26 @@
-"""MONAI transforms of the preprocessing chain (array + dictionary pairs): load, lung mask, slice filter, crop, tiling.
+"""MONAI transforms of the preprocessing chain (array + dictionary pairs): load, lung mask, slice filter, slice
+sampling, crop, HU window, tiling.
 
 They work behind ctmil's own loader (``LoadCT``, slice-first ``(1, S, H, W)``, ``slice_axis=1``) and behind MONAI's
 (``LoadImaged`` + ``EnsureChannelFirstd`` + ``Orientationd``, spatial-last, ``slice_axis=-1``): see
 :mod:`ctmil.transforms.layout` and docs/preprocessing.md.
 """
 
-from ctmil.transforms.compose import StoreCaseMetad, preprocessing_transforms
+from ctmil.transforms.compose import StoreCaseMetad, preprocessing_settings, preprocessing_transforms
 from ctmil.transforms.crop import LungBoxCrop, LungBoxCropd, SelectLungSlices, SelectLungSlicesd
+from ctmil.transforms.intensity import LUNG_WINDOW_HU, WindowHU, WindowHUd
 from ctmil.transforms.layout import DEFAULT_SLICE_AXIS
 from ctmil.transforms.load import LOADCT_SLICE_AXIS, LoadCT, LoadCTd
 from ctmil.transforms.lung import LungMask, LungMaskd
 from ctmil.transforms.lung_masks import lung_mask_hu, lung_mask_windowed
+from ctmil.transforms.sampling import SampleSlices, SampleSlicesd
 from ctmil.transforms.tiling import BAG_KEYS, NormalizePatches, TilePatches, ToBagd
 
 __all__ = [
     "BAG_KEYS",
     "DEFAULT_SLICE_AXIS",
     "LOADCT_SLICE_AXIS",
+    "LUNG_WINDOW_HU",
     "LoadCT",
     "LoadCTd",
     "LungBoxCrop",
@@ -24,12 +28,17 @@ __all__ = [
     "LungMask",
     "LungMaskd",
     "NormalizePatches",
+    "SampleSlices",
+    "SampleSlicesd",
     "SelectLungSlices",
     "SelectLungSlicesd",
     "StoreCaseMetad",
     "TilePatches",
     "ToBagd",
+    "WindowHU",
+    "WindowHUd",
     "lung_mask_hu",
     "lung_mask_windowed",
+    "preprocessing_settings",
     "preprocessing_transforms",
 ]

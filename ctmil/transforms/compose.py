@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+import inspect
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -10,9 +11,11 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, MapTransform, SelectItemsd
 
 from ctmil.transforms.crop import LungBoxCropd, SelectLungSlicesd
+from ctmil.transforms.intensity import LUNG_WINDOW_HU, WindowHUd
 from ctmil.transforms.layout import DEFAULT_SLICE_AXIS, check_slice_axis, stack_spacing, stack_to_array
 from ctmil.transforms.load import LOADCT_SLICE_AXIS, LoadCTd
 from ctmil.transforms.lung import INTENSITIES, LungMaskd
+from ctmil.transforms.sampling import SampleSlicesd
 from ctmil.transforms.tiling import BAG_KEYS, ToBagd
 
 
@@ -87,13 +90,18 @@ def preprocessing_transforms(
     spatial_size: tuple[int, int] = (180, 240),
     patch_size: tuple[int, int] = (60, 60),
     margin_fraction: float = 0.02,
+    window_hu: Sequence[float] | None = LUNG_WINDOW_HU,
+    max_slices: int | None = None,
+    slab_mm: float | None = None,
 ) -> Compose:
     """``{"image": path, "case_id": str, "label": float}`` → bag dictionary (docs/design.md), nothing else.
 
     Args mirror the transforms': ``min_slices`` (DICOM series), ``threshold_hu`` / ``closing_mm`` / ``dilate_mm`` (lung mask),
-    ``min_area_fraction`` (slice selection), ``spatial_size`` (H, W), ``patch_size``, ``margin_fraction``.
+    ``min_area_fraction`` (slice selection), ``max_slices`` / ``slab_mm`` (slice sampling, :class:`SampleSlicesd`),
+    ``spatial_size`` (H, W), ``margin_fraction`` (crop), ``window_hu`` (HU window before the per-patch min-max,
+    :class:`WindowHUd`; ``None``: none), ``patch_size``.
     LoadCTd gives ``(1, S, H, W)`` stacks, so every later transform gets ``slice_axis=1``; the intensity is the
-    one LoadCT records (``hu`` for DICOM and NIfTI, ``windowed`` for slice images).
+    one LoadCT records (``hu`` for DICOM and NIfTI, ``windowed`` for slice images, which the window leaves as they are).
     """
     axis = LOADCT_SLICE_AXIS
     return Compose(
@@ -103,9 +111,22 @@ def preprocessing_transforms(
             LungMaskd(image_key, mask_key="lung", full_resolution=False, intensity=None, slice_axis=axis,
                       threshold_hu=threshold_hu, closing_mm=closing_mm, dilate_mm=dilate_mm),
             SelectLungSlicesd([image_key, "lung"], source_key="lung", min_area_fraction=min_area_fraction, slice_axis=axis),
+            SampleSlicesd([image_key, "lung"], max_slices=max_slices, slab_mm=slab_mm, slice_axis=axis),
             LungBoxCropd(image_key, source_key="lung", spatial_size=spatial_size, margin_fraction=margin_fraction, slice_axis=axis),
+            WindowHUd(image_key, window_hu=window_hu, intensity=None),
             ToBagd(image_key, patch_size=patch_size, slice_axis=axis),
             SelectItemsd(BAG_KEYS),
         ],
         map_items=False,
     )
+
+
+def preprocessing_settings(**settings) -> dict:
+    """Every keyword argument of :func:`preprocessing_transforms` (but ``image_key``) with its effective value:
+    ``settings`` over the defaults, sequences as lists (as JSON writes them). Hashing this, rather than the
+    settings as given, makes a cache key change when a default changes; ``TypeError`` for an unknown name."""
+    bound = inspect.signature(preprocessing_transforms).bind(**settings)
+    bound.apply_defaults()
+    full = dict(bound.arguments)
+    full.pop("image_key")
+    return {k: list(v) if isinstance(v, (tuple, list)) else v for k, v in full.items()}

@@ -9,7 +9,9 @@ import pytest
 import torch
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
 
-from ctmil.transforms import LungBoxCropd, LungMaskd, SelectLungSlicesd, StoreCaseMetad, ToBagd, preprocessing_transforms
+from ctmil.transforms import (
+    LungBoxCropd, LungMaskd, SampleSlicesd, SelectLungSlicesd, StoreCaseMetad, ToBagd, WindowHUd, preprocessing_transforms,
+)
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "preprocessing.md"
 GEOMETRIES = {"default": {}, "demo": {"shape": (32, 112, 112), "spacing": (7.5, 3.0, 3.0)}}
@@ -24,7 +26,9 @@ def user_compose(reader: str | None = None, axcodes: str = "PLS", image_only: bo
         StoreCaseMetad(keys="image", intensity="hu", slice_axis=-1),
         LungMaskd(keys="image", mask_key="lung", intensity="hu", full_resolution=False, slice_axis=-1),
         SelectLungSlicesd(keys=["image", "lung"], source_key="lung", kept_key="kept_slices", slice_axis=-1),
+        SampleSlicesd(keys=["image", "lung"], max_slices=None, kept_key="kept_slices", slice_axis=-1),
         LungBoxCropd(keys="image", source_key="lung", boxes_key="boxes", slice_axis=-1),
+        WindowHUd(keys="image", window_hu=(-1350, 150), intensity="hu"),
         ToBagd(keys="image", kept_key="kept_slices", boxes_key="boxes", slice_axis=-1),
     ])
 
@@ -62,7 +66,7 @@ def test_monai_loader_compose_gives_ctmils_bag(phantom, fmt, reader, image_only)
     bag = _user_bag(user_compose(reader, "PLS", image_only), phantom["paths"][fmt])
     _assert_same_bag(bag, phantom["bags"][fmt])
     assert ("image_meta_dict" in bag) == (not image_only)  # ToBagd keeps the loader's other keys
-    assert "image" not in bag and bag["lung"].applied_operations[-1]["class"] == "SelectLungSlices"
+    assert "image" not in bag and [op["class"] for op in bag["lung"].applied_operations[-2:]] == ["SelectLungSlices", "SampleSlices"]
 
 
 def _to_ctmil_index(user_affine, ctmil_affine) -> tuple[np.ndarray, np.ndarray]:
