@@ -182,10 +182,11 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
         print(f"warning: no case matched a label of {args.labels} (DICOM studies are matched by a study_uid column, "
               "other inputs by case_id); datalist.csv will be empty", file=sys.stderr)
     settings = {"min_slices": args.min_slices, "min_area_fraction": args.min_area_fraction}
-    manifest = preprocess_cases(cases, out, settings=settings, progress=not args.quiet)
+    manifest = preprocess_cases(cases, out, settings=settings, progress=not args.quiet, montages=args.montages)
     failed = manifest[manifest["status"] == "failed"]
-    log.info("%d cases: %d ok, %d cached, %d failed; manifest: %s", len(manifest), (manifest["status"] == "ok").sum(),
-             (manifest["status"] == "cached").sum(), len(failed), out / "manifest.csv")
+    log.info("%d cases: %d ok, %d cached, %d failed, %d flagged by QC; manifest: %s; QC report: %s", len(manifest),
+             (manifest["status"] == "ok").sum(), (manifest["status"] == "cached").sum(), len(failed),
+             (manifest["qc_flags"] != "").sum(), out / "manifest.csv", out / "qc.html")
     for row in failed.itertuples():
         print(f"FAILED {row.case_id}: {row.error}", file=sys.stderr)
     return EXIT_PARTIAL if len(failed) else 0

@@ -47,6 +47,8 @@ def add_subcommands(parser: argparse.ArgumentParser, cli: ModuleType) -> None:
                    help="keep slices whose lung area is at least this fraction of the largest (default 0.2)")
     p.add_argument("--keep-paths", action="store_true",
                    help="write absolute source paths to the manifest (default: relative to the input; folders are often named after patients)")
+    p.add_argument("--no-montages", dest="montages", action="store_false",
+                   help="skip the per-case QC montages (qc/*.png) in qc.html; measures and outlier flags are still written")
     common(p)
     p.set_defaults(func=cli.cmd_preprocess)
 

@@ -5,6 +5,8 @@ should know about a usable case (slices dropped, gaps, inferred series grouping)
 Bag file names come from :func:`ctmil.io.paths.safe_case_name` (never outside ``out_dir``, one per id). Bags are
 written to a temporary name and renamed, so a bag file on disk is always whole. A bag is reused when its
 recorded cache key (preprocessing settings + ctmil version + the input files' size and mtime) matches.
+Quality control (:mod:`ctmil.data.qc`): each usable case's measures and montage go to ``qc/``, cohort outliers
+are flagged in the manifest's ``qc_flags``, and ``qc.html`` shows them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from monai.data import PersistentDataset
 
 from ctmil import __version__
+from ctmil.data.qc import QC_COLUMNS, flag_outliers, read_case_qc, run_traced, write_case_qc, write_qc_report
 from ctmil.transforms.compose import preprocessing_transforms
 from ctmil.io.dicom_series import DicomError
 from ctmil.io.paths import inside, safe_case_name
@@ -29,7 +32,7 @@ from ctmil.io.readers import CaseError
 logger = logging.getLogger(__name__)
 MANIFEST_COLUMNS = [
     "case_id", "label", "patient", "status", "error", "warning", "source", "input_kind", "series", "n_slices",
-    "n_slices_kept", "K", "bag_path",
+    "n_slices_kept", "K", "bag_path", *QC_COLUMNS,
 ]
 
 
@@ -84,8 +87,12 @@ def bag_path_for(bag_dir: str | os.PathLike, case_id: str) -> Path:
     return path
 
 
-def preprocess_case(case: dict, transform, settings: dict, bag_dir: Path) -> dict:
-    """Preprocess one case into ``bag_dir/<safe name>.pt``; returns its manifest row (never raises for data problems)."""
+def preprocess_case(case: dict, transform, settings: dict, bag_dir: Path, qc_dir: Path | None = None, montages: bool = True) -> dict:
+    """Preprocess one case into ``bag_dir/<safe name>.pt``; returns its manifest row (never raises for data problems).
+
+    With ``qc_dir`` the case's QC measures (and with ``montages`` its montage) go there (:mod:`ctmil.data.qc`); a
+    cached bag whose QC record is missing or stale is made again, from one run of the chain as always.
+    """
     row = {c: "" for c in MANIFEST_COLUMNS}
     row.update(case_id=case["case_id"], label=case.get("label"), patient=case.get("patient", case["case_id"]),
                source=case.get("source", ""), series=case.get("series", ""), warning=case.get("warning", ""))
@@ -97,16 +104,29 @@ def preprocess_case(case: dict, transform, settings: dict, bag_dir: Path) -> dic
         key = cache_key(case, settings)
         if bag_path.exists():
             old = torch.load(bag_path, weights_only=True)
-            if old.get("meta", {}).get("cache_key") == key:
-                return _fill_row(row, old, bag_path, "cached")
-        bag = transform({"image": case["image"], "case_id": case["case_id"], "label": case.get("label")})
+            qc = read_case_qc(qc_dir, case["case_id"], key, montages) if qc_dir is not None else {}
+            if old.get("meta", {}).get("cache_key") == key and qc is not None:
+                return _fill_row(row, old, bag_path, "cached", qc)
+        item = {"image": case["image"], "case_id": case["case_id"], "label": case.get("label")}
+        bag, trace = run_traced(transform, item) if qc_dir is not None else (transform(item), None)
         bag["meta"]["cache_key"] = key
         bag["meta"]["source"] = row["source"]  # as discovery shows it (relative to the input unless keep_paths)
         atomic_torch_save(bag, bag_path)
-        return _fill_row(row, bag, bag_path, "ok")
+        return _fill_row(row, bag, bag_path, "ok", _case_qc(bag, trace, qc_dir, key, montages))
     except Exception as raised:  # one case must never stop the batch
         row.update(status="failed", error=case_error_text(raised, case["case_id"]))
     return row
+
+
+def _case_qc(bag: dict, trace, qc_dir: Path | None, key: str, montages: bool) -> dict:
+    """The case's QC fields; a QC failure is logged and leaves them blank (the bag is good)."""
+    if qc_dir is None:
+        return {}
+    try:
+        return write_case_qc(bag, trace, qc_dir, key, montages)
+    except Exception as raised:
+        logger.warning("case %s: quality control failed: %s", bag.get("case_id"), case_error_text(raised, bag.get("case_id", "")))
+        return {}
 
 
 def case_error_text(raised: BaseException, case_id: str = "") -> str:
@@ -130,24 +150,29 @@ def root_cause(err: BaseException) -> BaseException:
     return err
 
 
-def _fill_row(row: dict, bag: dict, bag_path: Path, status: str) -> dict:
+def _fill_row(row: dict, bag: dict, bag_path: Path, status: str, qc: dict | None = None) -> dict:
     meta = bag["meta"]
     series = meta.get("series") if isinstance(meta.get("series"), dict) else {}
     warnings = [w for w in row["warning"].split("; ") if w] + list(series.get("warnings") or [])
     row.update(status=status, error="", warning="; ".join(dict.fromkeys(warnings)), input_kind=meta.get("input_kind", ""),
                n_slices=meta["spatial_shape"][0],
                n_slices_kept=int(bag["kept_slices"].numel()), K=int(bag["patches"].shape[0]), bag_path=str(bag_path.resolve()))
+    row.update(qc or {})
     return row
 
 
-def preprocess_cases(cases: list[dict], out_dir: str | os.PathLike, settings: dict | None = None, progress: bool = True) -> pd.DataFrame:
+def preprocess_cases(cases: list[dict], out_dir: str | os.PathLike, settings: dict | None = None, progress: bool = True,
+                     montages: bool = True) -> pd.DataFrame:
     """Write ``out_dir/bags/<safe name>.pt`` per case, ``out_dir/manifest.csv`` and ``out_dir/datalist.csv``
-    (the labelled, usable cases in the form ``ctmil cv`` reads); return the manifest.
+    (the labelled, usable cases in the form ``ctmil cv`` reads), and quality control: ``out_dir/qc/`` (per-case
+    measures and montages), outlier flags in the manifest, ``out_dir/qc.html`` (:mod:`ctmil.data.qc`); return the
+    manifest.
 
     Args:
         cases: from :func:`ctmil.io.discovery.discover_cases` (their ``source`` is written as given: discovery
             makes it relative to the input unless asked to keep paths).
         settings: keyword arguments of :func:`ctmil.transforms.preprocessing_transforms`.
+        montages: draw each usable case's QC montage (``qc/<safe name>.png``, shown in ``qc.html``).
 
     Raises:
         ValueError: one line, before any case is processed: duplicate case ids, or an ``out_dir`` that cannot
@@ -166,13 +191,16 @@ def preprocess_cases(cases: list[dict], out_dir: str | os.PathLike, settings: di
     bar = tqdm(cases, desc="preprocessing", unit="case", disable=not progress)
     for case in bar:
         bar.set_postfix_str(case["case_id"])
-        row = preprocess_case(case, transform, settings, out_dir / "bags")
+        row = preprocess_case(case, transform, settings, out_dir / "bags", out_dir / "qc", montages)
         if row["status"] == "failed":
             logger.warning("case %s failed: %s", row["case_id"], row["error"])
         rows.append(row)
-    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    manifest = flag_outliers(pd.DataFrame(rows, columns=MANIFEST_COLUMNS))
     atomic_write_csv(manifest, out_dir / "manifest.csv")
     atomic_write_csv(bag_datalist(manifest, relative_to=out_dir), out_dir / "datalist.csv")
+    write_qc_report(manifest, out_dir, montages)
+    for row in manifest[manifest["qc_flags"] != ""].itertuples():
+        logger.warning("case %s flagged by quality control: %s", row.case_id, row.qc_flags)
     return manifest
 
 

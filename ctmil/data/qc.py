@@ -1,0 +1,231 @@
+"""Quality control of preprocessing: per-case measures and montages, cohort outlier flags, and ``qc.html``.
+
+Per usable case :func:`ctmil.data.preprocess.preprocess_cases` records
+
+* ``n_slices_kept``: slices kept by the lung-slice selection;
+* ``lung_volume_ml``: voxels of the lung mask (all slices, before selection) × voxel volume, in mL (the mask is
+  computed on a grid of every ``stride``-th row and column, so each of its pixels counts ``stride²`` pixels);
+* ``box_aspect``: median over the kept slices of the lung box's width / height in mm;
+* ``qc_montage``: ``qc/<safe name>.png``, four kept slices evenly spaced (2 × 2, 600 px wide) with the lung
+  mask outline (red) and the crop box (green).
+
+**Outlier rule.** With at least :data:`MIN_CASES` usable cases, a measure is flagged when its robust z-score
+``0.6745 · (x − median) / MAD`` (Iglewicz & Hoaglin's modified z; MAD = median absolute deviation) exceeds
+:data:`Z_LIMIT` = 3.5 in absolute value *and* ``x`` differs from the median by more than :data:`MIN_RELATIVE`
+(10 %) of it, so a cohort of near-identical cases is not flagged for a one-slice difference. When the MAD is 0 the
+mean absolute deviation stands in (``(x − median) / (1.2533 · mean |x − median|)``); when that is 0 too nothing is
+flagged. ``qc_flags`` lists the reasons (``"; "``-separated, empty when the case looks like the others).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from monai.transforms import Compose, SelectItemsd
+
+from ctmil.io.paths import inside, safe_case_name
+from ctmil.report import GalleryItem, HtmlReport, atomic_write_bytes, atomic_write_text
+from ctmil.report.montage import png_bytes, slice_tile, tile_grid
+from ctmil.transforms.lung import LungMaskd
+
+__all__ = ["MIN_CASES", "MIN_RELATIVE", "QC_COLUMNS", "QC_MEASURES", "Z_LIMIT", "CaseTrace", "case_measures", "case_montage",
+           "flag_outliers", "read_case_qc", "robust_z", "run_traced", "write_case_qc", "write_qc_report"]
+
+logger = logging.getLogger(__name__)
+
+QC_MEASURES = ("n_slices_kept", "lung_volume_ml", "box_aspect")
+QC_COLUMNS = ["lung_volume_ml", "box_aspect", "qc_flags", "qc_montage"]
+MIN_CASES = 5
+Z_LIMIT = 3.5
+MIN_RELATIVE = 0.10
+RULE = (f"A measure is flagged when its robust z-score 0.6745·(x − median)/MAD exceeds {Z_LIMIT} in absolute value and x "
+        f"differs from the cohort median by more than {MIN_RELATIVE:.0%}; only with at least {MIN_CASES} usable cases.")
+
+
+@dataclass
+class CaseTrace:
+    """What the chain sees on the way to a bag and drops: the loaded CT ``(1, S, H, W)``, the lung mask on its
+    working grid before (``(1, S, h, w)``) and after slice selection (``(1, S_kept, h, w)``), the grid's stride."""
+
+    ct: np.ndarray
+    mask_full: np.ndarray
+    mask_kept: np.ndarray
+    stride: int
+
+
+def _numpy(x) -> np.ndarray:
+    x = x.as_tensor() if hasattr(x, "as_tensor") else x
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+def run_traced(transform: Compose, item: dict) -> tuple[dict, CaseTrace]:
+    """Run the preprocessing ``Compose`` once, in the segments ``Compose(start=, end=)`` allows, keeping the
+    intermediates QC needs; the bag is the one ``transform(item)`` gives.
+
+    Needs the chain of :func:`ctmil.transforms.preprocessing_transforms`: a loader first, one ``LungMaskd``.
+    """
+    steps = list(transform.transforms)
+    masker = next(t for t in steps if isinstance(t, LungMaskd))
+    i_mask = steps.index(masker) + 1
+    i_end = len(steps) - 1 if isinstance(steps[-1], SelectItemsd) else len(steps)
+    image_key = steps[0].keys[0]
+    d = transform(item, end=1)
+    ct = d[image_key]
+    d = transform(d, start=1, end=i_mask)
+    full = d[masker.mask_key]
+    d = transform(d, start=i_mask, end=i_end)
+    trace = CaseTrace(_numpy(ct), _numpy(full), _numpy(d[masker.mask_key]), int(d.get(masker.stride_key, 1)))
+    bag = transform(d, start=i_end) if i_end < len(steps) else d
+    return bag, trace
+
+
+def case_measures(bag: dict, trace: CaseTrace) -> dict:
+    """``n_slices_kept``, ``lung_volume_ml`` and ``box_aspect`` of one case (module docstring)."""
+    spacing = bag["meta"].get("spacing") or (1.0, 1.0, 1.0)
+    dz, dy, dx = (float(v) for v in spacing)
+    voxels = float(np.count_nonzero(trace.mask_full)) * trace.stride**2
+    boxes = np.asarray(bag["boxes"], np.float64).reshape(-1, 4)
+    aspect = np.median((boxes[:, 3] - boxes[:, 1]) * dx / np.maximum((boxes[:, 2] - boxes[:, 0]) * dy, 1e-9))
+    return {"n_slices_kept": int(len(bag["kept_slices"])), "lung_volume_ml": round(voxels * dz * dy * dx / 1000.0, 2),
+            "box_aspect": round(float(aspect), 4)}
+
+
+def case_montage(bag: dict, trace: CaseTrace, n: int = 4, width: int = 600) -> tuple[bytes, list[int]]:
+    """PNG bytes of ``n`` kept slices evenly spaced (2 per row, ``width`` px in all) and the slice indices shown."""
+    kept = [int(v) for v in np.asarray(bag["kept_slices"]).reshape(-1)]
+    picks = sorted({int(round(v)) for v in np.linspace(0, len(kept) - 1, min(n, len(kept)))})
+    spacing = bag["meta"].get("spacing") or (1.0, 1.0, 1.0)
+    aspect = float(spacing[1]) / float(spacing[2])
+    columns = min(2, len(picks))
+    tile_w = (width - 4 * (columns - 1)) // columns
+    intensity = bag["meta"].get("intensity") or "hu"
+    tiles = [slice_tile(trace.ct[0, kept[j]], trace.mask_kept[0, j], np.asarray(bag["boxes"][j]).tolist(), width=tile_w,
+                        aspect=aspect, mask_stride=trace.stride, intensity=intensity) for j in picks]
+    return png_bytes(tile_grid(tiles, columns=columns)), [kept[j] for j in picks]
+
+
+def _qc_paths(qc_dir: Path, case_id: str) -> tuple[Path, Path]:
+    stem = qc_dir / safe_case_name(case_id)
+    inside(stem, qc_dir)
+    return stem.with_suffix(".json"), stem.with_suffix(".png")
+
+
+def write_case_qc(bag: dict, trace: CaseTrace, qc_dir: Path, key: str, montage: bool = True) -> dict:
+    """Measure (and draw) one case; writes ``qc_dir/<safe name>.json`` (+ ``.png``); returns its manifest fields."""
+    record = {"cache_key": key, "measures": case_measures(bag, trace), "montage_slices": []}
+    sidecar, png = _qc_paths(Path(qc_dir), bag["case_id"])
+    if montage:
+        data, record["montage_slices"] = case_montage(bag, trace)
+        atomic_write_bytes(data, png)
+    else:
+        png.unlink(missing_ok=True)
+    atomic_write_text(json.dumps(record), sidecar)
+    return _fields(record, png)
+
+
+def read_case_qc(qc_dir: Path, case_id: str, key: str, montage: bool = True) -> dict | None:
+    """The manifest fields recorded for a cached case, or ``None`` when missing, stale or without the montage asked."""
+    sidecar, png = _qc_paths(Path(qc_dir), case_id)
+    try:
+        record = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("cache_key") != key or (montage and not png.is_file()):
+        return None
+    if not montage:
+        png.unlink(missing_ok=True)
+    return _fields(record, png)
+
+
+def _fields(record: dict, png: Path) -> dict:
+    m = record["measures"]
+    return {"lung_volume_ml": m["lung_volume_ml"], "box_aspect": m["box_aspect"],
+            "qc_montage": str(png.resolve()) if png.is_file() else ""}
+
+
+def robust_z(values) -> np.ndarray:
+    """Modified z-scores ``0.6745 · (x − median) / MAD`` (mean-absolute-deviation fallback; zeros when both are 0)."""
+    x = np.asarray(values, np.float64)
+    med = np.median(x)
+    dev = x - med
+    mad = np.median(np.abs(dev))
+    if mad > 0:
+        return 0.6745 * dev / mad
+    mean_ad = np.mean(np.abs(dev))
+    return dev / (1.253314 * mean_ad) if mean_ad > 0 else np.zeros_like(x)
+
+
+def flag_outliers(manifest: pd.DataFrame, min_cases: int = MIN_CASES, z_limit: float = Z_LIMIT,
+                  min_relative: float = MIN_RELATIVE) -> pd.DataFrame:
+    """``manifest`` with ``qc_flags`` filled by the outlier rule of the module docstring (usable cases only)."""
+    out = manifest.copy()
+    out["qc_flags"] = ""
+    usable = out["status"].isin(["ok", "cached"])
+    if usable.sum() < min_cases:
+        return out
+    reasons: dict[int, list[str]] = {i: [] for i in out.index[usable]}
+    for column in QC_MEASURES:
+        values = pd.to_numeric(out.loc[usable, column], errors="coerce")
+        values = values[np.isfinite(values)]
+        if len(values) < min_cases:
+            continue
+        med, z = float(values.median()), robust_z(values.to_numpy())
+        for i, x, zi in zip(values.index, values.to_numpy(), z):
+            if abs(zi) > z_limit and abs(x - med) > min_relative * abs(med):
+                reasons[i].append(f"{column} {'low' if zi < 0 else 'high'} ({x:.4g} vs median {med:.4g}, z {zi:+.1f})")
+    for i, r in reasons.items():
+        out.at[i, "qc_flags"] = "; ".join(r)
+    return out
+
+
+def _cards(rows: pd.DataFrame, with_flags: bool) -> list[GalleryItem]:
+    cards = []
+    for row in rows.itertuples():
+        if not row.qc_montage or not Path(row.qc_montage).is_file():
+            continue
+        text = (f"{row.case_id}: {row.n_slices_kept} slices kept, lung {_num(row.lung_volume_ml, '.0f')} mL, "
+                f"box aspect {_num(row.box_aspect, '.2f')}")
+        cards.append(GalleryItem(row.qc_montage, text + (f" — {row.qc_flags}" if with_flags else ""), case_id=str(row.case_id),
+                                 attrs={"flagged": "1" if row.qc_flags else "0"}))
+    return cards
+
+
+def _num(value, fmt: str) -> str:
+    v = pd.to_numeric(value, errors="coerce")
+    return format(float(v), fmt) if not (v is None or math.isnan(v)) else "?"
+
+
+def write_qc_report(manifest: pd.DataFrame, out_dir: str | os.PathLike, montages: bool = True) -> Path:
+    """``out_dir/qc.html``: flagged cases first (with their reasons and montages), then failed ones, then the rest."""
+    usable = manifest[manifest["status"].isin(["ok", "cached"])]
+    flagged, rest = usable[usable["qc_flags"] != ""], usable[usable["qc_flags"] == ""]
+    failed = manifest[manifest["status"] == "failed"]
+    report = HtmlReport("ctmil preprocess: quality control")
+    report.paragraph(f"{len(manifest)} cases: {len(usable)} usable, {len(failed)} failed, {len(flagged)} flagged as outliers. "
+                     f"Montages: four kept slices evenly spaced, lung mask outline in red, crop box in green.")
+    report.paragraph(RULE + ("" if len(usable) >= MIN_CASES else f" This run has {len(usable)} usable cases: nothing is flagged."))
+    columns = ["case_id", "status", "label", "n_slices", "n_slices_kept", "lung_volume_ml", "box_aspect", "qc_flags", "warning"]
+    report.heading("Flagged cases", id="flagged-cases")
+    if len(flagged):
+        report.table(flagged[columns], id="flagged", caption="cases far from the cohort, with the reasons")
+        if montages:
+            report.gallery(_cards(flagged, True), id="flagged-montages")
+    else:
+        report.paragraph("No case is flagged.")
+    if len(failed):
+        report.heading("Failed cases", id="failed-cases")
+        report.table(failed[["case_id", "error", "source"]], id="failed", caption="cases without a bag, with the reason")
+    report.heading("Cases", id="all-cases")
+    report.table(usable[columns], id="cases", caption="every usable case (flagged ones too)")
+    if not montages:
+        report.paragraph("Montages were turned off for this run (ctmil preprocess --no-montages), so none is shown.")
+    elif len(rest):
+        report.gallery(_cards(rest, False), id="montages")
+    return report.write(Path(out_dir) / "qc.html")

@@ -1,0 +1,102 @@
+"""Preprocessing QC: measures, the robust outlier rule, montages, qc.html, cached runs, --no-montages."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from matplotlib import image as mpimg
+
+from ctmil.data.preprocess import MANIFEST_COLUMNS, preprocess_cases
+from ctmil.data.qc import flag_outliers, robust_z, run_traced
+from ctmil.synthetic.chest import make_phantom
+from ctmil.synthetic.nifti_writer import write_nifti
+from ctmil.transforms import preprocessing_transforms
+
+SPACING = (8.0, 3.6, 3.6)
+
+
+def write_cohort(folder, n: int = 6) -> list[dict]:
+    """``n`` small NIfTI phantoms; the last is cut to 8 of its 24 slices (few kept slices, little lung)."""
+    cases = []
+    for i in range(n):
+        vol, _, _ = make_phantom(i, shape=(24, 96, 96), spacing=SPACING)
+        if i == n - 1:
+            vol = vol[8:16]
+        path = write_nifti(vol, SPACING, folder / f"c{i}.nii.gz")
+        cases.append({"case_id": f"c{i}", "image": str(path), "label": i % 2, "source": path.name})
+    return cases
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    return write_cohort(tmp_path_factory.mktemp("qc_in"))
+
+
+def manifest_frame(values: dict, status=None) -> pd.DataFrame:
+    n = len(next(iter(values.values())))
+    frame = pd.DataFrame({"case_id": [f"c{i}" for i in range(n)], "status": status or ["ok"] * n,
+                          "n_slices_kept": [40] * n, "lung_volume_ml": [4000.0] * n, "box_aspect": [1.8] * n})
+    for k, v in values.items():
+        frame[k] = v
+    return frame
+
+
+@pytest.mark.parametrize("values, status, flagged", [
+    ({"n_slices_kept": [40, 41, 39, 40, 42, 12]}, None, {5: "n_slices_kept low"}),
+    ({"lung_volume_ml": [4000, 4100, 3900, 4050, 3950, 9000]}, None, {5: "lung_volume_ml high"}),
+    ({"n_slices_kept": [40, 41, 39, 40, 12]}, ["ok", "ok", "ok", "failed", "ok"], {}),  # 4 usable: too few to judge
+    ({"n_slices_kept": [40, 40, 40, 40, 40, 41]}, None, {}),  # MAD 0 and a 2.5 % difference: not an outlier
+    ({"n_slices_kept": [40, 40, 40, 40, 40, 60]}, None, {5: "n_slices_kept high"}),  # MAD 0: mean-AD fallback
+    ({"box_aspect": [1.8] * 6}, None, {}),  # identical cohort
+])
+def test_outlier_rule(values, status, flagged):
+    out = flag_outliers(manifest_frame(values, status))
+    for i, text in enumerate(out["qc_flags"]):
+        assert (text.startswith(flagged[i]) if i in flagged else text == ""), (i, text)
+
+
+def test_robust_z_matches_the_modified_z_score():
+    z = robust_z([1.0, 2.0, 3.0, 4.0, 100.0])  # median 3, MAD 1
+    assert np.allclose(z, 0.6745 * np.array([-2, -1, 0, 1, 97]))
+
+
+def test_traced_run_gives_the_same_bag(cohort):
+    transform = preprocessing_transforms()
+    item = {"image": cohort[0]["image"], "case_id": "c0", "label": 1}
+    bag, trace = run_traced(transform, item)
+    plain = transform(dict(item))
+    assert set(bag) == set(plain) and all(torch.equal(bag[k], plain[k]) for k in ("patches", "kept_slices", "boxes", "position"))
+    assert trace.ct.shape[1] == 24 and trace.mask_full.shape[1] == 24 and trace.mask_kept.shape[1] == len(bag["kept_slices"])
+
+
+def test_preprocess_writes_measures_flags_montages_and_qc_html(tmp_path, cohort):
+    manifest = preprocess_cases(cohort, tmp_path / "out", progress=False)
+    assert list(manifest.columns) == MANIFEST_COLUMNS and list(manifest["status"]) == ["ok"] * 6
+    assert manifest.loc[5, "qc_flags"].startswith("n_slices_kept low (8 vs median") and (manifest.loc[:4, "qc_flags"] == "").all()
+    assert manifest["lung_volume_ml"].between(500, 6000).all() and manifest["box_aspect"].between(1.0, 3.0).all()
+    on_disk = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False)
+    assert on_disk.loc[5, "qc_flags"] == manifest.loc[5, "qc_flags"]
+    png = mpimg.imread(manifest.loc[0, "qc_montage"])
+    assert png.shape[1] <= 600 and png.shape[0] > 100 and png[..., :3].std() > 0.05
+    shown = json.loads((tmp_path / "out" / "qc" / "c0.json").read_text())["montage_slices"]
+    kept = torch.load(manifest.loc[0, "bag_path"], weights_only=True)["kept_slices"].tolist()
+    assert len(shown) == 4 and shown == sorted(shown) and set(shown) <= set(kept) and {kept[0], kept[-1]} <= set(shown)
+    page = (tmp_path / "out" / "qc.html").read_text()
+    assert page.index('data-case-id="c5"') < page.index('data-case-id="c0"')  # flagged first
+    assert page.count("data:image/png;base64,") == 6 and "http" not in page
+
+    again = preprocess_cases(cohort, tmp_path / "out", progress=False)
+    assert list(again["status"]) == ["cached"] * 6
+    pd.testing.assert_frame_equal(again.drop(columns="status"), manifest.drop(columns="status"))
+
+
+def test_no_montages_still_measures_and_says_so(tmp_path, cohort):
+    manifest = preprocess_cases(cohort, tmp_path / "out", progress=False, montages=False)
+    assert (manifest["qc_montage"] == "").all() and manifest.loc[5, "qc_flags"] != ""
+    assert not list((tmp_path / "out" / "qc").glob("*.png"))
+    page = (tmp_path / "out" / "qc.html").read_text()
+    assert "Montages were turned off" in page and "data:image" not in page
+    with_montages = preprocess_cases(cohort, tmp_path / "out", progress=False)  # QC record lacks a montage: made again
+    assert list(with_montages["status"]) == ["ok"] * 6 and (with_montages["qc_montage"] != "").all()
