@@ -5,6 +5,8 @@ inference evaluator (``ctmil infer`` and the bundle's ``inference.json`` alike) 
 Output layout (``out_dir``)::
 
     predictions.csv                      one row per case (PREDICTION_COLUMNS)
+    report.html                          with write_report: one self-contained page (predictions, failed cases,
+                                         a gallery of the overlays with each case's probability); docs/reports.md
     features.csv                         with save_features: case_id, f000 ... (bag feature vectors)
     cases/<case_id>/attention.nii.gz     attention painted on the CT grid, aligned with the input series
     cases/<case_id>/overlay_s<NNN>.png   the most attended slices (NNN = slice index in the CT stack)
@@ -30,9 +32,10 @@ from ctmil.data.preprocess import atomic_write_csv
 from ctmil.io.paths import safe_case_name
 from ctmil.infer.attention_maps import paint_attention, save_attention_nifti, slice_attention, top_attended_slices
 from ctmil.infer.overlays import save_overlay
+from ctmil.report import GalleryItem, HtmlReport
 
 __all__ = ["PREDICTION_COLUMNS", "InferenceOptions", "InferenceWriter", "case_dirname", "empty_row", "predictions_frame",
-           "write_case_outputs"]
+           "write_case_outputs", "write_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +58,9 @@ class InferenceOptions:
         top_slices: how many overlays per case.
         map_mode: ``"bag"`` (attention as is) or ``"slice"`` (normalised per slice, the paper's Fig. 5).
         with_study_uid: add the DICOM StudyInstanceUID column (an identifier; off by default).
+        write_report: write ``report.html`` at the end (:func:`write_report`).
+        report_max_overlays: most overlay cards in ``report.html`` (each inlines its PNG, ~50-300 KB); the most
+            probable cases come first, every overlay stays under ``cases/``.
     """
 
     threshold: float = 0.5
@@ -64,10 +70,14 @@ class InferenceOptions:
     top_slices: int = 3
     map_mode: str = "bag"
     with_study_uid: bool = False
+    write_report: bool = True
+    report_max_overlays: int = 300
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.report_max_overlays < 0:
+            raise ValueError(f"report_max_overlays must be >= 0, got {self.report_max_overlays}")
         if self.top_slices < 0:
             raise ValueError(f"top_slices must be >= 0, got {self.top_slices}")
         if self.map_mode not in ("bag", "slice"):
@@ -216,3 +226,48 @@ class InferenceWriter:
         if self.options.save_features:
             _write_features_csv(self.rows, self.out_dir)
         engine.state.predictions = predictions_frame(self.rows, self.options.with_study_uid)
+        if self.options.write_report:
+            write_report(engine.state.predictions, self.out_dir, self.options)
+
+
+REPORT_COLUMNS = ["case_id", "status", "probability", "prediction", "label", "n_slices_kept", "top_slices", "warning"]
+
+
+def write_report(predictions: pd.DataFrame, out_dir: "str | os.PathLike[str]", options: InferenceOptions) -> Path:
+    """``out_dir/report.html``: the predictions table (``id="predictions"``), the failed cases (``id="failed"``) and
+    a gallery (``id="overlays"``) of every overlay of the usable cases, most probable case first, each card with
+    ``data-case-id`` and ``data-slice`` and the case's probability in its caption."""
+    out_dir = Path(out_dir)
+    ok = predictions[predictions["status"] != "failed"]
+    failed = predictions[predictions["status"] == "failed"]
+    report = HtmlReport("ctmil infer: predictions")
+    report.paragraph(f"{len(predictions)} cases: {len(ok)} predicted, {len(failed)} failed. probability: the model's "
+                     f"probability that the case is severe; prediction = 1 when it is at least the threshold "
+                     f"{options.threshold:g}; label: the reference label when one was given.")
+    report.heading("Predictions", id="predictions-heading")
+    report.table(predictions[[c for c in REPORT_COLUMNS if c in predictions]], id="predictions", caption="one row per case")
+    report.heading("Failed cases", id="failed-heading")
+    if len(failed):
+        report.table(failed[["case_id", "error", "warning"]], id="failed", caption="cases without a prediction, with the reason")
+    else:
+        report.paragraph("No case failed.")
+    report.heading("Attention overlays", id="overlays-heading")
+    if not options.save_overlays:
+        report.paragraph("Overlays were turned off for this run (--no-overlays), so no gallery is shown.")
+        return report.write(out_dir / "report.html")
+    cards = []
+    for row in ok.sort_values("probability", ascending=False, kind="stable").itertuples():
+        paths = [p for p in str(row.overlay_paths or "").split(";") if p]
+        slices = [s for s in str(row.top_slices or "").split(";") if s]
+        for rank, (path, s) in enumerate(zip(paths, slices), 1):
+            if (out_dir / path).is_file():
+                caption = f"{row.case_id}: probability {row.probability:.3f}, prediction {row.prediction}; slice {s} (attention rank {rank})"
+                cards.append(GalleryItem(out_dir / path, caption, case_id=str(row.case_id), attrs={"slice": s, "rank": str(rank)}))
+    shown = cards[: options.report_max_overlays]
+    report.paragraph(f"The {options.top_slices} most attended slices of each predicted case (files under cases/), lung box "
+                     "and patch grid in green." if cards else "No overlay was written (no attention, or top_slices = 0).")
+    if len(shown) < len(cards):
+        report.paragraph(f"{len(shown)} of {len(cards)} overlays are shown (report_max_overlays), most probable cases first.")
+    if shown:
+        report.gallery(shown, id="overlays", width=480)
+    return report.write(out_dir / "report.html")
