@@ -216,7 +216,7 @@ def write_qc_report(manifest: pd.DataFrame, out_dir: str | os.PathLike, montages
     if len(flagged):
         report.table(flagged[columns], id="flagged", caption="cases far from the cohort, with the reasons")
         if montages:
-            report.gallery(_cards(flagged, True), id="flagged-montages")
+            report.gallery(_cards(flagged, True), id="flagged-montages", width=420)
     else:
         report.paragraph("No case is flagged.")
     if len(failed):
@@ -227,5 +227,5 @@ def write_qc_report(manifest: pd.DataFrame, out_dir: str | os.PathLike, montages
     if not montages:
         report.paragraph("Montages were turned off for this run (ctmil preprocess --no-montages), so none is shown.")
     elif len(rest):
-        report.gallery(_cards(rest, False), id="montages")
+        report.gallery(_cards(rest, False), id="montages", width=420)
     return report.write(Path(out_dir) / "qc.html")

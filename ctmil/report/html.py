@@ -162,6 +162,10 @@ class HtmlReport:
             index: include the frame's index as the first column.
         """
         self._unique(id, "table id")
+        frame = frame.copy()
+        for column in frame.columns:  # nullable ints/strings show <NA> otherwise: blank, like NaN
+            if isinstance(frame[column].dtype, pd.api.extensions.ExtensionDtype):
+                frame[column] = frame[column].astype(object).where(frame[column].notna(), "")
         body = frame.to_html(index=index, table_id=id, classes="ctmil-table", border=0, escape=True, na_rep="",
                              float_format=float_format.format, justify="left")
         body = body.replace(' class="dataframe ctmil-table"', ' class="ctmil-table"')

@@ -100,3 +100,18 @@ def test_no_montages_still_measures_and_says_so(tmp_path, cohort):
     assert "Montages were turned off" in page and "data:image" not in page
     with_montages = preprocess_cases(cohort, tmp_path / "out", progress=False)  # QC record lacks a montage: made again
     assert list(with_montages["status"]) == ["ok"] * 6 and (with_montages["qc_montage"] != "").all()
+
+
+def test_qc_html_renders_in_chromium(tmp_path, cohort):
+    from tests.report._chromium import dom_cards, dom_images, render, screenshot_is_drawn, table_rows
+
+    preprocess_cases(cohort, tmp_path / "out", progress=False)
+    dom, shot = render(tmp_path / "out" / "qc.html", tmp_path / "qc.png")
+    flagged = table_rows(dom, "flagged")
+    assert [r[0] for r in flagged] == ["c5"] and flagged[0][7].startswith("n_slices_kept low")
+    assert [r[0] for r in table_rows(dom, "cases")] == [f"c{i}" for i in range(6)]
+    cards = dom_cards(dom)
+    assert [c["data-case-id"] for c in cards] == ["c5", "c0", "c1", "c2", "c3", "c4"] and cards[0]["data-flagged"] == "1"
+    images = dom_images(dom)
+    assert len(images) == 6 and all(i["src"].startswith("data:image/png") and i["data-natural-width"] == "600" for i in images)
+    assert screenshot_is_drawn(shot)

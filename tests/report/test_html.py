@@ -45,10 +45,11 @@ def test_external_references_finds_what_a_browser_would_fetch():
 
 
 def test_table_has_id_class_caption_and_blank_nan():
-    frame = pd.DataFrame({"case": ["a", "b"], "p": [0.123456, np.nan]})
+    frame = pd.DataFrame({"case": ["a", "b"], "p": [0.123456, np.nan], "n": pd.array([3, None], dtype="Int64")})
     page = HtmlReport("t").table(frame, id="preds", caption="one row per case").render()
     assert '<table class="ctmil-table" id="preds"><caption>one row per case</caption>' in page
-    assert "<td>0.1235</td>" in page and "<td></td>" in page and "nan" not in page.lower().replace("nan(", "")
+    assert "<td>0.1235</td>" in page and "<td>3</td>" in page and page.count("<td></td>") == 2
+    assert "nan" not in page.lower() and "&lt;NA&gt;" not in page
 
 
 @pytest.mark.parametrize("bad", ["1x", "a b", 'x"y', ""])
@@ -71,3 +72,22 @@ def test_write_is_atomic_and_leaves_no_temporary_file(tmp_path):
     path = HtmlReport("t").paragraph("hello").write(tmp_path / "sub" / "r.html")
     assert path.read_text(encoding="utf-8").startswith("<!DOCTYPE html>") and "<p>hello</p>" in path.read_text()
     assert sorted(p.name for p in path.parent.iterdir()) == ["r.html"]
+
+
+def test_page_renders_in_chromium(tmp_path):
+    from tests.report._chromium import dom_cards, dom_images, render, screenshot_is_drawn, table_rows
+
+    frame = pd.DataFrame({"case_id": ["x<1>", "y"], "p": [0.5, 0.25]})
+    page = HtmlReport("browser check").table(frame, id="t").gallery([(png_bytes(30, 40), "x", "x<1>"), (png_bytes(), "y", "y")])
+    dom, shot = render(page.write(tmp_path / "page.html"), tmp_path / "page.png", window=(800, 600))
+    assert table_rows(dom, "t") == [["x<1>", "0.5"], ["y", "0.25"]] and screenshot_is_drawn(shot)
+    sizes = [(i["data-natural-width"], i["data-natural-height"]) for i in dom_images(dom)]
+    assert sizes == [("40", "30"), ("12", "8")] and [c["data-case-id"] for c in dom_cards(dom)] == ["x<1>", "y"]
+
+
+def test_browser_tests_skip_without_chromium(monkeypatch):
+    from tests.report import _chromium
+
+    monkeypatch.setattr(_chromium.shutil, "which", lambda name: None)
+    with pytest.raises(pytest.skip.Exception, match="chromium is not installed"):
+        _chromium.render("page.html")
