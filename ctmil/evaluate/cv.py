@@ -17,6 +17,12 @@ Each run (setting, repeat, fold) is the bundle's train workflow (:func:`ctmil.bu
 ``python -m monai.bundle run`` build. Every setting of one repeat uses the same folds and, per fold, the same
 seed, so settings are compared on paired runs. Predictions go through :func:`ctmil.train.engines.predict`.
 
+Operating point: with ``cv#calibration_fraction`` > 0 each run holds back that share of its training folds
+(stratified, patients kept together, seeded by the run) as inner validation cases; the run trains on the rest,
+and its :class:`~ctmil.train.handlers.OperatingPointHandler` fits a calibration map and a threshold on the
+held-back cases. The test fold is never used for either; its predictions carry the raw ``prob`` and, at the
+learnt point, ``prob_calibrated``, ``prediction`` and ``threshold``. The final model is made the same way.
+
 Outputs (in ``out_dir``): ``config.json`` (what the run was made from), ``folds.csv``, ``predictions.csv``,
 ``runs/<setting>/r<R>_f<F>/predictions.csv`` (+ checkpoints while a run trains), the report of
 :func:`ctmil.evaluate.report.write_report`, and the final model (``model.pt`` + ``model.json``). A re-run into
@@ -38,10 +44,11 @@ import pandas as pd
 from monai.bundle import ConfigParser
 from tqdm.auto import tqdm
 
-from ctmil.bundle import bag_table, build_workflow, config_files
+from ctmil.bundle import bag_table, build_workflow, config_files, split_cases
 from ctmil.data.bags import BagDataset
 from ctmil.data.preprocess import atomic_write_csv
 from ctmil.evaluate.folds import make_folds, run_seed
+from ctmil.evaluate.operating_point import apply_operating_point
 from ctmil.evaluate.report import write_report
 from ctmil.train.engines import predict
 
@@ -58,6 +65,7 @@ SETTINGS: Dict[str, tuple] = {
 }
 _FINAL_MODEL = ("all_data", "last_fold", "none")
 DEFAULT_FILES = ("train.json", "cv.json")
+_COLUMNS = ("case_id", "setting", "repeat", "fold", "prob", "label", "prob_calibrated", "prediction", "threshold")
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -75,6 +83,9 @@ def cv_protocol(files: Sequence[PathLike] = DEFAULT_FILES, overrides: Optional[M
         raise CVConfigError(f"cv#settings must be a non-empty subset of {list(SETTINGS)}, got {settings!r}.")
     if cv.get("ssl_task") not in ("absolute", "relative"):
         raise CVConfigError(f"cv#ssl_task must be 'absolute' or 'relative', got {cv.get('ssl_task')!r}.")
+    fraction = cv.setdefault("calibration_fraction", 0.0)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0:
+        raise CVConfigError(f"cv#calibration_fraction must be a number in [0, 1), got {fraction!r}.")
     if cv.get("final_model", "all_data") not in _FINAL_MODEL:
         raise CVConfigError(f"cv#final_model must be one of {_FINAL_MODEL}, got {cv.get('final_model')!r}.")
     for key in ("n_folds", "n_repeats"):
@@ -113,19 +124,58 @@ def _check_out(out: Path, record: Mapping[str, Any], restart: bool) -> None:
     path.write_text(json.dumps(record, indent=2))
 
 
+def _inner_split(table: pd.DataFrame, fraction: float, seed: int, bags: BagDataset, index: Mapping[str, int]) -> tuple:
+    """``(training bags, calibration bags or None)`` of a fold's training cases (``fraction`` 0: no calibration).
+
+    Too few cases for a split with both classes on each side: every case trains, and the run keeps the fixed
+    threshold (a warning says so; the report shows the fixed threshold for that run).
+    """
+    table = table.reset_index(drop=True)
+    try:
+        fit, calibration = split_cases(table, fraction, seed)
+    except ValueError as err:
+        fit, calibration = table, table.iloc[:0]
+        logger.warning("no inner calibration split (%s): this run keeps the fixed threshold", err)
+    if len(calibration) and (calibration["label"].nunique() < 2 or fit["label"].nunique() < 2):
+        logger.warning("the inner calibration split of %d cases lacks a class: this run keeps the fixed threshold", len(table))
+        fit, calibration = table, table.iloc[:0]
+    return (bags.subset([index[c] for c in fit["case_id"]]),
+            bags.subset([index[c] for c in calibration["case_id"]]) if len(calibration) else None)
+
+
 def _train(files, overrides: Mapping[str, Any], setting: str, ssl_task: str, train_ds: BagDataset,
-           test_ds: Optional[BagDataset], seed: int, run_dir: Path, model_dir: Optional[Path]):
-    """One run of the bundle's train workflow; returns the trained network and the workflow's device."""
+           calibration_ds: Optional[BagDataset], seed: int, run_dir: Path, model_dir: Optional[Path]):
+    """One run of the bundle's train workflow on ``train_ds``, its operating point learnt on ``calibration_ds``
+    (the validation set of the workflow; never a test fold); returns the network, its device and the point."""
     _, use_virtual, use_ssl = SETTINGS[setting]
     run = {**dict(overrides), "seed": seed, "ssl": ssl_task if use_ssl else "none", "use_virtual_bags": use_virtual,
-           "train#dataset": train_ds, "validate#dataset": test_ds, "output_dir": str(run_dir),
+           "train#dataset": train_ds, "validate#dataset": calibration_ds, "output_dir": str(run_dir),
            "save_model": model_dir is not None, "ckpt_dir": str(model_dir or run_dir)}
     workflow = build_workflow([_path(f) for f in files], run)
     workflow.run()
     network = workflow.parser.get_parsed_content("network_def")
     device = workflow.parser.get_parsed_content("device")
+    point = workflow.parser.get_parsed_content("train#operating_point").result
     workflow.finalize()
-    return network, device
+    return network, device, point
+
+
+def _write_point(run_dir: Path, point: Mapping[str, Any], calibration: Optional[BagDataset]) -> None:
+    """``operating_point.json`` of a run: the point and the ids of the cases it was fitted on (for audit)."""
+    ids = [] if calibration is None else [calibration[i]["case_id"] for i in range(len(calibration))]
+    (run_dir / "operating_point.json").write_text(json.dumps({**point, "calibration_cases": ids}, indent=2))
+
+
+def _fold_predictions(network, test: BagDataset, device, point: Mapping[str, Any], setting: str, r: int, f: int) -> pd.DataFrame:
+    """The test fold's predictions: raw ``prob``, and ``prob_calibrated`` / ``prediction`` at the run's learnt point."""
+    pred = pd.DataFrame(predict(network, test, device=device))
+    pred.insert(1, "setting", setting)
+    pred.insert(2, "repeat", r)
+    pred.insert(3, "fold", f)
+    pred["label"] = pred["label"].astype(int)
+    pred["prob_calibrated"], pred["prediction"] = apply_operating_point(point, pred["prob"].to_numpy())
+    pred["threshold"] = point["threshold"]
+    return pred
 
 
 def run_cv(
@@ -175,14 +225,13 @@ def run_cv(
             else:
                 part = manifest[manifest["repeat"] == r]
                 test = bags.subset([index[c] for c in part.loc[part["fold"] == f, "case_id"]])
-                train = bags.subset([index[c] for c in part.loc[part["fold"] != f, "case_id"]])
-                network, device = _train(files, overrides, setting, protocol["ssl_task"], train, test,
-                                         run_seed(seed, r, f), run_dir, out if keep else None)
-                pred = pd.DataFrame(predict(network, test, device=device))
-                pred.insert(1, "setting", setting)
-                pred.insert(2, "repeat", r)
-                pred.insert(3, "fold", f)
-                pred["label"] = pred["label"].astype(int)
+                in_train = table["case_id"].isin(part.loc[part["fold"] != f, "case_id"])
+                train, calibration = _inner_split(table[in_train], protocol["calibration_fraction"], run_seed(seed, r, f),
+                                                  bags, index)
+                network, device, point = _train(files, overrides, setting, protocol["ssl_task"], train, calibration,
+                                                run_seed(seed, r, f), run_dir, out if keep else None)  # fmt: skip
+                pred = _fold_predictions(network, test, device, point, setting, r, f)
+                _write_point(run_dir, point, calibration)
                 atomic_write_csv(pred, run_dir / "predictions.csv")
                 predictions.append(pred)
                 if not protocol["keep_checkpoints"]:
@@ -192,11 +241,12 @@ def run_cv(
             bar.set_postfix(setting=final_setting, repeat="-", fold="all")
             if not (out / "model.pt").exists():
                 run_dir = out / "runs" / final_setting / "all_data"
-                _train(files, overrides, final_setting, protocol["ssl_task"], bags, None, seed, run_dir, out)
+                train, calibration = _inner_split(table, protocol["calibration_fraction"], seed, bags, index)
+                _train(files, overrides, final_setting, protocol["ssl_task"], train, calibration, seed, run_dir, out)
                 if not protocol["keep_checkpoints"]:
                     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
             bar.update(1)
-    all_predictions = pd.concat(predictions, ignore_index=True)[["case_id", "setting", "repeat", "fold", "prob", "label"]]
+    all_predictions = pd.concat(predictions, ignore_index=True).reindex(columns=list(_COLUMNS))
     atomic_write_csv(all_predictions, out / "predictions.csv")
     write_report(out, all_predictions, threshold=float(parser.get_parsed_content("threshold")))
     return all_predictions

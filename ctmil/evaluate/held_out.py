@@ -17,11 +17,13 @@ Where the predictions come from (one predict path each, as in training and infer
 
 Labels come from the datalist, else from ``labels`` (a labels CSV or a mapping); unlabelled cases are left out with
 a warning. A case that cannot be predicted is left out and listed in ``result["failed"]`` with its one-line reason.
+
+Probabilities are calibrated, and the threshold chosen, by the operating point learnt with the model on its
+training data (``model.json``; see :mod:`ctmil.evaluate.operating_point`), never on the evaluated cases.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -32,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ctmil.data.preprocess import atomic_write_csv, case_error_text
-from ctmil.evaluate.calibration import brier_score, expected_calibration_error, plot_reliability
+from ctmil.evaluate.calibration import apply_calibration, brier_score, expected_calibration_error, plot_reliability
 from ctmil.evaluate.metrics import roc_curve
 from ctmil.evaluate.statistics import bootstrap_ci, delong_auc_ci
 
@@ -49,17 +51,15 @@ PathLike = "str | os.PathLike[str]"
 
 
 def resolve_threshold(threshold: float | None, model: PathLike) -> tuple[float, str]:
-    """``(threshold, where it came from)``: the given one, else ``threshold`` of ``model.json`` beside the model,
-    else 0.5."""
+    """``(threshold, where it came from)``: the given one, else the operating point recorded in ``model.json``
+    beside the model (learnt on training data, :func:`~ctmil.infer.model_io.recorded_operating_point`), else 0.5."""
+    from ctmil.infer.model_io import recorded_operating_point
+
     source = "given (--threshold)"
     if threshold is None:
-        sidecar = Path(model).with_suffix(".json")
-        try:
-            recorded = json.loads(sidecar.read_text()).get("threshold") if sidecar.is_file() else None
-        except (OSError, ValueError, AttributeError):
-            logger.warning("ignoring unreadable %s", sidecar.name)
-            recorded = None
-        threshold, source = (0.5, "default 0.5") if recorded is None else (recorded, f"recorded in {sidecar.name}")
+        point = recorded_operating_point(model)
+        rule = "" if point["rule"] == "fixed" else f"{point['rule']} on "
+        threshold, source = point["threshold"], f"{rule}{point['source']}"
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold ({source}) must be a number in [0, 1], got {threshold!r}.")
     return float(threshold), source
@@ -107,7 +107,8 @@ def _bag_predictions(datalist: Path, loaded: Any, labels: Mapping[str, float]) -
         ids, dicts, ys = zip(*bags)
         dataset = BagDataset(list(dicts), labels=list(ys), case_ids=list(ids))
         out = predict(loaded.module, dataset, device=loaded.device, inferer=BagInferer(loaded.chunk_size))
-        predictions = pd.DataFrame({"case_id": out["case_id"], "probability": out["prob"], "label": out["label"]})
+        probability = apply_calibration(loaded.operating_point["calibration"], np.asarray(out["prob"], dtype=np.float64))
+        predictions = pd.DataFrame({"case_id": out["case_id"], "probability": probability, "label": out["label"]})
     predictions = pd.concat([predictions, unlabelled], ignore_index=True) if len(unlabelled) else predictions
     return predictions, pd.DataFrame(failed, columns=["case_id", "error"])
 

@@ -25,13 +25,13 @@ from typing import Dict, List, Mapping, Optional, Union
 import pandas as pd
 
 from ctmil.data.preprocess import atomic_write_csv
-from ctmil.evaluate.metrics import METRIC_NAMES, binary_metrics, roc_curve
+from ctmil.evaluate.metrics import METRIC_NAMES, binary_metrics, roc_auc, roc_curve
 from ctmil.evaluate.report_comparisons import auc_delong, paired_comparisons
 from ctmil.evaluate.report_tables import describe, render_markdown
 from ctmil.evaluate.statistics import fold_summary
 
-__all__ = ["PREDICTION_COLUMNS", "fold_metrics", "metric_table", "plot_roc", "repeat_metrics", "summary_table",
-           "write_report"]  # fmt: skip
+__all__ = ["PREDICTION_COLUMNS", "fold_metrics", "learnt_summary", "metric_table", "plot_roc", "repeat_metrics",
+           "summary_table", "write_report"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -47,30 +47,39 @@ def _check(predictions: pd.DataFrame) -> None:
         raise ValueError("predictions hold a case twice in one (setting, repeat).")
 
 
-def metric_table(predictions: pd.DataFrame, by: List[str], threshold: float = 0.5) -> pd.DataFrame:
-    """The five metrics (and the case counts) of each group of ``predictions`` grouped by ``by``."""
+def metric_table(predictions: pd.DataFrame, by: List[str], threshold: float = 0.5, decision: Optional[str] = None) -> pd.DataFrame:
+    """The five metrics (and the case counts) of each group of ``predictions`` grouped by ``by``.
+
+    With ``decision`` (a 0/1 column, e.g. ``prediction`` at each run's learnt threshold) the threshold-dependent
+    metrics come from that column and ``threshold`` is unused; AUC always ranks the raw ``prob``.
+    """
     _check(predictions)
     rows = []
     for key, part in predictions.groupby(by, sort=True):
         key = key if isinstance(key, tuple) else (key,)
-        m = binary_metrics(part["prob"].to_numpy(), part["label"].to_numpy(), threshold)
+        if decision is None:
+            m = binary_metrics(part["prob"].to_numpy(), part["label"].to_numpy(), threshold)
+        else:
+            m = {**binary_metrics(part[decision].to_numpy(dtype=float), part["label"].to_numpy(), 0.5),
+                 "auc": roc_auc(part["prob"].to_numpy(), part["label"].to_numpy())}  # fmt: skip
         rows.append({**dict(zip(by, key)), "n_cases": len(part), "n_positive": int(part["label"].sum()), **m})
     return pd.DataFrame(rows, columns=[*by, "n_cases", "n_positive", *METRIC_NAMES])
 
 
-def repeat_metrics(predictions: pd.DataFrame, threshold: float = 0.5, level: float = 0.95) -> pd.DataFrame:
+def repeat_metrics(predictions: pd.DataFrame, threshold: float = 0.5, level: float = 0.95,
+                   decision: Optional[str] = None) -> pd.DataFrame:  # fmt: skip
     """Metrics of the pooled out-of-fold predictions of each (setting, repeat), with the DeLong CI of the AUC
     (``auc_delong_lower, auc_delong_upper``; ``nan`` with fewer than 2 cases of a class)."""
-    table = metric_table(predictions, ["setting", "repeat"], threshold)
+    table = metric_table(predictions, ["setting", "repeat"], threshold, decision)
     cis = [auc_delong(p["label"], p["prob"], level) for _, p in predictions.groupby(["setting", "repeat"], sort=True)]
     table["auc_delong_lower"] = [ci.lower for ci in cis]
     table["auc_delong_upper"] = [ci.upper for ci in cis]
     return table
 
 
-def fold_metrics(predictions: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
+def fold_metrics(predictions: pd.DataFrame, threshold: float = 0.5, decision: Optional[str] = None) -> pd.DataFrame:
     """Metrics of each (setting, repeat, fold) test fold."""
-    return metric_table(predictions, ["setting", "repeat", "fold"], threshold)
+    return metric_table(predictions, ["setting", "repeat", "fold"], threshold, decision)
 
 
 def summary_table(per_repeat: pd.DataFrame, per_fold: pd.DataFrame,
@@ -94,6 +103,20 @@ def summary_table(per_repeat: pd.DataFrame, per_fold: pd.DataFrame,
             row.update({f"{m}_fold_mean": stats["mean"], f"{m}_fold_sd": stats["sd"], f"{m}_fold_n": int(stats["n"])})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def learnt_summary(predictions: pd.DataFrame, level: float = 0.95,
+                   descriptions: Optional[Mapping[str, str]] = None) -> Optional[pd.DataFrame]:  # fmt: skip
+    """:func:`summary_table` at each run's learnt operating point (the ``prediction`` column), with the mean and
+    SD over runs of the learnt ``threshold`` (``threshold_mean, threshold_sd``); ``None`` without those columns."""
+    if not {"prediction", "threshold"} <= set(predictions.columns) or predictions["prediction"].isna().any():
+        return None
+    summary = summary_table(repeat_metrics(predictions, level=level, decision="prediction"),
+                            fold_metrics(predictions, decision="prediction"), descriptions)  # fmt: skip
+    runs = predictions.drop_duplicates(["setting", "repeat", "fold"]).groupby("setting", sort=False)["threshold"]
+    summary["threshold_mean"] = summary["setting"].map(runs.mean())
+    summary["threshold_sd"] = summary["setting"].map(runs.std(ddof=1))
+    return summary
 
 
 def plot_roc(predictions: pd.DataFrame, path: Union[str, "os.PathLike[str]"],
@@ -156,14 +179,19 @@ def write_report(
     files = ("report.csv", "report.md", "repeat_metrics.csv", "fold_metrics.csv", "ttests.csv", "auc_differences.csv",
              "roc.png")  # fmt: skip
     paths = {name: out / file for name, file in zip(names, files)}
-    for name, frame in (("report_csv", summary), ("repeat_metrics", per_repeat), ("fold_metrics", per_fold),
-                        ("ttests", tests), ("auc_differences", differences)):  # fmt: skip
+    frames = [("report_csv", summary), ("repeat_metrics", per_repeat), ("fold_metrics", per_fold), ("ttests", tests),
+              ("auc_differences", differences)]  # fmt: skip
+    learnt = learnt_summary(predictions, level, descriptions)
+    if learnt is not None:
+        paths["report_learnt"] = out / "report_learnt_threshold.csv"
+        frames.append(("report_learnt", learnt))
+    for name, frame in frames:
         atomic_write_csv(frame, paths[name])
     pools = predictions.drop_duplicates(["repeat", "case_id"])
     ctx = {"n_repeats": int(predictions["repeat"].nunique()), "n_folds": int(predictions["fold"].nunique()),
            "n_cases": int(pools["case_id"].nunique()), "n_positive": int(pools.drop_duplicates("case_id")["label"].sum()),
            "threshold": threshold, "level": level, "n_resamples": n_resamples}  # fmt: skip
-    paths["report_md"].write_text(render_markdown(summary, tests, ctx, descriptions))
+    paths["report_md"].write_text(render_markdown(summary, tests, ctx, descriptions, learnt))
     plot_roc(predictions, paths["roc"], descriptions)
     logger.info("report written to %s", out)
     return paths

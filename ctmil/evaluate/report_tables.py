@@ -77,7 +77,7 @@ def _p(p: float) -> str:
 
 def _summary_section(summary: pd.DataFrame, level: float, descriptions) -> List[str]:
     lines = [
-        "## Summary: pooled out-of-fold predictions per repeat, mean ± SD over repeats",
+        "## Summary at the fixed threshold: pooled out-of-fold predictions per repeat, mean ± SD over repeats",
         "",
         f"| Method {_METRIC_HEADER} AUC {level:.0%} CI (DeLong) |",
         "|---|---|---|---|---|---|---|",
@@ -86,6 +86,24 @@ def _summary_section(summary: pd.DataFrame, level: float, descriptions) -> List[
         cells = [_fmt(row[f"{m}_mean"], row[f"{m}_sd"]) for m in METRIC_NAMES]
         lo, hi = row["auc_delong_lower"], row["auc_delong_upper"]
         cells.append(f"[{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) and np.isfinite(hi) else "n/a")
+        lines.append(f"| {_label(row['setting'], descriptions)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _learnt_section(learnt: Optional[pd.DataFrame], descriptions) -> List[str]:
+    lines = ["## At the operating point learnt on training data", ""]
+    if learnt is None:
+        return lines + ["No operating point was learnt (`cv#calibration_fraction` 0): every run used the fixed threshold."]
+    lines += [
+        "Each run fits a Platt/isotonic map and a threshold on its inner validation cases (held back from its "
+        "training folds, never its test fold) and applies both to its test fold. AUC ranks the raw probabilities.",
+        "",
+        f"| Method {_METRIC_HEADER} threshold (mean ± SD over runs) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for _, row in learnt.iterrows():
+        cells = [_fmt(row[f"{m}_mean"], row[f"{m}_sd"]) for m in METRIC_NAMES]
+        cells.append(_fmt(row["threshold_mean"], row["threshold_sd"]))
         lines.append(f"| {_label(row['setting'], descriptions)} | " + " | ".join(cells) + " |")
     return lines
 
@@ -190,22 +208,25 @@ def _methods_section(ctx: Mapping[str, object], tests: pd.DataFrame) -> List[str
 
 
 def render_markdown(summary: pd.DataFrame, tests: pd.DataFrame, ctx: Mapping[str, object],
-                    descriptions: Optional[Mapping[str, str]] = None) -> str:  # fmt: skip
+                    descriptions: Optional[Mapping[str, str]] = None, learnt: Optional[pd.DataFrame] = None) -> str:  # fmt: skip
     """``report.md`` from the summary (:func:`~ctmil.evaluate.report.summary_table`), the paired comparisons
     (:func:`~ctmil.evaluate.report_comparisons.paired_comparisons`) and ``ctx`` (``n_repeats, n_folds, n_cases,
-    n_positive, threshold, level, n_resamples``)."""
+    n_positive, threshold, level, n_resamples``) and, where runs learnt an operating point, its summary ``learnt``
+    (:func:`~ctmil.evaluate.report.learnt_summary`)."""
     sections: Sequence[List[str]] = (
         ["# Cross-validation report", "",
          f"{ctx['n_repeats']} repeat(s) of {ctx['n_folds']}-fold stratified, patient-grouped cross-validation, "
          f"{ctx['n_cases']} cases ({ctx['n_positive']} severe), threshold {ctx['threshold']}. "
          "How each number was made is told at the end."],
         _summary_section(summary, float(ctx["level"]), descriptions),
+        _learnt_section(learnt, descriptions),
         _fold_section(summary, descriptions),
         _table_iv_section(summary, descriptions),
         _comparison_section(tests, float(ctx["level"])),
         _methods_section(ctx, tests),
         ["Files: `report.csv` (summary and per-fold tables), `repeat_metrics.csv`, `fold_metrics.csv`, `ttests.csv` "
-         "(paired comparisons), `auc_differences.csv` (per repeat), `predictions.csv`, `folds.csv`, `roc.png`, "
+         "(paired comparisons), `auc_differences.csv` (per repeat), `report_learnt_threshold.csv` (at the learnt operating "
+         "point), `predictions.csv`, `folds.csv`, `roc.png`, "
          "`config.json`, `model.pt` + `model.json` (final model)."],
     )  # fmt: skip
     return "\n\n".join("\n".join(s) for s in sections) + "\n"

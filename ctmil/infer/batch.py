@@ -130,14 +130,16 @@ def make_case_step(model: InferenceModel, threshold: float = 0.5):
 
 def create_inference_evaluator(network: torch.nn.Module, data_loader: DataLoader, device: "str | torch.device" = "cpu",
                                inferer: Any = None, threshold: float = 0.5, val_handlers: Sequence[Any] = (),
-                               progress: bool = False) -> Evaluator:
+                               progress: bool = False, operating_point: Mapping[str, Any] | None = None) -> Evaluator:
     """The infer workflow's evaluator: ``evaluator.run()`` predicts and writes every case of ``data_loader``.
 
     ``network`` is a :class:`~ctmil.networks.MILNet` (weights loaded by a ``CheckpointLoader`` in ``val_handlers``
-    at start) or a loaded :class:`InferenceModel`'s module (TorchScript included).
+    at start) or a loaded :class:`InferenceModel`'s module (TorchScript included). ``operating_point`` (the
+    model's recorded calibration, :func:`~ctmil.infer.model_io.recorded_operating_point`) calibrates a bare
+    network's probabilities; a loaded :class:`InferenceModel` brings its own. ``threshold`` applies to them.
     """
     chunk = getattr(inferer, "chunk_size", None) or 1024
-    model = network if isinstance(network, InferenceModel) else InferenceModel.wrap(network, device, chunk_size=chunk)
+    model = network if isinstance(network, InferenceModel) else InferenceModel.wrap(network, device, chunk, operating_point)
     evaluator = Evaluator(device=torch.device(device), val_data_loader=data_loader, epoch_length=len(data_loader),
                           iteration_update=make_case_step(model, float(threshold)),
                           val_handlers=[h for h in val_handlers if h is not None] or None, decollate=False)
@@ -153,7 +155,7 @@ def run_inference(
     model: "str | os.PathLike | InferenceModel",
     out_dir: "str | os.PathLike",
     *,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     device: str = "cpu",
     save_maps: bool = True,
     save_overlays: bool = True,
@@ -174,7 +176,9 @@ def run_inference(
     Args:
         inputs: export folders, NIfTI files, slice-image folders or datalist CSVs (one path or several).
         model: a model file (:func:`ctmil.infer.model_io.load_model`, weights only) or an already loaded model.
-        threshold, save_maps, save_overlays, save_features, top_slices, map_mode: see :class:`InferenceOptions`.
+        threshold: the decision threshold on the (calibrated) probability; ``None``: the one learnt with the
+            model (``model.json``'s operating point), else 0.5.
+        save_maps, save_overlays, save_features, top_slices, map_mode: see :class:`InferenceOptions`.
         device: ``"cpu"`` or ``"cuda[:i]"``.
         labels: optional reference labels by case id (or StudyInstanceUID), copied to the ``label`` column.
         min_slices, min_area_fraction: preprocessing settings; ``None`` = those recorded with the model
@@ -193,8 +197,9 @@ def run_inference(
     from ctmil.infer.model_io import load_model
     from ctmil.infer.writer import InferenceOptions
 
-    InferenceOptions(threshold=float(threshold), top_slices=int(top_slices), map_mode=map_mode)  # validate first
+    InferenceOptions(threshold=0.5 if threshold is None else float(threshold), top_slices=int(top_slices), map_mode=map_mode)
     loaded = model if isinstance(model, InferenceModel) else load_model(model, device=device, allow_torchscript=allow_torchscript)
+    threshold = loaded.threshold if threshold is None else float(threshold)
     if not loaded.has_attention and (save_maps or save_overlays):
         logger.warning("the model gives no attention: attention maps and overlays are skipped")
     settings = dict(loaded.preprocessing)

@@ -9,6 +9,10 @@ Accepted files:
   checkpoints, bundle ``CheckpointSaver`` files);
 * a TorchScript file (``torch.jit.save``, the MONAI bundle's ``ckpt_export``).
 
+The operating point recorded in ``model.json`` (calibration map + threshold, learnt on training data by
+``ctmil train`` / ``ctmil cv``) travels with the loaded model: :attr:`BagPrediction.probability` is calibrated
+and :attr:`InferenceModel.threshold` is the learnt threshold.
+
 Pickled files are always read with ``torch.load(..., weights_only=True)``: a checkpoint can never run code
 on load. Without recorded constructor arguments they are inferred from the weights' shapes.
 """
@@ -29,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ctmil.evaluate.calibration import apply_calibration
+from ctmil.evaluate.operating_point import check_operating_point, fixed_operating_point
 from ctmil.infer.model_files import ModelError, infer_network_kwargs, strip_prefix, unpack
 from ctmil.networks import MILNet
 from ctmil.train.steps import BagInferer, predict_batch
@@ -41,9 +47,10 @@ class BagPrediction:
     """The network's answer for one bag: ``attention (K,)`` and ``bag_features (M,)`` are ``None`` when unavailable."""
 
     logit: float
-    probability: float
+    probability: float  # calibrated by the model's operating point (the raw sigmoid when it has none)
     attention: np.ndarray | None = None
     bag_features: np.ndarray | None = None
+    raw_probability: float | None = None  # sigmoid(logit)
 
 
 @dataclass
@@ -64,12 +71,20 @@ class InferenceModel:
     network: dict = field(default_factory=dict)
     preprocessing: dict = field(default_factory=dict)
     chunk_size: int = 1024
+    operating_point: dict = field(default_factory=fixed_operating_point)  # calibration + threshold (model.json)
 
     @classmethod
-    def wrap(cls, module: torch.nn.Module, device: "str | torch.device" = "cpu", chunk_size: int = 1024) -> "InferenceModel":
+    def wrap(cls, module: torch.nn.Module, device: "str | torch.device" = "cpu", chunk_size: int = 1024,
+             operating_point: Mapping[str, Any] | None = None) -> "InferenceModel":  # fmt: skip
         """An in-memory network (e.g. the bundle's ``network_def`` after its ``CheckpointLoader``) as an inference model."""
+        point = check_operating_point(operating_point) if operating_point else fixed_operating_point()
         return cls(module.eval(), "module", "<in memory>", _strategy(module), torch.device(device),
-                   network=dict(getattr(module, "hparams", {}) or {}), chunk_size=chunk_size)
+                   network=dict(getattr(module, "hparams", {}) or {}), chunk_size=chunk_size, operating_point=point)
+
+    @property
+    def threshold(self) -> float:
+        """The decision threshold on :attr:`BagPrediction.probability` learnt with the model (0.5 if none)."""
+        return float(self.operating_point["threshold"])
 
     @property
     def has_attention(self) -> bool:
@@ -105,9 +120,11 @@ class InferenceModel:
         if attention is not None and attention.numel() != x.shape[1]:
             raise ValueError(f"the model returned {attention.numel()} attention weights for {x.shape[1]} patches")
         logit = float(logits.reshape(()).float().cpu())
+        raw = float(torch.sigmoid(torch.tensor(logit)))
         return BagPrediction(
             logit=logit,
-            probability=float(torch.sigmoid(torch.tensor(logit))),
+            probability=float(apply_calibration(self.operating_point["calibration"], np.array([raw]))[0]),
+            raw_probability=raw,
             attention=None if attention is None else attention.reshape(-1).float().cpu().numpy(),
             bag_features=None if features is None else features.reshape(-1).float().cpu().numpy(),
         )
@@ -135,20 +152,43 @@ def _strategy(module) -> str:
     return "logits"
 
 
-def _sidecar(path: Path) -> tuple[dict, dict]:
-    """``(network, preprocessing)`` of the ``model.json`` written next to ``model.pt`` by
-    :func:`ctmil.train.handlers.save_model` (empty when absent)."""
+def _sidecar_info(path: Path) -> dict:
+    """The ``model.json`` written next to ``model.pt`` by :func:`ctmil.train.handlers.save_model` ({} when absent)."""
     sidecar = path.with_suffix(".json")
     if not sidecar.is_file():
-        return {}, {}
+        return {}
     try:
         info = json.loads(sidecar.read_text())
     except (OSError, ValueError):
         logger.warning("ignoring unreadable %s", sidecar.name)
-        return {}, {}
-    if not isinstance(info, Mapping):
-        return {}, {}
+        return {}
+    return dict(info) if isinstance(info, Mapping) else {}
+
+
+def _sidecar(path: Path) -> tuple[dict, dict]:
+    """``(network, preprocessing)`` of the ``model.json`` beside ``path`` (empty when absent)."""
+    info = _sidecar_info(path)
     return dict(info.get("network") or {}), dict(info.get("preprocessing") or {})
+
+
+def recorded_operating_point(path: "str | os.PathLike") -> dict:
+    """The operating point recorded in the ``model.json`` beside ``path`` (:mod:`ctmil.evaluate.operating_point`):
+    its calibration map and threshold; a recorded plain ``threshold`` alone; else the identity and 0.5.
+
+    Raises:
+        ModelError: a recorded point that is not usable (one line).
+    """
+    info = _sidecar_info(Path(path))
+    point = info.get("operating_point")
+    if point is None and info.get("threshold") is not None:
+        point = {**fixed_operating_point(info["threshold"], "threshold recorded in model.json"),
+                 "calibration": info.get("calibration") or {"method": "none"}}  # fmt: skip
+    if point is None:
+        return fixed_operating_point(0.5, "default 0.5 (no operating point recorded with the model)")
+    try:
+        return check_operating_point(point)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ModelError(f"{Path(path).with_suffix('.json').name}: unusable operating point: {err}") from None
 
 
 def _first_line(err: BaseException) -> str:
@@ -222,7 +262,7 @@ def load_model(
         network_kwargs, preprocessing = _sidecar(path)  # a model.json beside the export records its preprocessing
         preprocessing = {k: tuple(x) if isinstance(x, list) else x for k, x in preprocessing.items()}
         return InferenceModel(module, "torchscript", str(path), strategy, dev, network=network_kwargs,
-                              preprocessing=preprocessing, chunk_size=chunk_size)
+                              preprocessing=preprocessing, chunk_size=chunk_size, operating_point=recorded_operating_point(path))
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -253,4 +293,4 @@ def load_model(
         raise ModelError(f"{path.name}: weights do not fit MILNet({kwargs}): {detail[:300]}") from None
     module.eval().to(dev)
     return InferenceModel(module, "state_dict", str(path), "parts", dev, network=kwargs, preprocessing=preprocessing,
-                          chunk_size=chunk_size)
+                          chunk_size=chunk_size, operating_point=recorded_operating_point(path))

@@ -119,7 +119,8 @@ TINY = {"max_epochs": 2, "threshold": 0.0, "train#virtual_bags#start_epoch": 1, 
 def test_run_cv_end_to_end_and_resume(datalist, tmp_path, monkeypatch):
     out = tmp_path / "out"
     predictions = run_cv(datalist, out, files=DEMO, overrides=TINY, progress=False)
-    assert predictions.columns.tolist() == ["case_id", "setting", "repeat", "fold", "prob", "label"]
+    assert predictions.columns.tolist() == ["case_id", "setting", "repeat", "fold", "prob", "label", "prob_calibrated",
+                                           "prediction", "threshold"]
     for setting in ("A", "B"):
         part = predictions[predictions.setting == setting]
         assert sorted(part["case_id"]) == [f"case{i}" for i in range(6)]  # every case tested exactly once
@@ -170,6 +171,45 @@ def test_cv_runs_are_the_bundle_train_workflow(datalist, tmp_path, monkeypatch):
     run_cv(datalist, tmp_path, files=DEMO, overrides={**TINY, "cv#settings": ["C"], "cv#final_model": "all_data",
                                                         "max_epochs": 1}, progress=False)
     assert len(seen) == 3 and all(Path(f[0][0]).name == "train.json" for f in seen)
-    assert [len(o["train#dataset"]) for _, o in seen] == [3, 3, 6]  # two folds, then all cases
+    # two folds of 3 training cases (too few for an inner split: all train), then all 6 cases: 4 train, 2 calibrate
+    assert [len(o["train#dataset"]) for _, o in seen] == [3, 3, 4]
+    assert [o["validate#dataset"] is None for _, o in seen] == [True, True, False]
     assert {o["ssl"] for _, o in seen} == {"absolute"} and not any(o["use_virtual_bags"] for _, o in seen)
-    assert seen[-1][1]["seed"] == 0 and seen[-1][1]["validate#dataset"] is None  # the final model: root seed
+    assert seen[-1][1]["seed"] == 0  # the final model: root seed
+    final_ids = [ds[i]["case_id"] for ds in (seen[-1][1]["train#dataset"], seen[-1][1]["validate#dataset"]) for i in range(len(ds))]
+    assert sorted(final_ids) == [f"case{i}" for i in range(6)]
+
+
+def _ids(ds):
+    return set() if ds is None else {ds[i]["case_id"] for i in range(len(ds))}
+
+
+def test_operating_point_is_learnt_on_inner_cases_never_the_test_fold(tmp_path, monkeypatch):
+    """12 cases, 2 folds, a third held back: each run trains on 4 of its 6 training cases, calibrates on the other 2
+    and is tested on its 6 test cases; the learnt point reaches predictions.csv, the report and model.json."""
+    for i in range(12):
+        torch.save(make_bag(i, i % 2), tmp_path / f"c{i}.pt")
+    datalist = tmp_path / "bags.csv"
+    pd.DataFrame({"case_id": [f"c{i}" for i in range(12)], "bag": [f"c{i}.pt" for i in range(12)],
+                  "label": [i % 2 for i in range(12)]}).to_csv(datalist, index=False)  # fmt: skip
+    seen = []
+    real = cv_module.build_workflow
+    monkeypatch.setattr(cv_module, "build_workflow", lambda files, o: seen.append(dict(o)) or real(files, o))
+    out = tmp_path / "out"
+    pred = run_cv(datalist, out, files=DEMO, overrides={**TINY, "cv#settings": ["A"], "cv#final_model": "all_data",
+                                                          "max_epochs": 1, "threshold": 0.5, "cv#calibration_fraction": 0.34},
+                 progress=False)  # fmt: skip
+    for o, (_, test) in zip(seen, pred.groupby("fold")):
+        fit, calib, tested = _ids(o["train#dataset"]), _ids(o["validate#dataset"]), set(test["case_id"])
+        assert len(fit) == 4 and len(calib) == 2 and not (fit | calib) & tested and len(fit | calib | tested) == 12
+        point = json.loads((out / "runs" / "A" / f"r0_f{test['fold'].iloc[0]}" / "operating_point.json").read_text())
+        assert set(point["calibration_cases"]) == calib and point["n_cases"] == 2 and point["n_positive"] == 1
+        assert (test["threshold"] == point["threshold"]).all() and point["calibration"]["method"] == "platt"
+        assert ((test["prob_calibrated"] >= point["threshold"]).astype(int) == test["prediction"]).all()
+    assert len(seen) == 3 and len(_ids(seen[-1]["validate#dataset"])) >= 2
+    info = json.loads((out / "model.json").read_text())
+    assert info["calibration"]["method"] == "platt" and 0.0 <= info["threshold"] <= 1.0
+    assert info["operating_point"]["source"].startswith("inner validation")
+    assert "## At the operating point learnt on training data" in (out / "report.md").read_text()
+    learnt = pd.read_csv(out / "report_learnt_threshold.csv")
+    assert learnt["threshold_mean"].iloc[0] == pytest.approx(pred.drop_duplicates("fold")["threshold"].mean())

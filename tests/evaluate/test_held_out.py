@@ -142,9 +142,9 @@ def test_deterministic_for_a_seed(model, datalist, result, tmp_path):
 
 
 def test_threshold_given_recorded_or_default(model, datalist, result, recorded, tmp_path):
-    assert recorded != 0.5 and resolve_threshold(None, model) == (recorded, "recorded in model.json")
+    assert recorded != 0.5 and resolve_threshold(None, model) == (recorded, "threshold recorded in model.json")
     assert resolve_threshold(0.7, model) == (0.7, "given (--threshold)")
-    assert resolve_threshold(None, tmp_path / "bare.pt") == (0.5, "default 0.5")
+    assert resolve_threshold(None, tmp_path / "bare.pt") == (0.5, "default 0.5 (no operating point recorded with the model)")
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         resolve_threshold(1.5, model)
     probs = pd.read_csv(result["predictions_csv"])["probability"]
@@ -160,7 +160,7 @@ def test_plots_and_report(result, recorded):
         image = np.asarray(Image.open(result[key]).convert("L"), dtype=np.float64)
         assert image.shape[0] > 200 and image.std() > 5 and (image < 100).mean() > 0.002, key  # drawn, not blank
     text = result["report"].read_text()
-    assert "| AUC (DeLong) |" in text and f"threshold {recorded:.4g} (recorded in model.json)" in text and "![ROC curve](roc.png)" in text
+    assert "| AUC (DeLong) |" in text and f"threshold {recorded:.4g} (threshold recorded in model.json)" in text and "![ROC curve](roc.png)" in text
     assert "10 cases (5 positive, 5 negative)" in text and "stratified" in text
 
 
@@ -183,7 +183,7 @@ def test_command_through_its_own_parser(model, datalist, recorded, tmp_path, cap
                               "--n-resamples", "50", "-q"])  # fmt: skip
     assert args.func is cmd_evaluate and cmd_evaluate(args) == 0
     out = capsys.readouterr().out
-    assert f"threshold {recorded:.4g} (recorded in model.json)" in out and "| PR-AUC |" in out
+    assert f"threshold {recorded:.4g} (threshold recorded in model.json)" in out and "| PR-AUC |" in out
     assert {p.name for p in (tmp_path / "o").iterdir()} == {"metrics.csv", "predictions.csv", "evaluation.md", "roc.png", "reliability.png"}
     with pytest.raises(cli.UsageError, match="not both"):
         cmd_evaluate(parser.parse_args(["evaluate", str(datalist), "--model", str(model), "--datalist", str(datalist), "--out", str(tmp_path)]))

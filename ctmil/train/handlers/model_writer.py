@@ -54,6 +54,8 @@ class ModelWriter:
         network: the bare network (not a DDP wrapper).
         dirname: folder of ``model.pt`` / ``model.json``.
         info: extra facts for ``model.json`` (preprocessing settings, SSL task, virtual bags, threshold ...).
+            ``threshold`` and ``calibration`` are replaced by ``engine.state.operating_point`` where an
+            :class:`~ctmil.train.handlers.OperatingPointHandler` learnt one.
         save: False on the ranks that must not write.
     """
 
@@ -69,5 +71,9 @@ class ModelWriter:
             engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        path = save_model(self.network, self.dirname, {**self.info, "epochs": engine.state.epoch})
+        info = {**self.info, "epochs": engine.state.epoch}
+        point = getattr(engine.state, "operating_point", None)  # from an OperatingPointHandler attached before
+        if point is not None:
+            info.update(threshold=point["threshold"], calibration=point["calibration"], operating_point=point)
+        path = save_model(self.network, self.dirname, info)
         logger.info("model written to %s", path)

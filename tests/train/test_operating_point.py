@@ -1,0 +1,78 @@
+"""OperatingPointHandler learns calibration + threshold on held-back cases at COMPLETED; ModelWriter records it;
+inference and evaluation apply what was recorded."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine
+
+from ctmil.data.bags import BagDataset
+from ctmil.evaluate.operating_point import apply_operating_point
+from ctmil.infer.model_io import ModelError, load_model, recorded_operating_point
+from ctmil.networks import MILNet
+from ctmil.train.engines import predict
+from ctmil.train.handlers import ModelWriter, OperatingPointHandler
+from tests.train._bags import TINY_NET, make_bags
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return MILNet(**TINY_NET).eval()
+
+
+def _run(handlers):
+    engine = Engine(lambda e, b: None)
+    for h in handlers:
+        h.attach(engine)
+    engine.run([0], max_epochs=1)
+    return engine
+
+
+def test_point_is_fitted_on_the_given_cases_and_written_with_the_model(net, tmp_path):
+    calib = BagDataset(make_bags([1, 0, 1, 0, 0, 1, 0, 0]))
+    handler = OperatingPointHandler(net, calib, "platt", "youden", fallback_threshold=0.5)
+    engine = _run([handler, ModelWriter(net, tmp_path, {"threshold": 0.5, "setting": "A"})])
+    point = engine.state.operating_point
+    assert point is handler.result and point["n_cases"] == 8 and point["n_positive"] == 3
+    assert point["calibration"]["method"] == "platt" and point["source"].startswith("inner validation")
+    raw = np.asarray(predict(net, calib)["prob"])
+    _, decision = apply_operating_point(point, raw)
+    labels = np.array([1, 0, 1, 0, 0, 1, 0, 0])
+    youden = decision[labels == 1].mean() + (1 - decision[labels == 0]).mean() - 1
+    best = max((raw[labels == 1] >= t).mean() + (raw[labels == 0] < t).mean() - 1 for t in raw)
+    assert youden == pytest.approx(best)  # the learnt point is Youden-optimal on its own cases
+    info = json.loads((tmp_path / "model.json").read_text())
+    assert info["threshold"] == point["threshold"] and info["calibration"] == point["calibration"]
+    assert info["operating_point"] == point and info["setting"] == "A"
+    assert recorded_operating_point(tmp_path / "model.pt") == point
+
+
+def test_without_cases_the_fixed_threshold_is_recorded(net, tmp_path):
+    engine = _run([OperatingPointHandler(net, None, fallback_threshold=0.3), ModelWriter(net, tmp_path)])
+    assert engine.state.operating_point["threshold"] == 0.3
+    assert json.loads((tmp_path / "model.json").read_text())["calibration"] == {"method": "none"}
+
+
+def test_bad_arguments_fail_when_built(net):
+    with pytest.raises(ValueError, match="calibration must be one of"):
+        OperatingPointHandler(net, None, calibration="beta")
+
+
+def test_inference_applies_the_recorded_point(net, tmp_path):
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    point = {"calibration": {"method": "platt", "coef": 2.0, "intercept": 1.0}, "threshold": 0.8, "rule": "youden",
+             "target": None, "n_cases": 8, "n_positive": 3, "source": "inner validation (8 cases, 3 positive)"}
+    (tmp_path / "model.json").write_text(json.dumps({"network": TINY_NET, "operating_point": point}))
+    model = load_model(tmp_path / "model.pt")
+    pred = model.predict(make_bags([1])[0]["patches"])
+    raw = pred.raw_probability
+    expected = 1 / (1 + np.exp(-(2.0 * np.log(raw / (1 - raw)) + 1.0)))
+    assert model.threshold == 0.8 and pred.probability == pytest.approx(expected)
+    (tmp_path / "model.json").write_text(json.dumps({"network": TINY_NET, "operating_point": {"threshold": 7}}))
+    with pytest.raises(ModelError, match="unusable operating point"):
+        load_model(tmp_path / "model.pt")
