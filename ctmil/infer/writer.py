@@ -269,5 +269,5 @@ def write_report(predictions: pd.DataFrame, out_dir: "str | os.PathLike[str]", o
     if len(shown) < len(cards):
         report.paragraph(f"{len(shown)} of {len(cards)} overlays are shown (report_max_overlays), most probable cases first.")
     if shown:
-        report.gallery(shown, id="overlays", width=480)
+        report.gallery(shown, id="overlays", width=400)
     return report.write(out_dir / "report.html")
