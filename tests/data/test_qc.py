@@ -115,3 +115,15 @@ def test_qc_html_renders_in_chromium(tmp_path, cohort):
     images = dom_images(dom)
     assert len(images) == 6 and all(i["src"].startswith("data:image/png") and i["data-natural-width"] == "600" for i in images)
     assert screenshot_is_drawn(shot)
+
+
+def test_cli_preprocess_writes_qc_and_no_montages_turns_them_off(tmp_path, cohort):
+    from ctmil.cli import main
+
+    pd.DataFrame({"case_id": [c["case_id"] for c in cohort], "image": [c["image"] for c in cohort]}).to_csv(
+        tmp_path / "list.csv", index=False)
+    assert main(["preprocess", str(tmp_path / "list.csv"), "--out", str(tmp_path / "on"), "-q"]) == 0
+    assert len(list((tmp_path / "on" / "qc").glob("*.png"))) == 6 and (tmp_path / "on" / "qc.html").is_file()
+    assert main(["preprocess", str(tmp_path / "list.csv"), "--out", str(tmp_path / "off"), "-q", "--no-montages"]) == 0
+    manifest = pd.read_csv(tmp_path / "off" / "manifest.csv", keep_default_na=False)
+    assert not list((tmp_path / "off" / "qc").glob("*.png")) and manifest["qc_flags"].str.startswith("n_slices_kept low").sum() == 1
