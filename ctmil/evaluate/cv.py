@@ -2,14 +2,19 @@
 
 Settings (paper Table IV):
 
-======  =====================  ============  ==========================
-name    meaning                virtual bags  self-supervised loss
-======  =====================  ============  ==========================
-``A``   MIL only               no            no
-``B``   MIL + augmentation     yes           no
-``C``   MIL + self-supervised  no            ``cv#ssl_task``
-``D``   MIL + both             yes           ``cv#ssl_task``
-======  =====================  ============  ==========================
+=========  =====================  ============  ==========================
+name       meaning                virtual bags  self-supervised loss
+=========  =====================  ============  ==========================
+``A``      MIL only               no            no
+``B``      MIL + augmentation     yes           no
+``C``      MIL + self-supervised  no            ``cv#ssl_task``
+``D``      MIL + both             yes           ``cv#ssl_task``
+``C-rel``  C, relative task       no            relative patch location
+``D-rel``  D, relative task       yes           relative patch location
+=========  =====================  ============  ==========================
+
+``C-rel`` / ``D-rel`` (paper Table VI) run beside ``A``-``D`` in one CV, on the same folds and seeds, so one
+report compares all of them.
 
 Each run (setting, repeat, fold) is the bundle's train workflow (:func:`ctmil.bundle.build_workflow` over
 ``train.json`` + ``cv.json`` + the user's overrides) with the fold's bags, the setting's ``ssl`` and
@@ -56,12 +61,14 @@ __all__ = ["SETTINGS", "CVConfigError", "cv_protocol", "run_cv"]
 
 logger = logging.getLogger(__name__)
 
-#: setting -> (description, uses virtual bags, uses the SSL loss)
+#: setting -> (description, uses virtual bags, SSL task: None = none, "cv" = ``cv#ssl_task``, or the task)
 SETTINGS: Dict[str, tuple] = {
-    "A": ("MIL only", False, False),
-    "B": ("MIL + augmentation", True, False),
-    "C": ("MIL + self-supervision", False, True),
-    "D": ("MIL + both", True, True),
+    "A": ("MIL only", False, None),
+    "B": ("MIL + augmentation", True, None),
+    "C": ("MIL + self-supervision", False, "cv"),
+    "D": ("MIL + both", True, "cv"),
+    "C-rel": ("MIL + self-supervision (relative patch location)", False, "relative"),
+    "D-rel": ("MIL + both (relative patch location)", True, "relative"),
 }
 _FINAL_MODEL = ("all_data", "last_fold", "none")
 DEFAULT_FILES = ("train.json", "cv.json")
@@ -147,8 +154,9 @@ def _train(files, overrides: Mapping[str, Any], setting: str, ssl_task: str, tra
            calibration_ds: Optional[BagDataset], seed: int, run_dir: Path, model_dir: Optional[Path]):
     """One run of the bundle's train workflow on ``train_ds``, its operating point learnt on ``calibration_ds``
     (the validation set of the workflow; never a test fold); returns the network, its device and the point."""
-    _, use_virtual, use_ssl = SETTINGS[setting]
-    run = {**dict(overrides), "seed": seed, "ssl": ssl_task if use_ssl else "none", "use_virtual_bags": use_virtual,
+    _, use_virtual, task = SETTINGS[setting]
+    ssl = "none" if task is None else (ssl_task if task == "cv" else task)
+    run = {**dict(overrides), "seed": seed, "ssl": ssl, "use_virtual_bags": use_virtual,
            "train#dataset": train_ds, "validate#dataset": calibration_ds, "output_dir": str(run_dir),
            "save_model": model_dir is not None, "ckpt_dir": str(model_dir or run_dir)}
     workflow = build_workflow([_path(f) for f in files], run)

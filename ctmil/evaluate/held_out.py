@@ -7,7 +7,8 @@
   PR-AUC with percentile bootstrap CIs (:func:`ctmil.evaluate.statistics.bootstrap_ci`, stratified, seeded),
   the AUC with DeLong's CI (``auc_delong``), the Brier score (``brier``), the expected calibration error
   (``ece``) and the operating ``threshold`` (its method says where it came from);
-* ``evaluation.md``: the table and how each number was made; ``roc.png``, ``reliability.png``.
+* ``evaluation.md``: the table and how each number was made; ``roc.png``, ``reliability.png``;
+* ``report.html``: the same as one self-contained page (:mod:`ctmil.evaluate.report_html`).
 
 Where the predictions come from (one predict path each, as in training and inference):
 
@@ -36,6 +37,7 @@ import pandas as pd
 from ctmil.data.preprocess import atomic_write_csv, case_error_text
 from ctmil.evaluate.calibration import apply_calibration, brier_score, expected_calibration_error, plot_reliability
 from ctmil.evaluate.metrics import roc_curve
+from ctmil.evaluate.report_html import write_evaluate_html
 from ctmil.evaluate.statistics import bootstrap_ci, delong_auc_ci
 
 __all__ = ["METRIC_LABELS", "evaluate_model", "held_out_metrics", "plot_roc", "resolve_threshold"]
@@ -281,7 +283,11 @@ def evaluate_model(
     tmp = out / f".evaluation.md.{os.getpid()}.tmp"
     tmp.write_text(text)
     os.replace(tmp, paths["evaluation.md"])
+    context = (f"Model {Path(model).name}; {len(y)} held-out cases ({int(y.sum())} positive); threshold {t:.4g} ({source}); "
+               f"{n_resamples} stratified bootstrap resamples (seed {seed}).")  # fmt: skip
+    paths["report.html"] = write_evaluate_html(out, metrics, predictions, failed, context, METRIC_LABELS)
     logger.info("%d cases evaluated (%d failed); report: %s", len(y), len(failed), paths["evaluation.md"])
     return {"metrics": metrics, "predictions": predictions, "failed": failed, "table": table, "threshold": t,
             "threshold_source": source, "metrics_csv": paths["metrics.csv"], "predictions_csv": paths["predictions.csv"],
-            "report": paths["evaluation.md"], "roc": paths["roc.png"], "reliability": paths["reliability.png"]}  # fmt: skip
+            "report": paths["evaluation.md"], "roc": paths["roc.png"], "reliability": paths["reliability.png"],
+            "html": paths["report.html"]}  # fmt: skip

@@ -13,6 +13,7 @@ How the numbers are made (``report.md`` says the same in words, with this run's 
   see :mod:`ctmil.evaluate.report_comparisons`. ``t, p_value`` are now the *paired* t-test over repeats.
 * ``report.md``: the tables (:mod:`ctmil.evaluate.report_tables`), including Table IV beside the paper.
 * ``roc.png``: one ROC curve per (setting, repeat) of the pooled predictions.
+* ``report.html``: the same tables and the ROC plot as one self-contained page (:mod:`ctmil.evaluate.report_html`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pandas as pd
 from ctmil.data.preprocess import atomic_write_csv
 from ctmil.evaluate.metrics import METRIC_NAMES, binary_metrics, roc_auc, roc_curve
 from ctmil.evaluate.report_comparisons import auc_delong, paired_comparisons
+from ctmil.evaluate.report_html import write_cv_html
 from ctmil.evaluate.report_tables import describe, render_markdown
 from ctmil.evaluate.statistics import fold_summary
 
@@ -193,5 +195,6 @@ def write_report(
            "threshold": threshold, "level": level, "n_resamples": n_resamples}  # fmt: skip
     paths["report_md"].write_text(render_markdown(summary, tests, ctx, descriptions, learnt))
     plot_roc(predictions, paths["roc"], descriptions)
+    paths["report_html"] = write_cv_html(out, summary, tests, ctx, learnt, descriptions)
     logger.info("report written to %s", out)
     return paths

@@ -213,3 +213,17 @@ def test_operating_point_is_learnt_on_inner_cases_never_the_test_fold(tmp_path, 
     assert "## At the operating point learnt on training data" in (out / "report.md").read_text()
     learnt = pd.read_csv(out / "report_learnt_threshold.csv")
     assert learnt["threshold_mean"].iloc[0] == pytest.approx(pred.drop_duplicates("fold")["threshold"].mean())
+
+
+def test_relative_ssl_variants_run_beside_the_settings(datalist, tmp_path, monkeypatch):
+    """C and C-rel in one CV: same folds and seeds, the absolute and the relative task; the report names both."""
+    seen = []
+    real = cv_module.build_workflow
+    monkeypatch.setattr(cv_module, "build_workflow", lambda files, o: seen.append(dict(o)) or real(files, o))
+    pred = run_cv(datalist, tmp_path, files=DEMO, overrides={**TINY, "cv#settings": ["C", "C-rel"], "max_epochs": 1,
+                                                             "cv#final_model": "last_fold"}, progress=False)  # fmt: skip
+    assert [o["ssl"] for o in seen] == ["absolute", "absolute", "relative", "relative"]
+    assert [o["seed"] for o in seen[:2]] == [o["seed"] for o in seen[2:]]
+    assert sorted(pred["setting"].unique()) == ["C", "C-rel"]
+    assert json.loads((tmp_path / "model.json").read_text())["setting"] == "C-rel"
+    assert "(C-rel) MIL + self-supervision (relative patch location)" in (tmp_path / "report.md").read_text()

@@ -55,7 +55,7 @@ def test_report_files_and_values(tmp_path):
     predictions = _fake_predictions()
     paths, report, tests, md = _report(tmp_path, predictions)
     assert {p.name for p in paths.values()} == {"report.md", "report.csv", "repeat_metrics.csv", "fold_metrics.csv",
-                                               "ttests.csv", "auc_differences.csv", "roc.png"}  # fmt: skip
+                                               "ttests.csv", "auc_differences.csv", "roc.png", "report.html"}  # fmt: skip
     for path in paths.values():
         assert path.exists() and path.stat().st_size > 0
     old = ["setting", "description", "n_repeats"] + [f"{m}_{s}" for m in METRIC_NAMES for s in ("mean", "sd")]
