@@ -14,7 +14,8 @@ class LeNetEncoder(nn.Module):
     """LeNet instance feature extractor, ``(N, C, P, P) -> (N, feature_dim)``.
 
     Layers (paper Table II): conv(5,1,0)-36 + ReLU, maxpool 2, conv(5,1,0)-36 + ReLU, maxpool 2,
-    conv(5,1,0)-48 + ReLU, maxpool 2, fc-``feature_dim`` + ReLU. For ``patch_size=60`` the conv trunk
+    conv(5,1,0)-48 + ReLU, maxpool 2, fc-``feature_dim`` + ReLU (each ReLU runs after its max-pool, which is
+    the same function and gradient). For ``patch_size=60`` the conv trunk
     ends in a ``(N, 48, 4, 4)`` map, so the fc layer has 768 inputs.
 
     timm-style split: :meth:`forward_features` returns the conv feature map ``(N, 48, s, s)`` (useful for
@@ -43,16 +44,19 @@ class LeNetEncoder(nn.Module):
         if side < 1:
             raise ValueError(f"patch_size must be >= 36 for the LeNet encoder (3 × conv5 + maxpool2), got {patch_size}.")
         self.feature_map_size = side  # 4 for 60×60 patches
+        # max-pool before ReLU: relu(maxpool(x)) == maxpool(relu(x)) exactly (ReLU is monotone), forward and
+        # gradient, but the ReLU and its backward touch 4x fewer values (about 10% of a CPU training step).
+        # The conv layers keep their indices 0, 3, 6, so state dicts are unchanged.
         self.trunk = nn.Sequential(
             nn.Conv2d(in_channels, 36, kernel_size=5, stride=1, padding=0),
-            nn.ReLU(inplace=True),
             nn.MaxPool2d(2, 2),
+            nn.ReLU(inplace=True),
             nn.Conv2d(36, 36, kernel_size=5, stride=1, padding=0),
-            nn.ReLU(inplace=True),
             nn.MaxPool2d(2, 2),
+            nn.ReLU(inplace=True),
             nn.Conv2d(36, 48, kernel_size=5, stride=1, padding=0),
-            nn.ReLU(inplace=True),
             nn.MaxPool2d(2, 2),
+            nn.ReLU(inplace=True),
         )
         self.fc = nn.Sequential(nn.Linear(48 * side * side, feature_dim), nn.ReLU(inplace=True))
         he_init_(self)

@@ -62,3 +62,21 @@ def test_channels_last_is_numerically_equivalent():
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         LeNetEncoder(**kwargs)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_relu_after_pool_is_bit_identical_to_the_paper_order(channels_last):
+    """The trunk runs each ReLU after its max-pool (cheaper); outputs and gradients equal conv-ReLU-pool bit for bit."""
+    torch.manual_seed(0)
+    net = LeNetEncoder(channels_last=channels_last)
+    paper = LeNetEncoder(channels_last=channels_last)
+    paper.load_state_dict(net.state_dict())
+    t = paper.trunk
+    paper.trunk = torch.nn.Sequential(t[0], t[2], t[1], t[3], t[5], t[4], t[6], t[8], t[7])  # conv, ReLU, pool
+    assert isinstance(paper.trunk[1], torch.nn.ReLU) and isinstance(net.trunk[1], torch.nn.MaxPool2d)
+    x = torch.rand(40, 1, 60, 60) - 0.4  # negative inputs too, so some windows are all-negative
+    for m in (net, paper):
+        m(x).square().sum().backward()
+    assert torch.equal(net(x), paper(x))
+    for a, b in zip(net.parameters(), paper.parameters()):
+        assert torch.equal(a.grad, b.grad)
