@@ -61,24 +61,28 @@ def create_trainer(
     inferer: Optional[BagInferer] = None,
     train_handlers: Sequence[Any] = (),
     amp: bool = False,
-    amp_dtype: Optional[torch.dtype] = None,
+    amp_dtype: "Optional[Union[str, torch.dtype]]" = None,
     progress: bool = False,
+    non_blocking: bool = False,
 ) -> Trainer:
     """The bag trainer: ``trainer.run()`` trains ``network`` for ``max_epochs`` epochs over ``train_data_loader``.
 
     The epoch order of ``train_data_loader`` follows ``trainer.state.epoch`` (``set_epoch`` at
     ``EPOCH_STARTED``, before any handler), and ``state.metrics`` holds the epoch means of ``loss``, ``mil``
-    and ``ssl`` over the steps that ran. ``train_handlers`` attach in order after that.
+    and ``ssl`` over the steps that ran (accumulated on ``device``, so no step waits for the device; read once
+    per epoch). ``train_handlers`` attach in order after that. ``amp``/``amp_dtype``: see
+    :func:`ctmil.train.steps.resolve_amp_dtype`; ``non_blocking``: asynchronous host-to-device batch copies.
     """
     if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
         raise ValueError(f"max_epochs must be a positive int, got {max_epochs!r}.")
     device = torch.device(device)
-    step = make_train_step(network, optimizer, loss_function, device, inferer, amp=amp, amp_dtype=amp_dtype)
+    step = make_train_step(network, optimizer, loss_function, device, inferer, amp=amp, amp_dtype=amp_dtype,
+                           non_blocking=non_blocking)
     trainer = Trainer(device=device, max_epochs=max_epochs, data_loader=train_data_loader,
                       epoch_length=len(train_data_loader), iteration_update=step, decollate=False)
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: train_data_loader.set_epoch(engine.state.epoch))
     for name in ("loss", "mil", "ssl"):
-        Average(output_transform=lambda out, key=name: out[key]).attach(trainer, name, usage=StepsRun())
+        Average(output_transform=lambda out, key=name: out[key], device=device).attach(trainer, name, usage=StepsRun())
     for handler in train_handlers:
         if handler is not None:
             handler.attach(trainer)

@@ -7,7 +7,12 @@ values that the handlers read (:data:`STEP_OUTPUT_KEYS`):
 * ``attention (B, K)`` (zero on padded instances) and ``mask (B, K)`` (True = real instance), so the real
   instances of bag ``i`` are ``attention[i][mask[i]]`` in the bag's own instance order;
 * training only: ``loss``, ``mil``, ``ssl`` (0-dim tensors, the terms of
-  :class:`~ctmil.train.losses.MILSSLLoss`; kept as tensors so that no step waits for the device).
+  :class:`~ctmil.train.losses.MILSSLLoss`).
+
+The training step's tensors stay on the step's device (detached): nothing in the step copies to the host or
+reads a value, so a GPU step never waits for the device. Handlers collect them over an epoch and move them
+once, at ``EPOCH_COMPLETED`` (see :class:`~ctmil.train.handlers.VirtualBagHandler`). :func:`predict_batch`
+(evaluation and inference, once per batch of a run that reports per case) returns CPU tensors.
 
 A training batch may be ``None`` (an unused virtual-bag slot of :class:`~ctmil.data.epochs.EpochBags`): the
 step then does nothing and returns ``None``; handlers skip ``None`` outputs.
@@ -19,6 +24,7 @@ The network is always called through a :class:`BagInferer`: validation, cross-va
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 import torch
@@ -33,7 +39,10 @@ __all__ = [
     "make_train_step",
     "predict_batch",
     "prepare_bag_batch",
+    "resolve_amp_dtype",
 ]
+
+logger = logging.getLogger(__name__)
 
 STEP_OUTPUT_KEYS = ("prob", "label", "attention", "mask", "case_id", "is_virtual")
 Device = Union[str, torch.device]
@@ -81,24 +90,65 @@ def _add_pairs(batch: Dict[str, Any]) -> None:
     batch["pairs"], batch["pair_labels"] = pairs_for_batch(position, batch["slice_index"])  # (B, P, 2), (B, P)
 
 
-def _output(out: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> Dict[str, Any]:
+def _output(out: Mapping[str, torch.Tensor], batch: Mapping[str, Any], host: bool = True) -> Dict[str, Any]:
+    """The step output dict; ``host=False`` leaves every tensor where it is (no copy, no wait for the device)."""
+    move = (lambda t: t.cpu()) if host else (lambda t: t)
     is_virtual = batch.get("is_virtual")
     if is_virtual is None:
-        is_virtual = torch.zeros(batch["label"].shape[0], dtype=torch.bool)
+        is_virtual = torch.zeros(batch["label"].shape[0], dtype=torch.bool, device=batch["label"].device)
     return {
-        "prob": torch.sigmoid(out["logits"].detach().float().squeeze(1)).cpu(),  # (B,)
-        "label": batch["label"].detach().float().cpu(),  # (B,)
-        "attention": out["attention"].detach().float().cpu(),  # (B, K)
-        "mask": batch["mask"].detach().cpu(),  # (B, K)
+        "prob": move(torch.sigmoid(out["logits"].detach().float().squeeze(1))),  # (B,)
+        "label": move(batch["label"].detach().float()),  # (B,)
+        "attention": move(out["attention"].detach().float()),  # (B, K)
+        "mask": move(batch["mask"].detach()),  # (B, K)
         "case_id": list(batch["case_id"]),
-        "is_virtual": is_virtual.detach().bool().cpu(),  # (B,)
+        "is_virtual": move(is_virtual.detach().bool()),  # (B,)
     }
 
 
-def _autocast(device: torch.device, amp: bool, dtype: Optional[torch.dtype]):
+_AMP_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+               "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def _cpu_has_bf16() -> bool:
+    """Whether oneDNN has native bfloat16 kernels on this CPU (AVX512-BF16/AMX); asked at run time."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_amp_dtype(device: Device, amp: bool, amp_dtype: "Optional[Union[str, torch.dtype]]" = None) -> Optional[torch.dtype]:
+    """The autocast dtype of a step, or ``None`` for fp32.
+
+    ``amp_dtype`` ``None`` (auto): on CUDA float16 (with a gradient scaler); on a CPU bfloat16 only where
+    oneDNN has native bf16 kernels (detected at run time; elsewhere autocast would emulate bf16 and be several
+    times slower, so the step stays fp32 with a logged note). A given dtype (``"bfloat16"``, ``"float16"`` or a
+    ``torch.dtype``) is used as asked.
+    """
     if not amp:
+        return None
+    device = torch.device(device)
+    if isinstance(amp_dtype, str):
+        if amp_dtype.lower() not in _AMP_DTYPES:
+            raise ValueError(f"amp_dtype must be one of {sorted(_AMP_DTYPES)} or None, got {amp_dtype!r}.")
+        amp_dtype = _AMP_DTYPES[amp_dtype.lower()]
+    if amp_dtype is not None:
+        if amp_dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(f"amp_dtype must be float16 or bfloat16, got {amp_dtype!r}.")
+        return amp_dtype
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and _cpu_has_bf16():
+        return torch.bfloat16
+    logger.info("amp: no native bfloat16 on this %s; training stays in float32.", device.type)
+    return None
+
+
+def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype or (torch.float16 if device.type == "cuda" else torch.bfloat16))
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def make_train_step(
@@ -109,20 +159,22 @@ def make_train_step(
     inferer: Optional[BagInferer] = None,
     prepare_batch: Callable[..., Dict[str, Any]] = prepare_bag_batch,
     amp: bool = False,
-    amp_dtype: Optional[torch.dtype] = None,
+    amp_dtype: "Optional[Union[str, torch.dtype]]" = None,
     non_blocking: bool = False,
 ) -> Callable[[Any, Optional[Mapping[str, Any]]], Optional[Dict[str, Any]]]:
     """One optimiser step on a batch of bags: ``loss_function(inferer(patches, network, mask, pairs), batch)["total"]``.
 
     ``loss_function`` is a :class:`~ctmil.train.losses.MILSSLLoss`; with ``loss_function.ssl == "relative"`` the
     step adds ``pairs``/``pair_labels`` to the batch. The SSL term only uses real bags (the loss masks
-    ``is_virtual`` rows). ``amp`` runs the forward under ``torch.autocast`` (``amp_dtype``: float16 on CUDA with
-    a gradient scaler, bfloat16 elsewhere by default).
+    ``is_virtual`` rows). ``amp`` runs the forward under ``torch.autocast`` in the dtype of
+    :func:`resolve_amp_dtype` (float16 with a gradient scaler on CUDA; bfloat16 on CPUs with native bf16).
+    The returned tensors stay on ``device`` and the step reads no value back, so it never waits for the device.
     """
     inferer = inferer or BagInferer()
     device = torch.device(device)
     relative = getattr(loss_function, "ssl", "none") == "relative"
-    scaler = torch.amp.GradScaler(device.type) if amp and device.type == "cuda" and amp_dtype in (None, torch.float16) else None
+    dtype = resolve_amp_dtype(device, amp, amp_dtype)
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 and device.type == "cuda" else None
 
     def step(engine: Any, batch: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
         if batch is None:
@@ -132,7 +184,7 @@ def make_train_step(
         b = prepare_batch(batch, device, non_blocking)
         if relative:
             _add_pairs(b)
-        with _autocast(device, amp, amp_dtype):
+        with _autocast(device, dtype):
             out = inferer(b["patches"], network, b["mask"], b.get("pairs"))
             losses = loss_function(out, b)
         if scaler is None:
@@ -142,7 +194,7 @@ def make_train_step(
             scaler.scale(losses["total"]).backward()
             scaler.step(optimizer)
             scaler.update()
-        result = _output(out, b)
+        result = _output(out, b, host=False)
         result.update({name: losses[key].detach().float() for name, key in (("loss", "total"), ("mil", "mil"), ("ssl", "ssl"))})
         return result
 

@@ -5,7 +5,9 @@ Collect-then-publish, one epoch at a time:
 * ``EPOCH_STARTED``: empty the key-instance and regular-instance pools (pools hold only what the current
   epoch saw, so the virtual bags of epoch ``e + 1`` come from the attention of epoch ``e``: "in each
   training epoch, the model generates virtual bags ... used as a part of training data in the next epoch").
-* ``ITERATION_COMPLETED``: for every *real* positive bag predicted correctly (``prob >= threshold``) in the
+* ``ITERATION_COMPLETED``: keep the step output as it is (device tensors; nothing is read back, so a GPU step
+  never waits). The outputs are read once, at ``EPOCH_COMPLETED`` or when the pools are asked for: for every
+  *real* positive bag predicted correctly (``prob >= threshold``) in the
   step output, the ``max(1, ⌊αK⌋)`` instances with the highest attention go to the key pool and the
   ``max(1, ⌊γK⌋)`` with the lowest go to the regular pool (never the same instance twice: for a tiny bag
   the regular share is cut to ``K - max(1, ⌊αK⌋)``). ``K`` is the bag's number of real instances.
@@ -146,6 +148,7 @@ class VirtualBagHandler:
         self.generator = torch.Generator().manual_seed(int(seed))
         self._key: List[torch.Tensor] = []  # chunks of (n, 2) refs collected this epoch
         self._regular: List[torch.Tensor] = []
+        self._pending: List[Mapping[str, Any]] = []  # step outputs of this epoch not yet read (device tensors)
         self.virtual: List[torch.Tensor] = []  # the published virtual bags, (N, 2) refs each
         self.made_at_epoch = 0  # epoch whose pools made self.virtual (0 = none yet)
 
@@ -156,16 +159,18 @@ class VirtualBagHandler:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.publish)
 
     def reset(self, engine: Optional[Engine] = None) -> None:
-        self._key, self._regular = [], []
+        self._key, self._regular, self._pending = [], [], []
 
     @property
     def key_pool(self) -> torch.Tensor:
         """Key-instance references collected so far this epoch, ``(N, 2)`` int64."""
+        self._read_pending()
         return torch.cat(self._key) if self._key else torch.empty(0, 2, dtype=torch.long)
 
     @property
     def regular_pool(self) -> torch.Tensor:
         """Regular-instance references collected so far this epoch, ``(N, 2)`` int64."""
+        self._read_pending()
         return torch.cat(self._regular) if self._regular else torch.empty(0, 2, dtype=torch.long)
 
     def split_sizes(self, k: int) -> Tuple[int, int]:
@@ -175,17 +180,33 @@ class VirtualBagHandler:
         return n_top, n_low
 
     def collect(self, engine: Engine) -> None:
+        """Keep this step's output (on its device, unread) until the pools are needed."""
         out = self.output_transform(engine.state.output)
-        if out is None:
+        if out is not None:
+            self._pending.append({k: out[k] for k in ("prob", "label", "mask", "attention", "is_virtual", "case_id")})
+
+    def _read_pending(self) -> None:
+        """Move the kept outputs to the host in one go and add their key/regular instances to the pools."""
+        if not self._pending:
             return
-        prob, label, mask = out["prob"].reshape(-1), out["label"].reshape(-1), out["mask"]
-        attention, is_virtual = out["attention"], out["is_virtual"].reshape(-1).bool()
-        for i, case_id in enumerate(out["case_id"]):
-            if bool(is_virtual[i]) or float(label[i]) != 1.0 or float(prob[i]) < self.threshold:
-                continue
-            real = torch.nonzero(mask[i]).squeeze(1)  # (K,) instance indices of the bag
+        pending, self._pending = self._pending, []
+        flat = {k: torch.cat([o[k].detach().reshape(-1) for o in pending]).cpu() for k in ("prob", "label", "is_virtual")}
+        wanted = ~flat["is_virtual"].bool() & (flat["label"] == 1.0) & (flat["prob"].double() >= self.threshold)  # (N_bags,)
+        row = 0
+        for out in pending:
+            n = len(out["case_id"])
+            rows = [i for i in range(n) if bool(wanted[row + i])]
+            row += n
+            if rows:
+                self._add_bags(out["case_id"], rows, out["mask"][rows].cpu(), out["attention"][rows].detach().cpu())
+
+    def _add_bags(self, case_ids: Sequence[str], rows: Sequence[int], mask: torch.Tensor, attention: torch.Tensor) -> None:
+        """Key and regular instances of the correctly predicted positive bags ``rows`` of one step output."""
+        for j, i in enumerate(rows):
+            case_id = case_ids[i]
+            real = torch.nonzero(mask[j]).squeeze(1)  # (K,) instance indices of the bag
             n_top, n_low = self.split_sizes(real.numel())
-            order = torch.argsort(attention[i][real], descending=True, stable=True)  # (K,) high -> low
+            order = torch.argsort(attention[j][real], descending=True, stable=True)  # (K,) high -> low
             bag = self.dataset.index_of(case_id)
             key = real[order[:n_top]]
             low = real[order[real.numel() - n_low :]] if n_low > 0 else real[:0]
@@ -251,6 +272,7 @@ class VirtualBagHandler:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._pending = []
         self._key = [state["key_pool"].long().clone()] if state["key_pool"].numel() else []
         self._regular = [state["regular_pool"].long().clone()] if state["regular_pool"].numel() else []
         self.virtual = [torch.as_tensor(v).long().clone() for v in state["virtual"]]
