@@ -202,8 +202,12 @@ def _num(value, fmt: str) -> str:
     return format(float(v), fmt) if not (v is None or math.isnan(v)) else "?"
 
 
-def write_qc_report(manifest: pd.DataFrame, out_dir: str | os.PathLike, montages: bool = True) -> Path:
-    """``out_dir/qc.html``: flagged cases first (with their reasons and montages), then failed ones, then the rest."""
+def write_qc_report(manifest: pd.DataFrame, out_dir: str | os.PathLike, montages: bool = True, max_montages: int = 200) -> Path:
+    """``out_dir/qc.html``: flagged cases first (with their reasons and montages), then failed ones, then the rest.
+
+    Every flagged case's montage is inlined, and at most ``max_montages`` of the others (each PNG is ~50-300 KB, so
+    a large cohort would make a page too big to open); every montage stays under ``qc/``.
+    """
     usable = manifest[manifest["status"].isin(["ok", "cached"])]
     flagged, rest = usable[usable["qc_flags"] != ""], usable[usable["qc_flags"] == ""]
     failed = manifest[manifest["status"] == "failed"]
@@ -227,5 +231,8 @@ def write_qc_report(manifest: pd.DataFrame, out_dir: str | os.PathLike, montages
     if not montages:
         report.paragraph("Montages were turned off for this run (ctmil preprocess --no-montages), so none is shown.")
     elif len(rest):
-        report.gallery(_cards(rest, False), id="montages", width=420)
+        cards = _cards(rest, False)
+        if len(cards) > max_montages:
+            report.paragraph(f"The montages of the first {max_montages} of {len(cards)} unflagged cases are shown; all are under qc/.")
+        report.gallery(cards[:max_montages], id="montages", width=420)
     return report.write(Path(out_dir) / "qc.html")

@@ -9,7 +9,7 @@ import torch
 from matplotlib import image as mpimg
 
 from ctmil.data.preprocess import MANIFEST_COLUMNS, preprocess_cases
-from ctmil.data.qc import flag_outliers, robust_z, run_traced
+from ctmil.data.qc import flag_outliers, robust_z, run_traced, write_qc_report
 from ctmil.synthetic.chest import make_phantom
 from ctmil.synthetic.nifti_writer import write_nifti
 from ctmil.transforms import preprocessing_transforms
@@ -86,6 +86,9 @@ def test_preprocess_writes_measures_flags_montages_and_qc_html(tmp_path, cohort)
     page = (tmp_path / "out" / "qc.html").read_text()
     assert page.index('data-case-id="c5"') < page.index('data-case-id="c0"')  # flagged first
     assert page.count("data:image/png;base64,") == 6 and "http" not in page
+
+    capped = write_qc_report(manifest, tmp_path / "capped", max_montages=2).read_text()
+    assert capped.count("data:image/png;base64,") == 3 and "first 2 of 5 unflagged cases" in capped  # + the flagged one
 
     again = preprocess_cases(cohort, tmp_path / "out", progress=False)
     assert list(again["status"]) == ["cached"] * 6
