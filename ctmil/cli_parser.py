@@ -75,7 +75,8 @@ def add_subcommands(parser: argparse.ArgumentParser, cli: ModuleType) -> None:
     p.add_argument("--model", required=True, help="model.pt (state dict or checkpoint, loaded weights-only)")
     p.add_argument("--allow-torchscript", action="store_true", help="also accept TorchScript models (programs: only ones you trust)")
     p.add_argument("--out", required=True, help="output folder (predictions.csv, cases/<case_id>/...)")
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--threshold", type=float, default=None,
+                   help="decision threshold on the calibrated probability (default: the one learnt with the model, else 0.5)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--top-slices", type=int, default=3, help="PNG overlays of the N most attended slices")
     p.add_argument("--map-mode", choices=("bag", "slice"), default="bag", help="attention as is, or normalised per slice (paper Fig. 5)")
