@@ -48,8 +48,11 @@ def source_signature(image) -> list:
 
 
 def cache_key(case: dict, settings: dict) -> str:
-    """Hash of what determines a bag: the settings, the ctmil version, the input files and the label."""
-    payload = {"settings": settings, "version": __version__, "source": source_signature(case["image"]), "label": case.get("label")}
+    """Hash of what determines a bag: the effective settings (given ones over the defaults, so a changed default
+    changes the key), the ctmil version, the input files and the label."""
+    from ctmil.transforms import preprocessing_settings
+
+    payload = {"settings": preprocessing_settings(**settings), "version": __version__, "source": source_signature(case["image"]), "label": case.get("label")}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -37,10 +37,8 @@ def test_cache_key_changes_with_each_new_setting(case, changed):
     assert cache_key(case, base) != cache_key(case, {**base, **changed})
 
 
-@pytest.mark.xfail(strict=True, reason="ctmil/data/preprocess.py::cache_key hashes the settings as given (ctmil preprocess "
-                                       "passes only min_slices and min_area_fraction), not preprocessing_settings(**settings): "
-                                       "bags cached before a default changed are reused within one ctmil version")
 def test_cache_key_follows_the_effective_settings(case):
+    """ctmil preprocess passes only some settings: the key is that of the full settings, defaults included."""
     assert cache_key(case, {"min_slices": 8}) == cache_key(case, preprocessing_settings(min_slices=8))
 
 
