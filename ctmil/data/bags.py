@@ -134,6 +134,16 @@ class BagDataset(Dataset):
             self._load(i)
         return self
 
+    def to(self, device: Union[str, torch.device], non_blocking: bool = False) -> "BagDataset":
+        """Read every bag and keep its ``patches``, ``position`` and ``slice_index`` on ``device`` for the rest of
+        the run (one copy per bag, e.g. the training bags on a GPU); labels stay on the host. Returns ``self``."""
+        device = torch.device(device)
+        for i in range(len(self)):
+            bag = self._load(i)
+            for key in _REQUIRED_KEYS:
+                bag[key] = bag[key].to(device, non_blocking=non_blocking)
+        return self
+
     @property
     def labels(self) -> List[float]:
         """Per-bag labels (reads bags whose label comes from the file)."""
@@ -171,17 +181,22 @@ class BagDataset(Dataset):
         """
         if refs.dim() != 2 or refs.shape[1] != 2 or refs.shape[0] == 0:
             raise ValueError(f"refs must be a non-empty (N, 2) tensor, got {tuple(refs.shape)}.")
-        patches, position, slice_index = [], [], []
-        for bag_i, inst_i in refs.tolist():
+        refs = refs.long().cpu()
+        parts: Dict[str, List[torch.Tensor]] = {key: [] for key in _REQUIRED_KEYS}
+        rows = []
+        for bag_i in torch.unique(refs[:, 0]).tolist():  # one indexed copy per source bag, not per instance
+            at = torch.nonzero(refs[:, 0] == bag_i).squeeze(1)  # (n,) rows of refs from this bag
             bag = self._load(int(bag_i))
-            patches.append(bag["patches"][inst_i])
-            position.append(bag["position"][inst_i])
-            slice_index.append(bag["slice_index"][inst_i])
-        return {
-            "patches": torch.stack(patches),
-            "position": torch.stack(position),
-            "slice_index": torch.stack(slice_index),
-        }
+            inst = refs[at, 1].to(bag["patches"].device)
+            for key in _REQUIRED_KEYS:
+                parts[key].append(bag[key].index_select(0, inst))
+            rows.append(at)
+        order = torch.argsort(torch.cat(rows))  # back to the order of refs
+        out = {}
+        for key in _REQUIRED_KEYS:
+            cat = torch.cat(parts[key])
+            out[key] = cat.index_select(0, order.to(cat.device))
+        return out
 
 
 def virtual_bag(dataset: BagDataset, refs: torch.Tensor, case_id: str, label: float = 1.0) -> Dict[str, Any]:
@@ -202,7 +217,8 @@ def collate_bags(bags: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
 
     Returns ``patches (B, Kmax, C, P, P)`` (zero padded), ``mask (B, Kmax)`` bool (True = real instance),
     ``position (B, Kmax)`` and ``slice_index (B, Kmax)`` int64 (``-1`` padded), ``label (B,)`` float32,
-    ``case_id`` list of str and ``is_virtual (B,)`` bool (False unless a bag says otherwise).
+    ``case_id`` list of str and ``is_virtual (B,)`` bool (False unless a bag says otherwise). Tensors are made on
+    the device of the bags' patches; a batch of one bag holds views of that bag's tensors (read-only use).
     """
     if len(bags) == 0:
         raise ValueError("cannot collate an empty list of bags.")
@@ -211,15 +227,21 @@ def collate_bags(bags: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     if any(p.shape[1:] != shape for p in patches):
         raise ValueError("all bags must have patches of the same (C, P, P) shape.")
     n, k_max = len(bags), max(p.shape[0] for p in patches)
+    device = patches[0].device  # bags kept on a device (BagDataset.to) are collated there
     out = {
-        "patches": torch.zeros((n, k_max, *shape), dtype=torch.float32),
-        "mask": torch.zeros((n, k_max), dtype=torch.bool),
-        "position": torch.full((n, k_max), -1, dtype=torch.long),
-        "slice_index": torch.full((n, k_max), -1, dtype=torch.long),
         "label": torch.tensor([float(b.get("label", -1.0)) for b in bags], dtype=torch.float32),
         "case_id": [str(b.get("case_id", "")) for b in bags],
         "is_virtual": torch.tensor([bool(b.get("is_virtual", False)) for b in bags], dtype=torch.bool),
     }
+    if n == 1 and patches[0].dtype == torch.float32:  # one bag: nothing to pad, views of its tensors (no copy)
+        out.update(patches=patches[0].unsqueeze(0), mask=torch.ones((1, k_max), dtype=torch.bool, device=device),
+                   position=torch.as_tensor(bags[0]["position"]).long().unsqueeze(0),
+                   slice_index=torch.as_tensor(bags[0]["slice_index"]).long().unsqueeze(0))
+        return out
+    out.update(patches=torch.zeros((n, k_max, *shape), dtype=torch.float32, device=device),
+               mask=torch.zeros((n, k_max), dtype=torch.bool, device=device),
+               position=torch.full((n, k_max), -1, dtype=torch.long, device=device),
+               slice_index=torch.full((n, k_max), -1, dtype=torch.long, device=device))
     for i, (b, p) in enumerate(zip(bags, patches)):
         k = p.shape[0]
         out["patches"][i, :k] = p

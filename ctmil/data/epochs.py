@@ -41,6 +41,8 @@ class EpochBags:
         rank, world_size: under data parallelism, this process's share of the shared epoch order (every rank
             draws the same order and takes items ``rank, rank + world_size, ...``; shards have equal length, so
             every rank runs the same number of steps).
+        device: keep the dataset's bags on this device for the whole run (:meth:`BagDataset.to`, one copy per
+            bag at construction) and collate there, so no step copies patches from the host; ``None`` = host.
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class EpochBags:
         shuffle: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        device: "Optional[str | torch.device]" = None,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
@@ -69,6 +72,9 @@ class EpochBags:
         self.rank, self.world_size = int(rank), int(world_size)
         self.epoch = 1
         self._virtual: List[torch.Tensor] = []
+        self.device = None if device is None else torch.device(device)
+        if self.device is not None:
+            dataset.to(self.device)
 
     def _per_rank(self, n_items: int) -> int:
         return math.ceil(n_items / self.world_size)
