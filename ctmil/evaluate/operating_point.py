@@ -9,8 +9,10 @@ An operating point is a plain JSON-serialisable dict, stored in ``model.json`` a
      "n_cases": 12, "n_positive": 3, "source": "inner validation (12 cases, 3 severe)"}
 
 It is fitted on cases the model did not train on and that are not test cases: the inner validation split of
-``ctmil train`` and of every cross-validation fold (``cv#calibration_fraction``). With no such cases, or
-cases of one class only, it falls back to the identity map and the fixed threshold, and ``source`` says why.
+``ctmil train`` and of every cross-validation fold (``cv#calibration_fraction``). With no such cases, cases of
+one class only, or cases that rank against the model (a Platt slope <= 0: a map that would invert the model's
+ranking is never learnt from a handful of cases), it falls back to the identity map and the fixed threshold,
+and ``source`` says why.
 
 The threshold is placed halfway between the chosen observed probability and the next lower observed one,
 so it makes the same decisions on the fitting cases as :func:`~ctmil.evaluate.calibration.choose_threshold`
@@ -69,6 +71,10 @@ def fit_operating_point(
         return {**fixed_operating_point(fallback_threshold, f"fixed {fallback_threshold:g}: {why} ({source})"),
                 "n_cases": n, "n_positive": n_pos}  # fmt: skip
     calib = fit_calibration(p, y, calibration)
+    if calib["method"] == "platt" and calib["coef"] <= 0.0:  # the cases rank against the model: too few to learn from
+        return {**fixed_operating_point(fallback_threshold, f"fixed {fallback_threshold:g}: the {n} calibration cases rank "
+                                        f"against the model (Platt slope {calib['coef']:.3g} <= 0; {source})"),
+                "n_cases": n, "n_positive": n_pos}  # fmt: skip
     p_cal = apply_calibration(calib, p)
     threshold = _midpoint(choose_threshold(p_cal, y, rule, target if rule == "sensitivity" else None), p_cal)
     return {"calibration": calib, "threshold": threshold, "rule": rule, "target": target if rule == "sensitivity" else None,

@@ -48,6 +48,11 @@ def test_fallback_is_the_fixed_threshold_and_says_why(probs, labels, why):
     assert why in point["source"] and "inner validation" in point["source"]
 
 
+def test_cases_ranked_against_the_model_never_invert_it():
+    point = fit_operating_point([0.3, 0.2, 0.25], [0, 1, 0], "platt", "youden", fallback_threshold=0.5)
+    assert point["calibration"] == {"method": "none"} and point["threshold"] == 0.5 and "rank against" in point["source"]
+
+
 def test_fixed_rule_keeps_its_threshold_but_still_calibrates():
     y, p = scores(3)
     point = fit_operating_point(p, y, "platt", "fixed", target=0.3)
