@@ -76,3 +76,21 @@ def test_inference_applies_the_recorded_point(net, tmp_path):
     (tmp_path / "model.json").write_text(json.dumps({"network": TINY_NET, "operating_point": {"threshold": 7}}))
     with pytest.raises(ModelError, match="unusable operating point"):
         load_model(tmp_path / "model.pt")
+
+
+def test_evaluate_applies_the_recorded_point(net, tmp_path):
+    from ctmil.evaluate.held_out import evaluate_model
+    from tests.bundle._datalist import write_bag_datalist
+
+    datalist = write_bag_datalist(tmp_path / "data", [1, 0, 1, 0, 0, 1])
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    point = {"calibration": {"method": "platt", "coef": 3.0, "intercept": 2.0}, "threshold": 0.6, "rule": "youden",
+             "target": None, "n_cases": 8, "n_positive": 3, "source": "inner validation (8 cases, 3 positive)"}
+    (tmp_path / "model.json").write_text(json.dumps({"network": TINY_NET, "operating_point": point}))
+    result = evaluate_model(tmp_path / "model.pt", datalist, tmp_path / "eval", n_resamples=50)
+    raw = np.asarray(predict(net, BagDataset(make_bags([1, 0, 1, 0, 0, 1])))["prob"])
+    calibrated, decision = apply_operating_point(point, raw)
+    got = result["predictions"].set_index("case_id").loc[[f"case{i}" for i in range(6)]]
+    np.testing.assert_allclose(got["probability"], calibrated, rtol=1e-5)
+    assert (got["prediction"].to_numpy() == decision).all() and result["threshold"] == 0.6
+    assert result["threshold_source"] == "youden on inner validation (8 cases, 3 positive)"
