@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -32,7 +34,7 @@ from ctmil.infer.writer import empty_row
 from ctmil.transforms.compose import preprocessing_transforms
 from ctmil.transforms.load import LoadCTd
 
-__all__ = ["CaseDataset", "CasePipeline", "case_loader", "create_inference_evaluator", "make_case_step", "run_inference"]
+__all__ = ["CaseDataset", "CasePipeline", "PrefetchLoader", "case_loader", "create_inference_evaluator", "make_case_step", "run_inference"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +62,6 @@ class CasePipeline:
         bag = self.rest(loaded)
         bag["ct"] = ct
         return bag, t1 - t0, time.perf_counter() - t1
-
-
 
 
 class CaseDataset(Dataset):
@@ -94,9 +94,72 @@ class CaseDataset(Dataset):
         return item
 
 
-def case_loader(dataset: CaseDataset, num_workers: int = 0) -> DataLoader:
-    """The cases one by one (no collation): with ``num_workers`` > 0 the next case is prepared while one predicts."""
-    return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers)
+class PrefetchLoader(DataLoader):
+    """A ``DataLoader`` of single items whose iterator prepares up to ``prefetch`` items ahead in a background
+    thread (reading and preprocessing release the GIL for most of their time, so they overlap the forward and the
+    writing of the item before). The thread starts item ``i + prefetch + 1`` only once item ``i`` is done with
+    (the next one is asked for), so at most ``prefetch + 1`` items are alive in the loader and its consumer.
+    Order is kept; an exception raised while preparing an item is raised in the consuming thread at that item,
+    and stopping early (``break``) ends the thread."""
+
+    def __init__(self, dataset: Dataset, prefetch: int = 1) -> None:
+        super().__init__(dataset, batch_size=None, shuffle=False, num_workers=0)
+        self.prefetch = prefetch
+
+    def __iter__(self):
+        items: queue.Queue = queue.Queue()
+        slots = threading.Semaphore(self.prefetch + 1)  # items prepared but not yet done with
+        stop = threading.Event()
+        done = object()
+
+        def produce() -> None:
+            try:
+                source = super(PrefetchLoader, self).__iter__()
+                while True:
+                    while not slots.acquire(timeout=0.1):
+                        if stop.is_set():
+                            return
+                    if stop.is_set():
+                        return
+                    item = next(source, done)
+                    items.put((item, None))
+                    if item is done:
+                        return
+            except BaseException as raised:  # handed to the consumer, raised there
+                items.put((done, raised))
+
+        thread = threading.Thread(target=produce, name="ctmil-case-prefetch", daemon=True)
+        thread.start()
+        try:
+            first = True
+            while True:
+                if not first:
+                    slots.release()  # the item handed out before is done with
+                first = False
+                item, raised = items.get()
+                if raised is not None:
+                    raise raised
+                if item is done:
+                    return
+                yield item
+        finally:
+            stop.set()
+            thread.join()
+
+
+def case_loader(dataset: CaseDataset, num_workers: int = 0, prefetch: int = 0) -> DataLoader:
+    """The cases one by one (no collation), in order.
+
+    ``prefetch`` > 0: a background thread (:class:`PrefetchLoader`) loads and preprocesses up to ``prefetch``
+    cases ahead while the current one predicts and is written (at most ``prefetch + 1`` cases in memory;
+    :func:`run_inference` uses 1). ``prefetch`` 0 (default, the bundle's ``inference.json``): each case is
+    loaded only when the one before is written. ``num_workers`` > 0: worker processes prepare the cases.
+    """
+    if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+        raise ValueError(f"prefetch must be an int >= 0, got {prefetch!r}.")
+    if num_workers > 0 or prefetch == 0:
+        return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers)
+    return PrefetchLoader(dataset, prefetch)
 
 
 def make_case_step(model: InferenceModel, threshold: float = 0.5):
@@ -169,6 +232,7 @@ def run_inference(
     allow_torchscript: bool = False,
     keep_paths: bool = False,
     with_study_uid: bool = False,
+    prefetch: int = 1,
 ) -> tuple[pd.DataFrame, int]:
     """Predict every study of ``inputs`` with the bundle's infer workflow (``inference.json``), writing
     ``out_dir/predictions.csv`` and per-case outputs (:mod:`ctmil.infer.writer`).
@@ -186,6 +250,7 @@ def run_inference(
         allow_torchscript: accept TorchScript model files (programs, not weights).
         keep_paths: absolute source paths in the outputs (default: relative to the input).
         with_study_uid: a ``study_uid`` column (DICOM StudyInstanceUID) to join with clinical data; an identifier.
+        prefetch: cases read and preprocessed ahead in a background thread while one predicts (0: one at a time).
 
     Returns:
         ``(predictions, n_failed)``.
@@ -219,6 +284,7 @@ def run_inference(
         "options#save_maps": bool(save_maps), "options#save_overlays": bool(save_overlays),
         "options#save_features": bool(save_features), "options#top_slices": int(top_slices), "options#map_mode": map_mode,
         "progress": bool(progress), "cases#keep_paths": bool(keep_paths), "options#with_study_uid": bool(with_study_uid),
+        "dataloader": f"$ctmil.infer.batch.case_loader(@dataset, prefetch={int(prefetch)})",
     }
     workflow = build_workflow(["inference.json"], overrides, workflow_type="infer")
     cases = workflow.parser.get_parsed_content("cases")
