@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ctmil-installed
 OUT    ?= out/demo
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench results clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ bench: $(STAMP)
 	$(PY) bench/preprocess.py
 	$(PY) bench/train_step.py
 	$(PY) bench/infer.py
+
+# Settings A-D on the real Per-COVID-19 sample in ../shared/data (about an hour on 2 cores) -> docs/results.md
+results: $(STAMP)
+	$(PY) docs/make_results.py
 
 clean:
 	rm -rf $(VENV) out *.egg-info
