@@ -91,13 +91,14 @@ def preprocessing_transforms(
     patch_size: tuple[int, int] = (60, 60),
     margin_fraction: float = 0.02,
     window_hu: Sequence[float] | None = LUNG_WINDOW_HU,
-    max_slices: int | None = None,
+    max_slices: int | None = 18,
     slab_mm: float | None = None,
 ) -> Compose:
     """``{"image": path, "case_id": str, "label": float}`` → bag dictionary (docs/design.md), nothing else.
 
     Args mirror the transforms': ``min_slices`` (DICOM series), ``threshold_hu`` / ``closing_mm`` / ``dilate_mm`` (lung mask),
-    ``min_area_fraction`` (slice selection), ``max_slices`` / ``slab_mm`` (slice sampling, :class:`SampleSlicesd`),
+    ``min_area_fraction`` (slice selection), ``max_slices`` / ``slab_mm`` (slice sampling, :class:`SampleSlicesd`; 18 slices
+    by default, the paper's K ≈ 217, chosen in docs/preprocessing.md "Bag size"),
     ``spatial_size`` (H, W), ``margin_fraction`` (crop), ``window_hu`` (HU window before the per-patch min-max,
     :class:`WindowHUd`; ``None``: none), ``patch_size``.
     LoadCTd gives ``(1, S, H, W)`` stacks, so every later transform gets ``slice_axis=1``; the intensity is the

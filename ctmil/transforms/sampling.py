@@ -122,8 +122,8 @@ class SampleSlicesd(MapTransform):
 
     ``d[kept_key]`` (the original slice indices, e.g. from :class:`~ctmil.transforms.SelectLungSlicesd`; the stack
     positions when absent) becomes the original index of each slab's middle slice and ``d[groups_key]`` the
-    original indices of each slab. With slabs, ``d[meta_key]`` (the bag's meta, when present) also gets
-    ``slice_groups``, so a bag says which slices each patch averages.
+    original indices of each slab. ``d[meta_key]`` (the bag's meta, when present) gets ``n_lung_slices`` (the
+    slices before sampling) and, with slabs, ``slice_groups``, so a bag says which slices each patch averages.
     """
 
     backend = SampleSlices.backend
@@ -157,8 +157,9 @@ class SampleSlicesd(MapTransform):
         original = np.arange(n_slices, dtype=np.int64) if previous is None else np.asarray(previous, np.int64).reshape(-1)
         d[self.groups_key] = [original[g].tolist() for g in groups]
         d[self.kept_key] = np.asarray([original[g[len(g) // 2]] for g in groups], np.int64)
-        if any(len(g) > 1 for g in groups) and isinstance(d.get(self.meta_key), Mapping):
-            d[self.meta_key] = {**d[self.meta_key], "slice_groups": d[self.groups_key]}
+        if isinstance(d.get(self.meta_key), Mapping):  # how many lung slices there were, for QC of the lung range
+            extra = {"slice_groups": d[self.groups_key]} if any(len(g) > 1 for g in groups) else {}
+            d[self.meta_key] = {**d[self.meta_key], "n_lung_slices": n_slices, **extra}
         return d
 
 

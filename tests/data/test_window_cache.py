@@ -30,7 +30,7 @@ def case(tmp_path):
 
 @pytest.mark.parametrize(
     "changed",
-    [{"window_hu": None}, {"window_hu": (-1000.0, 400.0)}, {"max_slices": 18}, {"max_slices": 8}, {"slab_mm": 5.0}],
+    [{"window_hu": None}, {"window_hu": (-1000.0, 400.0)}, {"max_slices": None}, {"max_slices": 8}, {"slab_mm": 5.0}],
 )
 def test_cache_key_changes_with_each_new_setting(case, changed):
     base = preprocessing_settings()
@@ -43,8 +43,9 @@ def test_cache_key_follows_the_effective_settings(case):
 
 
 def test_preprocessing_settings_fill_the_defaults():
-    full = preprocessing_settings(max_slices=18)
+    full = preprocessing_settings(min_slices=4)
     assert full["window_hu"] == [-1350.0, 150.0] and full["max_slices"] == 18 and full["slab_mm"] is None
+    assert full["min_slices"] == 4 and preprocessing_settings(max_slices=None)["max_slices"] is None
     assert "image_key" not in full and json.loads(json.dumps(full)) == full
     with pytest.raises(TypeError):
         preprocessing_settings(window=(0, 1))

@@ -26,7 +26,7 @@ def user_compose(reader: str | None = None, axcodes: str = "PLS", image_only: bo
         StoreCaseMetad(keys="image", intensity="hu", slice_axis=-1),
         LungMaskd(keys="image", mask_key="lung", intensity="hu", full_resolution=False, slice_axis=-1),
         SelectLungSlicesd(keys=["image", "lung"], source_key="lung", kept_key="kept_slices", slice_axis=-1),
-        SampleSlicesd(keys=["image", "lung"], max_slices=None, kept_key="kept_slices", slice_axis=-1),
+        SampleSlicesd(keys=["image", "lung"], max_slices=18, kept_key="kept_slices", slice_axis=-1),
         LungBoxCropd(keys="image", source_key="lung", boxes_key="boxes", slice_axis=-1),
         WindowHUd(keys="image", window_hu=(-1350, 150), intensity="hu"),
         ToBagd(keys="image", kept_key="kept_slices", boxes_key="boxes", slice_axis=-1),

@@ -95,7 +95,8 @@ def test_dict_records_original_indices_groups_and_meta():
     assert op["class"] == "SampleSlices" and op["extra_info"]["slice_groups"] == [[2, 3], [6, 7]]
     assert float(out["image"].affine[0, 3]) == 15.0  # the affine starts at the first slab's middle slice (position 3)
     single = SampleSlicesd("image", max_slices=3, slice_axis=AXIS)({"image": img, "image_meta": {}})
-    assert single["kept_slices"].tolist() == [1, 5, 8] and single["image_meta"] == {}  # no slabs: kept_slices says it all
+    assert single["kept_slices"].tolist() == [1, 5, 8] and single["image_meta"] == {"n_lung_slices": 10}  # no slab groups
+    assert out["image_meta"]["n_lung_slices"] == 10
 
 
 def _phantom(tmp_path):
@@ -121,6 +122,7 @@ def test_bag_keys_stay_aligned_with_the_patches(phantom_bags, name):
     assert torch.equal(bag["slice_index"], kept.repeat_interleave(12)) and torch.equal(bag["position"], torch.arange(12).repeat(kept.numel()))
     assert kept.numel() <= {"all": 99, "n8": 8, "slab": 99, "slab_n5": 5}[name]
     groups = bag["meta"].get("slice_groups")
+    assert bag["meta"]["n_lung_slices"] == phantom_bags[1]["all"]["kept_slices"].numel()  # before sampling
     if name.startswith("slab"):
         assert [g[len(g) // 2] for g in groups] == kept.tolist() and {len(g) for g in groups} <= {1, 2}  # 8 mm of 4 mm slices
         if name == "slab":  # the slabs tile the kept lung range
