@@ -162,7 +162,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     result = run_demo(args.out, overrides=parse_overrides(args.set), progress=not args.quiet)
     print(Path(result["report"]).read_text())
-    print(f"Demo finished in {result['seconds'] / 60:.1f} min. Report, ROC plot and model: {Path(result['report']).parent}")
+    print(f"Demo finished in {result['seconds'] / 60:.1f} min. Open {result['html']} (the demo on one page); "
+          f"cross-validation report, ROC plot and model: {Path(result['model']).parent}")
     return 0
 
 
