@@ -69,7 +69,10 @@ def add_subcommands(parser: argparse.ArgumentParser, cli: ModuleType) -> None:
     from ctmil.evaluate.command import add_parser as add_evaluate
 
     add_evaluate(sub, common)
+    _add_infer(sub, cli, common)
 
+
+def _add_infer(sub: "argparse._SubParsersAction", cli: ModuleType, common) -> None:
     p = sub.add_parser("infer", help="CT studies → predictions.csv, attention maps (NIfTI) and overlays (PNG)")
     p.add_argument("inputs", nargs="+", help="export folders, NIfTI files, slice-image folders or datalist CSVs")
     p.add_argument("--model", required=True, help="model.pt (state dict or checkpoint, loaded weights-only)")
