@@ -2,7 +2,8 @@
 
 Per usable case :func:`ctmil.data.preprocess.preprocess_cases` records
 
-* ``n_slices_kept``: slices kept by the lung-slice selection;
+* ``n_slices_kept``: slices kept by the lung-slice selection (before ``max_slices`` sampling, which would make
+  every case look alike);
 * ``lung_volume_ml``: voxels of the lung mask (all slices, before selection) × voxel volume, in mL (the mask is
   computed on a grid of every ``stride``-th row and column, so each of its pixels counts ``stride²`` pixels);
 * ``box_aspect``: median over the kept slices of the lung box's width / height in mm;
@@ -93,7 +94,8 @@ def case_measures(bag: dict, trace: CaseTrace) -> dict:
     voxels = float(np.count_nonzero(trace.mask_full)) * trace.stride**2
     boxes = np.asarray(bag["boxes"], np.float64).reshape(-1, 4)
     aspect = np.median((boxes[:, 3] - boxes[:, 1]) * dx / np.maximum((boxes[:, 2] - boxes[:, 0]) * dy, 1e-9))
-    return {"n_slices_kept": int(len(bag["kept_slices"])), "lung_volume_ml": round(voxels * dz * dy * dx / 1000.0, 2),
+    lung_slices = (bag.get("meta") or {}).get("n_lung_slices")  # before slice sampling (max_slices), if recorded
+    return {"n_slices_kept": int(len(bag["kept_slices"]) if lung_slices is None else lung_slices), "lung_volume_ml": round(voxels * dz * dy * dx / 1000.0, 2),
             "box_aspect": round(float(aspect), 4)}
 
 

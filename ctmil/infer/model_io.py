@@ -35,7 +35,7 @@ import torch
 
 from ctmil.evaluate.calibration import apply_calibration
 from ctmil.evaluate.operating_point import check_operating_point, fixed_operating_point
-from ctmil.infer.model_files import ModelError, infer_network_kwargs, strip_prefix, unpack
+from ctmil.infer.model_files import ModelError, complete_recorded_preprocessing, infer_network_kwargs, strip_prefix, unpack
 from ctmil.networks import MILNet
 from ctmil.train.steps import BagInferer, predict_batch
 
@@ -216,7 +216,7 @@ def recorded_preprocessing(path: "str | os.PathLike") -> dict:
     try:
         return dict(load_model(path).preprocessing)
     except ModelError:
-        return _sidecar(path)[1]
+        return complete_recorded_preprocessing(_sidecar(path)[1])
 
 
 def load_model(
@@ -260,7 +260,7 @@ def load_model(
             logger.warning("TorchScript model %s exposes no attention (no encode/forward_all/attention method): "
                            "only probabilities are written, attention maps and overlays are skipped", path.name)
         network_kwargs, preprocessing = _sidecar(path)  # a model.json beside the export records its preprocessing
-        preprocessing = {k: tuple(x) if isinstance(x, list) else x for k, x in preprocessing.items()}
+        preprocessing = {k: tuple(x) if isinstance(x, list) else x for k, x in complete_recorded_preprocessing(preprocessing).items()}
         return InferenceModel(module, "torchscript", str(path), strategy, dev, network=network_kwargs,
                               preprocessing=preprocessing, chunk_size=chunk_size, operating_point=recorded_operating_point(path))
 
@@ -278,7 +278,7 @@ def load_model(
     state, recorded, preprocessing = unpack(obj, path.name)
     state = strip_prefix(state)
     side_network, side_preprocessing = _sidecar(path)
-    preprocessing = {**side_preprocessing, **preprocessing}
+    preprocessing = complete_recorded_preprocessing({**side_preprocessing, **preprocessing})
     preprocessing = {k: tuple(v) if isinstance(v, list) else v for k, v in preprocessing.items()}
     kwargs = {**infer_network_kwargs(state), **side_network, **recorded, **dict(network or {})}
     try:

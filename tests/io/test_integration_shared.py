@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def thorax_bag():
     path = shared_data("thorax_ct_dicom")
-    return preprocessing_transforms()({"image": str(path), "case_id": "thorax", "label": None})
+    return preprocessing_transforms(max_slices=None)({"image": str(path), "case_id": "thorax", "label": None})  # every lung slice
 
 
 def test_thorax_series_is_found_and_ordered():
@@ -36,6 +36,7 @@ def test_thorax_bag_boxes_contain_the_lungs(thorax_bag):
     hu = np.asarray(img[0])
     kept, boxes = thorax_bag["kept_slices"].numpy(), thorax_bag["boxes"].numpy()
     assert 60 < kept.size < 141 and thorax_bag["patches"].shape == (12 * kept.size, 1, 60, 60)
+    assert thorax_bag["meta"]["n_lung_slices"] == kept.size  # no sampling asked for
     middle = slice(kept.size // 4, 3 * kept.size // 4)  # mid-chest: no bowel gas in the HU range of lung
     for s, (r0, c0, r1, c1) in zip(kept[middle], boxes[middle]):
         # lung parenchyma (-950..-500 HU); outside air and the couch excluded by a body test

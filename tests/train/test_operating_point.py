@@ -94,3 +94,21 @@ def test_evaluate_applies_the_recorded_point(net, tmp_path):
     np.testing.assert_allclose(got["probability"], calibrated, rtol=1e-5)
     assert (got["prediction"].to_numpy() == decision).all() and result["threshold"] == 0.6
     assert result["threshold_source"] == "youden on inner validation (8 cases, 3 positive)"
+
+
+def test_a_model_recorded_before_the_window_keeps_its_preprocessing(net, tmp_path):
+    """model.json from before window_hu / max_slices existed: inference preprocesses as that model was trained."""
+    from ctmil.infer.model_io import recorded_preprocessing
+    from ctmil.transforms import preprocessing_transforms
+
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    (tmp_path / "model.json").write_text(json.dumps({"network": TINY_NET, "preprocessing": {"min_slices": 8}}))
+    old = recorded_preprocessing(tmp_path / "model.pt")
+    assert old["window_hu"] is None and old["max_slices"] is None and old["slab_mm"] is None
+    assert load_model(tmp_path / "model.pt").preprocessing == old
+    preprocessing_transforms(**old)  # a valid chain
+    (tmp_path / "model.json").write_text(json.dumps({"network": TINY_NET, "preprocessing": {"window_hu": [-1000, 400], "max_slices": 6}}))
+    new = recorded_preprocessing(tmp_path / "model.pt")
+    assert new["window_hu"] == (-1000, 400) and new["max_slices"] == 6
+    (tmp_path / "model.json").write_text(json.dumps({"network": TINY_NET}))
+    assert recorded_preprocessing(tmp_path / "model.pt") == {}  # nothing recorded: today's defaults
