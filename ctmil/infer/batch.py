@@ -116,11 +116,9 @@ class PrefetchLoader(DataLoader):
             try:
                 source = super(PrefetchLoader, self).__iter__()
                 while True:
-                    while not slots.acquire(timeout=0.1):
+                    while not slots.acquire(timeout=0.1) or stop.is_set():
                         if stop.is_set():
                             return
-                    if stop.is_set():
-                        return
                     item = next(source, done)
                     items.put((item, None))
                     if item is done:
@@ -131,17 +129,14 @@ class PrefetchLoader(DataLoader):
         thread = threading.Thread(target=produce, name="ctmil-case-prefetch", daemon=True)
         thread.start()
         try:
-            first = True
             while True:
-                if not first:
-                    slots.release()  # the item handed out before is done with
-                first = False
                 item, raised = items.get()
                 if raised is not None:
                     raise raised
                 if item is done:
                     return
                 yield item
+                slots.release()  # the next item is asked for: this one is done with
         finally:
             stop.set()
             thread.join()
@@ -150,10 +145,9 @@ class PrefetchLoader(DataLoader):
 def case_loader(dataset: CaseDataset, num_workers: int = 0, prefetch: int = 0) -> DataLoader:
     """The cases one by one (no collation), in order.
 
-    ``prefetch`` > 0: a background thread (:class:`PrefetchLoader`) loads and preprocesses up to ``prefetch``
-    cases ahead while the current one predicts and is written (at most ``prefetch + 1`` cases in memory;
-    :func:`run_inference` uses 1). ``prefetch`` 0 (default, the bundle's ``inference.json``): each case is
-    loaded only when the one before is written. ``num_workers`` > 0: worker processes prepare the cases.
+    ``prefetch`` > 0: a background thread (:class:`PrefetchLoader`) prepares up to ``prefetch`` cases ahead while
+    the current one predicts and is written (at most ``prefetch + 1`` cases in memory; :func:`run_inference` uses
+    1). ``prefetch`` 0 (default, the bundle's ``inference.json``): one at a time. ``num_workers`` > 0: processes.
     """
     if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
         raise ValueError(f"prefetch must be an int >= 0, got {prefetch!r}.")
@@ -213,6 +207,20 @@ def create_inference_evaluator(network: torch.nn.Module, data_loader: DataLoader
     return evaluator
 
 
+def _preprocessing_settings(loaded: InferenceModel, min_slices: "int | None", min_area_fraction: "float | None") -> dict:
+    """The model's recorded preprocessing with the caller's overrides, checked (``ValueError`` if invalid)."""
+    settings = dict(loaded.preprocessing)
+    if min_slices is not None:
+        settings["min_slices"] = int(min_slices)
+    if min_area_fraction is not None:
+        settings["min_area_fraction"] = float(min_area_fraction)
+    try:
+        preprocessing_transforms(**settings)
+    except TypeError as err:
+        raise ValueError(f"invalid preprocessing settings {settings}: {err}") from None
+    return settings
+
+
 def run_inference(
     inputs: "str | os.PathLike | Iterable[str | os.PathLike]",
     model: "str | os.PathLike | InferenceModel",
@@ -267,15 +275,7 @@ def run_inference(
     threshold = loaded.threshold if threshold is None else float(threshold)
     if not loaded.has_attention and (save_maps or save_overlays):
         logger.warning("the model gives no attention: attention maps and overlays are skipped")
-    settings = dict(loaded.preprocessing)
-    if min_slices is not None:
-        settings["min_slices"] = int(min_slices)
-    if min_area_fraction is not None:
-        settings["min_area_fraction"] = float(min_area_fraction)
-    try:
-        preprocessing_transforms(**settings)
-    except TypeError as err:
-        raise ValueError(f"invalid preprocessing settings {settings}: {err}") from None
+    settings = _preprocessing_settings(loaded, min_slices, min_area_fraction)
     out_dir = Path(out_dir)
     overrides = {
         "inputs": [str(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)],
