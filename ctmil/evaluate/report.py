@@ -49,11 +49,12 @@ def _check(predictions: pd.DataFrame) -> None:
         raise ValueError("predictions hold a case twice in one (setting, repeat).")
 
 
-def metric_table(predictions: pd.DataFrame, by: List[str], threshold: float = 0.5, decision: Optional[str] = None) -> pd.DataFrame:
+def metric_table(predictions: pd.DataFrame, by: List[str], threshold: float = 0.5, decision: Optional[str] = None,
+                 score: str = "prob") -> pd.DataFrame:  # fmt: skip
     """The five metrics (and the case counts) of each group of ``predictions`` grouped by ``by``.
 
     With ``decision`` (a 0/1 column, e.g. ``prediction`` at each run's learnt threshold) the threshold-dependent
-    metrics come from that column and ``threshold`` is unused; AUC always ranks the raw ``prob``.
+    metrics come from that column and ``threshold`` is unused; AUC ranks the ``score`` column.
     """
     _check(predictions)
     rows = []
@@ -63,25 +64,26 @@ def metric_table(predictions: pd.DataFrame, by: List[str], threshold: float = 0.
             m = binary_metrics(part["prob"].to_numpy(), part["label"].to_numpy(), threshold)
         else:
             m = {**binary_metrics(part[decision].to_numpy(dtype=float), part["label"].to_numpy(), 0.5),
-                 "auc": roc_auc(part["prob"].to_numpy(), part["label"].to_numpy())}  # fmt: skip
+                 "auc": roc_auc(part[score].to_numpy(), part["label"].to_numpy())}  # fmt: skip
         rows.append({**dict(zip(by, key)), "n_cases": len(part), "n_positive": int(part["label"].sum()), **m})
     return pd.DataFrame(rows, columns=[*by, "n_cases", "n_positive", *METRIC_NAMES])
 
 
 def repeat_metrics(predictions: pd.DataFrame, threshold: float = 0.5, level: float = 0.95,
-                   decision: Optional[str] = None) -> pd.DataFrame:  # fmt: skip
+                   decision: Optional[str] = None, score: str = "prob") -> pd.DataFrame:  # fmt: skip
     """Metrics of the pooled out-of-fold predictions of each (setting, repeat), with the DeLong CI of the AUC
     (``auc_delong_lower, auc_delong_upper``; ``nan`` with fewer than 2 cases of a class)."""
-    table = metric_table(predictions, ["setting", "repeat"], threshold, decision)
-    cis = [auc_delong(p["label"], p["prob"], level) for _, p in predictions.groupby(["setting", "repeat"], sort=True)]
+    table = metric_table(predictions, ["setting", "repeat"], threshold, decision, score)
+    cis = [auc_delong(p["label"], p[score], level) for _, p in predictions.groupby(["setting", "repeat"], sort=True)]
     table["auc_delong_lower"] = [ci.lower for ci in cis]
     table["auc_delong_upper"] = [ci.upper for ci in cis]
     return table
 
 
-def fold_metrics(predictions: pd.DataFrame, threshold: float = 0.5, decision: Optional[str] = None) -> pd.DataFrame:
+def fold_metrics(predictions: pd.DataFrame, threshold: float = 0.5, decision: Optional[str] = None,
+                 score: str = "prob") -> pd.DataFrame:  # fmt: skip
     """Metrics of each (setting, repeat, fold) test fold."""
-    return metric_table(predictions, ["setting", "repeat", "fold"], threshold, decision)
+    return metric_table(predictions, ["setting", "repeat", "fold"], threshold, decision, score)
 
 
 def summary_table(per_repeat: pd.DataFrame, per_fold: pd.DataFrame,
@@ -110,11 +112,15 @@ def summary_table(per_repeat: pd.DataFrame, per_fold: pd.DataFrame,
 def learnt_summary(predictions: pd.DataFrame, level: float = 0.95,
                    descriptions: Optional[Mapping[str, str]] = None) -> Optional[pd.DataFrame]:  # fmt: skip
     """:func:`summary_table` at each run's learnt operating point (the ``prediction`` column), with the mean and
-    SD over runs of the learnt ``threshold`` (``threshold_mean, threshold_sd``); ``None`` without those columns."""
-    if not {"prediction", "threshold"} <= set(predictions.columns) or predictions["prediction"].isna().any():
+    SD over runs of the learnt ``threshold`` (``threshold_mean, threshold_sd``); ``None`` without those columns.
+
+    AUC ranks ``prob_calibrated``: each run's (increasing) map keeps the order within its fold and puts the
+    folds' models on one scale, so the pooled AUC is not lowered by models that merely differ in scale.
+    """
+    if not {"prediction", "threshold", "prob_calibrated"} <= set(predictions.columns) or predictions["prediction"].isna().any():
         return None
-    summary = summary_table(repeat_metrics(predictions, level=level, decision="prediction"),
-                            fold_metrics(predictions, decision="prediction"), descriptions)  # fmt: skip
+    summary = summary_table(repeat_metrics(predictions, level=level, decision="prediction", score="prob_calibrated"),
+                            fold_metrics(predictions, decision="prediction", score="prob_calibrated"), descriptions)  # fmt: skip
     runs = predictions.drop_duplicates(["setting", "repeat", "fold"]).groupby("setting", sort=False)["threshold"]
     summary["threshold_mean"] = summary["setting"].map(runs.mean())
     summary["threshold_sd"] = summary["setting"].map(runs.std(ddof=1))

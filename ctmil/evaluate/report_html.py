@@ -90,7 +90,8 @@ def write_cv_html(out_dir: PathLike, summary: pd.DataFrame, tests: pd.DataFrame,
         page.paragraph("No operating point was learnt (cv#calibration_fraction 0).")
     else:
         page.paragraph("Each run fitted a calibration map and a threshold on inner validation cases held back from its "
-                       "training folds (never its test fold) and applied both to its test fold.")  # fmt: skip
+                       "training folds (never its test fold) and applied both to its test fold; AUC ranks the "
+                       "calibrated probabilities.")  # fmt: skip
         thr = lambda r: {"threshold": _pm(r["threshold_mean"], r["threshold_sd"])}  # noqa: E731
         page.table(_setting_rows(learnt, descriptions=descriptions, extra=thr), id="learnt")
     page.heading("Per fold: mean ± SD over test folds", id="h-folds")

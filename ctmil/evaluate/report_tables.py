@@ -96,7 +96,8 @@ def _learnt_section(learnt: Optional[pd.DataFrame], descriptions) -> List[str]:
         return lines + ["No operating point was learnt (`cv#calibration_fraction` 0): every run used the fixed threshold."]
     lines += [
         "Each run fits a Platt/isotonic map and a threshold on its inner validation cases (held back from its "
-        "training folds, never its test fold) and applies both to its test fold. AUC ranks the raw probabilities.",
+        "training folds, never its test fold) and applies both to its test fold. AUC ranks the calibrated "
+        "probabilities (each map keeps the order within its fold and puts the folds' models on one scale).",
         "",
         f"| Method {_METRIC_HEADER} threshold (mean ± SD over runs) |",
         "|---|---|---|---|---|---|---|",

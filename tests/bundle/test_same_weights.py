@@ -63,7 +63,8 @@ def test_train_cv_and_bundle_run_give_the_same_weights(tmp_path):
     assert main(["train", str(datalist), "--out", str(tmp_path / "train"), "--seed", str(SEED), "--val-fraction", "0",
                  *common, "--set", *SETS]) == 0
     assert main(["cv", "--datalist", str(datalist), "--out", str(tmp_path / "cv"), *common, "--set", f"seed={SEED}", *SETS,
-                 "cv#n_folds=2", "cv#n_repeats=1", 'cv#settings=["D"]', "cv#final_model=all_data"]) == 0
+                 "cv#n_folds=2", "cv#n_repeats=1", 'cv#settings=["D"]', "cv#final_model=all_data",
+                 "cv#calibration_fraction=0"]) == 0  # every case trains, as --val-fraction 0
     _bundle_run(datalist, tmp_path / "bundle", cwd=tmp_path)
 
     models = {"ctmil train": tmp_path / "train" / "model.pt", "ctmil cv": tmp_path / "cv" / "model.pt",
@@ -91,3 +92,20 @@ def test_train_cv_and_bundle_run_give_the_same_weights(tmp_path):
     records = {name: json.loads(path.with_suffix(".json").read_text()) for name, path in models.items()}
     assert records["ctmil train"]["seed"] == SEED and records["ctmil train"]["trained_on"] == 8
     assert records["ctmil cv"] == records["ctmil train"] == records["monai.bundle run"]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_held_back_cases_are_the_same_in_train_and_cv(tmp_path):
+    """ctmil train --val-fraction 0.2 and the CV's all-data model with cv#calibration_fraction 0.2 hold back the
+    same cases: same weights and the same operating point learnt on them."""
+    datalist = write_bag_datalist(tmp_path / "data", [1, 0] * 5)
+    common = ["--epochs", str(EPOCHS), "--device", "cpu", "-q"]
+    assert main(["train", str(datalist), "--out", str(tmp_path / "train"), "--seed", str(SEED), "--val-fraction", "0.2",
+                 *common, "--set", *SETS]) == 0
+    assert main(["cv", "--datalist", str(datalist), "--out", str(tmp_path / "cv"), *common, "--set", f"seed={SEED}", *SETS,
+                 "cv#n_folds=2", "cv#n_repeats=1", 'cv#settings=["D"]', "cv#final_model=all_data",
+                 "cv#calibration_fraction=0.2"]) == 0
+    train, cv = _weights(tmp_path / "train" / "model.pt"), _weights(tmp_path / "cv" / "model.pt")
+    assert all(torch.equal(train[k], cv[k]) for k in train)
+    points = [json.loads((tmp_path / run / "model.json").read_text())["operating_point"] for run in ("train", "cv")]
+    assert points[0] == points[1] and points[0]["n_cases"] == 2 and points[0]["n_positive"] == 1

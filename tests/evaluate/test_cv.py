@@ -204,12 +204,14 @@ def test_operating_point_is_learnt_on_inner_cases_never_the_test_fold(tmp_path, 
         assert len(fit) == 4 and len(calib) == 2 and not (fit | calib) & tested and len(fit | calib | tested) == 12
         point = json.loads((out / "runs" / "A" / f"r0_f{test['fold'].iloc[0]}" / "operating_point.json").read_text())
         assert set(point["calibration_cases"]) == calib and point["n_cases"] == 2 and point["n_positive"] == 1
-        assert (test["threshold"] == point["threshold"]).all() and point["calibration"]["method"] == "platt"
+        assert (test["threshold"] == point["threshold"]).all()
+        # a Platt map, or (a 1-epoch tiny net may rank the 2 cases wrongly) the fixed threshold, saying why
+        assert point["calibration"]["method"] == "platt" or ("rank against" in point["source"] and point["threshold"] == 0.5)
         assert ((test["prob_calibrated"] >= point["threshold"]).astype(int) == test["prediction"]).all()
     assert len(seen) == 3 and len(_ids(seen[-1]["validate#dataset"])) >= 2
     info = json.loads((out / "model.json").read_text())
-    assert info["calibration"]["method"] == "platt" and 0.0 <= info["threshold"] <= 1.0
-    assert info["operating_point"]["source"].startswith("inner validation")
+    assert info["calibration"] == info["operating_point"]["calibration"] and 0.0 <= info["threshold"] <= 1.0
+    assert "inner validation" in info["operating_point"]["source"]
     assert "## At the operating point learnt on training data" in (out / "report.md").read_text()
     learnt = pd.read_csv(out / "report_learnt_threshold.csv")
     assert learnt["threshold_mean"].iloc[0] == pytest.approx(pred.drop_duplicates("fold")["threshold"].mean())
