@@ -248,8 +248,7 @@ def run_inference(
     Args:
         inputs: export folders, NIfTI files, slice-image folders or datalist CSVs (one path or several).
         model: a model file (:func:`ctmil.infer.model_io.load_model`, weights only) or an already loaded model.
-        threshold: the decision threshold on the (calibrated) probability; ``None``: the one learnt with the
-            model (``model.json``'s operating point), else 0.5.
+        threshold: on the calibrated probability; ``None``: the model's learnt one (``model.json``), else 0.5.
         save_maps, save_overlays, save_features, top_slices, map_mode: see :class:`InferenceOptions`.
         device: ``"cpu"`` or ``"cuda[:i]"``.
         labels: optional reference labels by case id (or StudyInstanceUID), copied to the ``label`` column.
@@ -262,7 +261,6 @@ def run_inference(
 
     Returns:
         ``(predictions, n_failed)``.
-
     Raises:
         ModelError: the model cannot be loaded. ValueError: invalid options, or no case in ``inputs``.
     """
