@@ -28,6 +28,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from ctmil import bundle as bu
 from ctmil.data.epochs import EpochBags
 from ctmil.evaluate.metrics import binary_metrics
+from ctmil.evaluate.operating_point import apply_operating_point
 from ctmil.infer.model_io import load_model
 from ctmil.networks import MILNet
 from ctmil.synthetic.phantoms import generate_cohort
@@ -198,7 +199,12 @@ def test_inference_workflow_matches_evaluation(inferred, evaluated, trained, coh
     # the same preprocessing (read from model.json: min_area_fraction 0.5) and weights as the evaluator
     merged = inferred.merge(evaluated, on="case_id")
     assert len(merged) == 2
-    np.testing.assert_allclose(merged["probability"], merged["prob"], atol=1e-5)
+    # inference calibrates with the operating point recorded in model.json; the evaluator writes raw probabilities
+    point = json.loads((root / "models" / "model.json").read_text())["operating_point"]
+    calibrated, decision = apply_operating_point(point, merged["prob"].to_numpy())
+    np.testing.assert_allclose(merged["probability"], calibrated, atol=1e-5)
+    ours = inferred.set_index("case_id").loc[merged["case_id"]]
+    assert (ours["prediction"].to_numpy() == decision).all() and (ours["threshold"] == point["threshold"]).all()
     manifest = pd.read_csv(root / "cache" / "manifest.csv", dtype={"case_id": str}).set_index("case_id")
     for row in inferred.itertuples():
         assert row.K == _state(manifest.loc[row.case_id, "bag_path"])["patches"].shape[0] < 12 * row.n_slices

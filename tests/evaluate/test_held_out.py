@@ -184,7 +184,8 @@ def test_command_through_its_own_parser(model, datalist, recorded, tmp_path, cap
     assert args.func is cmd_evaluate and cmd_evaluate(args) == 0
     out = capsys.readouterr().out
     assert f"threshold {recorded:.4g} (threshold recorded in model.json)" in out and "| PR-AUC |" in out
-    assert {p.name for p in (tmp_path / "o").iterdir()} == {"metrics.csv", "predictions.csv", "evaluation.md", "roc.png", "reliability.png"}
+    assert {p.name for p in (tmp_path / "o").iterdir()} == {"metrics.csv", "predictions.csv", "evaluation.md", "roc.png", "reliability.png",
+                                                             "report.html"}
     with pytest.raises(cli.UsageError, match="not both"):
         cmd_evaluate(parser.parse_args(["evaluate", str(datalist), "--model", str(model), "--datalist", str(datalist), "--out", str(tmp_path)]))
     with pytest.raises(cli.UsageError, match="either"):
