@@ -2,6 +2,7 @@
 
     python docs/make_results.py                      # what `make results` runs
     python docs/make_results.py --set max_epochs=8   # a longer protocol (bundle #-id overrides)
+    python docs/make_results.py --report-only        # rewrite the report and results.md from the saved predictions
 
 The protocol is the bundle's ``train.json`` + ``cv.json`` + ``results.json`` (what a 2-core machine finishes in
 about an hour); the sample is ``../shared/data/percovid_sample`` (73 patients, one folder of slice PNGs each,
@@ -12,6 +13,7 @@ about an hour); the sample is ``../shared/data/percovid_sample`` (73 patients, o
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -34,16 +36,25 @@ def datalist(sample: Path, out: Path) -> Path:
     return out / "datalist.csv"
 
 
-def _machine() -> str:
+def _load() -> str:
     load = os.getloadavg()
+    return f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}"
+
+
+def _machine(load: str) -> str:
     return (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU; load average at the end "
-            f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min)")
+            f"of the run {load} (1 / 5 / 15 min)")
 
 
-def results_md(cv_dir: Path, seconds: float, command: str, overrides: dict) -> str:
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+def results_md(cv_dir: Path, run: dict, command: str, overrides: dict) -> str:
     report = (cv_dir / "report.md").read_text()
     body = report.split("\n", 1)[1]  # drop the report's own title
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    seconds, commit = run["seconds"], run["commit"]
+    rewritten = "" if run.get("report_commit", commit) == commit else f"; report rewritten from its predictions at commit {run['report_commit']}"
     return "\n".join([
         "# Results on real CT: the Per-COVID-19 sample", "",
         "Settings A-D (paper Table IV) cross-validated on the 73 patients of `../shared/data/percovid_sample` "
@@ -58,7 +69,7 @@ def results_md(cv_dir: Path, seconds: float, command: str, overrides: dict) -> s
         "and by bootstrap CIs.",
         "* Operating point: each run learns a Platt map and a Youden threshold on 20 % of its training folds (inner "
         "validation, never its test fold).",
-        f"* Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit}, {_machine()}; wall time {seconds / 60:.1f} min.",
+        f"* Run started {run['started']} UTC at commit {commit}{rewritten}; {_machine(run['load'])}; wall time {seconds / 60:.1f} min.",
         "", body,
     ])  # fmt: skip
 
@@ -69,18 +80,27 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "out" / "results"))
     parser.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report and --doc from <out>/cv/predictions.csv")
     args = parser.parse_args(argv)
     from ctmil.cli import parse_overrides
     from ctmil.evaluate.cv import run_cv
+    from ctmil.evaluate.report import write_report
 
     sample, out = Path(args.data), Path(args.out)
-    if not (sample / "labels.csv").is_file():
-        raise SystemExit(f"no Per-COVID sample at {sample} (labels.csv missing)")
     overrides = parse_overrides(args.set)
-    start = time.perf_counter()
-    run_cv(datalist(sample, out), out / "cv", files=FILES, overrides=overrides, progress=True)
     command = "python docs/make_results.py" + (f" --set {' '.join(args.set)}" if args.set else "")
-    Path(args.doc).write_text(results_md(out / "cv", time.perf_counter() - start, command, overrides))
+    record = out / "cv" / "results_run.json"
+    if args.report_only:
+        run = {**json.loads(record.read_text()), "report_commit": _commit()}
+        write_report(out / "cv", pd.read_csv(out / "cv" / "predictions.csv", dtype={"case_id": str}))
+    else:
+        if not (sample / "labels.csv").is_file():
+            raise SystemExit(f"no Per-COVID sample at {sample} (labels.csv missing)")
+        run, start = {"started": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}", "commit": _commit()}, time.perf_counter()
+        run_cv(datalist(sample, out), out / "cv", files=FILES, overrides=overrides, progress=True)
+        record.write_text(json.dumps({**run, "seconds": time.perf_counter() - start, "load": _load()}))
+        run = json.loads(record.read_text())
+    Path(args.doc).write_text(results_md(out / "cv", run, command, overrides))
     print(f"wrote {args.doc}")
     return 0
 
