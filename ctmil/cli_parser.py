@@ -32,7 +32,8 @@ def add_subcommands(parser: argparse.ArgumentParser, cli: ModuleType) -> None:
     common(p, training=True)
     p.set_defaults(func=cli.cmd_cv)
 
-    p = sub.add_parser("demo", help="phantoms → bags → short CV of settings A and D → report (what `make demo` runs)")
+    p = sub.add_parser("demo", help="phantoms → short CV of A and D → held-out evaluation, attention hit rate → report.html "
+                       "(what `make demo` runs)")
     p.add_argument("--out", default="out/demo")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="overrides of the demo config, e.g. max_epochs=2")
     common(p)
