@@ -18,7 +18,7 @@ from monai.transforms.utils_pytorch_numpy_unification import clip
 from monai.utils import TransformBackends
 
 from ctmil.transforms.layout import wrap_like
-from ctmil.transforms.lung import INTENSITIES
+from ctmil.transforms.lung import INTENSITIES, recorded_intensity
 
 __all__ = ["LUNG_WINDOW_HU", "WindowHU", "WindowHUd", "WindowHUD", "WindowHUDict", "check_window"]
 
@@ -61,15 +61,7 @@ class WindowHU(TraceableTransform):
 
     def intensity_of(self, img: NdarrayOrTensor) -> str:
         """``hu`` or ``windowed``: the constructor's value, else LoadCT's record; ``ValueError`` when neither."""
-        if self.intensity is not None:
-            return self.intensity
-        recorded = img.meta.get("intensity") if isinstance(img, MetaTensor) else None
-        if recorded not in INTENSITIES:
-            raise ValueError(
-                "WindowHU: the image does not record its intensity (only ctmil's LoadCT does): "
-                "pass intensity='hu' for Hounsfield units or intensity='windowed' for [0, 1] lung-window images"
-            )
-        return str(recorded)
+        return recorded_intensity(img, self.intensity, "WindowHU")
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         window = self.window_hu if self.window_hu is not None and self.intensity_of(img) == "hu" else None

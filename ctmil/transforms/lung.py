@@ -23,6 +23,20 @@ __all__ = ["LungMask", "LungMaskd", "LungMaskD", "LungMaskDict", "lung_mask_hu",
 INTENSITIES = ("hu", "windowed")
 
 
+def recorded_intensity(img: NdarrayOrTensor, given: str | None, who: str) -> str:
+    """``hu`` or ``windowed``: ``given`` (a transform's constructor value), else what ctmil's LoadCT recorded in
+    the MetaTensor; a one-line ``ValueError`` naming ``who`` when neither says."""
+    if given is not None:
+        return given
+    recorded = img.meta.get("intensity") if isinstance(img, MetaTensor) else None
+    if recorded not in INTENSITIES:
+        raise ValueError(
+            f"{who}: the image does not record its intensity (only ctmil's LoadCT does): "
+            "pass intensity='hu' for Hounsfield units or intensity='windowed' for [0, 1] lung-window images"
+        )
+    return str(recorded)
+
+
 class LungMask(TraceableTransform):
     """Boolean lung mask of a one-channel CT image, in the image's layout (``(1, H, W, D)`` → ``(1, H, W, D)``).
 
@@ -72,15 +86,7 @@ class LungMask(TraceableTransform):
 
     def intensity_of(self, img: NdarrayOrTensor) -> str:
         """``hu`` or ``windowed``: the constructor's value, else ctmil's recorded one; ``ValueError`` when neither."""
-        if self.intensity is not None:
-            return self.intensity
-        recorded = img.meta.get("intensity") if isinstance(img, MetaTensor) else None
-        if recorded not in INTENSITIES:
-            raise ValueError(
-                "LungMask: the image does not record its intensity (only ctmil's LoadCT does): "
-                "pass intensity='hu' for Hounsfield units or intensity='windowed' for [0, 1] lung-window images"
-            )
-        return str(recorded)
+        return recorded_intensity(img, self.intensity, "LungMask")
 
     def _compute(self, img: NdarrayOrTensor) -> tuple[np.ndarray, int, str]:
         """The mask ``(1, S, h, w)`` on the working grid of the slice stack, its in-plane stride and the intensity."""
