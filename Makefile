@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ctmil-installed
 OUT    ?= out/demo
 
-.PHONY: install demo test bench results clean
+.PHONY: install demo test bench results pictures clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ bench: $(STAMP)
 	$(PY) bench/preprocess.py
 	$(PY) bench/train_step.py
 	$(PY) bench/infer.py
+
+# The PNGs the docs embed (docs/img/, not tracked): made from phantoms and from the demo's own pages
+pictures: demo
+	$(PY) docs/make_operating_point_pictures.py
+	$(PY) docs/make_report_pictures.py
+	$(PY) docs/make_demo_pictures.py $(OUT)
 
 # Settings A-D on the real Per-COVID-19 sample in ../shared/data (about an hour on 2 cores) -> docs/results.md
 results: $(STAMP)
