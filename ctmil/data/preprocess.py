@@ -24,7 +24,7 @@ from monai.data import PersistentDataset
 
 from ctmil import __version__
 from ctmil.data.qc import QC_COLUMNS, flag_outliers, read_case_qc, run_traced, write_case_qc, write_qc_report
-from ctmil.transforms.compose import preprocessing_transforms
+from ctmil.transforms.compose import preprocessing_settings, preprocessing_transforms
 from ctmil.io.dicom_series import DicomError
 from ctmil.io.paths import inside, safe_case_name
 from ctmil.io.readers import CaseError
@@ -50,8 +50,6 @@ def source_signature(image) -> list:
 def cache_key(case: dict, settings: dict) -> str:
     """Hash of what determines a bag: the effective settings (given ones over the defaults, so a changed default
     changes the key), the ctmil version, the input files and the label."""
-    from ctmil.transforms import preprocessing_settings
-
     payload = {"settings": preprocessing_settings(**settings), "version": __version__, "source": source_signature(case["image"]), "label": case.get("label")}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -239,16 +237,18 @@ def cached_bag_dataset(cases: list[dict], cache_dir: str | os.PathLike, settings
     """A MONAI ``PersistentDataset`` yielding bags; decoding and lung masking run once per case and settings.
 
     The cache key hashes the input item (paths, label, the input files' size and mtime) together with the
-    preprocessing settings and the ctmil version, so changing any transform setting re-computes the bags.
+    effective preprocessing settings (defaults filled in, as :func:`cache_key`) and the ctmil version, so changing
+    any transform setting, or a default, re-computes the bags.
     """
     settings = dict(settings or {})
+    effective = preprocessing_settings(**settings)
     items = [
         {"image": c["image"], "case_id": c["case_id"], "label": c.get("label"), "signature": source_signature(c["image"])}
         for c in cases if c.get("image") is not None and not c.get("error")
     ]
 
     def hash_item(item) -> bytes:
-        payload = {"item": item, "settings": settings, "version": __version__}
+        payload = {"item": item, "settings": effective, "version": __version__}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest().encode()
 
     return PersistentDataset(items, transform=preprocessing_transforms(**settings), cache_dir=cache_dir, hash_func=hash_item)

@@ -63,16 +63,18 @@ def infer_network_kwargs(state: Mapping[str, torch.Tensor]) -> dict:
 
 
 #: Preprocessing settings added after models were first recorded, with the value every earlier model was
-#: trained with (the setting did not exist yet): the HU window and slice sampling (issue 12).
-SETTINGS_BEFORE_THEY_EXISTED = {"window_hu": None, "max_slices": None, "slab_mm": None}
+#: trained with (the setting did not exist yet): the HU window and slice sampling (issue 12), float32 patches
+#: (issue 13; float16 storage is the default since).
+SETTINGS_BEFORE_THEY_EXISTED = {"window_hu": None, "max_slices": None, "slab_mm": None, "patch_dtype": "float32"}
 
 
 def complete_recorded_preprocessing(recorded: dict) -> dict:
     """A model's recorded preprocessing with the settings it predates filled with their old values.
 
     An empty record (a bare state dict) stays empty, i.e. today's defaults. A record from before the window
-    and slice sampling existed gets ``window_hu=None, max_slices=None, slab_mm=None``, so such a model is
-    preprocessed at inference exactly as it was in training, not with today's defaults.
+    and slice sampling existed gets ``window_hu=None, max_slices=None, slab_mm=None``, one from before float16
+    patch storage ``patch_dtype="float32"``, so such a model is preprocessed at inference exactly as it was in
+    training, not with today's defaults.
     """
     if not recorded:
         return {}

@@ -14,7 +14,7 @@ from ctmil.transforms.load import LOADCT_SLICE_AXIS, LoadCT, LoadCTd
 from ctmil.transforms.lung import LungMask, LungMaskd
 from ctmil.transforms.lung_masks import lung_mask_hu, lung_mask_windowed
 from ctmil.transforms.sampling import SampleSlices, SampleSlicesd
-from ctmil.transforms.tiling import BAG_KEYS, NormalizePatches, TilePatches, ToBagd
+from ctmil.transforms.tiling import BAG_KEYS, PATCH_DTYPES, NormalizePatches, TilePatches, ToBagd
 
 __all__ = [
     "BAG_KEYS",
@@ -28,6 +28,7 @@ __all__ = [
     "LungMask",
     "LungMaskd",
     "NormalizePatches",
+    "PATCH_DTYPES",
     "SampleSlices",
     "SampleSlicesd",
     "SelectLungSlices",

@@ -93,6 +93,7 @@ def preprocessing_transforms(
     window_hu: Sequence[float] | None = LUNG_WINDOW_HU,
     max_slices: int | None = 18,
     slab_mm: float | None = None,
+    patch_dtype: str = "float16",
 ) -> Compose:
     """``{"image": path, "case_id": str, "label": float}`` → bag dictionary (docs/design.md), nothing else.
 
@@ -100,7 +101,8 @@ def preprocessing_transforms(
     ``min_area_fraction`` (slice selection), ``max_slices`` / ``slab_mm`` (slice sampling, :class:`SampleSlicesd`; 18 slices
     by default, the paper's K ≈ 217, chosen in docs/preprocessing.md "Bag size"),
     ``spatial_size`` (H, W), ``margin_fraction`` (crop), ``window_hu`` (HU window before the per-patch min-max,
-    :class:`WindowHUd`; ``None``: none), ``patch_size``.
+    :class:`WindowHUd`; ``None``: none), ``patch_size``, ``patch_dtype`` (``"float16"`` or ``"float32"``: the dtype
+    the bag stores its min-max patches in, :class:`ToBagd`; docs/preprocessing.md "Patch storage").
     LoadCTd gives ``(1, S, H, W)`` stacks, so every later transform gets ``slice_axis=1``; the intensity is the
     one LoadCT records (``hu`` for DICOM and NIfTI, ``windowed`` for slice images, which the window leaves as they are).
     """
@@ -115,7 +117,7 @@ def preprocessing_transforms(
             SampleSlicesd([image_key, "lung"], max_slices=max_slices, slab_mm=slab_mm, slice_axis=axis),
             LungBoxCropd(image_key, source_key="lung", spatial_size=spatial_size, margin_fraction=margin_fraction, slice_axis=axis),
             WindowHUd(image_key, window_hu=window_hu, intensity=None),
-            ToBagd(image_key, patch_size=patch_size, slice_axis=axis),
+            ToBagd(image_key, patch_size=patch_size, slice_axis=axis, patch_dtype=patch_dtype),
             SelectItemsd(BAG_KEYS),
         ],
         map_items=False,

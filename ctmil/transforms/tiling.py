@@ -1,7 +1,9 @@
 """Tiling resized lung crops into the 12 non-overlapping 60×60 patches of a bag, and per-patch min-max.
 
 Grid position is row-major in the 4-wide × 3-high grid: ``position = row * 4 + col``, row 0 at the top
-(anterior), column 0 at the image left (patient right).
+(anterior), column 0 at the image left (patient right). Bags store their patches as float16 by default
+(``patch_dtype``, docs/preprocessing.md "Patch storage"): min-max values lie in [0, 1], where float16 steps are
+at most 2^-11, finer than one HU of the lung window.
 """
 
 from __future__ import annotations
@@ -63,13 +65,29 @@ class TilePatches(Transform):
         )
 
 
+#: the ``patch_dtype`` settings a bag may store its patches in
+PATCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+def patch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a ``patch_dtype`` setting (``"float16"`` or ``"float32"``); ``ValueError`` otherwise."""
+    if not isinstance(name, str) or name not in PATCH_DTYPES:
+        raise ValueError(f"patch_dtype must be one of {sorted(PATCH_DTYPES)}, got {name!r}")
+    return PATCH_DTYPES[name]
+
+
 class NormalizePatches(Transform):
-    """Min-max normalise each patch of ``(K, C, ph, pw)`` to [0, 1] independently; flat patches become 0."""
+    """Min-max normalise each patch of ``(K, C, ph, pw)`` to [0, 1] independently; flat patches become 0.
+
+    The min-max runs in float32; only the result is cast to ``dtype`` (``"float32"`` or ``"float16"``: values in
+    [0, 1] then round to the nearest float16, at most 2^-12 away).
+    """
 
     backend = [TransformBackends.TORCH]
 
-    def __init__(self, eps: float = 1e-6) -> None:
+    def __init__(self, eps: float = 1e-6, dtype: str = "float32") -> None:
         self.eps = eps
+        self.dtype = patch_dtype(dtype)
 
     def __call__(self, patches: NdarrayOrTensor) -> torch.Tensor:
         x = convert_to_tensor(patches, track_meta=False, dtype=torch.float32)
@@ -78,7 +96,7 @@ class NormalizePatches(Transform):
         span = (hi - lo).clamp_min(self.eps)
         out = (flat - lo[:, None]) / span[:, None]
         out[(hi - lo) <= self.eps] = 0.0
-        return out.reshape(x.shape).clamp_(0.0, 1.0)
+        return out.reshape(x.shape).clamp_(0.0, 1.0).to(self.dtype)
 
 
 BAG_KEYS = ("patches", "position", "slice_index", "kept_slices", "boxes", "label", "case_id", "meta")
@@ -92,6 +110,7 @@ class ToBagd(MapTransform):
     arguments, and the case metadata from ``d[meta_key]`` (:class:`~ctmil.transforms.StoreCaseMetad`; ``{}``
     when absent). Writes the bag's keys (:data:`BAG_KEYS`) and keeps every other key of ``d`` except ``key``
     itself, which the patches replace (MONAI's ``SelectItemsd(keys=BAG_KEYS)`` after it keeps the bag only).
+    ``patch_dtype`` (``"float16"``, the default, or ``"float32"``) is the dtype the min-max patches are stored in.
     """
 
     backend = [TransformBackends.TORCH]
@@ -104,11 +123,12 @@ class ToBagd(MapTransform):
         kept_key: str = "kept_slices",
         boxes_key: str = "boxes",
         slice_axis: int = DEFAULT_SLICE_AXIS,
+        patch_dtype: str = "float16",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.tiler = TilePatches(patch_size, slice_axis)
-        self.normalizer = NormalizePatches()
+        self.normalizer = NormalizePatches(dtype=patch_dtype)
         self.meta_key, self.kept_key, self.boxes_key = meta_key, kept_key, boxes_key
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict:

@@ -175,3 +175,11 @@ def test_targets_and_package_references_resolve(name):
             assert _resolves(dotted), f"{name}: {dotted} in {expr!r} does not resolve"
     if name in ("train.json", "inference.json"):
         assert targets or expressions, f"{name} names nothing to build"
+
+
+def test_train_json_lists_every_preprocessing_setting_at_its_default():
+    """``train.json#preprocessing`` is the one place a bundle user sees the settings: every keyword of
+    ``preprocessing_transforms`` (``patch_dtype`` included), with the signature's default."""
+    from ctmil.transforms import preprocessing_settings
+
+    assert json.loads(Path(TRAIN).read_text())["preprocessing"] == preprocessing_settings()
