@@ -2,11 +2,14 @@
 
 A bag is the dict documented in ``docs/design.md`` (``patches (K, 1, P, P)``, ``position (K,)``,
 ``slice_index (K,)``, ``label``, ``case_id`` ...), one ``torch.save`` file per case. This module only moves
-bags around; it knows nothing of the network or the training engine.
+bags around; it knows nothing of the network or the training engine. Patches keep the dtype they are stored in
+(float16 by default, ``patch_dtype`` of the preprocessing; float32 bags stay float32), here and in the batches
+made of them: the step's ``prepare_bag_batch`` casts them to float32 on the device, just before the network.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -27,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 BagSource = Union[str, "os.PathLike[str]", Mapping[str, Any]]
 _REQUIRED_KEYS = ("patches", "position", "slice_index")
+_KEPT_DTYPES = (torch.float16, torch.float32)  # patch dtypes kept as stored; any other is read as float32
 
 
 def load_bag(path: Union[str, "os.PathLike[str]"]) -> Dict[str, Any]:
@@ -59,6 +63,8 @@ class BagDataset(Dataset):
     Bags are small (a few hundred 60×60 patches), so the whole training split fits in memory and epochs
     never touch the disk again. ``dataset[i]`` returns a shallow copy of the cached dict with ``label``
     (float32 scalar tensor) and ``case_id`` (str) set from the arguments when given, otherwise from the bag.
+    ``patches`` stay in their stored dtype (float16 or float32: float16 bags take half the memory); another
+    dtype is read as float32.
 
     Args:
         bags: file paths (read with ``torch.load(..., weights_only=True)``) or bag dicts.
@@ -100,7 +106,8 @@ class BagDataset(Dataset):
             patches = bag["patches"]
             if patches.dim() == 3:  # (K, P, P) -> (K, 1, P, P)
                 bag["patches"] = patches.unsqueeze(1)
-            bag["patches"] = bag["patches"].float()
+            if bag["patches"].dtype not in _KEPT_DTYPES:
+                bag["patches"] = bag["patches"].float()
             bag["position"] = bag["position"].long()
             bag["slice_index"] = bag["slice_index"].long()
             if self._labels is not None:
@@ -136,7 +143,8 @@ class BagDataset(Dataset):
 
     def to(self, device: Union[str, torch.device], non_blocking: bool = False) -> "BagDataset":
         """Read every bag and keep its ``patches``, ``position`` and ``slice_index`` on ``device`` for the rest of
-        the run (one copy per bag, e.g. the training bags on a GPU); labels stay on the host. Returns ``self``."""
+        the run (one copy per bag, e.g. the training bags on a GPU, patches in their stored dtype); labels stay on
+        the host. Returns ``self``."""
         device = torch.device(device)
         for i in range(len(self)):
             bag = self._load(i)
@@ -177,7 +185,8 @@ class BagDataset(Dataset):
     def gather_instances(self, refs: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Instances picked across bags: ``refs (N, 2)`` int64 rows ``(bag index, instance index)``.
 
-        Returns ``patches (N, 1, P, P)``, ``position (N,)`` and ``slice_index (N,)``.
+        Returns ``patches (N, 1, P, P)``, ``position (N,)`` and ``slice_index (N,)``; the patches have one dtype,
+        that of the bags (float16 from float16 bags; float32 when float16 and float32 bags are mixed).
         """
         if refs.dim() != 2 or refs.shape[1] != 2 or refs.shape[0] == 0:
             raise ValueError(f"refs must be a non-empty (N, 2) tensor, got {tuple(refs.shape)}.")
@@ -194,7 +203,7 @@ class BagDataset(Dataset):
         order = torch.argsort(torch.cat(rows))  # back to the order of refs
         out = {}
         for key in _REQUIRED_KEYS:
-            cat = torch.cat(parts[key])
+            cat = torch.cat(parts[key])  # torch.cat promotes mixed float16/float32 patches to float32
             out[key] = cat.index_select(0, order.to(cat.device))
         return out
 
@@ -215,8 +224,9 @@ def virtual_bag(dataset: BagDataset, refs: torch.Tensor, case_id: str, label: fl
 def collate_bags(bags: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     """Pad a list of bags to the largest ``K`` (see ``docs/design.md``).
 
-    Returns ``patches (B, Kmax, C, P, P)`` (zero padded), ``mask (B, Kmax)`` bool (True = real instance),
-    ``position (B, Kmax)`` and ``slice_index (B, Kmax)`` int64 (``-1`` padded), ``label (B,)`` float32,
+    Returns ``patches (B, Kmax, C, P, P)`` (zero padded, in the bags' dtype: float16 bags give a float16 batch,
+    half the bytes to copy to a device; mixed float16/float32 bags a float32 one), ``mask (B, Kmax)`` bool
+    (True = real instance), ``position (B, Kmax)`` and ``slice_index (B, Kmax)`` int64 (``-1`` padded), ``label (B,)`` float32,
     ``case_id`` list of str and ``is_virtual (B,)`` bool (False unless a bag says otherwise). Tensors are made on
     the device of the bags' patches; a batch of one bag holds views of that bag's tensors (read-only use).
     """
@@ -228,17 +238,18 @@ def collate_bags(bags: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         raise ValueError("all bags must have patches of the same (C, P, P) shape.")
     n, k_max = len(bags), max(p.shape[0] for p in patches)
     device = patches[0].device  # bags kept on a device (BagDataset.to) are collated there
+    dtype = functools.reduce(torch.promote_types, [p.dtype for p in patches])  # one dtype for the batch
     out = {
         "label": torch.tensor([float(b.get("label", -1.0)) for b in bags], dtype=torch.float32),
         "case_id": [str(b.get("case_id", "")) for b in bags],
         "is_virtual": torch.tensor([bool(b.get("is_virtual", False)) for b in bags], dtype=torch.bool),
     }
-    if n == 1 and patches[0].dtype == torch.float32:  # one bag: nothing to pad, views of its tensors (no copy)
+    if n == 1:  # one bag: nothing to pad, views of its tensors (no copy)
         out.update(patches=patches[0].unsqueeze(0), mask=torch.ones((1, k_max), dtype=torch.bool, device=device),
                    position=torch.as_tensor(bags[0]["position"]).long().unsqueeze(0),
                    slice_index=torch.as_tensor(bags[0]["slice_index"]).long().unsqueeze(0))
         return out
-    out.update(patches=torch.zeros((n, k_max, *shape), dtype=torch.float32, device=device),
+    out.update(patches=torch.zeros((n, k_max, *shape), dtype=dtype, device=device),
                mask=torch.zeros((n, k_max), dtype=torch.bool, device=device),
                position=torch.full((n, k_max), -1, dtype=torch.long, device=device),
                slice_index=torch.full((n, k_max), -1, dtype=torch.long, device=device))

@@ -95,10 +95,10 @@ class InferenceModel:
         return self.strategy in ("parts", "forward_all")
 
     def predict(self, patches: torch.Tensor) -> BagPrediction:
-        """Predict one bag from its ``patches (K, 1, P, P)``."""
+        """Predict one bag from its ``patches (K, 1, P, P)`` (any dtype: float16 bags are cast to float32 on the device)."""
         if patches.dim() != 4 or patches.shape[0] == 0:
             raise ValueError(f"expected patches (K, C, P, P) with K > 0, got {tuple(patches.shape)}")
-        x = patches.to(self.device, torch.float32)[None]  # (1, K, C, P, P)
+        x = patches.to(self.device).float()[None]  # (1, K, C, P, P) float32; copied in the stored dtype, cast on the device
         attention = features = None
         with torch.inference_mode():
             if self.strategy == "parts":  # a MILNet: the one prediction path of validation, CV and the bundle

@@ -76,10 +76,14 @@ class BagInferer(Inferer):
 
 
 def prepare_bag_batch(batch: Mapping[str, Any], device: Device = "cpu", non_blocking: bool = False) -> Dict[str, Any]:
-    """Move the tensors of a collated batch to ``device`` (lists such as ``case_id`` are kept as they are)."""
-    return {
-        k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
-    }
+    """Move the tensors of a collated batch to ``device`` (lists such as ``case_id`` are kept as they are).
+
+    ``patches`` travel in their stored dtype (float16 bags: half the bytes) and are cast to float32 there, on
+    ``device``: the one cast between stored bags and the network (a float32 batch is not copied again).
+    """
+    out = {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    out["patches"] = out["patches"].float()  # (B, K, C, P, P) float32, cast on the device after the copy
+    return out
 
 
 def _add_pairs(batch: Dict[str, Any]) -> None:
