@@ -43,12 +43,13 @@ from ctmil.train.losses import MILSSLLoss  # noqa: E402
 PAPER = {"bags": 206, "k": 217, "epochs": 50, "settings": 4, "folds": 10, "repeats": 5}
 
 
-def synthetic_bags(n_bags: int, k: int, seed: int = 0) -> BagDataset:
-    """``n_bags`` bags of ``k`` patches (complete 12-patch slices where ``k`` allows), every fourth positive."""
+def synthetic_bags(n_bags: int, k: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> BagDataset:
+    """``n_bags`` bags of ``k`` patches (complete 12-patch slices where ``k`` allows), every fourth positive,
+    patches stored as ``dtype`` (float16 as preprocessing stores them by default)."""
     g = torch.Generator().manual_seed(seed)
     bags = []
     for i in range(n_bags):
-        bags.append({"patches": torch.rand(k, 1, 60, 60, generator=g), "position": torch.arange(k) % 12,
+        bags.append({"patches": torch.rand(k, 1, 60, 60, generator=g).to(dtype), "position": torch.arange(k) % 12,
                      "slice_index": torch.arange(k) // 12, "label": torch.tensor(float(i % 4 == 0)),
                      "case_id": f"bag{i:04d}"})
     return BagDataset(bags)
