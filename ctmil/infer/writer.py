@@ -20,6 +20,7 @@ import csv
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -124,25 +125,32 @@ def write_case_outputs(bag: dict, attention: np.ndarray | None, features: np.nda
     fields["top_slices"] = ";".join(str(int(s)) for s in top)
     painted = paint_attention(attention, bag["slice_index"], bag["position"], bag["boxes"], bag["kept_slices"],
                               meta["spatial_shape"], mode=options.map_mode)  # (S, H, W)
-    if options.save_maps:
-        path = save_attention_nifti(painted, meta, folder / "attention.nii.gz")
-        fields["attention_path"] = path.relative_to(out_dir).as_posix()
-    if options.save_overlays and top.size:
-        ct = bag["ct"].as_tensor()[0].numpy() if hasattr(bag["ct"], "as_tensor") else np.asarray(bag["ct"])[0]  # (S, H, W)
-        kept = bag["kept_slices"].tolist()
-        spacing = meta.get("spacing")
-        aspect = float(spacing[1]) / float(spacing[2]) if spacing else 1.0
-        vmax = float(painted.max())
-        mass = dict(zip(*(v.tolist() for v in slice_attention(attention, bag["slice_index"]))))
-        paths = []
-        for s in top.tolist():
-            box = bag["boxes"][kept.index(s)].tolist()
-            title = f"{bag['case_id']}  slice index {s} of {meta['spatial_shape'][0]}  ({mass[s]:.1%} of the attention)"
-            p = save_overlay(ct[s], painted[s], box, folder / f"overlay_s{s:03d}.png", intensity=meta.get("intensity", "hu"),
-                             vmax=vmax, title=title, aspect=aspect)
-            paths.append(p.relative_to(out_dir).as_posix())
-        fields["overlay_paths"] = ";".join(paths)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # the NIfTI is gzipped (zlib frees the GIL) while PNGs are drawn
+        nifti = pool.submit(save_attention_nifti, painted, meta, folder / "attention.nii.gz") if options.save_maps else None
+        if options.save_overlays and top.size:
+            fields["overlay_paths"] = ";".join(_write_overlays(bag, attention, painted, top, folder, out_dir))
+        if nifti is not None:
+            fields["attention_path"] = nifti.result().relative_to(out_dir).as_posix()
     return fields
+
+
+def _write_overlays(bag: dict, attention: np.ndarray, painted: np.ndarray, top: np.ndarray, folder: Path, out_dir: Path) -> list[str]:
+    """The PNG overlays of the ``top`` slices (paths relative to ``out_dir``), on one colour scale per case."""
+    meta = bag["meta"]
+    ct = bag["ct"].as_tensor()[0].numpy() if hasattr(bag["ct"], "as_tensor") else np.asarray(bag["ct"])[0]  # (S, H, W)
+    kept = bag["kept_slices"].tolist()
+    spacing = meta.get("spacing")
+    aspect = float(spacing[1]) / float(spacing[2]) if spacing else 1.0
+    vmax = float(painted.max())
+    mass = dict(zip(*(v.tolist() for v in slice_attention(attention, bag["slice_index"]))))
+    paths = []
+    for s in top.tolist():
+        box = bag["boxes"][kept.index(s)].tolist()
+        title = f"{bag['case_id']}  slice index {s} of {meta['spatial_shape'][0]}  ({mass[s]:.1%} of the attention)"
+        p = save_overlay(ct[s], painted[s], box, folder / f"overlay_s{s:03d}.png", intensity=meta.get("intensity", "hu"),
+                         vmax=vmax, title=title, aspect=aspect)
+        paths.append(p.relative_to(out_dir).as_posix())
+    return paths
 
 
 _INT_COLUMNS = ("prediction", "label", "n_slices", "n_slices_kept", "K")

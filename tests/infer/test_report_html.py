@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from ctmil.infer.batch import run_inference
 from ctmil.infer.writer import InferenceOptions, predictions_frame, write_report
@@ -70,7 +71,10 @@ def test_report_renders_in_chromium(inferred, tmp_path):
     assert [r[0] for r in table_rows(dom, "failed")] == ["broken"]
     images = dom_images(dom)
     assert len(images) == 4 and all(i["src"].startswith("data:image/png;base64,") for i in images)
-    assert all(i["data-complete"] == "true" and int(i["data-natural-width"]) == 640 for i in images)
+    written = sorted(Image.open(f).size[0] for f in (inferred["out"] / "cases").rglob("overlay_*.png"))
+    assert written[0] >= 512  # the slice is drawn at least 512 px wide, beside its colour bar
+    assert all(i["data-complete"] == "true" for i in images)  # decoded at the size written
+    assert sorted(int(i["data-natural-width"]) for i in images) == written
     cards = dom_cards(dom)
     order = np.argsort(-np.asarray(probs[:2]), kind="stable")
     assert [c["data-case-id"] for c in cards] == [IDS[k] for k in order for _ in range(2)]
