@@ -10,7 +10,7 @@ import torch.nn as nn
 from ctmil.networks.encoder import LeNetEncoder
 from ctmil.networks.heads import MLPHead
 from ctmil.networks.pooling import GatedAttentionPool
-from ctmil.networks.utils import check_positive_int, he_init_
+from ctmil.networks.utils import check_positive_int, he_init_, raise_if
 
 __all__ = ["MILNet"]
 
@@ -113,8 +113,7 @@ class MILNet(nn.Module):
         if mask.dim() != 2 or mask.shape[0] != x.shape[0] or mask.shape[1] != x.shape[1]:
             raise ValueError("mask must be (B, K), matching x's first two axes.")
         mask = mask.to(torch.bool)
-        if not bool(mask.any(dim=1).all()):
-            raise ValueError("every bag needs at least one real instance; got a fully masked-out bag.")
+        raise_if(~mask.any(dim=1).all(), "every bag needs at least one real instance; got a fully masked-out bag.")
         return mask
 
     @torch.jit.export
@@ -210,8 +209,8 @@ class MILNet(nn.Module):
         if pairs.is_floating_point():
             raise ValueError("pairs must be an integer tensor.")
         pairs = pairs.long()
-        if pairs.numel() > 0 and int(pairs.max()) >= k:
-            raise ValueError("pairs index past the bag's K axis.")
+        if pairs.numel() > 0:
+            raise_if(pairs.max() >= k, "pairs index past the bag's K axis.")
         valid = (pairs >= 0).all(dim=-1)  # (B, P)
         idx = pairs.clamp(min=0).reshape(b, -1, 1).expand(-1, -1, m)  # (B, 2P, M)
         pair_feats = torch.gather(features, 1, idx).reshape(b, pairs.shape[1], 2 * m)  # (B, P, 2M): anchor ‖ partner

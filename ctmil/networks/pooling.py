@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ctmil.networks.utils import check_positive_int
+from ctmil.networks.utils import check_positive_int, raise_if
 
 __all__ = ["GatedAttentionPool"]
 
@@ -85,8 +85,7 @@ class GatedAttentionPool(nn.Module):
             mask = mask.to(torch.bool)
             if mask.shape != h.shape[:2]:
                 raise ValueError(f"mask shape {list(mask.shape)} does not match h's (B, K) = {list(h.shape[:2])}.")
-            if not bool(mask.any(dim=1).all()):
-                raise ValueError("every bag needs at least one real instance; got a fully masked-out bag.")
+            raise_if(~mask.any(dim=1).all(), "every bag needs at least one real instance; got a fully masked-out bag.")
             h = h.masked_fill(~mask.unsqueeze(-1), 0.0)  # padding cannot leak, even if non-finite
         a = torch.softmax(self.scores(h, mask), dim=1)  # (B, K); exp(-inf) = 0 exactly on padding
         z = torch.bmm(a.unsqueeze(1), h).squeeze(1)  # (B, M)

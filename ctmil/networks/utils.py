@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
-__all__ = ["he_init_", "check_positive_int"]
+__all__ = ["he_init_", "check_positive_int", "raise_if"]
 
 
 def he_init_(module: nn.Module) -> nn.Module:
@@ -27,3 +28,16 @@ def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
     return value
+
+
+def raise_if(bad: torch.Tensor, message: str) -> None:
+    """``ValueError(message)`` when the one-element bool tensor ``bad`` is True, without a host sync on CUDA.
+
+    On the CPU (where reading a value costs nothing) it is an ordinary check with an ordinary exception. On a
+    CUDA device ``torch._assert_async`` checks it in the stream instead, so a training step never waits for the
+    device to answer a validation; a violated check then fails the next synchronising call with ``message``.
+    """
+    if bad.is_cuda:
+        torch._assert_async(torch.logical_not(bad), message)
+    elif bool(bad):
+        raise ValueError(message)

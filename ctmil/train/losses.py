@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ctmil.networks.utils import raise_if
+
 __all__ = ["MILSSLLoss"]
 
 _SSL_KINDS = ("absolute", "relative", "none")
@@ -75,8 +77,7 @@ class MILSSLLoss(nn.Module):
         label = torch.as_tensor(batch["label"], device=logits.device).to(logits.dtype).reshape(-1)
         if label.shape != logits.shape:
             raise ValueError(f"batch['label'] must be (B,) = {list(logits.shape)}, got {list(label.shape)}.")
-        if bool(((label != 0) & (label != 1)).any()):
-            raise ValueError("training labels must be 0 or 1 (unknown labels, -1, cannot be trained on).")
+        raise_if(((label != 0) & (label != 1)).any(), "training labels must be 0 or 1 (unknown labels, -1, cannot be trained on).")
         mil = F.binary_cross_entropy_with_logits(logits, label)
         if self.ssl == "none":
             return {"mil": mil, "ssl": torch.zeros_like(mil), "total": mil}
@@ -108,26 +109,22 @@ class MILSSLLoss(nn.Module):
             real_bag = ~torch.as_tensor(batch["is_virtual"], device=ssl_logits.device).bool().reshape(-1)  # (B,)
             valid = valid & real_bag.unsqueeze(1)
         n_classes = ssl_logits.shape[-1]
-        if bool((target[valid] >= n_classes).any()):
-            raise ValueError(f"SSL targets must be < {n_classes} (the head's class count).")
+        raise_if((valid & (target >= n_classes)).any(), f"SSL targets must be < {n_classes} (the head's class count).")
         ce = F.cross_entropy(
             ssl_logits.reshape(-1, n_classes), target.clamp(min=0).reshape(-1), reduction="none"
         ).reshape(target.shape)  # (B, N)
         ce = torch.where(valid, ce, torch.zeros_like(ce))
         zero = ssl_logits.sum() * 0.0  # keeps a grad path when nothing is valid
         if self.ssl_reduction == "item":
-            n_items = valid.sum()
-            return ce.sum() / n_items if bool(n_items > 0) else zero
+            return ce.sum() / valid.sum().clamp(min=1) + zero  # 0 (with a grad path) when nothing is valid
         if "slice_index" not in batch:
             raise ValueError("ssl_reduction='slice' needs batch['slice_index'] (B, K).")
         slice_index = batch["slice_index"].to(ssl_logits.device).long()  # (B, K)
         item_slice = slice_index if anchor is None else torch.gather(slice_index, 1, anchor)  # (B, N)
         n_slices = _count_distinct(item_slice, valid)  # (B,)
-        has_items = n_slices > 0
-        if not bool(has_items.any()):
-            return zero
-        per_bag = ce.sum(dim=1)[has_items] / n_slices[has_items]  # (B_real,)
-        return per_bag.mean()
+        has_items = n_slices > 0  # (B,): computed without a host sync, whatever the device
+        per_bag = ce.sum(dim=1) / n_slices.clamp(min=1)  # (B,), 0 for a bag without valid items
+        return torch.where(has_items, per_bag, torch.zeros_like(per_bag)).sum() / has_items.sum().clamp(min=1) + zero
 
 
 def _count_distinct(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
