@@ -68,9 +68,27 @@ def attention_hits(model_path: Path, cohort_dir: Path, table: pd.DataFrame, min_
 def _cv_table(cv_dir: Path) -> pd.DataFrame:
     learnt = cv_dir / "report_learnt_threshold.csv"
     frame = pd.read_csv(learnt if learnt.is_file() else cv_dir / "report.csv")
-    rows = [{"setting": r["setting"], **{METRIC_LABELS[m]: f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_sd']:.3f}" for m in _SHOWN}}
+    rows = [{"setting": r["setting"], **{METRIC_LABELS[m]: f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_sd']:.3f}" for m in _SHOWN[:-1]},
+             "AUC (pooled)": f"{r['auc_mean']:.3f} ± {r['auc_sd']:.3f}", "AUC per fold": f"{r['auc_fold_mean']:.3f} ± {r['auc_fold_sd']:.3f}"}
             for _, r in frame.iterrows()]  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def _comparison(cv_dir: Path, first: str = "A", second: str = "D") -> str:
+    """One sentence: ``second`` against ``first`` on AUC, per fold (Nadeau-Bengio) and pooled (bootstrap CI)."""
+    tests, folds = cv_dir / "ttests.csv", cv_dir / "fold_metrics.csv"
+    if not (tests.is_file() and folds.is_file()):
+        return ""
+    t = pd.read_csv(tests)
+    t = t[(t["metric"] == "auc") & (t["setting_a"] == first) & (t["setting_b"] == second)]
+    f = pd.read_csv(folds).groupby("setting")["auc"].mean()
+    if t.empty or first not in f or second not in f:
+        return ""
+    r = t.iloc[0]
+    return (f"{second} against {first}: AUC per test fold {f[second]:.3f} vs {f[first]:.3f} (Δ {f[second] - f[first]:+.3f}, "
+            f"Nadeau–Bengio p = {r['nb_p_value']:.2f} over {int(r['n_splits'])} folds × repeats); raw probabilities pooled "
+            f"over the folds Δ {r['difference']:+.3f} (bootstrap 95% CI [{r['boot_lower']:+.3f}, {r['boot_upper']:+.3f}]). A fold's AUC "
+            "does not depend on its calibration map; a pooled AUC also mixes the folds' probability scales.")
 
 
 def _held_out_table(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -80,23 +98,26 @@ def _held_out_table(metrics: pd.DataFrame) -> pd.DataFrame:
                          "95% CI": ["–" if not np.isfinite(lo) else f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(part["lower"], part["upper"])]})  # fmt: skip
 
 
-def _summary_md(cv: pd.DataFrame, held: pd.DataFrame, hits: dict, n_train: int, n_held: int, seconds: float) -> str:
+def _summary_md(cv: pd.DataFrame, comparison: str, held: pd.DataFrame, hits: dict, n_train: int, n_held: int,
+                seconds: float) -> str:  # fmt: skip
     def md(frame: pd.DataFrame) -> str:
         head = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
         return head + "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in frame.itertuples(index=False))
 
     return (f"# ctmil demo\n\n## Cross-validation on {n_train} phantoms, at the threshold learnt on training data\n\n"
-            f"{md(cv)}\n## Final model (setting D) on {n_held} held-out phantoms it never saw\n\n{md(held)}\n"
+            f"{md(cv)}\n{comparison}\n\n## Final model (setting D) on {n_held} held-out phantoms it never saw\n\n{md(held)}\n"
             f"## Does attention find the lesions?\n\nTop-{'⌊αK⌋'} attention patches of the severe held-out cases "
             f"that cover a lesion: **{hits['hit_rate']:.1%}** (chance: {hits['chance_rate']:.1%}, "
             f"{hits['lift']:.1f}× chance; {hits['n_cases']} cases).\n\nWall time {seconds / 60:.1f} min. "
             "The whole demo on one page: report.html.\n")  # fmt: skip
 
 
-def _report_html(out: Path, cv: pd.DataFrame, held: pd.DataFrame, hits_table: pd.DataFrame, hits: dict,
+def _report_html(out: Path, cv: pd.DataFrame, comparison: str, held: pd.DataFrame, hits_table: pd.DataFrame, hits: dict,
                  inference: Path, n_cards: int = 6) -> Path:  # fmt: skip
     page = HtmlReport("ctmil demo: severe vs non-severe on phantom CTs")
     page.heading("Cross-validation, at the threshold learnt on training data", id="h-cv").table(cv, id="cv")
+    if comparison:
+        page.paragraph(comparison)
     if (out / "cv" / "roc.png").is_file():
         page.image(out / "cv" / "roc.png", alt="cross-validation ROC", width=420)
     page.heading("Final model on held-out phantoms", id="h-held").table(held, id="held-out")
@@ -134,10 +155,10 @@ def run_demo(out_dir: str | os.PathLike, overrides: dict | None = None, progress
     hits_table, hits = attention_hits(out / "cv" / "model.pt", out / "held_out_phantoms", held,
                                       demo["hit_rate"]["min_fraction"], demo["hit_rate"]["alpha"])  # fmt: skip
     atomic_write_csv(hits_table, out / "attention_hits.csv")
-    cv, held_table = _cv_table(out / "cv"), _held_out_table(result["metrics"])
-    html = _report_html(out, cv, held_table, hits_table, hits, out / "held_out" / "inference")
+    cv, comparison, held_table = _cv_table(out / "cv"), _comparison(out / "cv"), _held_out_table(result["metrics"])
+    html = _report_html(out, cv, comparison, held_table, hits_table, hits, out / "held_out" / "inference")
     elapsed = time.perf_counter() - start
-    (out / "summary.md").write_text(_summary_md(cv, held_table, hits, len(train), len(held), elapsed))
+    (out / "summary.md").write_text(_summary_md(cv, comparison, held_table, hits, len(train), len(held), elapsed))
     (out / "cv" / "wall_time_seconds.txt").write_text(f"{elapsed:.1f}\n")
     return {"report": out / "summary.md", "html": html, "model": out / "cv" / "model.pt", "roc": out / "cv" / "roc.png",
             "hit_rate": hits, "seconds": elapsed}  # fmt: skip
