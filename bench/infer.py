@@ -83,6 +83,17 @@ def _slice_rows(tmp: Path, counts: list[int]) -> list[tuple[str, Path]]:
     return rows
 
 
+def forward_rate(model, k: int, seconds: float, peak: float) -> str:
+    """FLOPs of the forward of one bag of ``k`` patches (FlopCounterMode), its rate at ``seconds``, its share of ``peak``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    patches = torch.rand(k, 1, 60, 60)
+    with FlopCounterMode(display=False) as counter:
+        model.predict(patches)
+    gflop = counter.get_total_flops() / 1e9
+    return f"{gflop:.1f} GFLOP in {seconds:.3f} s = {gflop / seconds:.1f} GFLOP/s, {100 * gflop / seconds / peak:.0f}% of the matmul rate"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
@@ -128,6 +139,10 @@ def main() -> None:
             med = {p: statistics.median(v) for p, v in phases.items()}
             table.append((name, f"{row['n_slices_kept']}/{row['n_slices']}", int(row["K"]), med))
         batch_lines = _batch_rate(tmp, model, args.batch, options) if args.batch else []
+        from train_step import matmul_gflops  # bench/train_step.py: best of several trials of the median
+
+        peak = matmul_gflops(2048, 10, torch.device("cpu"), trials=3)
+        rates = [f"{name}: K = {k}, {forward_rate(model, k, m['t_predict'], peak)}" for name, _, k, m in table]
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     writes = "NIfTI" + ("" if args.no_overlays else f" + {args.top_slices} PNG")
@@ -140,6 +155,8 @@ def main() -> None:
         print(f"| {name} | {slices} | {k} | {m['discover']:.2f} | {m['t_load']:.2f} | {m['t_preprocess']:.2f} | "
               f"{m['t_predict']:.2f} | {m['t_write']:.2f} | **{m['total']:.2f}** | {m['cpu']:.2f} |")
     print("\nWall-clock seconds per study (CPU s: process CPU time, all threads). Target: ≤ 1.0 s per 141-slice CT.")
+    print(f"\nForward (predict) against the fp32 matmul rate of {peak:.1f} GFLOP/s (best of 3 trials):")
+    print("\n".join(f"* {r}" for r in rates))
     if batch_lines:
         print("\n| batch | prefetch | wall s | s / study | studies / hour | load at end |\n|---|---:|---:|---:|---:|---:|")
         print("\n".join(batch_lines))
