@@ -113,10 +113,9 @@ class MILSSLLoss(nn.Module):
         ce = F.cross_entropy(
             ssl_logits.reshape(-1, n_classes), target.clamp(min=0).reshape(-1), reduction="none"
         ).reshape(target.shape)  # (B, N)
-        ce = torch.where(valid, ce, torch.zeros_like(ce))
-        zero = ssl_logits.sum() * 0.0  # keeps a grad path when nothing is valid
+        ce = torch.where(valid, ce, torch.zeros_like(ce))  # keeps a grad path (of zeros) when nothing is valid
         if self.ssl_reduction == "item":
-            return ce.sum() / valid.sum().clamp(min=1) + zero  # 0 (with a grad path) when nothing is valid
+            return ce.sum() / valid.sum().clamp(min=1)  # 0 when nothing is valid
         if "slice_index" not in batch:
             raise ValueError("ssl_reduction='slice' needs batch['slice_index'] (B, K).")
         slice_index = batch["slice_index"].to(ssl_logits.device).long()  # (B, K)
@@ -124,7 +123,7 @@ class MILSSLLoss(nn.Module):
         n_slices = _count_distinct(item_slice, valid)  # (B,)
         has_items = n_slices > 0  # (B,): computed without a host sync, whatever the device
         per_bag = ce.sum(dim=1) / n_slices.clamp(min=1)  # (B,), 0 for a bag without valid items
-        return torch.where(has_items, per_bag, torch.zeros_like(per_bag)).sum() / has_items.sum().clamp(min=1) + zero
+        return torch.where(has_items, per_bag, torch.zeros_like(per_bag)).sum() / has_items.sum().clamp(min=1)
 
 
 def _count_distinct(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

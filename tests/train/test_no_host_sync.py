@@ -73,3 +73,15 @@ def test_empty_ssl_items_give_zero_with_a_grad_path(bad):
     assert float(out["ssl"]) == 0.0
     out["total"].backward()
     assert ssl.grad is not None and float(ssl.grad.abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("reduction", ["slice", "item"])
+def test_non_finite_logits_of_excluded_items_stay_out_of_the_loss(reduction):
+    """A virtual bag's SSL logits are not in the loss, even when they overflowed (e.g. under fp16 autocast)."""
+    loss = MILSSLLoss(ssl="absolute", ssl_reduction=reduction)
+    ssl = torch.randn(2, 12, 12)
+    ssl[1, 3, 5] = float("inf")  # the virtual bag's
+    batch = {"label": torch.ones(2), "position": torch.arange(12).repeat(2, 1), "slice_index": torch.zeros(2, 12, dtype=torch.long),
+             "mask": torch.ones(2, 12, dtype=torch.bool), "is_virtual": torch.tensor([False, True])}
+    out = loss({"logits": torch.zeros(2, 1), "ssl_abs": ssl}, batch)
+    assert torch.isfinite(out["ssl"]) and float(out["ssl"]) > 0
