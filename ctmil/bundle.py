@@ -251,3 +251,11 @@ def virtual_slots(dataset: BagDataset, n_bags: int | None = None, enabled: bool 
     if not enabled:
         return 0
     return balancing_count(dataset.labels, gap_fraction) if n_bags is None else int(n_bags)
+
+
+def operating_point(model_path: "str | os.PathLike[str]", threshold: float = 0.5) -> dict:
+    """The operating point recorded beside ``model_path`` (``model.json``), or ``threshold`` with no calibration
+    when none is recorded: what the bundle's ``evaluate.json`` scores and writes predictions at."""
+    from ctmil.infer.model_io import recorded_operating_point
+
+    return recorded_operating_point(model_path, default_threshold=threshold)

@@ -171,9 +171,10 @@ def _sidecar(path: Path) -> tuple[dict, dict]:
     return dict(info.get("network") or {}), dict(info.get("preprocessing") or {})
 
 
-def recorded_operating_point(path: "str | os.PathLike") -> dict:
+def recorded_operating_point(path: "str | os.PathLike", default_threshold: float = 0.5) -> dict:
     """The operating point recorded in the ``model.json`` beside ``path`` (:mod:`ctmil.evaluate.operating_point`):
-    its calibration map and threshold; a recorded plain ``threshold`` alone; else the identity and 0.5.
+    its calibration map and threshold; a recorded plain ``threshold`` alone; else the identity and
+    ``default_threshold``.
 
     Raises:
         ModelError: a recorded point that is not usable (one line).
@@ -184,7 +185,7 @@ def recorded_operating_point(path: "str | os.PathLike") -> dict:
         point = {**fixed_operating_point(info["threshold"], "threshold recorded in model.json"),
                  "calibration": info.get("calibration") or {"method": "none"}}  # fmt: skip
     if point is None:
-        return fixed_operating_point(0.5, "default 0.5 (no operating point recorded with the model)")
+        return fixed_operating_point(default_threshold, f"default {default_threshold:g} (no operating point recorded with the model)")
     try:
         return check_operating_point(point)
     except (ValueError, KeyError, TypeError) as err:

@@ -10,6 +10,7 @@ take our step as ``iteration_update`` and give the MONAI handlers (``ValidationH
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -22,7 +23,9 @@ from monai.engines import Evaluator, Trainer
 
 from ctmil.data.bags import BagDataset
 from ctmil.data.epochs import EpochBags
+from ctmil.evaluate.calibration import apply_calibration
 from ctmil.evaluate.metrics import BagMetrics, roc_auc
+from ctmil.evaluate.operating_point import check_operating_point
 from ctmil.train.steps import BagInferer, make_eval_step, make_train_step
 
 __all__ = ["StepsRun", "create_evaluator", "create_trainer", "predict"]
@@ -95,6 +98,12 @@ def _prob_label(output: Mapping[str, Any]):
     return output["prob"], output["label"]
 
 
+def _calibrated_prob_label(calibration: Mapping[str, Any], output: Mapping[str, Any]):
+    """``(calibrated prob (B,), label (B,))`` of an evaluation step's output (read on the host: evaluation only)."""
+    prob = output["prob"].detach().float().cpu()
+    return torch.as_tensor(apply_calibration(calibration, prob.numpy()), dtype=torch.float64), output["label"]
+
+
 def create_evaluator(
     network: torch.nn.Module,
     val_data_loader: Optional[EpochBags],
@@ -103,12 +112,15 @@ def create_evaluator(
     threshold: float = 0.5,
     val_handlers: Sequence[Any] = (),
     metrics: bool = True,
+    operating_point: Optional[Mapping[str, Any]] = None,
 ) -> Optional[Evaluator]:
     """The bag evaluator: ``evaluator.run()`` predicts every bag of ``val_data_loader``.
 
     With ``metrics`` (labels known) its key metric is ``val_auc`` and ``state.metrics`` also holds
-    accuracy, sensitivity, specificity, F1 and AUC at ``threshold`` (:class:`BagMetrics`). Without a loader
-    (no validation set) there is nothing to evaluate and the result is ``None``.
+    accuracy, sensitivity, specificity, F1 and AUC at ``threshold`` (:class:`BagMetrics`). With an
+    ``operating_point`` (:mod:`ctmil.evaluate.operating_point`, e.g. a trained model's) both score the calibrated
+    probabilities and the point's threshold replaces ``threshold``. Without a loader (no validation set) there is
+    nothing to evaluate and the result is ``None``.
     """
     from ignite.metrics import EpochMetric
 
@@ -117,8 +129,12 @@ def create_evaluator(
 
     key = additional = None
     if metrics:
-        key = {"val_auc": EpochMetric(roc_auc, output_transform=_prob_label, check_compute_fn=False)}
-        additional = {"bag_metrics": BagMetrics(threshold=threshold)}
+        transform, cut = _prob_label, threshold
+        if operating_point is not None:
+            point = check_operating_point(operating_point)
+            transform, cut = functools.partial(_calibrated_prob_label, point["calibration"]), point["threshold"]
+        key = {"val_auc": EpochMetric(roc_auc, output_transform=transform, check_compute_fn=False)}
+        additional = {"bag_metrics": BagMetrics(threshold=cut, output_transform=transform)}
     return Evaluator(
         device=torch.device(device), val_data_loader=val_data_loader, epoch_length=len(val_data_loader),
         iteration_update=make_eval_step(network, device, inferer), key_val_metric=key,

@@ -185,9 +185,14 @@ def test_evaluate_workflow(evaluated, trained, cohort):
     assert expected["case_id"] == evaluated["case_id"].tolist()
     np.testing.assert_allclose(evaluated["prob"], expected["prob"], atol=1e-6)
     np.testing.assert_array_equal(evaluated["label"], expected["label"])
-    np.testing.assert_array_equal(evaluated["prediction"], (evaluated["prob"] >= 0.5).astype(int))
+    # scored at the operating point ctmil train recorded in model.json (calibration map + threshold), as ctmil evaluate
+    point = json.loads((root / "models" / "model.json").read_text())["operating_point"]
+    calibrated, decided = apply_operating_point(point, evaluated["prob"].to_numpy())
+    np.testing.assert_allclose(evaluated["prob_calibrated"], calibrated, atol=1e-9)
+    assert set(evaluated["threshold"]) == {point["threshold"]}
+    np.testing.assert_array_equal(evaluated["prediction"], decided)
     metrics = pd.read_csv(root / "eval" / "metrics.csv", header=None, index_col=0)[1]
-    reference = binary_metrics(evaluated["prob"].to_numpy(), evaluated["label"].to_numpy(), 0.5)
+    reference = binary_metrics(calibrated, evaluated["label"].to_numpy(), point["threshold"])
     for name in ("accuracy", "sensitivity", "specificity", "f1"):
         np.testing.assert_allclose(metrics[name], reference[name], equal_nan=True)
     np.testing.assert_allclose(metrics["val_auc"], reference["auc"], equal_nan=True)

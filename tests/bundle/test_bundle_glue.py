@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -209,3 +210,15 @@ def test_trainer_averages_the_steps_that_ran_and_sets_each_epoch():
         ran = [out for e, _, out in steps if e == epoch and out is not None]
         for name in ("loss", "mil", "ssl"):
             assert epoch_means[epoch][name] == pytest.approx(np.mean([out[name] for out in ran]), rel=1e-6)
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5])
+def test_evaluation_operating_point_falls_back_to_the_config_threshold(tmp_path, threshold):
+    """evaluate.json scores at the model's recorded point; a checkpoint without model.json gets @threshold, uncalibrated."""
+    torch.save({}, tmp_path / "model.pt")
+    point = bu.operating_point(tmp_path / "model.pt", threshold)
+    assert point["threshold"] == threshold and point["calibration"] == {"method": "none"}
+    recorded = {"calibration": {"method": "platt", "coef": 2.0, "intercept": -1.0}, "threshold": 0.42, "rule": "youden"}
+    (tmp_path / "model.json").write_text(json.dumps({"operating_point": recorded}))
+    point = bu.operating_point(tmp_path / "model.pt", threshold)
+    assert point["threshold"] == 0.42 and point["calibration"]["method"] == "platt"

@@ -1,15 +1,19 @@
-"""Write the predictions of an evaluation run: ``case_id, prob, prediction, label`` per bag, as a CSV."""
+"""Write the predictions of an evaluation run: ``case_id, prob, prediction, label`` per bag (with an operating point
+also ``prob_calibrated`` and ``threshold``), as a CSV."""
 
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
+from typing import Any, Mapping, Optional
 
+import numpy as np
 import pandas as pd
 from ignite.engine import Engine, Events
 
 from ctmil.data.preprocess import atomic_write_csv
+from ctmil.evaluate.operating_point import apply_operating_point, check_operating_point
 
 __all__ = ["PredictionWriter"]
 
@@ -20,12 +24,16 @@ class PredictionWriter:
     """Collect ``case_id, prob, label`` of an evaluation run and write ``output_dir/filename`` at ``EPOCH_COMPLETED``.
 
     Collect-then-publish like ``ignite.handlers.EpochOutputStore``; columns ``case_id, prob, prediction, label``
-    (``prediction = prob >= threshold``).
+    (``prediction = prob >= threshold``). With an ``operating_point`` (a trained model's calibration map and
+    threshold, :mod:`ctmil.evaluate.operating_point`) the columns are ``case_id, prob, prob_calibrated, threshold,
+    prediction, label`` and ``prediction = prob_calibrated >= threshold`` of the point.
     """
 
-    def __init__(self, output_dir: "str | os.PathLike[str]", filename: str = "predictions.csv", threshold: float = 0.5) -> None:
+    def __init__(self, output_dir: "str | os.PathLike[str]", filename: str = "predictions.csv", threshold: float = 0.5,
+                 operating_point: Optional[Mapping[str, Any]] = None) -> None:  # fmt: skip
         self.path = Path(output_dir) / filename
         self.threshold = float(threshold)
+        self.operating_point = None if operating_point is None else check_operating_point(operating_point)
         self.rows: list[dict] = []
         self._outputs: list[tuple] = []  # (case_id list, prob, label) per iteration, read at EPOCH_COMPLETED
 
@@ -48,8 +56,15 @@ class PredictionWriter:
         for case_ids, prob, label in outputs:
             for case_id, p, y in zip(case_ids, prob.tolist(), label.tolist()):
                 self.rows.append({"case_id": case_id, "prob": p, "prediction": int(p >= self.threshold), "label": y})
+        if self.operating_point is not None and self.rows:
+            calibrated, decided = apply_operating_point(self.operating_point, np.array([r["prob"] for r in self.rows]))
+            for row, c, d in zip(self.rows, calibrated.tolist(), decided.tolist()):
+                row.update(prob_calibrated=c, threshold=self.operating_point["threshold"], prediction=int(d))
 
     def publish(self, engine: Engine) -> None:
         self._make_rows()
-        atomic_write_csv(pd.DataFrame(self.rows, columns=["case_id", "prob", "prediction", "label"]), self.path)
+        columns = ["case_id", "prob", "prediction", "label"]
+        if self.operating_point is not None:
+            columns = ["case_id", "prob", "prob_calibrated", "threshold", "prediction", "label"]
+        atomic_write_csv(pd.DataFrame(self.rows, columns=columns), self.path)
         logger.info("%d predictions written to %s", len(self.rows), self.path)
