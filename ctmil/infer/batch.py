@@ -261,6 +261,7 @@ def run_inference(
 
     Returns:
         ``(predictions, n_failed)``.
+
     Raises:
         ModelError: the model cannot be loaded. ValueError: invalid options, or no case in ``inputs``.
     """
