@@ -64,8 +64,8 @@ def infer_network_kwargs(state: Mapping[str, torch.Tensor]) -> dict:
 
 #: Preprocessing settings added after models were first recorded, with the value every earlier model was
 #: trained with (the setting did not exist yet): the HU window and slice sampling (issue 12), float32 patches
-#: (issue 13; float16 storage is the default since).
-SETTINGS_BEFORE_THEY_EXISTED = {"window_hu": None, "max_slices": None, "slab_mm": None, "patch_dtype": "float32"}
+#: (issue 13; float16 storage is the default since), the air-dark lung mask without the chest-wall growth (issue 24).
+SETTINGS_BEFORE_THEY_EXISTED = {"window_hu": None, "max_slices": None, "slab_mm": None, "patch_dtype": "float32", "chest_wall": False}
 
 
 def complete_recorded_preprocessing(recorded: dict) -> dict:
@@ -73,7 +73,7 @@ def complete_recorded_preprocessing(recorded: dict) -> dict:
 
     An empty record (a bare state dict) stays empty, i.e. today's defaults. A record from before the window
     and slice sampling existed gets ``window_hu=None, max_slices=None, slab_mm=None``, one from before float16
-    patch storage ``patch_dtype="float32"``, so such a model is preprocessed at inference exactly as it was in
+    patch storage ``patch_dtype="float32"``, one from before the chest-wall growth ``chest_wall=False``, so such a model is preprocessed at inference exactly as it was in
     training, not with today's defaults.
     """
     if not recorded:

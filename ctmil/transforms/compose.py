@@ -94,6 +94,7 @@ def preprocessing_transforms(
     max_slices: int | None = 18,
     slab_mm: float | None = None,
     patch_dtype: str = "float16",
+    chest_wall: bool = True,
 ) -> Compose:
     """``{"image": path, "case_id": str, "label": float}`` → bag dictionary (docs/design.md), nothing else.
 
@@ -102,7 +103,9 @@ def preprocessing_transforms(
     by default, the paper's K ≈ 217, chosen in docs/preprocessing.md "Bag size"),
     ``spatial_size`` (H, W), ``margin_fraction`` (crop), ``window_hu`` (HU window before the per-patch min-max,
     :class:`WindowHUd`; ``None``: none), ``patch_size``, ``patch_dtype`` (``"float16"`` or ``"float32"``: the dtype
-    the bag stores its min-max patches in, :class:`ToBagd`; docs/preprocessing.md "Patch storage").
+    the bag stores its min-max patches in, :class:`ToBagd`; docs/preprocessing.md "Patch storage"), ``chest_wall``
+    (the lung mask grown to the first bone, so that the crop keeps consolidated lung, :class:`LungMask`;
+    docs/preprocessing.md "Consolidated lung").
     LoadCTd gives ``(1, S, H, W)`` stacks, so every later transform gets ``slice_axis=1``; the intensity is the
     one LoadCT records (``hu`` for DICOM and NIfTI, ``windowed`` for slice images, which the window leaves as they are).
     """
@@ -112,7 +115,7 @@ def preprocessing_transforms(
             LoadCTd(image_key, min_slices=min_slices),
             StoreCaseMetad(image_key, slice_axis=axis),
             LungMaskd(image_key, mask_key="lung", full_resolution=False, intensity=None, slice_axis=axis,
-                      threshold_hu=threshold_hu, closing_mm=closing_mm, dilate_mm=dilate_mm),
+                      threshold_hu=threshold_hu, closing_mm=closing_mm, dilate_mm=dilate_mm, chest_wall=chest_wall),
             SelectLungSlicesd([image_key, "lung"], source_key="lung", min_area_fraction=min_area_fraction, slice_axis=axis),
             SampleSlicesd([image_key, "lung"], max_slices=max_slices, slab_mm=slab_mm, slice_axis=axis),
             LungBoxCropd(image_key, source_key="lung", spatial_size=spatial_size, margin_fraction=margin_fraction, slice_axis=axis),

@@ -21,6 +21,10 @@ from ctmil.transforms.lung_masks import lung_mask_hu, lung_mask_windowed
 __all__ = ["LungMask", "LungMaskd", "LungMaskD", "LungMaskDict", "lung_mask_hu", "lung_mask_windowed"]
 
 INTENSITIES = ("hu", "windowed")
+#: The first bone that stops the chest-wall growth: HU, and the level of a lung-window slice image (about 120 HU in
+#: ctmil's window of [-1350, 150] HU; lung windows saturate on bone).
+BONE_HU = 150.0
+BONE_LEVEL = 0.98
 
 
 def recorded_intensity(img: NdarrayOrTensor, given: str | None, who: str) -> str:
@@ -53,6 +57,9 @@ class LungMask(TraceableTransform):
         slice_axis: spatial axis holding the axial slices (``-1``: MONAI's spatial-last layout; ``1``: LoadCT's).
         spacing: ``(slice, row, column)`` mm; ``None`` reads a MetaTensor's affine, and takes a plain HU array as
             1 mm pixels with every slice on the working grid.
+        chest_wall: grow the air-dark lung outwards to the first bone, so that consolidated lung is inside the mask
+            (:func:`~ctmil.transforms.lung_masks.extend_to_chest_wall`); ``False``: the air-dark lung only, as
+            ctmil made it before 0.9.
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
@@ -67,6 +74,7 @@ class LungMask(TraceableTransform):
         working_mm: float = 4.0,
         slice_axis: int = DEFAULT_SLICE_AXIS,
         spacing: tuple[float, float, float] | None = None,
+        chest_wall: bool = True,
     ) -> None:
         if intensity is not None and intensity not in INTENSITIES:
             raise ValueError(f"intensity must be 'hu', 'windowed' or None (ctmil's LoadCT's record), got {intensity!r}")
@@ -79,9 +87,11 @@ class LungMask(TraceableTransform):
         self.intensity = intensity
         self.slice_axis = check_slice_axis(slice_axis)
         self.spacing = None if spacing is None else tuple(float(v) for v in spacing)
+        self.chest_wall = bool(chest_wall)
         self.hu_args = {
             "threshold_hu": threshold_hu, "min_component_fraction": min_component_fraction,
             "closing_mm": closing_mm, "dilate_mm": dilate_mm, "working_mm": working_mm,
+            "bone_hu": BONE_HU if self.chest_wall else None,
         }
 
     def intensity_of(self, img: NdarrayOrTensor) -> str:
@@ -96,7 +106,7 @@ class LungMask(TraceableTransform):
         stack = to_stack(img, self.slice_axis, "LungMask")
         arr = (stack.detach().cpu().numpy() if isinstance(stack, torch.Tensor) else np.asarray(stack))[0]  # (S, H, W)
         if kind == "windowed":
-            mask, stride = lung_mask_windowed(arr), 1
+            mask, stride = lung_mask_windowed(arr, bone_level=BONE_LEVEL if self.chest_wall else None), 1
         else:
             spacing = self.spacing or stack_spacing(img, self.slice_axis)
             mask, stride = lung_mask_hu(arr, spacing, lr_axis=self.left_right_axis(img), **self.hu_args)

@@ -4,6 +4,14 @@ Both take an ``(S, H, W)`` slice stack; :class:`ctmil.transforms.LungMask` appli
 
 The mask is built for cropping, so it is generous: dense consolidation and vessels inside the lungs are
 filled in, and each slice is closed with a disk so that consolidation along the chest wall stays inside.
+
+Consolidated lung is as dense as the chest wall, so no threshold tells the two apart, and a mask of air-dark
+pixels ends where the aerated lung ends: in severe COVID-19 that cuts off the dependent (posterior) lung, which is
+where the disease is (and peripheral consolidation along the side walls). :func:`extend_to_chest_wall` puts it
+back: from the outer edges of the lungs, every row and column continues through tissue until the first bone (a
+rib, the spine), which is the inner chest wall. A line that reaches the air outside the body first (an intercostal
+space, the costal cartilage) is left as it was, so the growth never leaves the rib cage. docs/preprocessing.md
+"Consolidated lung" measures it.
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ from scipy import ndimage as ndi
 _INPLANE_6 = np.zeros((3, 3, 3), bool)
 _INPLANE_6[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]  # 4-connectivity within each slice only
 _FULL_6 = ndi.generate_binary_structure(3, 1)
+#: :func:`extend_to_chest_wall`: a line of lung grows by at most this many times its own extent.
+MAX_GROWTH_RATIO = 8.0
 
 
 def _border_labels(labels: np.ndarray) -> np.ndarray:
@@ -65,6 +75,51 @@ def _fill_and_close(mask: np.ndarray, radius: int) -> np.ndarray:
     return mask
 
 
+def _grow_rows(mask: np.ndarray, bone: np.ndarray, outside: np.ndarray, max_ratio: float) -> np.ndarray:
+    """The pixels :func:`extend_to_chest_wall` adds along the rows (axis 1) of ``(S, h, w)`` arrays."""
+    h = mask.shape[1]
+    rows = np.arange(h)[None, :, None]
+    has = mask.any(axis=1)  # (S, w): columns with lung
+    extent = np.where(has, h - np.argmax(mask[:, ::-1], axis=1) - np.argmax(mask, axis=1), 0)  # first to last lung row
+    added = np.zeros_like(mask)
+    for flip in (False, True):  # grow towards the last row, then (on the flipped rows) towards the first
+        m, b, o = (a[:, ::-1] for a in (mask, bone, outside)) if flip else (mask, bone, outside)
+        edge = np.where(has, h - 1 - np.argmax(m[:, ::-1], axis=1), h)  # last lung row per column
+        beyond = rows > edge[:, None, :]
+        stop_bone, stop_air = b & beyond, o & beyond
+        first_bone = np.where(stop_bone.any(1), np.argmax(stop_bone, axis=1), h)
+        first_air = np.where(stop_air.any(1), np.argmax(stop_air, axis=1), h)
+        ok = (first_bone < first_air) & (first_bone - edge - 1 <= max_ratio * extent)
+        grow = ok[:, None, :] & beyond & (rows < first_bone[:, None, :])
+        added |= grow[:, ::-1] if flip else grow
+    return added
+
+
+def extend_to_chest_wall(
+    mask: np.ndarray, bone: np.ndarray, outside: np.ndarray, max_ratio: float = MAX_GROWTH_RATIO, spike_radius: int = 1
+) -> np.ndarray:
+    """``mask`` grown outwards to the inner chest wall: in every column, from the lung's first and last row, and in
+    every row, from its first and last column, through tissue to the first ``bone`` pixel, when that bone comes
+    before any ``outside`` pixel (air outside the body).
+
+    All arrays are ``(S, h, w)`` booleans on one grid. Only the outer edges of the lungs grow (the first and last lung
+    pixel of a line), and both directions of both axes alike, so a patient lying prone or an image shown upside
+    down is treated the same. Where the scan meets the air outside first (an intercostal space, the costal
+    cartilage, which is not bone-bright), nothing is added.
+
+    Two guards keep the growth to the lung: a line grows by at most ``max_ratio`` times the lung's own extent on
+    it (the thin front tip of a lung does not grow through the heart to the spine), and the added pixels are
+    opened per slice with a ``(2·spike_radius+1)²`` square (a line that slipped through an intercostal space to the
+    shoulder blade or an arm is a spike a line or two wide; consolidation is a broad region).
+    """
+    rows = _grow_rows(mask, bone, outside, max_ratio)
+    cols = _grow_rows(*(a.transpose(0, 2, 1) for a in (mask, bone, outside)), max_ratio).transpose(0, 2, 1)
+    added = (rows | cols) & ~mask
+    if spike_radius > 0 and added.any():
+        added = ndi.binary_opening(added, structure=np.ones((1, 2 * spike_radius + 1, 2 * spike_radius + 1), bool))
+    return mask | added
+
+
 def _lung_labels(labels: np.ndarray, sizes: np.ndarray, dark: np.ndarray, min_fraction: float, lr_axis: int = 2) -> list[int]:
     """The enclosed air components that are lung: the largest, plus the second largest when the largest lies
     on one side of the body only (lungs not joined through the trachea) and the second is on the other side.
@@ -97,6 +152,8 @@ def lung_mask_hu(
     dilate_mm: float = 8.0,
     working_mm: float = 4.0,
     lr_axis: int = 2,
+    bone_hu: float | None = 150.0,
+    spike_mm: float = 4.0,
 ) -> tuple[np.ndarray, int]:
     """Lung mask of a HU slice stack, computed on a working grid of about ``working_mm``.
 
@@ -116,6 +173,10 @@ def lung_mask_hu(
         working_mm: pixel size (and slice spacing) the mask is computed at.
         lr_axis: the axis of ``volume`` running across the body, patient right to left or back (2: columns, as
             displayed; 1: rows), for the "other side of the body" test of a second lung.
+        bone_hu: the lung grows outwards in plane through tissue to the first voxel at or above this (a rib, the
+            spine), which brings back consolidated lung (:func:`extend_to_chest_wall`); ``None`` keeps the air-dark
+            lung only (ctmil before 0.9).
+        spike_mm: radius of the opening that drops thin spikes of that growth (at least one working voxel).
 
     Returns:
         ``(mask, stride)``: boolean mask ``(S, ceil(H/stride), ceil(W/stride))`` on the in-plane grid
@@ -130,13 +191,17 @@ def lung_mask_hu(
     # A working voxel is air when any of its samples is: every slice of its slab at the grid points, plus the
     # in-plane half-stride point. Point samples alone break lungs full of vessels or consolidation apart.
     dark = volume[::z_stride, ::stride, ::stride] < threshold_hu
+    bone = volume[::z_stride, ::stride, ::stride] >= bone_hu if bone_hu is not None else None
     offsets = [(dz, 0) for dz in range(1, z_stride)] + ([(0, stride // 2)] if stride > 1 else [])
     for dz, dxy in offsets:
-        part = volume[dz::z_stride, dxy::stride, dxy::stride] < threshold_hu
-        dark[: part.shape[0], : part.shape[1], : part.shape[2]] |= part
+        part = volume[dz::z_stride, dxy::stride, dxy::stride]
+        dark[: part.shape[0], : part.shape[1], : part.shape[2]] |= part < threshold_hu
+        if bone is not None:  # a rib is thinner than the grid: any sample of it counts
+            bone[: part.shape[0], : part.shape[1], : part.shape[2]] |= part >= bone_hu
     labels, n = ndi.label(dark, structure=_FULL_6)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    sizes[_border_labels(labels)] = 0  # outside air, the gap under the couch
+    border = _border_labels(labels)
+    sizes[border] = 0  # outside air, the gap under the couch
     sizes[0] = 0
     if not sizes.any():
         return np.zeros((volume.shape[0], *dark.shape[1:]), bool), stride
@@ -144,6 +209,9 @@ def lung_mask_hu(
     mask = labels == lungs[0]
     for label in lungs[1:]:
         mask |= labels == label
+    if bone is not None:
+        outside = np.isin(labels, border[border > 0])
+        mask = extend_to_chest_wall(mask, bone, outside, spike_radius=max(1, int(round(spike_mm / (pixel * stride)))))
     mask = _fill_and_close(mask, int(round(closing_mm / (pixel * stride))))
     mask = _dilate(mask, int(round(dilate_mm / (pixel * stride))))
     if z_stride > 1:  # working slice k was built from slices k*z_stride .. k*z_stride+z_stride-1
@@ -152,15 +220,28 @@ def lung_mask_hu(
 
 
 def lung_mask_windowed(
-    volume: np.ndarray, threshold: float | None = None, min_area_fraction: float = 0.005, closing_fraction: float = 0.04
+    volume: np.ndarray,
+    threshold: float | None = None,
+    min_area_fraction: float = 0.005,
+    closing_fraction: float = 0.04,
+    bone_level: float | None = 0.98,
+    second_fraction: float = 0.1,
+    spike_fraction: float = 0.006,
 ) -> np.ndarray:
     """Lung mask of pre-windowed slice images (lung window, [0, 1]), slice by slice.
 
-    Dark regions not connected to the image border are lung candidates; per slice the two largest ones
-    covering at least ``min_area_fraction`` of the image are kept. ``threshold`` defaults to Otsu's.
+    Dark regions not connected to the image border are lung candidates; per slice the largest one covering at
+    least ``min_area_fraction`` of the image is kept, and the second largest when it covers at least
+    ``second_fraction`` of the largest (a lung whose aerated part consolidation has shrunk below
+    ``min_area_fraction`` is still a lung). ``threshold`` defaults to Otsu's.
 
     Args:
         volume: ``(S, H, W)`` intensities in [0, 1].
+        bone_level: the lung grows outwards through tissue to the first pixel at or above this (a lung window
+            saturates on bone: 0.98 is about 120 HU in ctmil's window), which brings back consolidated lung
+            (:func:`extend_to_chest_wall`); ``None`` keeps the dark lung only (ctmil before 0.9).
+        spike_fraction: radius of the opening that drops thin spikes of that growth, as a fraction of the image
+            (at least one pixel).
 
     Returns:
         boolean mask ``(S, H, W)``.
@@ -171,7 +252,8 @@ def lung_mask_windowed(
         body = _fill_holes(volume > volume.min() + 0.05 * max(float(np.ptp(volume)), 1e-6))
         inside = volume[body]
         threshold = float(threshold_otsu(inside[:: max(1, inside.size // 200_000)])) if np.ptp(inside) > 0 else 0.5
-    inner, n = _drop_border_components(volume < threshold, _INPLANE_6)
+    dark = volume < threshold
+    inner, n = _drop_border_components(dark, _INPLANE_6)
     mask = np.zeros(volume.shape, bool)
     if n == 0:
         return mask
@@ -180,9 +262,11 @@ def lung_mask_windowed(
     for s in range(volume.shape[0]):
         labels = np.unique(inner[s])
         labels = labels[labels > 0]
-        labels = labels[sizes[labels] >= min_area]
-        if labels.size:
-            top = labels[np.argsort(sizes[labels])[::-1][:2]]
-            mask[s] = np.isin(inner[s], top)
+        labels = labels[np.argsort(sizes[labels])[::-1][:2]]
+        if labels.size and sizes[labels[0]] >= min_area:
+            mask[s] = np.isin(inner[s], labels[sizes[labels] >= second_fraction * sizes[labels[0]]])
+    if bone_level is not None:
+        spikes = max(1, int(round(spike_fraction * max(volume.shape[1:]))))
+        mask = extend_to_chest_wall(mask, volume >= bone_level, dark & (inner == 0), spike_radius=spikes)
     radius = int(round(closing_fraction * max(volume.shape[1:])))
     return _fill_and_close(mask, radius)
