@@ -23,7 +23,7 @@ import torch
 from monai.data import PersistentDataset
 
 from ctmil import __version__
-from ctmil.data.qc import QC_COLUMNS, flag_outliers, read_case_qc, run_traced, write_case_qc, write_qc_report
+from ctmil.data.qc import QC_COLUMNS, crop_shares, flag_outliers, read_case_qc, run_traced, write_case_qc, write_qc_report
 from ctmil.transforms.compose import preprocessing_settings, preprocessing_transforms
 from ctmil.io.dicom_series import DicomError
 from ctmil.io.paths import inside, safe_case_name
@@ -110,6 +110,8 @@ def preprocess_case(case: dict, transform, settings: dict, bag_dir: Path, qc_dir
                 return _fill_row(row, old, bag_path, "cached", qc)
         item = {"image": case["image"], "case_id": case["case_id"], "label": case.get("label")}
         bag, trace = run_traced(transform, item) if qc_dir is not None else (transform(item), None)
+        if trace is not None:  # the crop's share of the body: QC and the CV's shortcut check read it from the bag
+            bag["meta"]["crop"] = crop_shares(bag, trace)
         bag["meta"]["cache_key"] = key
         bag["meta"]["source"] = row["source"]  # as discovery shows it (relative to the input unless keep_paths)
         atomic_torch_save(bag, bag_path)

@@ -7,6 +7,11 @@ Per usable case :func:`ctmil.data.preprocess.preprocess_cases` records
 * ``lung_volume_ml``: voxels of the lung mask (all slices, before selection) × voxel volume, in mL (the mask is
   computed on a grid of every ``stride``-th row and column, so each of its pixels counts ``stride²`` pixels);
 * ``box_aspect``: median over the kept slices of the lung box's width / height in mm;
+* ``box_height_share``, ``box_width_share``: the lung box's height and width as a share of the body's (the
+  patient's outline: pixels denser than air, holes filled, the largest region), mean over the kept slices. A box
+  that shrinks with disease (consolidated lung left out of the crop) shows as a small height share, and the CV
+  report checks that it does not tell severe from non-severe on its own (:mod:`ctmil.evaluate.shortcut`). The
+  bag records both under ``meta["crop"]``;
 * ``qc_montage``: ``qc/<safe name>.png``, four kept slices evenly spaced (2 × 2, 600 px wide) with the lung
   mask outline (red) and the crop box (green).
 
@@ -36,13 +41,16 @@ from ctmil.report import GalleryItem, HtmlReport, atomic_write_bytes, atomic_wri
 from ctmil.report.montage import png_bytes, slice_tile, tile_grid
 from ctmil.transforms.lung import LungMaskd
 
-__all__ = ["MIN_CASES", "MIN_RELATIVE", "QC_COLUMNS", "QC_MEASURES", "Z_LIMIT", "CaseTrace", "case_measures", "case_montage",
+__all__ = ["CROP_MEASURES", "crop_shares", "MIN_CASES", "MIN_RELATIVE", "QC_COLUMNS", "QC_MEASURES", "Z_LIMIT", "CaseTrace", "case_measures", "case_montage",
            "flag_outliers", "read_case_qc", "robust_z", "run_traced", "write_case_qc", "write_qc_report"]
 
 logger = logging.getLogger(__name__)
 
-QC_MEASURES = ("n_slices_kept", "lung_volume_ml", "box_aspect")
-QC_COLUMNS = ["lung_volume_ml", "box_aspect", "qc_flags", "qc_montage"]
+CROP_MEASURES = ("box_height_share", "box_width_share")
+QC_MEASURES = ("n_slices_kept", "lung_volume_ml", "box_aspect", *CROP_MEASURES)
+QC_COLUMNS = ["lung_volume_ml", "box_aspect", *CROP_MEASURES, "qc_flags", "qc_montage"]
+#: Body outline: denser than this (HU, or the level of a lung-window slice image: about -825 HU in ctmil's window).
+BODY_HU, BODY_LEVEL = -500.0, 0.35
 MIN_CASES = 5
 Z_LIMIT = 3.5
 MIN_RELATIVE = 0.10
@@ -87,8 +95,37 @@ def run_traced(transform: Compose, item: dict) -> tuple[dict, CaseTrace]:
     return bag, trace
 
 
+def _body_extent(image: np.ndarray, level: float) -> tuple[int, int] | None:
+    """Height and width (pixels) of the body outline of one slice, or ``None`` when there is no body."""
+    from scipy import ndimage as ndi
+
+    body = ndi.binary_fill_holes(image > level)
+    labels, n = ndi.label(body)
+    if n == 0:
+        return None
+    largest = labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
+    rows, cols = np.flatnonzero(largest.any(1)), np.flatnonzero(largest.any(0))
+    return int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+
+
+def crop_shares(bag: dict, trace: CaseTrace) -> dict:
+    """``box_height_share`` and ``box_width_share`` of one case (module docstring), from the loaded CT of ``trace``
+    on its mask's working grid (every ``stride``-th pixel: a share needs no finer grid); NaN without a body."""
+    intensity = bag["meta"].get("intensity") or "hu"
+    level, step = (BODY_HU, trace.stride) if intensity == "hu" else (BODY_LEVEL, trace.stride)
+    heights, widths = [], []
+    for z, (r0, c0, r1, c1) in zip(np.asarray(bag["kept_slices"]).reshape(-1).tolist(), np.asarray(bag["boxes"]).reshape(-1, 4).tolist()):
+        extent = _body_extent(trace.ct[0, z, ::step, ::step], level)
+        if extent is not None:
+            heights.append(min(1.0, (r1 - r0) / (extent[0] * step)))
+            widths.append(min(1.0, (c1 - c0) / (extent[1] * step)))
+    mean = (lambda v: round(float(np.mean(v)), 4) if v else float("nan"))
+    return {"box_height_share": mean(heights), "box_width_share": mean(widths)}
+
+
 def case_measures(bag: dict, trace: CaseTrace) -> dict:
-    """``n_slices_kept``, ``lung_volume_ml`` and ``box_aspect`` of one case (module docstring)."""
+    """``n_slices_kept``, ``lung_volume_ml``, ``box_aspect`` and the crop shares of one case (module docstring);
+    the shares are the bag's ``meta["crop"]`` when it has them."""
     spacing = bag["meta"].get("spacing") or (1.0, 1.0, 1.0)
     dz, dy, dx = (float(v) for v in spacing)
     voxels = float(np.count_nonzero(trace.mask_full)) * trace.stride**2
@@ -96,7 +133,7 @@ def case_measures(bag: dict, trace: CaseTrace) -> dict:
     aspect = np.median((boxes[:, 3] - boxes[:, 1]) * dx / np.maximum((boxes[:, 2] - boxes[:, 0]) * dy, 1e-9))
     lung_slices = (bag.get("meta") or {}).get("n_lung_slices")  # before slice sampling (max_slices), if recorded
     return {"n_slices_kept": int(len(bag["kept_slices"]) if lung_slices is None else lung_slices), "lung_volume_ml": round(voxels * dz * dy * dx / 1000.0, 2),
-            "box_aspect": round(float(aspect), 4)}
+            "box_aspect": round(float(aspect), 4), **(bag["meta"].get("crop") or crop_shares(bag, trace))}
 
 
 def case_montage(bag: dict, trace: CaseTrace, n: int = 4, width: int = 600) -> tuple[bytes, list[int]]:
@@ -148,7 +185,7 @@ def read_case_qc(qc_dir: Path, case_id: str, key: str, montage: bool = True) -> 
 
 def _fields(record: dict, png: Path) -> dict:
     m = record["measures"]
-    return {"lung_volume_ml": m["lung_volume_ml"], "box_aspect": m["box_aspect"],
+    return {"lung_volume_ml": m["lung_volume_ml"], "box_aspect": m["box_aspect"], **{k: m.get(k, float("nan")) for k in CROP_MEASURES},
             "qc_montage": str(png.resolve()) if png.is_file() else ""}
 
 
@@ -173,7 +210,7 @@ def flag_outliers(manifest: pd.DataFrame, min_cases: int = MIN_CASES, z_limit: f
     if usable.sum() < min_cases:
         return out
     reasons: dict[int, list[str]] = {i: [] for i in out.index[usable]}
-    for column in QC_MEASURES:
+    for column in (c for c in QC_MEASURES if c in out):  # a manifest from before a measure existed lacks it
         values = pd.to_numeric(out.loc[usable, column], errors="coerce")
         values = values[np.isfinite(values)]
         if len(values) < min_cases:
@@ -193,7 +230,7 @@ def _cards(rows: pd.DataFrame, with_flags: bool) -> list[GalleryItem]:
         if not row.qc_montage or not Path(row.qc_montage).is_file():
             continue
         text = (f"{row.case_id}: {row.n_slices_kept} slices kept, lung {_num(row.lung_volume_ml, '.0f')} mL, "
-                f"box aspect {_num(row.box_aspect, '.2f')}")
+                f"box aspect {_num(row.box_aspect, '.2f')}, box {_num(row.box_height_share, '.0%')} of the body's height")
         cards.append(GalleryItem(row.qc_montage, text + (f" — {row.qc_flags}" if with_flags else ""), case_id=str(row.case_id),
                                  attrs={"flagged": "1" if row.qc_flags else "0"}))
     return cards
@@ -215,9 +252,11 @@ def write_qc_report(manifest: pd.DataFrame, out_dir: str | os.PathLike, montages
     failed = manifest[manifest["status"] == "failed"]
     report = HtmlReport("ctmil preprocess: quality control")
     report.paragraph(f"{len(manifest)} cases: {len(usable)} usable, {len(failed)} failed, {len(flagged)} flagged as outliers. "
-                     f"Montages: four kept slices evenly spaced, lung mask outline in red, crop box in green.")
+                     f"Montages: four kept slices evenly spaced, lung mask outline in red, crop box in green. "
+                     f"box_height_share / box_width_share: the crop box's share of the body's height / width (mean over kept "
+                     f"slices); a box unusually small for its body has left lung out of the crop.")
     report.paragraph(RULE + ("" if len(usable) >= MIN_CASES else f" This run has {len(usable)} usable cases: nothing is flagged."))
-    columns = ["case_id", "status", "label", "n_slices", "n_slices_kept", "lung_volume_ml", "box_aspect", "qc_flags", "warning"]
+    columns = ["case_id", "status", "label", "n_slices", "n_slices_kept", "lung_volume_ml", "box_aspect", *CROP_MEASURES, "qc_flags", "warning"]
     report.heading("Flagged cases", id="flagged-cases")
     if len(flagged):
         report.table(flagged[columns], id="flagged", caption="cases far from the cohort, with the reasons")

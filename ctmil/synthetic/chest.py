@@ -26,7 +26,7 @@ from ctmil.synthetic.anatomy import (
 from ctmil.synthetic.chest_frame import ChestFrame, Fields, draw_fields, draw_frame
 from ctmil.synthetic.geometry import affine_ras, check_geometry, default_origin
 from ctmil.synthetic.labels import SEVERE_THRESHOLD, sample_severity
-from ctmil.synthetic.lesions import paint_lesions
+from ctmil.synthetic.lesions import paint_dependent_consolidation, paint_lesions
 from ctmil.synthetic.lungs import LungMaps, paint_lungs, paint_vessels
 from ctmil.synthetic.primitives import Canvas
 from ctmil.synthetic.seeding import as_generator
@@ -43,6 +43,7 @@ def _check_options(
     consolidation_fraction: float | None,
     severe_threshold: float,
     dtype: np.dtype | type,
+    dependent_consolidation: float = 0.0,
 ) -> None:
     if couch not in ("solid", "foam", "none"):
         raise ValueError(f"couch must be 'solid', 'foam' or 'none', got {couch!r}")
@@ -52,6 +53,8 @@ def _check_options(
         raise ValueError(f"involvement must be in [0, 0.8], got {involvement}")
     if consolidation_fraction is not None and not 0.0 <= consolidation_fraction <= 1.0:
         raise ValueError(f"consolidation_fraction must be in [0, 1], got {consolidation_fraction}")
+    if not 0.0 <= dependent_consolidation <= 0.9:
+        raise ValueError(f"dependent_consolidation must be in [0, 0.9], got {dependent_consolidation}")
     if not 0.0 < severe_threshold < 1.0:
         raise ValueError(f"severe_threshold must be in (0, 1), got {severe_threshold}")
     if not (np.issubdtype(np.dtype(dtype), np.floating) or np.dtype(dtype) == np.int16):
@@ -133,6 +136,7 @@ def make_phantom(
     couch: str = "solid",
     origin: Sequence[float] | None = None,
     dtype: np.dtype | type = np.int16,
+    dependent_consolidation: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Draw one synthetic chest CT in Hounsfield units.
 
@@ -150,6 +154,9 @@ def make_phantom(
             region outside the body) or ``"none"``.
         origin: LPS mm position of voxel ``(0, 0, 0)``; default centres the slices, last slice at z = 0.
         dtype: ``np.int16`` (rounded HU, default) or a float dtype.
+        dependent_consolidation: consolidate the back fraction (in ``[0, 0.9]``) of each lung on every slice, as
+            severe COVID-19 does to the dependent lung; drawn after the other lesions, so a seed gives the same
+            phantom up to that band (0: none, the default).
 
     Returns:
         ``volume (S, H, W)`` HU clipped to [-1024, 3071]; ``lesion_mask (S, H, W)`` uint8 (0 none, 1 ground-glass
@@ -160,7 +167,7 @@ def make_phantom(
         ``(S, H, W)`` bool and ``tissue_map`` ``(S, H, W)`` uint8 (codes in :data:`TISSUE_LABELS`).
     """
     shape3, spacing3 = check_geometry(shape, spacing)
-    _check_options(couch, noise_hu, involvement, consolidation_fraction, severe_threshold, dtype)
+    _check_options(couch, noise_hu, involvement, consolidation_fraction, severe_threshold, dtype, dependent_consolidation)
     rng = as_generator(rng_or_seed)
     # draw order: severity, frame, fields, lung sizes, carina, vessels, noise
     sev = sample_severity(rng, severe=severe, severe_fraction=severe_fraction)
@@ -174,6 +181,7 @@ def make_phantom(
     if lungs.mask.any():
         w_vessel = paint_vessels(canvas, rng, frame, lungs)
         paint_lesions(canvas, lesion, frame, fields, lungs, w_vessel, target, cons_frac)
+        paint_dependent_consolidation(canvas, lesion, lungs, dependent_consolidation)
     volume = _finish(canvas.hu, rng, noise_hu, dtype)
     info = _ground_truth(lungs.mask, lesion, canvas.tissue, target, severe_threshold, spacing3, origin)
     return volume, lesion, info

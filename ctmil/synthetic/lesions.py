@@ -14,7 +14,7 @@ from ctmil.synthetic.labels import LESION_LABELS
 from ctmil.synthetic.lungs import LungMaps
 from ctmil.synthetic.primitives import Canvas, per_slice, smoothstep
 
-__all__ = ["paint_lesions"]
+__all__ = ["paint_dependent_consolidation", "paint_lesions"]
 
 
 def _propensity(f: ChestFrame, fields: Fields, lungs: LungMaps) -> np.ndarray:
@@ -55,3 +55,18 @@ def paint_lesions(
         cons_hu = 15.0 + 15.0 * fields.tex_f2
         canvas.hu = canvas.hu * (1 - w_c) + cons_hu * w_c
         lesion[in_lesion & (field > thr_c)] = LESION_LABELS["consolidation"]
+
+
+def paint_dependent_consolidation(canvas: Canvas, lesion: np.ndarray, lungs: LungMaps, fraction: float) -> None:
+    """Consolidate the back ``fraction`` of each lung, slice by slice (dependent consolidation of severe COVID-19).
+
+    The band is measured along each lung's own front-to-back axis (``lungs.posterior``, -1 front .. +1 back), so it
+    follows the lung's shape; its edge is a few voxels soft. Vessels vanish inside it, as they do on real CT.
+    """
+    if not fraction > 0:
+        return
+    edge = 1.0 - 2.0 * fraction  # posterior coordinate where the band starts
+    w = smoothstep((lungs.posterior - edge + 0.04) / 0.08) * lungs.mask
+    cons_hu = 25.0
+    canvas.hu = canvas.hu * (1 - w) + cons_hu * w
+    lesion[lungs.mask & (lungs.posterior > edge)] = LESION_LABELS["consolidation"]

@@ -58,8 +58,9 @@ class LungMask(TraceableTransform):
         spacing: ``(slice, row, column)`` mm; ``None`` reads a MetaTensor's affine, and takes a plain HU array as
             1 mm pixels with every slice on the working grid.
         chest_wall: grow the air-dark lung outwards to the first bone, so that consolidated lung is inside the mask
-            (:func:`~ctmil.transforms.lung_masks.extend_to_chest_wall`); ``False``: the air-dark lung only, as
-            ctmil made it before 0.9.
+            (:func:`~ctmil.transforms.lung_masks.extend_to_chest_wall`), and keep a lung whose aerated part is small
+            beside the other (``second_fraction`` of :func:`lung_mask_windowed`); ``False``: the air-dark mask
+            exactly as ctmil made it before the chest-wall growth.
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
@@ -106,7 +107,8 @@ class LungMask(TraceableTransform):
         stack = to_stack(img, self.slice_axis, "LungMask")
         arr = (stack.detach().cpu().numpy() if isinstance(stack, torch.Tensor) else np.asarray(stack))[0]  # (S, H, W)
         if kind == "windowed":
-            mask, stride = lung_mask_windowed(arr, bone_level=BONE_LEVEL if self.chest_wall else None), 1
+            grown = {"bone_level": BONE_LEVEL} if self.chest_wall else {"bone_level": None, "second_fraction": None}
+            mask, stride = lung_mask_windowed(arr, **grown), 1
         else:
             spacing = self.spacing or stack_spacing(img, self.slice_axis)
             mask, stride = lung_mask_hu(arr, spacing, lr_axis=self.left_right_axis(img), **self.hu_args)

@@ -175,7 +175,7 @@ def lung_mask_hu(
             displayed; 1: rows), for the "other side of the body" test of a second lung.
         bone_hu: the lung grows outwards in plane through tissue to the first voxel at or above this (a rib, the
             spine), which brings back consolidated lung (:func:`extend_to_chest_wall`); ``None`` keeps the air-dark
-            lung only (ctmil before 0.9).
+            lung only (the mask before the chest-wall growth).
         spike_mm: radius of the opening that drops thin spikes of that growth (at least one working voxel).
 
     Returns:
@@ -225,7 +225,7 @@ def lung_mask_windowed(
     min_area_fraction: float = 0.005,
     closing_fraction: float = 0.04,
     bone_level: float | None = 0.98,
-    second_fraction: float = 0.1,
+    second_fraction: float | None = 0.1,
     spike_fraction: float = 0.006,
 ) -> np.ndarray:
     """Lung mask of pre-windowed slice images (lung window, [0, 1]), slice by slice.
@@ -233,13 +233,14 @@ def lung_mask_windowed(
     Dark regions not connected to the image border are lung candidates; per slice the largest one covering at
     least ``min_area_fraction`` of the image is kept, and the second largest when it covers at least
     ``second_fraction`` of the largest (a lung whose aerated part consolidation has shrunk below
-    ``min_area_fraction`` is still a lung). ``threshold`` defaults to Otsu's.
+    ``min_area_fraction`` is still a lung; ``None``: when it too covers ``min_area_fraction``, as before the chest-wall growth).
+    ``threshold`` defaults to Otsu's.
 
     Args:
         volume: ``(S, H, W)`` intensities in [0, 1].
         bone_level: the lung grows outwards through tissue to the first pixel at or above this (a lung window
             saturates on bone: 0.98 is about 120 HU in ctmil's window), which brings back consolidated lung
-            (:func:`extend_to_chest_wall`); ``None`` keeps the dark lung only (ctmil before 0.9).
+            (:func:`extend_to_chest_wall`); ``None`` keeps the dark lung only (the mask before the chest-wall growth).
         spike_fraction: radius of the opening that drops thin spikes of that growth, as a fraction of the image
             (at least one pixel).
 
@@ -264,7 +265,8 @@ def lung_mask_windowed(
         labels = labels[labels > 0]
         labels = labels[np.argsort(sizes[labels])[::-1][:2]]
         if labels.size and sizes[labels[0]] >= min_area:
-            mask[s] = np.isin(inner[s], labels[sizes[labels] >= second_fraction * sizes[labels[0]]])
+            least = min_area if second_fraction is None else second_fraction * sizes[labels[0]]
+            mask[s] = np.isin(inner[s], labels[sizes[labels] >= least])
     if bone_level is not None:
         spikes = max(1, int(round(spike_fraction * max(volume.shape[1:]))))
         mask = extend_to_chest_wall(mask, volume >= bone_level, dark & (inner == 0), spike_radius=spikes)

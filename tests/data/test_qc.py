@@ -130,3 +130,19 @@ def test_cli_preprocess_writes_qc_and_no_montages_turns_them_off(tmp_path, cohor
     assert main(["preprocess", str(tmp_path / "list.csv"), "--out", str(tmp_path / "off"), "-q", "--no-montages"]) == 0
     manifest = pd.read_csv(tmp_path / "off" / "manifest.csv", keep_default_na=False)
     assert not list((tmp_path / "off" / "qc").glob("*.png")) and manifest["qc_flags"].str.startswith("n_slices_kept low").sum() == 1
+
+
+def test_crop_shares_are_in_the_manifest_the_bag_and_qc_html(tmp_path, cohort):
+    manifest = preprocess_cases(cohort[:5], tmp_path / "out", progress=False, montages=False)
+    for column in ("box_height_share", "box_width_share"):
+        assert manifest[column].between(0.3, 1.0).all(), manifest[column]
+    bag = torch.load(manifest.loc[0, "bag_path"], weights_only=True)
+    assert bag["meta"]["crop"] == {k: manifest.loc[0, k] for k in ("box_height_share", "box_width_share")}
+    assert "box_height_share" in (tmp_path / "out" / "qc.html").read_text()
+
+
+@pytest.mark.parametrize("share,flagged", [(0.45, True), (0.80, False)])
+def test_a_box_small_for_its_body_is_flagged(share, flagged):
+    frame = manifest_frame({"box_height_share": [0.80, 0.82, 0.79, 0.81, 0.80, share]})
+    out = flag_outliers(frame)
+    assert out.loc[5, "qc_flags"].startswith("box_height_share low") == flagged

@@ -18,6 +18,8 @@ from ctmil.synthetic.phantoms import assign_labels, generate_cohort, make_phanto
         lambda: make_phantom(0, spacing=(5.0, 0.0, 2.7)),
         lambda: make_phantom(0, involvement=0.95),
         lambda: make_phantom(0, couch="wood"),
+        lambda: make_phantom(0, dependent_consolidation=0.95),
+        lambda: make_phantom(0, dependent_consolidation=-0.1),
         lambda: make_phantom(-1),
         lambda: make_phantom(0, dtype=np.uint8),
         lambda: sample_severity(0, severe_fraction=1.5),
