@@ -30,9 +30,11 @@ learnt point, ``prob_calibrated``, ``prediction`` and ``threshold``. The final m
 
 Outputs (in ``out_dir``): ``config.json`` (what the run was made from), ``folds.csv``, ``predictions.csv``,
 ``runs/<setting>/r<R>_f<F>/predictions.csv`` (+ checkpoints while a run trains), the report of
-:func:`ctmil.evaluate.report.write_report`, and the final model (``model.pt`` + ``model.json``). A re-run into
-the same ``out_dir`` with the same record skips finished runs and resumes an interrupted one from its last
-checkpoint; a different config or datalist is refused unless ``restart`` is given.
+:func:`ctmil.evaluate.report.write_report` (with the crop shortcut check of the run's cases,
+:mod:`ctmil.evaluate.shortcut`, whose warnings are also logged before training), and the final model
+(``model.pt`` + ``model.json``). A re-run into the same ``out_dir`` with the same record skips finished runs and
+resumes an interrupted one from its last checkpoint; a different config or datalist is refused unless ``restart``
+is given.
 """
 
 from __future__ import annotations
@@ -50,11 +52,12 @@ from monai.bundle import ConfigParser
 from tqdm.auto import tqdm
 
 from ctmil.bundle import bag_table, build_workflow, config_files, split_cases
-from ctmil.data.bags import BagDataset
+from ctmil.data.bags import BagDataset, load_bag
 from ctmil.data.preprocess import atomic_write_csv
 from ctmil.evaluate.folds import make_folds, run_seed
 from ctmil.evaluate.operating_point import apply_operating_point
 from ctmil.evaluate.report import write_report
+from ctmil.evaluate.shortcut import read_crop_measures, shortcut_check, shortcut_warnings
 from ctmil.train.engines import predict
 
 __all__ = ["SETTINGS", "CVConfigError", "cv_protocol", "run_cv"]
@@ -186,6 +189,16 @@ def _fold_predictions(network, test: BagDataset, device, point: Mapping[str, Any
     return pred
 
 
+def _shortcut_check(table: pd.DataFrame) -> pd.DataFrame:
+    """The crop shortcut check of the run's cases (one read of each bag), its warnings logged."""
+    check = shortcut_check(read_crop_measures(table, load_bag))
+    if not len(check):
+        logger.info("crop shortcut check skipped: no bag records meta['crop'] (bags made before it was recorded).")
+    for warning in shortcut_warnings(check):
+        logger.warning(warning)
+    return check
+
+
 def run_cv(
     datalist: "PathLike | pd.DataFrame",
     out_dir: PathLike,
@@ -216,6 +229,7 @@ def run_cv(
     seed = int(parser.get_parsed_content("seed"))
     manifest = make_folds(table, protocol["n_folds"], protocol["n_repeats"], seed)
     atomic_write_csv(manifest, out / "folds.csv")
+    shortcut = _shortcut_check(table)
     bags = BagDataset(table["bag"].tolist(), labels=table["label"].tolist(), case_ids=table["case_id"].tolist())
     index = {c: i for i, c in enumerate(table["case_id"])}
     overrides = {"progress": False, **overrides}
@@ -256,5 +270,5 @@ def run_cv(
             bar.update(1)
     all_predictions = pd.concat(predictions, ignore_index=True).reindex(columns=list(_COLUMNS))
     atomic_write_csv(all_predictions, out / "predictions.csv")
-    write_report(out, all_predictions, threshold=float(parser.get_parsed_content("threshold")))
+    write_report(out, all_predictions, threshold=float(parser.get_parsed_content("threshold")), shortcut=shortcut)
     return all_predictions

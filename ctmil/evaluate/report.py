@@ -14,6 +14,9 @@ How the numbers are made (``report.md`` says the same in words, with this run's 
 * ``report.md``: the tables (:mod:`ctmil.evaluate.report_tables`), including Table IV beside the paper.
 * ``roc.png``: one ROC curve per (setting, repeat) of the pooled predictions.
 * ``report.html``: the same tables and the ROC plot as one self-contained page (:mod:`ctmil.evaluate.report_html`).
+* **Crop shortcut check** (``shortcut_check.csv``, given by ``ctmil cv``): whether the lung box's size relative to
+  the body alone separates the classes (:mod:`ctmil.evaluate.shortcut`); a report written from predictions alone
+  has no such section.
 """
 
 from __future__ import annotations
@@ -169,12 +172,15 @@ def write_report(
     n_resamples: int = 2000,
     seed: int = 0,
     descriptions: Optional[Mapping[str, str]] = None,
+    shortcut: Optional[pd.DataFrame] = None,
 ) -> Dict[str, Path]:
     """Write ``report.md``, ``report.csv``, ``repeat_metrics.csv``, ``fold_metrics.csv``, ``ttests.csv`` (paired
     comparisons), ``auc_differences.csv`` and ``roc.png`` into ``out_dir``; returns their paths by name.
 
     ``level`` is the confidence of the DeLong and bootstrap intervals, ``n_resamples`` and ``seed`` drive the
     bootstrap; ``descriptions`` (setting -> text) overrides the built-in descriptions of the settings.
+    ``shortcut`` (:func:`ctmil.evaluate.shortcut.shortcut_check` of the run's cases) adds the "Crop shortcut
+    check" section and ``shortcut_check.csv``; without it the report has no such section.
     """
     _check(predictions)
     out = Path(out_dir)
@@ -193,14 +199,17 @@ def write_report(
     if learnt is not None:
         paths["report_learnt"] = out / "report_learnt_threshold.csv"
         frames.append(("report_learnt", learnt))
+    if shortcut is not None:
+        paths["shortcut_check"] = out / "shortcut_check.csv"
+        frames.append(("shortcut_check", shortcut))
     for name, frame in frames:
         atomic_write_csv(frame, paths[name])
     pools = predictions.drop_duplicates(["repeat", "case_id"])
     ctx = {"n_repeats": int(predictions["repeat"].nunique()), "n_folds": int(predictions["fold"].nunique()),
            "n_cases": int(pools["case_id"].nunique()), "n_positive": int(pools.drop_duplicates("case_id")["label"].sum()),
            "threshold": threshold, "level": level, "n_resamples": n_resamples}  # fmt: skip
-    paths["report_md"].write_text(render_markdown(summary, tests, ctx, descriptions, learnt))
+    paths["report_md"].write_text(render_markdown(summary, tests, ctx, descriptions, learnt, shortcut))
     plot_roc(predictions, paths["roc"], descriptions)
-    paths["report_html"] = write_cv_html(out, summary, tests, ctx, learnt, descriptions)
+    paths["report_html"] = write_cv_html(out, summary, tests, ctx, learnt, descriptions, shortcut)
     logger.info("report written to %s", out)
     return paths

@@ -1,7 +1,8 @@
 """``report.html`` of ``ctmil cv`` and ``ctmil evaluate``: the same numbers as ``report.md`` / ``evaluation.md``, as
 one self-contained page (:class:`ctmil.report.html.HtmlReport`: tables, inline ROC and reliability plots, no network).
 
-Table ids (stable, for tests and tools): CV ``summary``, ``learnt``, ``per-fold``, ``table-iv``, ``comparisons``;
+Table ids (stable, for tests and tools): CV ``summary``, ``learnt``, ``per-fold``, ``table-iv``, ``comparisons``,
+``shortcut`` (its warnings are paragraphs of class ``ctmil-warning``);
 evaluate ``metrics``, ``predictions``, ``failed``.
 """
 
@@ -16,7 +17,10 @@ import numpy as np
 import pandas as pd
 
 from ctmil.evaluate.metrics import METRIC_NAMES
-from ctmil.evaluate.report_tables import PAPER_P_VALUES, PAPER_RESULTS, canonical_setting, describe
+from ctmil.evaluate.report_tables import (
+    PAPER_P_VALUES, PAPER_RESULTS, SHORTCUT_INTRO, SHORTCUT_SKIPPED, canonical_setting, describe, shortcut_rows,
+)  # fmt: skip
+from ctmil.evaluate.shortcut import shortcut_warnings
 from ctmil.report.html import HtmlReport
 
 __all__ = ["write_cv_html", "write_evaluate_html"]
@@ -73,9 +77,22 @@ def _comparisons(tests: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _shortcut(page: HtmlReport, check: pd.DataFrame) -> None:
+    page.heading("Crop shortcut check", id="h-shortcut")
+    if not len(check):
+        page.paragraph(SHORTCUT_SKIPPED)
+        return
+    page.paragraph(SHORTCUT_INTRO)
+    for warning in shortcut_warnings(check):
+        page.paragraph(warning, css_class="ctmil-warning")
+    page.table(shortcut_rows(check), id="shortcut")
+
+
 def write_cv_html(out_dir: PathLike, summary: pd.DataFrame, tests: pd.DataFrame, ctx: Mapping[str, object],
-                  learnt: Optional[pd.DataFrame] = None, descriptions=None) -> Path:  # fmt: skip
-    """``out_dir/report.html`` of a cross-validation (the tables of ``report.md`` and ``roc.png``)."""
+                  learnt: Optional[pd.DataFrame] = None, descriptions=None,
+                  shortcut: Optional[pd.DataFrame] = None) -> Path:  # fmt: skip
+    """``out_dir/report.html`` of a cross-validation (the tables of ``report.md`` and ``roc.png``; the crop
+    shortcut check of :func:`~ctmil.evaluate.shortcut.shortcut_check` when ``shortcut`` is given)."""
     out = Path(out_dir)
     page = HtmlReport("ctmil cross-validation report")
     page.paragraph(f"{ctx['n_repeats']} repeat(s) of {ctx['n_folds']}-fold stratified, patient-grouped cross-validation, "
@@ -103,6 +120,8 @@ def write_cv_html(out_dir: PathLike, summary: pd.DataFrame, tests: pd.DataFrame,
         page.table(_comparisons(tests), id="comparisons")
     else:
         page.paragraph("Only one setting: no comparison.")
+    if shortcut is not None:
+        _shortcut(page, shortcut)
     if (out / "roc.png").is_file():
         page.heading("ROC curves", id="h-roc").image(out / "roc.png", alt="out-of-fold ROC curves", width=480)
     return page.write(out / "report.html")

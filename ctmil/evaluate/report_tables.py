@@ -2,7 +2,8 @@
 
 :func:`render_markdown` turns the tables of :mod:`ctmil.evaluate.report` and
 :mod:`ctmil.evaluate.report_comparisons` into ``report.md``: the summary (pooled per repeat), the per-fold table,
-a Table IV-style table beside the paper's numbers, the paired comparisons and, in words, how each number was made.
+a Table IV-style table beside the paper's numbers, the paired comparisons, the crop shortcut check (when given) and,
+in words, how each number was made.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import numpy as np
 import pandas as pd
 
 from ctmil.evaluate.metrics import METRIC_NAMES
+from ctmil.evaluate.shortcut import measure_name, shortcut_warnings
 
-__all__ = ["DESCRIPTIONS", "PAPER_P_VALUES", "PAPER_RESULTS", "canonical_setting", "describe", "render_markdown"]
+__all__ = ["DESCRIPTIONS", "PAPER_P_VALUES", "PAPER_RESULTS", "SHORTCUT_INTRO", "SHORTCUT_SKIPPED", "canonical_setting",
+           "describe", "render_markdown", "shortcut_rows"]  # fmt: skip
 
 #: Setting -> what it is (paper Sec. IV.E). A relative-SSL variant is named ``<letter>-rel`` (see :func:`canonical_setting`).
 DESCRIPTIONS = {"A": "MIL only", "B": "MIL + augmentation", "C": "MIL + self-supervision", "D": "MIL + both"}
@@ -36,6 +39,16 @@ PAPER_P_VALUES: Dict[frozenset, float] = {
     frozenset(("A", "B")): 0.015, frozenset(("A", "C")): 0.028, frozenset(("A", "D")): 0.006,
     frozenset(("B", "D")): 0.027, frozenset(("C", "D")): 0.007, frozenset(("C", "C-rel")): 0.041,
 }  # fmt: skip
+
+#: The text of the crop shortcut check (``report.md`` and ``report.html``).
+SHORTCUT_INTRO = (
+    "Does the lung box's size relative to the body tell severe from non-severe on its own? If it does, the model "
+    "can learn box geometry instead of the lungs. Per case, the box's height and width as a share of the body's "
+    "(mean over the kept slices); AUC of severe vs non-severe as it is (> 0.5: larger in severe cases) with its "
+    "DeLong CI, and Spearman's ρ with the label. A measure whose CI excludes 0.5 is flagged."
+)
+SHORTCUT_SKIPPED = ("No bag records the crop box's share of the body (bags made before it was recorded): "
+                    "the check was skipped.")  # fmt: skip
 
 _METRIC_HEADER = "| Accuracy | Sensitivity | Specificity | F1-Score | AUC |"
 _RELATIVE = re.compile(r"^([A-D])(?:[-_ ]?(rel|relative))?$", re.IGNORECASE)
@@ -171,6 +184,35 @@ def _comparison_section(tests: pd.DataFrame, level: float) -> List[str]:
     return lines
 
 
+def shortcut_rows(check: pd.DataFrame) -> pd.DataFrame:
+    """The crop shortcut check (:func:`~ctmil.evaluate.shortcut.shortcut_check`) as display text, one row per
+    measure: ``Measure, Cases (severe), AUC [CI], Spearman ρ, Verdict``."""
+    auc = f"AUC [{float(check['level'].iloc[0]) if len(check) else 0.95:.0%} CI]"
+    rows = []
+    for row in check.to_dict("records"):
+        cases = f"{row['n_cases']} ({row['n_severe']})" + (f", {row['n_missing']} without it" if row["n_missing"] else "")
+        if np.isfinite(row["auc_lower"]):
+            ci = f"{_fmt(row['auc'])} [{row['auc_lower']:.3f}, {row['auc_upper']:.3f}]"
+            verdict = "separates the classes" if row["warn"] else "no evidence of separation"
+        else:
+            ci, verdict = _fmt(row["auc"]), "n/a (needs ≥ 2 cases of each class)"
+        rows.append({"Measure": measure_name(row["measure"]).removeprefix("the "), "Cases (severe)": cases, auc: ci,
+                     "Spearman ρ": _fmt(row["spearman_rho"]), "Verdict": verdict})  # fmt: skip
+    return pd.DataFrame(rows, columns=["Measure", "Cases (severe)", auc, "Spearman ρ", "Verdict"])
+
+
+def _shortcut_section(check: pd.DataFrame) -> List[str]:
+    lines = ["## Crop shortcut check", ""]
+    if not len(check):
+        return lines + [SHORTCUT_SKIPPED]
+    lines += [SHORTCUT_INTRO, ""]
+    for warning in shortcut_warnings(check):
+        lines += [f"**{warning}**", ""]
+    table = shortcut_rows(check)
+    lines += ["| " + " | ".join(table.columns) + " |", "|---" * len(table.columns) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in table.itertuples(index=False)]
+
+
 def _methods_section(ctx: Mapping[str, object], tests: pd.DataFrame) -> List[str]:
     r, k, n, lvl = ctx["n_repeats"], ctx["n_folds"], ctx["n_cases"], ctx["level"]
     sizes = ""
@@ -209,11 +251,13 @@ def _methods_section(ctx: Mapping[str, object], tests: pd.DataFrame) -> List[str
 
 
 def render_markdown(summary: pd.DataFrame, tests: pd.DataFrame, ctx: Mapping[str, object],
-                    descriptions: Optional[Mapping[str, str]] = None, learnt: Optional[pd.DataFrame] = None) -> str:  # fmt: skip
+                    descriptions: Optional[Mapping[str, str]] = None, learnt: Optional[pd.DataFrame] = None,
+                    shortcut: Optional[pd.DataFrame] = None) -> str:  # fmt: skip
     """``report.md`` from the summary (:func:`~ctmil.evaluate.report.summary_table`), the paired comparisons
     (:func:`~ctmil.evaluate.report_comparisons.paired_comparisons`) and ``ctx`` (``n_repeats, n_folds, n_cases,
     n_positive, threshold, level, n_resamples``) and, where runs learnt an operating point, its summary ``learnt``
-    (:func:`~ctmil.evaluate.report.learnt_summary`)."""
+    (:func:`~ctmil.evaluate.report.learnt_summary`); with ``shortcut``
+    (:func:`~ctmil.evaluate.shortcut.shortcut_check`), a "Crop shortcut check" section (none without it)."""
     sections: Sequence[List[str]] = (
         ["# Cross-validation report", "",
          f"{ctx['n_repeats']} repeat(s) of {ctx['n_folds']}-fold stratified, patient-grouped cross-validation, "
@@ -224,10 +268,11 @@ def render_markdown(summary: pd.DataFrame, tests: pd.DataFrame, ctx: Mapping[str
         _fold_section(summary, descriptions),
         _table_iv_section(summary, descriptions),
         _comparison_section(tests, float(ctx["level"])),
+        *([] if shortcut is None else [_shortcut_section(shortcut)]),
         _methods_section(ctx, tests),
         ["Files: `report.csv` (summary and per-fold tables), `repeat_metrics.csv`, `fold_metrics.csv`, `ttests.csv` "
          "(paired comparisons), `auc_differences.csv` (per repeat), `report_learnt_threshold.csv` (at the learnt operating "
-         "point), `predictions.csv`, `folds.csv`, `roc.png`, "
+         "point), `shortcut_check.csv` (crop shortcut check), `predictions.csv`, `folds.csv`, `roc.png`, "
          "`config.json`, `model.pt` + `model.json` (final model)."],
     )  # fmt: skip
     return "\n\n".join("\n".join(s) for s in sections) + "\n"

@@ -35,6 +35,7 @@ h1{font-size:1.6em;border-bottom:2px solid #ddd;padding-bottom:.2em}h2{font-size
 table.ctmil-table{border-collapse:collapse;font-size:.85em;margin:.5em 0 1em}
 table.ctmil-table th,table.ctmil-table td{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}
 table.ctmil-table th{background:#f2f2f2}table.ctmil-table tr:nth-child(even) td{background:#fafafa}
+p.ctmil-warning{background:#fff4e5;border-left:4px solid #e67e22;padding:.4em .6em;font-weight:600}
 caption{caption-side:top;text-align:left;font-style:italic;color:#555;padding:.2em 0}
 .gallery{display:flex;flex-wrap:wrap;gap:12px}
 figure.card{margin:0;border:1px solid #ccc;border-radius:4px;padding:6px;background:#fff;max-width:100%}

@@ -24,6 +24,8 @@ _INPLANE_6[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]  # 4-connectivity within each 
 _FULL_6 = ndi.generate_binary_structure(3, 1)
 #: :func:`extend_to_chest_wall`: a line of lung grows by at most this many times its own extent.
 MAX_GROWTH_RATIO = 8.0
+#: ... and by at most this many times the extent of the slice's lungs along the line's axis.
+MAX_SLICE_GROWTH_RATIO = 2.0
 
 
 def _border_labels(labels: np.ndarray) -> np.ndarray:
@@ -75,12 +77,15 @@ def _fill_and_close(mask: np.ndarray, radius: int) -> np.ndarray:
     return mask
 
 
-def _grow_rows(mask: np.ndarray, bone: np.ndarray, outside: np.ndarray, max_ratio: float) -> np.ndarray:
+def _grow_rows(mask: np.ndarray, bone: np.ndarray, outside: np.ndarray, max_ratio: float, max_slice_ratio: float) -> np.ndarray:
     """The pixels :func:`extend_to_chest_wall` adds along the rows (axis 1) of ``(S, h, w)`` arrays."""
     h = mask.shape[1]
     rows = np.arange(h)[None, :, None]
     has = mask.any(axis=1)  # (S, w): columns with lung
     extent = np.where(has, h - np.argmax(mask[:, ::-1], axis=1) - np.argmax(mask, axis=1), 0)  # first to last lung row
+    on_slice = mask.any(axis=2)  # (S, h): rows with lung anywhere on the slice
+    slice_extent = np.where(on_slice.any(1), h - np.argmax(on_slice[:, ::-1], axis=1) - np.argmax(on_slice, axis=1), 0)
+    limit = np.minimum(max_ratio * extent, max_slice_ratio * slice_extent[:, None])
     added = np.zeros_like(mask)
     for flip in (False, True):  # grow towards the last row, then (on the flipped rows) towards the first
         m, b, o = (a[:, ::-1] for a in (mask, bone, outside)) if flip else (mask, bone, outside)
@@ -89,14 +94,19 @@ def _grow_rows(mask: np.ndarray, bone: np.ndarray, outside: np.ndarray, max_rati
         stop_bone, stop_air = b & beyond, o & beyond
         first_bone = np.where(stop_bone.any(1), np.argmax(stop_bone, axis=1), h)
         first_air = np.where(stop_air.any(1), np.argmax(stop_air, axis=1), h)
-        ok = (first_bone < first_air) & (first_bone - edge - 1 <= max_ratio * extent)
+        ok = (first_bone < first_air) & (first_bone - edge - 1 <= limit)
         grow = ok[:, None, :] & beyond & (rows < first_bone[:, None, :])
         added |= grow[:, ::-1] if flip else grow
     return added
 
 
 def extend_to_chest_wall(
-    mask: np.ndarray, bone: np.ndarray, outside: np.ndarray, max_ratio: float = MAX_GROWTH_RATIO, spike_radius: int = 1
+    mask: np.ndarray,
+    bone: np.ndarray,
+    outside: np.ndarray,
+    max_ratio: float = MAX_GROWTH_RATIO,
+    spike_radius: int = 1,
+    max_slice_ratio: float = MAX_SLICE_GROWTH_RATIO,
 ) -> np.ndarray:
     """``mask`` grown outwards to the inner chest wall: in every column, from the lung's first and last row, and in
     every row, from its first and last column, through tissue to the first ``bone`` pixel, when that bone comes
@@ -107,13 +117,14 @@ def extend_to_chest_wall(
     down is treated the same. Where the scan meets the air outside first (an intercostal space, the costal
     cartilage, which is not bone-bright), nothing is added.
 
-    Two guards keep the growth to the lung: a line grows by at most ``max_ratio`` times the lung's own extent on
-    it (the thin front tip of a lung does not grow through the heart to the spine), and the added pixels are
-    opened per slice with a ``(2·spike_radius+1)²`` square (a line that slipped through an intercostal space to the
+    Three guards keep the growth to the lung: a line grows by at most ``max_ratio`` times the lung's own extent on
+    it (the thin front tip of a lung does not grow through the heart to the spine) and by at most
+    ``max_slice_ratio`` times the extent of the slice's lungs along that axis (a thin sliver of lung base does not
+    grow across the liver), and the added pixels are opened per slice with a ``(2·spike_radius+1)²`` square (a line that slipped through an intercostal space to the
     shoulder blade or an arm is a spike a line or two wide; consolidation is a broad region).
     """
-    rows = _grow_rows(mask, bone, outside, max_ratio)
-    cols = _grow_rows(*(a.transpose(0, 2, 1) for a in (mask, bone, outside)), max_ratio).transpose(0, 2, 1)
+    rows = _grow_rows(mask, bone, outside, max_ratio, max_slice_ratio)
+    cols = _grow_rows(*(a.transpose(0, 2, 1) for a in (mask, bone, outside)), max_ratio, max_slice_ratio).transpose(0, 2, 1)
     added = (rows | cols) & ~mask
     if spike_radius > 0 and added.any():
         added = ndi.binary_opening(added, structure=np.ones((1, 2 * spike_radius + 1, 2 * spike_radius + 1), bool))
