@@ -11,6 +11,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, MapTransform, SelectItemsd
 
 from ctmil.transforms.crop import LungBoxCropd, SelectLungSlicesd
+from ctmil.transforms.density import LungDensityd
 from ctmil.transforms.intensity import LUNG_WINDOW_HU, WindowHUd
 from ctmil.transforms.layout import DEFAULT_SLICE_AXIS, check_slice_axis, stack_spacing, stack_to_array
 from ctmil.transforms.load import LOADCT_SLICE_AXIS, LoadCTd
@@ -116,6 +117,7 @@ def preprocessing_transforms(
             StoreCaseMetad(image_key, slice_axis=axis),
             LungMaskd(image_key, mask_key="lung", full_resolution=False, intensity=None, slice_axis=axis,
                       threshold_hu=threshold_hu, closing_mm=closing_mm, dilate_mm=dilate_mm, chest_wall=chest_wall),
+            LungDensityd(image_key, mask_key="lung", slice_axis=axis),  # every lung slice, before selection
             SelectLungSlicesd([image_key, "lung"], source_key="lung", min_area_fraction=min_area_fraction, slice_axis=axis),
             SampleSlicesd([image_key, "lung"], max_slices=max_slices, slab_mm=slab_mm, slice_axis=axis),
             LungBoxCropd(image_key, source_key="lung", spatial_size=spatial_size, margin_fraction=margin_fraction, slice_axis=axis),
