@@ -96,6 +96,7 @@ def preprocessing_transforms(
     slab_mm: float | None = None,
     patch_dtype: str = "float16",
     chest_wall: bool = True,
+    patch_norm: str = "minmax",
 ) -> Compose:
     """``{"image": path, "case_id": str, "label": float}`` → bag dictionary (docs/design.md), nothing else.
 
@@ -106,7 +107,9 @@ def preprocessing_transforms(
     :class:`WindowHUd`; ``None``: none), ``patch_size``, ``patch_dtype`` (``"float16"`` or ``"float32"``: the dtype
     the bag stores its min-max patches in, :class:`ToBagd`; docs/preprocessing.md "Patch storage"), ``chest_wall``
     (the lung mask grown to the first bone, so that the crop keeps consolidated lung, :class:`LungMask`;
-    docs/preprocessing.md "Consolidated lung").
+    docs/preprocessing.md "Consolidated lung"), ``patch_norm`` (``"minmax"``, the paper's per-patch min-max;
+    ``"window"``, the lung window scaled to [0, 1] for the whole volume; ``"both"``, two channels: :class:`ToBagd`;
+    ``"window"`` and ``"both"`` need ``window_hu``).
     LoadCTd gives ``(1, S, H, W)`` stacks, so every later transform gets ``slice_axis=1``; the intensity is the
     one LoadCT records (``hu`` for DICOM and NIfTI, ``windowed`` for slice images, which the window leaves as they are).
     """
@@ -122,7 +125,7 @@ def preprocessing_transforms(
             SampleSlicesd([image_key, "lung"], max_slices=max_slices, slab_mm=slab_mm, slice_axis=axis),
             LungBoxCropd(image_key, source_key="lung", spatial_size=spatial_size, margin_fraction=margin_fraction, slice_axis=axis),
             WindowHUd(image_key, window_hu=window_hu, intensity=None),
-            ToBagd(image_key, patch_size=patch_size, slice_axis=axis, patch_dtype=patch_dtype),
+            ToBagd(image_key, patch_size=patch_size, slice_axis=axis, patch_dtype=patch_dtype, patch_norm=patch_norm, window_hu=window_hu),
             SelectItemsd(BAG_KEYS),
         ],
         map_items=False,

@@ -69,7 +69,7 @@ class TilePatches(Transform):
 PATCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
-def patch_dtype(name: str) -> torch.dtype:
+def patch_dtype_of(name: str) -> torch.dtype:
     """The torch dtype of a ``patch_dtype`` setting (``"float16"`` or ``"float32"``); ``ValueError`` otherwise."""
     if not isinstance(name, str) or name not in PATCH_DTYPES:
         raise ValueError(f"patch_dtype must be one of {sorted(PATCH_DTYPES)}, got {name!r}")
@@ -87,7 +87,7 @@ class NormalizePatches(Transform):
 
     def __init__(self, eps: float = 1e-6, dtype: str = "float32") -> None:
         self.eps = eps
-        self.dtype = patch_dtype(dtype)
+        self.dtype = patch_dtype_of(dtype)
 
     def __call__(self, patches: NdarrayOrTensor) -> torch.Tensor:
         x = convert_to_tensor(patches, track_meta=False, dtype=torch.float32)
@@ -102,6 +102,43 @@ class NormalizePatches(Transform):
 BAG_KEYS = ("patches", "position", "slice_index", "kept_slices", "boxes", "label", "case_id", "meta")
 
 
+#: how patch intensities reach the network: the paper's per-patch min-max, the lung window scaled to [0, 1] over
+#: the whole volume (absolute density kept), or both as two channels (min-max first)
+PATCH_NORMS = ("minmax", "window", "both")
+
+
+class ScalePatches(Transform):
+    """Scale ``(K, 1, ph, pw)`` patches from ``window`` (``(low, high)``; ``None``: already in [0, 1]) to [0, 1],
+    the same map for every patch of the volume, so that absolute density survives (unlike :class:`NormalizePatches`)."""
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(self, window: tuple[float, float] | None = None, dtype: str = "float32") -> None:
+        if window is not None and not float(window[1]) > float(window[0]):
+            raise ValueError(f"window must be (low, high) with high > low, got {window!r}")
+        self.window = None if window is None else (float(window[0]), float(window[1]))
+        self.dtype = patch_dtype_of(dtype)
+
+    def __call__(self, patches: NdarrayOrTensor) -> torch.Tensor:
+        x = convert_to_tensor(patches, track_meta=False, dtype=torch.float32)
+        if self.window is not None:
+            x = (x - self.window[0]) / (self.window[1] - self.window[0])
+        return x.clamp(0.0, 1.0).to(self.dtype)
+
+
+def normalise_patches(patches: torch.Tensor, patch_norm: str, window: tuple[float, float] | None, dtype: str) -> torch.Tensor:
+    """``(K, 1, ph, pw)`` → ``(K, C, ph, pw)`` normalised as ``patch_norm`` says (:data:`PATCH_NORMS`): ``minmax``
+    (C = 1), ``window`` (C = 1, :class:`ScalePatches` over ``window``), ``both`` (C = 2: min-max, window)."""
+    if patch_norm not in PATCH_NORMS:
+        raise ValueError(f"patch_norm must be one of {PATCH_NORMS}, got {patch_norm!r}")
+    parts = []
+    if patch_norm in ("minmax", "both"):
+        parts.append(NormalizePatches(dtype=dtype)(patches))
+    if patch_norm in ("window", "both"):
+        parts.append(ScalePatches(window, dtype=dtype)(patches))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
 class ToBagd(MapTransform):
     """Turn a cropped image ``d[key]`` (one channel, ``S`` slices of 180 × 240) into the bag of docs/design.md.
 
@@ -110,7 +147,10 @@ class ToBagd(MapTransform):
     arguments, and the case metadata from ``d[meta_key]`` (:class:`~ctmil.transforms.StoreCaseMetad`; ``{}``
     when absent). Writes the bag's keys (:data:`BAG_KEYS`) and keeps every other key of ``d`` except ``key``
     itself, which the patches replace (MONAI's ``SelectItemsd(keys=BAG_KEYS)`` after it keeps the bag only).
-    ``patch_dtype`` (``"float16"``, the default, or ``"float32"``) is the dtype the min-max patches are stored in.
+    ``patch_dtype`` (``"float16"``, the default, or ``"float32"``) is the dtype the patches are stored in.
+    ``patch_norm`` (:data:`PATCH_NORMS`) says how they are normalised: ``"minmax"`` (the paper's, each patch to
+    [0, 1]), ``"window"`` (the HU ``window_hu`` scaled to [0, 1] for the whole volume; slice images, already
+    windowed, as they are) or ``"both"`` (two channels). The image's intensity comes from ``d[meta_key]["intensity"]``.
     """
 
     backend = [TransformBackends.TORCH]
@@ -125,10 +165,18 @@ class ToBagd(MapTransform):
         slice_axis: int = DEFAULT_SLICE_AXIS,
         patch_dtype: str = "float16",
         allow_missing_keys: bool = False,
+        patch_norm: str = "minmax",
+        window_hu: tuple[float, float] | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        if patch_norm not in PATCH_NORMS:
+            raise ValueError(f"patch_norm must be one of {PATCH_NORMS}, got {patch_norm!r}")
+        if patch_norm != "minmax" and window_hu is None:
+            raise ValueError(f"patch_norm={patch_norm!r} scales the HU window to [0, 1]: give window_hu")
         self.tiler = TilePatches(patch_size, slice_axis)
-        self.normalizer = NormalizePatches(dtype=patch_dtype)
+        patch_dtype_of(patch_dtype)  # refused here, before any work
+        self.patch_dtype, self.patch_norm = patch_dtype, patch_norm
+        self.window_hu = None if window_hu is None else (float(window_hu[0]), float(window_hu[1]))
         self.meta_key, self.kept_key, self.boxes_key = meta_key, kept_key, boxes_key
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict:
@@ -144,15 +192,17 @@ class ToBagd(MapTransform):
         kept = torch.arange(n_slices) if kept is None else torch.as_tensor(np.asarray(kept), dtype=torch.int64)
         label = d.get("label")
         label = -1.0 if label is None or (isinstance(label, float) and np.isnan(label)) else float(label)
+        meta = d.get(self.meta_key, {})
+        window = None if meta.get("intensity") == "windowed" else self.window_hu
         bag = {
-            "patches": self.normalizer(patches),
+            "patches": normalise_patches(patches, self.patch_norm, window, self.patch_dtype),
             "position": position,
             "slice_index": kept[order],
             "kept_slices": kept,
             "boxes": torch.as_tensor(np.asarray(d[self.boxes_key]), dtype=torch.int64),
             "label": torch.tensor(label, dtype=torch.float32),
             "case_id": str(d.get("case_id", "")),
-            "meta": d.get(self.meta_key, {}),
+            "meta": meta,
         }
         d.update(bag)
         return d
