@@ -34,6 +34,7 @@ bench: $(STAMP)
 # The PNGs the docs embed (docs/img/, not tracked): made from phantoms and from the demo's own pages
 pictures: demo
 	$(PY) docs/make_operating_point_pictures.py
+	$(PY) docs/make_crop_pictures.py
 	$(PY) docs/make_report_pictures.py
 	$(PY) docs/make_demo_pictures.py $(OUT)
 
