@@ -17,12 +17,15 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import torch
 from torch.utils.data import Dataset
 
+from ctmil.transforms.density import density_input
+
 __all__ = [
     "BagDataset",
     "collate_bags",
     "load_bag",
     "virtual_bag",
 ]
+
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +111,9 @@ class BagDataset(Dataset):
                 bag["patches"] = bag["patches"].float()
             bag["position"] = bag["position"].long()
             bag["slice_index"] = bag["slice_index"].long()
+            density = (bag.get("meta") or {}).get("density")
+            if "density" not in bag and density is not None:  # the hybrid network's input (docs/design.md)
+                bag["density"] = density_input(density)
             if self._labels is not None:
                 own = bag.get("label")
                 if own is not None and float(own) >= 0 and float(own) != self._labels[i]:
@@ -213,6 +219,9 @@ def virtual_bag(dataset: BagDataset, refs: torch.Tensor, case_id: str, label: fl
     do not describe a volume; relative-location pairs must not be built on virtual bags). ``is_virtual`` is True.
     """
     bag: Dict[str, Any] = dataset.gather_instances(refs)
+    donors = [dataset[int(i)] for i in torch.unique(refs[:, 0].long().cpu()).tolist()]
+    if donors and all("density" in d for d in donors):  # the mean density of the bags its instances come from
+        bag["density"] = torch.stack([d["density"] for d in donors]).mean(0)
     bag["label"] = torch.tensor(float(label), dtype=torch.float32)
     bag["case_id"] = case_id
     bag["is_virtual"] = True
@@ -225,7 +234,8 @@ def collate_bags(bags: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     Returns ``patches (B, Kmax, C, P, P)`` (zero padded, in the bags' dtype: float16 bags give a float16 batch,
     half the bytes to copy to a device; mixed float16/float32 bags a float32 one), ``mask (B, Kmax)`` bool
     (True = real instance), ``position (B, Kmax)`` and ``slice_index (B, Kmax)`` int64 (``-1`` padded), ``label (B,)`` float32,
-    ``case_id`` list of str and ``is_virtual (B,)`` bool (False unless a bag says otherwise). Tensors are made on
+    ``case_id`` list of str and ``is_virtual (B,)`` bool (False unless a bag says otherwise), and ``density (B, F)``
+    float32 when every bag has its lung-density features (the hybrid network's input). Tensors are made on
     the device of the bags' patches; a batch of one bag holds views of that bag's tensors (read-only use).
     """
     if len(bags) == 0:
@@ -242,6 +252,8 @@ def collate_bags(bags: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         "case_id": [str(b.get("case_id", "")) for b in bags],
         "is_virtual": torch.tensor([bool(b.get("is_virtual", False)) for b in bags], dtype=torch.bool),
     }
+    if all("density" in b for b in bags):
+        out["density"] = torch.stack([torch.as_tensor(b["density"], dtype=torch.float32) for b in bags])
     if n == 1:  # one bag: nothing to pad, views of its tensors (no copy)
         out.update(patches=patches[0].unsqueeze(0), mask=torch.ones((1, k_max), dtype=torch.bool, device=device),
                    position=torch.as_tensor(bags[0]["position"]).long().unsqueeze(0),

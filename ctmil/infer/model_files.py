@@ -48,8 +48,10 @@ def infer_network_kwargs(state: Mapping[str, torch.Tensor]) -> dict:
     shape = {k: tuple(v.shape) for k, v in state.items()}
     if "encoder.trunk.0.weight" in shape:
         kwargs["in_channels"] = shape["encoder.trunk.0.weight"][1]
+    if "density.proj.weight" in shape:  # a hybrid: the classifier sees the pooled features and the density branch
+        kwargs["density_hidden"], kwargs["n_density"] = shape["density.proj.weight"]
     if "classifier.weight" in shape:
-        kwargs["feature_dim"] = shape["classifier.weight"][1]
+        kwargs["feature_dim"] = shape["classifier.weight"][1] - kwargs.get("density_hidden", 0)
     if "pool.v.weight" in shape:
         kwargs["attention_dim"] = shape["pool.v.weight"][0]
         kwargs["gated"] = "pool.u.weight" in shape

@@ -94,8 +94,9 @@ class InferenceModel:
     def has_features(self) -> bool:
         return self.strategy in ("parts", "forward_all")
 
-    def predict(self, patches: torch.Tensor) -> BagPrediction:
-        """Predict one bag from its ``patches (K, 1, P, P)`` (any dtype: float16 bags are cast to float32 on the device)."""
+    def predict(self, patches: torch.Tensor, density: "torch.Tensor | None" = None) -> BagPrediction:
+        """Predict one bag from its ``patches (K, C, P, P)`` (any dtype: float16 bags are cast to float32 on the
+        device) and, for a hybrid network, its lung-density features ``density (F,)`` (:func:`ctmil.transforms.density_input`)."""
         if patches.dim() != 4 or patches.shape[0] == 0:
             raise ValueError(f"expected patches (K, C, P, P) with K > 0, got {tuple(patches.shape)}")
         x = patches.to(self.device).float()[None]  # (1, K, C, P, P) float32; copied in the stored dtype, cast on the device
@@ -104,6 +105,8 @@ class InferenceModel:
             if self.strategy == "parts":  # a MILNet: the one prediction path of validation, CV and the bundle
                 mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
                 batch = {"patches": x, "mask": mask, "label": torch.full((1,), -1.0), "case_id": [""]}
+                if density is not None:
+                    batch["density"] = torch.as_tensor(density, dtype=torch.float32).reshape(1, -1)
                 out = predict_batch(self.module, batch, BagInferer(self.chunk_size), self.device)
                 logits = out["logit"]
                 attention, features = out["attention"], out["bag_features"]

@@ -1,5 +1,6 @@
 """ctmil.networks: instance encoder, attention MIL pooling, SSL heads and the bag network."""
 
+from ctmil.networks.density import DensityBranch
 from ctmil.networks.encoder import LeNetEncoder
 from ctmil.networks.heads import MLPHead
 from ctmil.networks.milnet import MILNet
@@ -19,6 +20,7 @@ __all__ = [
     "ANCHOR_POSITIONS",
     "DIRECTION_OFFSETS",
     "DIRECTIONS",
+    "DensityBranch",
     "GRID_COLS",
     "GRID_ROWS",
     "GatedAttentionPool",

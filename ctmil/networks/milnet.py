@@ -7,6 +7,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 
+from ctmil.networks.density import DensityBranch
 from ctmil.networks.encoder import LeNetEncoder
 from ctmil.networks.heads import MLPHead
 from ctmil.networks.pooling import GatedAttentionPool
@@ -44,6 +45,11 @@ class MILNet(nn.Module):
         encoder: any ``nn.Module`` mapping ``(N, C, H, W) -> (N, feature_dim)``; ``None`` builds the paper's
             :class:`~ctmil.networks.encoder.LeNetEncoder`. A custom encoder keeps its own initialisation.
         dropout: dropout on the bag features before the classifier and on the SSL heads' hidden layer.
+        n_density: 0 (the paper's network) or the number of lung-density features of a bag
+            (:data:`ctmil.transforms.DENSITY_FEATURES`): a :class:`~ctmil.networks.density.DensityBranch` maps them
+            to ``density_hidden`` values that the classifier sees beside the pooled bag features (the hybrid);
+            ``forward``/``forward_all`` then need ``density (B, n_density)``.
+        density_hidden: width of that branch.
 
     All layers built here are He-initialised with zero biases (paper Sec. IV.D).
     """
@@ -60,6 +66,8 @@ class MILNet(nn.Module):
         ssl_hidden: int = 256,
         encoder: Optional[nn.Module] = None,
         dropout: float = 0.0,
+        n_density: int = 0,
+        density_hidden: int = 32,
     ) -> None:
         super().__init__()
         self.in_channels = check_positive_int("in_channels", in_channels)
@@ -80,10 +88,16 @@ class MILNet(nn.Module):
         self.hparams = {"in_channels": in_channels, "patch_size": patch_size, "feature_dim": feature_dim,
                         "attention_dim": attention_dim, "gated": gated, "n_positions": n_positions,
                         "n_directions": n_directions, "ssl_hidden": ssl_hidden, "dropout": float(dropout)}
+        if isinstance(n_density, bool) or not isinstance(n_density, int) or n_density < 0:
+            raise ValueError(f"n_density must be an int >= 0, got {n_density!r}.")
+        self.n_density = n_density
+        if n_density:  # recorded only when used, so a paper network's record stays as it was
+            self.hparams.update(n_density=n_density, density_hidden=density_hidden)
         self.encoder = LeNetEncoder(in_channels, patch_size, feature_dim) if encoder is None else encoder
         self.pool = GatedAttentionPool(feature_dim, attention_dim, gated=gated)
         self.dropout = nn.Dropout(float(dropout))
-        self.classifier = nn.Linear(feature_dim, 1)
+        self.density = DensityBranch(n_density, density_hidden) if n_density else None
+        self.classifier = nn.Linear(feature_dim + (density_hidden if n_density else 0), 1)
         self.ssl_heads = nn.ModuleDict(
             {
                 "absolute": MLPHead(feature_dim, ssl_hidden, n_positions, dropout=float(dropout)),
@@ -145,12 +159,24 @@ class MILNet(nn.Module):
             feats = feats.new_zeros((b * k, self.feature_dim)).index_copy(0, idx, feats)  # (B*K, M), zero padding
         return feats.reshape(b, k, self.feature_dim)
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Bag logits ``(B, 1)`` for ``x: (B, K, C, P, P)`` or ``(B, K, P, P)``, ``mask: (B, K)`` bool or None."""
+    def _classify(self, z: torch.Tensor, density: Optional[torch.Tensor]) -> torch.Tensor:
+        """Logits ``(B, 1)`` of pooled features ``z (B, M)`` (and, for the hybrid, the bags' density features)."""
+        z = self.dropout(z)
+        if self.density is not None:
+            if density is None:
+                raise ValueError(f"this network is a hybrid (n_density={self.n_density}): pass density (B, {self.n_density}).")
+            if density.shape[0] != z.shape[0]:
+                raise ValueError("density must have one row per bag.")
+            z = torch.cat([z, self.density(density)], dim=1)
+        return self.classifier(z)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, density: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Bag logits ``(B, 1)`` for ``x: (B, K, C, P, P)`` or ``(B, K, P, P)``, ``mask: (B, K)`` bool or None;
+        ``density (B, n_density)`` for a hybrid network (ignored otherwise)."""
         x = self._instances(x)
         mask = self._check_mask(x, mask)
         z, _ = self.pool(self._encode(x, mask), mask)  # (B, M)
-        return self.classifier(self.dropout(z))  # (B, 1)
+        return self._classify(z, density)  # (B, 1)
 
     @torch.jit.export
     def attention(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -167,6 +193,7 @@ class MILNet(nn.Module):
         mask: Optional[torch.Tensor] = None,
         pairs: Optional[torch.Tensor] = None,
         chunk_size: Optional[int] = None,
+        density: Optional[torch.Tensor] = None,
     ) -> Dict[str, torch.Tensor]:
         """Every output of the network.
 
@@ -176,6 +203,7 @@ class MILNet(nn.Module):
             pairs: optional ``(B, P, 2)`` int64 ``(anchor, partner)`` indices into the K axis, ``-1`` rows
                 are padding (see :func:`ctmil.networks.pairs_for_batch`).
             chunk_size: encode at most this many instances at once (None: all at once).
+            density: ``(B, n_density)`` lung-density features, for a hybrid network (ignored otherwise).
 
         Returns:
             dict with ``logits (B, 1)``, ``attention (B, K)``, ``features (B, K, M)``, ``bag_features (B, M)``,
@@ -190,7 +218,7 @@ class MILNet(nn.Module):
         if mask is not None:
             ssl_abs = ssl_abs.masked_fill(~mask.unsqueeze(-1), 0.0)
         out: Dict[str, torch.Tensor] = {
-            "logits": self.classifier(self.dropout(z)),
+            "logits": self._classify(z, density),
             "attention": a,
             "features": feats,
             "bag_features": z,

@@ -28,8 +28,9 @@ class _ForwardAll(nn.Module):
         self.network = network
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, pairs: Optional[torch.Tensor] = None,
-                chunk_size: Optional[int] = None) -> dict:
-        return self.network.forward_all(x, mask, pairs, chunk_size=chunk_size)
+                chunk_size: Optional[int] = None, density: Optional[torch.Tensor] = None) -> dict:
+        extra = {} if density is None else {"density": density}
+        return self.network.forward_all(x, mask, pairs, chunk_size=chunk_size, **extra)
 
 
 class DistributedForwardAll(nn.Module):
@@ -48,8 +49,8 @@ class DistributedForwardAll(nn.Module):
         )
 
     def forward_all(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, pairs: Optional[torch.Tensor] = None,
-                    chunk_size: Optional[int] = None) -> dict:
-        return self.ddp(x, mask, pairs, chunk_size)
+                    chunk_size: Optional[int] = None, density: Optional[torch.Tensor] = None) -> dict:
+        return self.ddp(x, mask, pairs, chunk_size, density)
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.forward_all(x, mask)["logits"]

@@ -68,11 +68,20 @@ class BagInferer(Inferer):
         network: torch.nn.Module,
         mask: Optional[torch.Tensor] = None,
         pairs: Optional[torch.Tensor] = None,
+        density: Optional[torch.Tensor] = None,
     ) -> Dict[str, torch.Tensor]:
-        """``inputs: (B, K, C, P, P)``, ``mask: (B, K)`` bool → the dict of ``MILNet.forward_all``."""
-        if self.chunk_size is None:
-            return network.forward_all(inputs, mask, pairs)
-        return network.forward_all(inputs, mask, pairs, chunk_size=self.chunk_size)
+        """``inputs: (B, K, C, P, P)``, ``mask: (B, K)`` bool → the dict of ``MILNet.forward_all``; ``density
+        (B, F)``, the bags' lung-density features, is passed on when given (a hybrid network needs it)."""
+        kwargs: Dict[str, Any] = {} if self.chunk_size is None else {"chunk_size": self.chunk_size}
+        if density is not None and getattr(_bare(network), "n_density", 0):
+            kwargs["density"] = density
+        return network.forward_all(inputs, mask, pairs, **kwargs)
+
+
+def _bare(network: torch.nn.Module) -> torch.nn.Module:
+    """The MILNet inside a DDP wrapper (``DistributedForwardAll``), or the network itself."""
+    ddp = getattr(network, "ddp", None)
+    return ddp.module.network if ddp is not None else network
 
 
 def prepare_bag_batch(batch: Mapping[str, Any], device: Device = "cpu", non_blocking: bool = False) -> Dict[str, Any]:
@@ -189,7 +198,7 @@ def make_train_step(
         if relative:
             _add_pairs(b)
         with _autocast(device, dtype):
-            out = inferer(b["patches"], network, b["mask"], b.get("pairs"))
+            out = inferer(b["patches"], network, b["mask"], b.get("pairs"), b.get("density"))
             losses = loss_function(out, b)
         if scaler is None:
             losses["total"].backward()
@@ -212,7 +221,7 @@ def predict_batch(
     network.eval()
     with torch.inference_mode():
         b = prepare_bag_batch(batch, device)
-        out = (inferer or BagInferer())(b["patches"], network, b["mask"])
+        out = (inferer or BagInferer())(b["patches"], network, b["mask"], density=b.get("density"))
         result = _output(out, b)
         result["logit"] = out["logits"].detach().float().squeeze(1).cpu()  # (B,)
         if "bag_features" in out:

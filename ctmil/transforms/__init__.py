@@ -8,7 +8,7 @@ They work behind ctmil's own loader (``LoadCT``, slice-first ``(1, S, H, W)``, `
 
 from ctmil.transforms.compose import StoreCaseMetad, preprocessing_settings, preprocessing_transforms
 from ctmil.transforms.crop import LungBoxCrop, LungBoxCropd, SelectLungSlices, SelectLungSlicesd
-from ctmil.transforms.density import DENSITY_FEATURES, LungDensity, LungDensityd, density_vector
+from ctmil.transforms.density import DENSITY_FEATURES, LungDensity, LungDensityd, density_input, density_vector
 from ctmil.transforms.intensity import LUNG_WINDOW_HU, WindowHU, WindowHUd
 from ctmil.transforms.layout import DEFAULT_SLICE_AXIS
 from ctmil.transforms.load import LOADCT_SLICE_AXIS, LoadCT, LoadCTd
@@ -42,6 +42,7 @@ __all__ = [
     "ToBagd",
     "WindowHU",
     "WindowHUd",
+    "density_input",
     "density_vector",
     "lung_mask_hu",
     "lung_mask_windowed",

@@ -30,7 +30,7 @@ from ctmil.transforms.intensity import LUNG_WINDOW_HU
 from ctmil.transforms.layout import DEFAULT_SLICE_AXIS, check_slice_axis, stack_spacing, to_stack
 from ctmil.transforms.lung import recorded_intensity
 
-__all__ = ["DENSITY_FEATURES", "HU_BINS", "LungDensity", "LungDensityd", "density_vector"]
+__all__ = ["DENSITY_FEATURES", "HU_BINS", "LungDensity", "LungDensityd", "density_input", "density_vector"]
 
 HU_BINS = 24
 HU_RANGE = (-1000.0, 100.0)
@@ -122,3 +122,11 @@ def density_vector(density: Mapping) -> np.ndarray:
         raise ValueError(f"density histogram has {len(hist)} bins, expected {HU_BINS}")
     return np.asarray([*hist, float(density["ggo_fraction"]), float(density["consolidation_fraction"]), float(density["volume_ml"])],
                       dtype=np.float64)  # fmt: skip
+
+
+def density_input(density: Mapping) -> torch.Tensor:
+    """The hybrid network's input ``(len(DENSITY_FEATURES),)`` float32 of a bag's ``meta["density"]``: the
+    :func:`density_vector` with the volume in units of 10 L and a missing volume (slice images) as 0."""
+    v = density_vector(density)
+    v[-1] = 0.0 if not np.isfinite(v[-1]) else v[-1] / 10000.0
+    return torch.as_tensor(v, dtype=torch.float32)

@@ -55,7 +55,8 @@ def test_exports_keep_the_recorded_preprocessing(tmp_path):
     path = save_model(MILNet(**TINY), tmp_path / "m", info={"preprocessing": {"min_area_fraction": 0.5, "spatial_size": [180, 240]}})
     export_model(path, tmp_path / "e" / "model.ts", fmt="torchscript")
     loaded = load_model(tmp_path / "e" / "model.ts", allow_torchscript=True)
-    # recorded before the window, slice sampling and float16 patches existed: exported with those off, as it was trained
+    # recorded before the window, slice sampling, float16 patches, the chest-wall growth and patch_norm existed:
+    # exported with those off, as it was trained
     assert loaded.preprocessing == {"min_area_fraction": 0.5, "spatial_size": (180, 240), "window_hu": None, "max_slices": None,
-                                    "slab_mm": None, "patch_dtype": "float32"}
+                                    "slab_mm": None, "patch_dtype": "float32", "chest_wall": False, "patch_norm": "minmax"}
     assert loaded.network["feature_dim"] == 16

@@ -239,11 +239,11 @@ def test_interrupted_batch_keeps_the_finished_rows(batch, model_path, tmp_path):
     model = load_model(model_path)
     predict, calls = model.predict, []
 
-    def interrupted(patches):
+    def interrupted(patches, density=None):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return predict(patches)
+        return predict(patches, density)
 
     model.predict = interrupted
     with pytest.raises(KeyboardInterrupt):

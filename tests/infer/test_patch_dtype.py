@@ -18,6 +18,7 @@ from ctmil.networks import MILNet
 from ctmil.synthetic.phantoms import write_nifti
 from ctmil.train.handlers import save_model
 from ctmil.transforms import PATCH_DTYPES, ToBagd, preprocessing_transforms
+from ctmil.transforms.tiling import patch_dtype_of
 from tests.conftest import simple_chest
 from tests.train._bags import TINY_NET, one_thread, train_tiny  # noqa: F401
 
@@ -27,7 +28,7 @@ ISSUE_12 = {**LEGACY, "window_hu": [-1350.0, 150.0], "max_slices": 18, "slab_mm"
 
 def _chain_dtype(settings: dict) -> torch.dtype:
     chain = preprocessing_transforms(**settings)
-    return next(t for t in chain.transforms if isinstance(t, ToBagd)).normalizer.dtype
+    return patch_dtype_of(next(t for t in chain.transforms if isinstance(t, ToBagd)).patch_dtype)
 
 
 @pytest.mark.parametrize("record, expected", [
