@@ -1,0 +1,106 @@
+"""The accuracy levers on the real Per-COVID-19 sample (docs/accuracy.md): each lever alone, then combinations.
+
+    python docs/make_accuracy.py                       # every lever not run yet into out/accuracy, then the table
+    python docs/make_accuracy.py --only base window    # some levers
+    python docs/make_accuracy.py --table-only          # rewrite the table from the finished runs
+
+Every lever is one ``ctmil cv`` (:func:`ctmil.evaluate.cv.run_cv`) of setting D (the default; the quantitative
+baseline Q runs once, lever `q`), on the same folds and seeds: the protocol of the accuracy issue, 3 folds x 1 repeat,
+8 epochs with virtual bags from epoch 6, at most 18 slices per patient (``PROTOCOL``), plus the lever's
+overrides. The table gives the pooled AUC of the calibrated out-of-fold predictions with its DeLong CI,
+sensitivity and specificity at the operating point learnt on inner validation cases, and the wall minutes of the
+run on this machine (2 cores, no GPU) with the load average at its end. A run that finished is not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "docs"))
+from make_results import datalist  # noqa: E402
+
+PROTOCOL = {
+    "max_epochs": 8,
+    "train#virtual_bags#start_epoch": 6,
+    "preprocessing#max_slices": 18,
+    "cv#n_folds": 3,
+    "cv#n_repeats": 1,
+    "cv#settings": ["D"],
+    "cv#final_model": "none",
+}
+#: lever -> (what it changes, overrides over PROTOCOL)
+LEVERS = {
+    "base": ("today's defaults (corrected crop, per-patch min-max)", {}),
+    "old_crop": ("the crop before the chest-wall growth", {"preprocessing#chest_wall": False}),
+    "window": ("lung window scaled over the volume instead of per-patch min-max", {"preprocessing#patch_norm": "window"}),
+    "both": ("min-max and window as two channels", {"preprocessing#patch_norm": "both"}),
+    "epochs16": ("16 epochs (virtual bags from 12)", {"max_epochs": 16, "train#virtual_bags#start_epoch": 12}),
+    "slices30": ("at most 30 slices per patient", {"preprocessing#max_slices": 30}),
+    "hybrid": ("lung-density features beside the pooled embedding", {"network_def#n_density": 27}),
+    "window_hybrid": ("window + hybrid", {"preprocessing#patch_norm": "window", "network_def#n_density": 27}),
+}
+
+
+def _load() -> str:
+    return "/".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def run(name: str, out: Path, data: Path) -> None:
+    from ctmil.evaluate.cv import run_cv
+
+    folder = out / name
+    record = folder / "lever_run.json"
+    if record.is_file():
+        return
+    overrides = {**PROTOCOL, **LEVERS[name][1]}
+    start = time.perf_counter()
+    run_cv(datalist(data, out), folder, overrides=overrides, progress=True)
+    record.write_text(json.dumps({"minutes": (time.perf_counter() - start) / 60, "load": _load(), "overrides": overrides,
+                                  "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}))
+
+
+def table(out: Path) -> str:
+    rows = ["| lever | setting | AUC [95 % DeLong CI] | sensitivity | specificity | minutes (load 1/5/15 at the end) |",
+            "|---|---|---|---|---|---|"]
+    for name, (what, _) in LEVERS.items():
+        folder = out / name
+        if not (folder / "lever_run.json").is_file():
+            continue
+        run_info = json.loads((folder / "lever_run.json").read_text())
+        learnt = pd.read_csv(folder / "report_learnt_threshold.csv")
+        fixed = pd.read_csv(folder / "report.csv").set_index("setting")
+        for r in learnt.itertuples():
+            ci = f"[{r.auc_delong_lower:.3f}, {r.auc_delong_upper:.3f}]" if hasattr(r, "auc_delong_lower") else \
+                f"(at 0.5: [{fixed.loc[r.setting, 'auc_delong_lower']:.3f}, {fixed.loc[r.setting, 'auc_delong_upper']:.3f}])"
+            rows.append(f"| `{name}`: {what} | {r.setting} | {r.auc_mean:.3f} {ci} | {r.sensitivity_mean:.3f} | "
+                        f"{r.specificity_mean:.3f} | {run_info['minutes']:.1f} ({run_info['load']}) |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "percovid_sample"))
+    parser.add_argument("--out", default=str(ROOT / "out" / "accuracy"))
+    parser.add_argument("--only", nargs="*", choices=sorted(LEVERS), help="levers to run (default: all)")
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args(argv)
+    out, data = Path(args.out), Path(args.data)
+    if not args.table_only:
+        if not (data / "labels.csv").is_file():
+            raise SystemExit(f"no Per-COVID sample at {data} (labels.csv missing)")
+        for name in args.only or LEVERS:
+            run(name, out, data)
+    print(table(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
