@@ -80,24 +80,29 @@ def _fill_and_close(mask: np.ndarray, radius: int) -> np.ndarray:
 def _grow_rows(mask: np.ndarray, bone: np.ndarray, outside: np.ndarray, max_ratio: float, max_slice_ratio: float) -> np.ndarray:
     """The pixels :func:`extend_to_chest_wall` adds along the rows (axis 1) of ``(S, h, w)`` arrays."""
     h = mask.shape[1]
-    rows = np.arange(h)[None, :, None]
+    rows = np.arange(h, dtype=np.int32)[None, :, None]
     has = mask.any(axis=1)  # (S, w): columns with lung
-    extent = np.where(has, h - np.argmax(mask[:, ::-1], axis=1) - np.argmax(mask, axis=1), 0)  # first to last lung row
+    first = np.argmax(mask, axis=1)
+    last = h - 1 - np.argmax(mask[:, ::-1], axis=1)
+    extent = np.where(has, last - first + 1, 0)  # first to last lung row
     on_slice = mask.any(axis=2)  # (S, h): rows with lung anywhere on the slice
     slice_extent = np.where(on_slice.any(1), h - np.argmax(on_slice[:, ::-1], axis=1) - np.argmax(on_slice, axis=1), 0)
     limit = np.minimum(max_ratio * extent, max_slice_ratio * slice_extent[:, None])
-    added = np.zeros_like(mask)
+    lo_all, hi_all = np.full(has.shape, h, np.int32), np.zeros(has.shape, np.int32)  # the run [lo, hi) per line
+    runs = []
     for flip in (False, True):  # grow towards the last row, then (on the flipped rows) towards the first
-        m, b, o = (a[:, ::-1] for a in (mask, bone, outside)) if flip else (mask, bone, outside)
-        edge = np.where(has, h - 1 - np.argmax(m[:, ::-1], axis=1), h)  # last lung row per column
+        b, o = (bone[:, ::-1], outside[:, ::-1]) if flip else (bone, outside)
+        edge = np.where(has, (h - 1 - first) if flip else last, h)  # the lung's edge in these rows
         beyond = rows > edge[:, None, :]
-        stop_bone, stop_air = b & beyond, o & beyond
-        first_bone = np.where(stop_bone.any(1), np.argmax(stop_bone, axis=1), h)
-        first_air = np.where(stop_air.any(1), np.argmax(stop_air, axis=1), h)
-        ok = (first_bone < first_air) & (first_bone - edge - 1 <= limit)
-        grow = ok[:, None, :] & beyond & (rows < first_bone[:, None, :])
-        added |= grow[:, ::-1] if flip else grow
-    return added
+        hit_bone, hit_air = b & beyond, o & beyond
+        first_bone, first_air = np.argmax(hit_bone, axis=1), np.argmax(hit_air, axis=1)  # 0 when none
+        found_bone = np.take_along_axis(hit_bone, first_bone[:, None, :], axis=1)[:, 0]
+        found_air = np.take_along_axis(hit_air, first_air[:, None, :], axis=1)[:, 0]
+        ok = found_bone & (~found_air | (first_bone < first_air)) & (first_bone - edge - 1 <= limit)
+        lo, hi = (h - first_bone, h - 1 - edge) if flip else (edge + 1, first_bone)
+        runs.append((np.where(ok, lo, h), np.where(ok, hi, 0)))
+    (lo1, hi1), (lo2, hi2) = runs
+    return ((rows >= lo1[:, None, :]) & (rows < hi1[:, None, :])) | ((rows >= lo2[:, None, :]) & (rows < hi2[:, None, :]))
 
 
 def extend_to_chest_wall(
@@ -123,12 +128,29 @@ def extend_to_chest_wall(
     grow across the liver), and the added pixels are opened per slice with a ``(2·spike_radius+1)²`` square (a line that slipped through an intercostal space to the
     shoulder blade or an arm is a spike a line or two wide; consolidation is a broad region).
     """
-    rows = _grow_rows(mask, bone, outside, max_ratio, max_slice_ratio)
-    cols = _grow_rows(*(a.transpose(0, 2, 1) for a in (mask, bone, outside)), max_ratio, max_slice_ratio).transpose(0, 2, 1)
-    added = (rows | cols) & ~mask
-    if spike_radius > 0 and added.any():
-        added = ndi.binary_opening(added, structure=np.ones((1, 2 * spike_radius + 1, 2 * spike_radius + 1), bool))
-    return mask | added
+    lung = np.flatnonzero(mask.any(axis=(1, 2)))  # only slices with lung can grow ...
+    if lung.size == 0:
+        return mask
+    inside = ~outside[lung]  # ... and only inside the box of what is not outside air (the body, the couch)
+    rr, cc = np.flatnonzero(inside.any(axis=(0, 2))), np.flatnonzero(inside.any(axis=(0, 1)))
+    box = np.s_[rr[0] : rr[-1] + 1, cc[0] : cc[-1] + 1]
+    m, b, o = mask[lung][(slice(None), *box)], bone[lung][(slice(None), *box)], outside[lung][(slice(None), *box)]
+    rows = _grow_rows(m, b, o, max_ratio, max_slice_ratio)
+    cols = _grow_rows(*(a.transpose(0, 2, 1) for a in (m, b, o)), max_ratio, max_slice_ratio).transpose(0, 2, 1)
+    added = (rows | cols) & ~m
+    if spike_radius > 0 and added.any():  # opening with a square: separable min then max filters, per slice
+        size = 2 * spike_radius + 1
+        a = added.view(np.uint8)
+        for axis in (1, 2):
+            a = ndi.minimum_filter1d(a, size, axis=axis, mode="constant", cval=0)
+        for axis in (1, 2):
+            a = ndi.maximum_filter1d(a, size, axis=axis, mode="constant", cval=0)
+        added = a.astype(bool)
+    out = mask.copy()
+    grown = out[lung]
+    grown[(slice(None), *box)] |= added
+    out[lung] = grown
+    return out
 
 
 def _lung_labels(labels: np.ndarray, sizes: np.ndarray, dark: np.ndarray, min_fraction: float, lr_axis: int = 2) -> list[int]:
@@ -221,7 +243,10 @@ def lung_mask_hu(
     for label in lungs[1:]:
         mask |= labels == label
     if bone is not None:
-        outside = np.isin(labels, border[border > 0])
+        is_border = np.zeros(n + 1, bool)
+        is_border[border] = True
+        is_border[0] = False
+        outside = is_border[labels]  # air connected to the image border: outside the body
         mask = extend_to_chest_wall(mask, bone, outside, spike_radius=max(1, int(round(spike_mm / (pixel * stride)))))
     mask = _fill_and_close(mask, int(round(closing_mm / (pixel * stride))))
     mask = _dilate(mask, int(round(dilate_mm / (pixel * stride))))
