@@ -1,4 +1,4 @@
-"""The end-to-end demo: phantom cohort → bags → cross-validation of settings A and D → final model → held-out
+"""The end-to-end demo: phantom cohort → bags → cross-validation of settings A, D and Q → final model (D) → held-out
 evaluation with confidence intervals → attention hit rate → ``report.html``.
 
 All settings are ordinary bundle config: ``train.json`` + ``cv.json`` + ``demo.json`` (``demo#phantoms`` describes

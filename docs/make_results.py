@@ -1,4 +1,4 @@
-"""Re-run the real-data results of docs/results.md: cross-validation of settings A-D on the Per-COVID-19 sample.
+"""Re-run the real-data results of docs/results.md: cross-validation of settings A-D and Q on the Per-COVID-19 sample.
 
     python docs/make_results.py                      # what `make results` runs
     python docs/make_results.py --set max_epochs=8   # a longer protocol (bundle #-id overrides)
@@ -57,7 +57,8 @@ def results_md(cv_dir: Path, run: dict, command: str, overrides: dict) -> str:
     rewritten = "" if run.get("report_commit", commit) == commit else f"; report rewritten from its predictions at commit {run['report_commit']}"
     return "\n".join([
         "# Results on real CT: the Per-COVID-19 sample", "",
-        "Settings A-D (paper Table IV) cross-validated on the 73 patients of `../shared/data/percovid_sample` "
+        "Settings A-D (paper Table IV) and the quantitative baseline Q (lung-density histogram + logistic regression) "
+        "cross-validated on the 73 patients of `../shared/data/percovid_sample` "
         "(Per-COVID-19 folds 1-2: real CT slices in a lung window, one folder per patient; severe = mean infection "
         "> 25 %, 23 of 73). Made by `docs/make_results.py`; the tables below are its `report.md`, unedited.", "",
         "## Protocol", "",

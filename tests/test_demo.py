@@ -29,6 +29,7 @@ def test_demo_outputs(demo):
     summary = result["report"].read_text()
     assert "Cross-validation on 8 phantoms" in summary and "4 held-out phantoms" in summary
     assert "chance" in summary and result["seconds"] > 0
+    assert set(pd.read_csv(out / "cv" / "report.csv")["setting"]) == {"A", "D", "Q"}  # the quantitative baseline beside
     hits = pd.read_csv(out / "attention_hits.csv")
     assert len(hits) == result["hit_rate"]["n_cases"] >= 1  # severe held-out cases with a lesion patch
     assert ((hits["hit_rate"] >= 0) & (hits["hit_rate"] <= 1)).all() and (hits["chance_rate"] > 0).all()
@@ -44,7 +45,7 @@ def test_demo_page_in_chromium(demo):
 
     out, result = demo
     dom, _ = render(result["html"])
-    assert [r[0] for r in table_rows(dom, "cv")] == ["A", "D"]
+    assert [r[0] for r in table_rows(dom, "cv")] == ["A", "D", "Q"]
     metrics = [r[0] for r in table_rows(dom, "held-out")]
     assert "AUC" in metrics and "Threshold" in metrics
     assert len(table_rows(dom, "hits")) == result["hit_rate"]["n_cases"]

@@ -14,7 +14,8 @@ name       meaning                virtual bags  self-supervised loss
 =========  =====================  ============  ==========================
 
 ``C-rel`` / ``D-rel`` (paper Table VI) run beside ``A``-``D`` in one CV, on the same folds and seeds, so one
-report compares all of them.
+report compares all of them. ``Q`` (:mod:`ctmil.evaluate.quantitative`), the quantitative baseline, needs no
+training workflow; it is skipped, with the reason logged, when the bags record no lung density.
 
 Each run (setting, repeat, fold) is the bundle's train workflow (:func:`ctmil.bundle.build_workflow` over
 ``train.json`` + ``cv.json`` + the user's overrides) with the fold's bags, the setting's ``ssl`` and
@@ -26,7 +27,8 @@ Operating point: with ``cv#calibration_fraction`` > 0 each run holds back that s
 (stratified, patients kept together, seeded by the run) as inner validation cases; the run trains on the rest,
 and its :class:`~ctmil.train.handlers.OperatingPointHandler` fits a calibration map and a threshold on the
 held-back cases. The test fold is never used for either; its predictions carry the raw ``prob`` and, at the
-learnt point, ``prob_calibrated``, ``prediction`` and ``threshold``. The final model is made the same way.
+learnt point, ``prob_calibrated``, ``prediction`` and ``threshold``. The final model (never ``Q``) is made the same
+way. ``Q`` holds back the same cases (:func:`_inner_cases`) and learns its point as the handler (``train#operating_point``).
 
 Outputs (in ``out_dir``): ``config.json`` (what the run was made from), ``folds.csv``, ``predictions.csv``,
 ``runs/<setting>/r<R>_f<F>/predictions.csv`` (+ checkpoints while a run trains), the report of
@@ -56,6 +58,7 @@ from ctmil.data.bags import BagDataset, load_bag
 from ctmil.data.preprocess import atomic_write_csv
 from ctmil.evaluate.folds import make_folds, run_seed
 from ctmil.evaluate.operating_point import apply_operating_point
+from ctmil.evaluate.quantitative import QUANTITATIVE, density_features, predict_fold
 from ctmil.evaluate.report import write_report
 from ctmil.evaluate.shortcut import read_crop_measures, shortcut_check, shortcut_warnings
 from ctmil.train.engines import predict
@@ -89,8 +92,8 @@ def cv_protocol(files: Sequence[PathLike] = DEFAULT_FILES, overrides: Optional[M
     parser.update(dict(overrides or {}))
     cv = {k: parser.get_parsed_content(f"cv#{k}") for k in parser["cv"]}
     settings = list(cv.get("settings", []))
-    if not settings or any(s not in SETTINGS for s in settings):
-        raise CVConfigError(f"cv#settings must be a non-empty subset of {list(SETTINGS)}, got {settings!r}.")
+    if not settings or any(s not in SETTINGS and s != QUANTITATIVE for s in settings):
+        raise CVConfigError(f"cv#settings must be a non-empty subset of {[*SETTINGS, QUANTITATIVE]}, got {settings!r}.")
     if cv.get("ssl_task") not in ("absolute", "relative"):
         raise CVConfigError(f"cv#ssl_task must be 'absolute' or 'relative', got {cv.get('ssl_task')!r}.")
     fraction = cv.setdefault("calibration_fraction", 0.0)
@@ -101,9 +104,14 @@ def cv_protocol(files: Sequence[PathLike] = DEFAULT_FILES, overrides: Optional[M
     for key in ("n_folds", "n_repeats"):
         if isinstance(cv.get(key), bool) or not isinstance(cv.get(key), int) or cv[key] < (2 if key == "n_folds" else 1):
             raise CVConfigError(f"cv#{key} must be an int >= {2 if key == 'n_folds' else 1}, got {cv.get(key)!r}.")
-    cv["final_setting"] = cv.get("final_setting") or settings[-1]
-    if cv.get("final_model", "all_data") != "none" and cv["final_setting"] not in settings:
-        raise CVConfigError(f"cv#final_setting {cv['final_setting']!r} is not among the settings {settings}.")
+    deep = [s for s in settings if s != QUANTITATIVE]
+    cv["final_setting"] = cv.get("final_setting") or (deep[-1] if deep else None)
+    if cv.get("final_model", "all_data") != "none":
+        if not deep or cv["final_setting"] == QUANTITATIVE:
+            raise CVConfigError(f"cv#final_model {cv.get('final_model', 'all_data')!r} needs a deep setting: "
+                                f"{QUANTITATIVE} has no network to keep; add one to cv#settings or set cv#final_model 'none'.")
+        if cv["final_setting"] not in settings:
+            raise CVConfigError(f"cv#final_setting {cv['final_setting']!r} is not among the settings {settings}.")
     return {"final_model": "all_data", "keep_checkpoints": False, **cv, "settings": settings}
 
 
@@ -134,8 +142,9 @@ def _check_out(out: Path, record: Mapping[str, Any], restart: bool) -> None:
     path.write_text(json.dumps(record, indent=2))
 
 
-def _inner_split(table: pd.DataFrame, fraction: float, seed: int, bags: BagDataset, index: Mapping[str, int]) -> tuple:
-    """``(training bags, calibration bags or None)`` of a fold's training cases (``fraction`` 0: no calibration).
+def _inner_cases(table: pd.DataFrame, fraction: float, seed: int) -> tuple:
+    """``(training rows, calibration rows)`` of a fold's training cases (``fraction`` 0: no calibration rows); the
+    one split of every setting of the run, deep or ``Q``.
 
     Too few cases for a split with both classes on each side: every case trains, and the run keeps the fixed
     threshold (a warning says so; the report shows the fixed threshold for that run).
@@ -149,8 +158,12 @@ def _inner_split(table: pd.DataFrame, fraction: float, seed: int, bags: BagDatas
     if len(calibration) and (calibration["label"].nunique() < 2 or fit["label"].nunique() < 2):
         logger.warning("the inner calibration split of %d cases lacks a class: this run keeps the fixed threshold", len(table))
         fit, calibration = table, table.iloc[:0]
-    return (bags.subset([index[c] for c in fit["case_id"]]),
-            bags.subset([index[c] for c in calibration["case_id"]]) if len(calibration) else None)
+    return fit, calibration
+
+
+def _subset(bags: BagDataset, index: Mapping[str, int], ids: Sequence[str]) -> Optional[BagDataset]:
+    """The bags of case ``ids`` (``None`` for no ids: no validation set)."""
+    return bags.subset([index[c] for c in ids]) if len(ids) else None
 
 
 def _train(files, overrides: Mapping[str, Any], setting: str, ssl_task: str, train_ds: BagDataset,
@@ -171,15 +184,15 @@ def _train(files, overrides: Mapping[str, Any], setting: str, ssl_task: str, tra
     return network, device, point
 
 
-def _write_point(run_dir: Path, point: Mapping[str, Any], calibration: Optional[BagDataset]) -> None:
+def _write_point(run_dir: Path, point: Mapping[str, Any], ids: Sequence[str]) -> None:
     """``operating_point.json`` of a run: the point and the ids of the cases it was fitted on (for audit)."""
-    ids = [] if calibration is None else [calibration[i]["case_id"] for i in range(len(calibration))]
-    (run_dir / "operating_point.json").write_text(json.dumps({**point, "calibration_cases": ids}, indent=2))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "operating_point.json").write_text(json.dumps({**point, "calibration_cases": list(ids)}, indent=2))
 
 
-def _fold_predictions(network, test: BagDataset, device, point: Mapping[str, Any], setting: str, r: int, f: int) -> pd.DataFrame:
-    """The test fold's predictions: raw ``prob``, and ``prob_calibrated`` / ``prediction`` at the run's learnt point."""
-    pred = pd.DataFrame(predict(network, test, device=device))
+def _fold_predictions(pred: pd.DataFrame, point: Mapping[str, Any], setting: str, r: int, f: int) -> pd.DataFrame:
+    """The test fold's predictions (``case_id, prob, label``) with ``prob_calibrated`` / ``prediction`` at the run's
+    learnt point."""
     pred.insert(1, "setting", setting)
     pred.insert(2, "repeat", r)
     pred.insert(3, "fold", f)
@@ -187,6 +200,12 @@ def _fold_predictions(network, test: BagDataset, device, point: Mapping[str, Any
     pred["prob_calibrated"], pred["prediction"] = apply_operating_point(point, pred["prob"].to_numpy())
     pred["threshold"] = point["threshold"]
     return pred
+
+
+def _point_args(parser: ConfigParser) -> Dict[str, Any]:
+    """The operating-point arguments of the deep runs' handler (``train#operating_point``), for ``Q``."""
+    names = {"calibration_method": "calibration", "rule": "rule", "target": "target", "fallback_threshold": "fallback_threshold"}
+    return {k: parser.get_parsed_content(f"train#operating_point#{v}") for k, v in names.items()}
 
 
 def _shortcut_check(table: pd.DataFrame) -> pd.DataFrame:
@@ -217,7 +236,7 @@ def run_cv(
         restart: discard an ``out_dir`` made from another config or datalist instead of refusing it.
 
     Returns:
-        The out-of-fold predictions: ``case_id, setting, repeat, fold, prob, label``.
+        The out-of-fold predictions: ``case_id, setting, repeat, fold, prob, label, prob_calibrated, prediction, threshold``.
     """
     overrides = dict(overrides or {})
     protocol = cv_protocol(files, overrides)
@@ -230,10 +249,18 @@ def run_cv(
     manifest = make_folds(table, protocol["n_folds"], protocol["n_repeats"], seed)
     atomic_write_csv(manifest, out / "folds.csv")
     shortcut = _shortcut_check(table)
+    settings, features = list(protocol["settings"]), None
+    if QUANTITATIVE in settings:
+        features, reason = density_features(table, load_bag)
+        if features is None:
+            logger.warning("setting %s skipped: %s.", QUANTITATIVE, reason)
+            if settings == [QUANTITATIVE]:
+                raise CVConfigError(f"nothing to cross-validate: setting {QUANTITATIVE} skipped: {reason}.")
+            settings.remove(QUANTITATIVE)
     bags = BagDataset(table["bag"].tolist(), labels=table["label"].tolist(), case_ids=table["case_id"].tolist())
     index = {c: i for i, c in enumerate(table["case_id"])}
     overrides = {"progress": False, **overrides}
-    jobs = [(s, r, f) for s in protocol["settings"] for r in range(protocol["n_repeats"]) for f in range(protocol["n_folds"])]
+    jobs = [(s, r, f) for s in settings for r in range(protocol["n_repeats"]) for f in range(protocol["n_folds"])]
     final, final_setting = protocol["final_model"], protocol["final_setting"]
     last = (protocol["n_repeats"] - 1, protocol["n_folds"] - 1)
     predictions: List[pd.DataFrame] = []
@@ -246,14 +273,18 @@ def run_cv(
                 predictions.append(pd.read_csv(run_dir / "predictions.csv", dtype={"case_id": str}))
             else:
                 part = manifest[manifest["repeat"] == r]
-                test = bags.subset([index[c] for c in part.loc[part["fold"] == f, "case_id"]])
-                in_train = table["case_id"].isin(part.loc[part["fold"] != f, "case_id"])
-                train, calibration = _inner_split(table[in_train], protocol["calibration_fraction"], run_seed(seed, r, f),
-                                                  bags, index)
-                network, device, point = _train(files, overrides, setting, protocol["ssl_task"], train, calibration,
-                                                run_seed(seed, r, f), run_dir, out if keep else None)  # fmt: skip
-                pred = _fold_predictions(network, test, device, point, setting, r, f)
-                _write_point(run_dir, point, calibration)
+                test = table[table["case_id"].isin(part.loc[part["fold"] == f, "case_id"])]
+                fit, calibration = _inner_cases(table[~table["case_id"].isin(test["case_id"])],
+                                                protocol["calibration_fraction"], run_seed(seed, r, f))
+                if setting == QUANTITATIVE:
+                    raw, point = predict_fold(features, fit, calibration, test, run_seed(seed, r, f), **_point_args(parser))
+                else:
+                    network, device, point = _train(
+                        files, overrides, setting, protocol["ssl_task"], _subset(bags, index, fit["case_id"]),
+                        _subset(bags, index, calibration["case_id"]), run_seed(seed, r, f), run_dir, out if keep else None)
+                    raw = pd.DataFrame(predict(network, _subset(bags, index, test["case_id"]), device=device))
+                pred = _fold_predictions(raw, point, setting, r, f)
+                _write_point(run_dir, point, calibration["case_id"])
                 atomic_write_csv(pred, run_dir / "predictions.csv")
                 predictions.append(pred)
                 if not protocol["keep_checkpoints"]:
@@ -263,8 +294,9 @@ def run_cv(
             bar.set_postfix(setting=final_setting, repeat="-", fold="all")
             if not (out / "model.pt").exists():
                 run_dir = out / "runs" / final_setting / "all_data"
-                train, calibration = _inner_split(table, protocol["calibration_fraction"], seed, bags, index)
-                _train(files, overrides, final_setting, protocol["ssl_task"], train, calibration, seed, run_dir, out)
+                fit, calibration = _inner_cases(table, protocol["calibration_fraction"], seed)
+                _train(files, overrides, final_setting, protocol["ssl_task"], _subset(bags, index, fit["case_id"]),
+                       _subset(bags, index, calibration["case_id"]), seed, run_dir, out)
                 if not protocol["keep_checkpoints"]:
                     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
             bar.update(1)

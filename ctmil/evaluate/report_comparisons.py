@@ -1,7 +1,8 @@
 """Paired comparisons of the AUC of two cross-validated settings, and the DeLong CI of a pooled AUC.
 
-For every pair of settings ``(a, b)`` (``a`` before ``b`` in sorted order), on the cases both settings predicted in
-the same (repeat, fold), :func:`paired_comparisons` gives, for ``AUC_b - AUC_a``:
+For every pair of settings ``(a, b)`` (:func:`setting_pairs`: ``a`` before ``b`` in sorted order; the quantitative
+baseline ``Q`` is always ``a``, against each deep setting), on the cases both settings predicted in the same
+(repeat, fold), :func:`paired_comparisons` gives, for ``AUC_b - AUC_a``:
 
 * the paired t-test over repeats of the per-repeat pooled AUCs (:func:`~ctmil.evaluate.statistics.paired_ttest`,
   ``scipy.stats.ttest_rel``; ``df = R - 1``);
@@ -19,18 +20,19 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Tuple
+from typing import List, Tuple
 
 import numpy as np
 import pandas as pd
 
 from ctmil.evaluate.folds import run_seed
 from ctmil.evaluate.metrics import roc_auc
+from ctmil.evaluate.quantitative import QUANTITATIVE
 from ctmil.evaluate.statistics import (
     AucInterval, bootstrap_auc_difference, corrected_resampled_ttest, delong_auc_ci, delong_test, paired_ttest,
 )  # fmt: skip
 
-__all__ = ["COMPARISON_COLUMNS", "DIFFERENCE_COLUMNS", "auc_delong", "paired_comparisons", "paired_frame"]
+__all__ = ["COMPARISON_COLUMNS", "DIFFERENCE_COLUMNS", "auc_delong", "paired_comparisons", "paired_frame", "setting_pairs"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +127,16 @@ def _compare(predictions: pd.DataFrame, a, b, n_resamples: int, level: float, se
     return row, reps
 
 
+def setting_pairs(settings) -> List[Tuple[str, str]]:
+    """The compared ``(a, b)`` pairs: every pair of the other settings (sorted), then ``(Q, s)`` for each other ``s``."""
+    names = sorted(set(settings))
+    others = [s for s in names if s != QUANTITATIVE]
+    return [*itertools.combinations(others, 2), *((QUANTITATIVE, s) for s in others if QUANTITATIVE in names)]
+
+
 def paired_comparisons(predictions: pd.DataFrame, n_resamples: int = 2000, level: float = 0.95,
                        seed: int = 0) -> Tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
-    """The paired comparisons of AUC of every pair of settings in ``predictions``.
+    """The paired comparisons of AUC of every pair of settings in ``predictions`` (:func:`setting_pairs`).
 
     Returns ``(comparisons, differences)``: one row per pair (:data:`COMPARISON_COLUMNS`; ``t, df, p_value`` are
     the paired t-test over repeats, ``nb_*`` the corrected resampled t-test over folds x repeats, ``boot_*`` the
@@ -135,7 +144,7 @@ def paired_comparisons(predictions: pd.DataFrame, n_resamples: int = 2000, level
     (:data:`DIFFERENCE_COLUMNS`). The bootstrap of repeat ``r`` is seeded with ``run_seed(seed, r)``.
     """
     rows, diffs = [], []
-    for a, b in itertools.combinations(sorted(predictions["setting"].unique()), 2):
+    for a, b in setting_pairs(predictions["setting"].unique()):
         row, reps = _compare(predictions, a, b, n_resamples, level, seed)
         rows.append(row)
         diffs.append(reps)

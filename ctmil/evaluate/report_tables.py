@@ -15,13 +15,17 @@ import numpy as np
 import pandas as pd
 
 from ctmil.evaluate.metrics import METRIC_NAMES
+from ctmil.evaluate.quantitative import DESCRIPTION as QUANTITATIVE_DESCRIPTION
+from ctmil.evaluate.quantitative import QUANTITATIVE
 from ctmil.evaluate.shortcut import measure_name, shortcut_warnings
 
 __all__ = ["DESCRIPTIONS", "PAPER_P_VALUES", "PAPER_RESULTS", "SHORTCUT_INTRO", "SHORTCUT_SKIPPED", "canonical_setting",
            "describe", "render_markdown", "shortcut_rows"]  # fmt: skip
 
-#: Setting -> what it is (paper Sec. IV.E). A relative-SSL variant is named ``<letter>-rel`` (see :func:`canonical_setting`).
-DESCRIPTIONS = {"A": "MIL only", "B": "MIL + augmentation", "C": "MIL + self-supervision", "D": "MIL + both"}
+#: Setting -> what it is (paper Sec. IV.E; ``Q``: ctmil's quantitative baseline, :mod:`ctmil.evaluate.quantitative`).
+#: A relative-SSL variant is named ``<letter>-rel`` (see :func:`canonical_setting`).
+DESCRIPTIONS = {"A": "MIL only", "B": "MIL + augmentation", "C": "MIL + self-supervision", "D": "MIL + both",
+                QUANTITATIVE: QUANTITATIVE_DESCRIPTION}  # fmt: skip
 
 #: The paper's results, mean ± SD of (accuracy, sensitivity, specificity, F1, AUC), 10-fold CV repeated 5 times on
 #: 229 patients. A-D: Table IV ("The results of the ablation study"); C-rel: Table VI ("Performance of different
@@ -55,7 +59,9 @@ _RELATIVE = re.compile(r"^([A-D])(?:[-_ ]?(rel|relative))?$", re.IGNORECASE)
 
 
 def canonical_setting(setting: object) -> Optional[str]:
-    """``"A"``..``"D"`` or ``"<letter>-rel"`` for a known setting name (``D-rel``, ``d_relative``, ...), else ``None``."""
+    """``"A"``..``"D"``, ``"<letter>-rel"`` or ``"Q"`` for a known setting name (``D-rel``, ``d_relative``, ...), else ``None``."""
+    if str(setting).strip().upper() == QUANTITATIVE:
+        return QUANTITATIVE
     match = _RELATIVE.match(str(setting).strip())
     if match is None:
         return None
@@ -213,6 +219,17 @@ def _shortcut_section(check: pd.DataFrame) -> List[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in table.itertuples(index=False)]
 
 
+def _quantitative_line(settings) -> List[str]:
+    """What ``Q`` is and how it is compared, when it ran."""
+    if QUANTITATIVE not in {canonical_setting(s) for s in settings}:
+        return []
+    return [f"* **({QUANTITATIVE}) {QUANTITATIVE_DESCRIPTION}.** Per run, the bags' lung-density features (histogram "
+            "inside the lung mask, ground-glass and consolidation fractions, lung volume) and a logistic regression whose "
+            "C is chosen by inner cross-validation on the run's training cases: the same folds, the same held-back inner "
+            "validation cases and the same operating-point fit as the deep settings. In the paired comparisons it is a "
+            "and each deep setting b, so ΔAUC > 0 means the deep setting ranks the cases better than the baseline."]
+
+
 def _methods_section(ctx: Mapping[str, object], tests: pd.DataFrame) -> List[str]:
     r, k, n, lvl = ctx["n_repeats"], ctx["n_folds"], ctx["n_cases"], ctx["level"]
     sizes = ""
@@ -269,7 +286,7 @@ def render_markdown(summary: pd.DataFrame, tests: pd.DataFrame, ctx: Mapping[str
         _table_iv_section(summary, descriptions),
         _comparison_section(tests, float(ctx["level"])),
         *([] if shortcut is None else [_shortcut_section(shortcut)]),
-        _methods_section(ctx, tests),
+        _methods_section(ctx, tests) + _quantitative_line(summary["setting"]),
         ["Files: `report.csv` (summary and per-fold tables), `repeat_metrics.csv`, `fold_metrics.csv`, `ttests.csv` "
          "(paired comparisons), `auc_differences.csv` (per repeat), `report_learnt_threshold.csv` (at the learnt operating "
          "point), `shortcut_check.csv` (crop shortcut check), `predictions.csv`, `folds.csv`, `roc.png`, "

@@ -79,9 +79,9 @@ def test_manifest_repeats_cover_each_case_once_and_never_leak():
 
 def test_protocol_comes_from_the_configs_with_overrides():
     paper = cv_protocol()
-    assert (paper["n_folds"], paper["n_repeats"], paper["settings"]) == (10, 5, ["A", "B", "C", "D"])
+    assert (paper["n_folds"], paper["n_repeats"], paper["settings"]) == (10, 5, ["A", "B", "C", "D", "Q"])
     demo = cv_protocol(DEMO, {"cv#n_folds": 2})
-    assert demo["n_folds"] == 2 and demo["settings"] == ["A", "D"] and demo["final_setting"] == "D"
+    assert demo["n_folds"] == 2 and demo["settings"] == ["A", "D", "Q"] and demo["final_setting"] == "D"
     for bad in ({"cv#settings": ["E"]}, {"cv#settings": []}, {"cv#ssl_task": "both"}, {"cv#n_folds": 1},
                 {"cv#final_model": "best"}, {"cv#settings": ["A"], "cv#final_setting": "D"}):
         with pytest.raises(CVConfigError):

@@ -181,7 +181,8 @@ def test_table_iv_beside_the_paper_with_variants_and_unknown_settings(tmp_path):
 @pytest.mark.parametrize(
     "name,canonical,description",
     [("A", "A", "MIL only"), ("d", "D", "MIL + both"), ("C-rel", "C-rel", "MIL + self-supervision (relative patch location)"),
-     ("D_relative", "D-rel", "MIL + both (relative patch location)"), ("E", None, ""), ("Drel2", None, ""), (3, None, "")],
+     ("D_relative", "D-rel", "MIL + both (relative patch location)"), ("E", None, ""), ("Drel2", None, ""), (3, None, ""),
+     ("Q", "Q", "lung-density histogram + logistic regression (quantitative baseline)"), ("Q-rel", None, "")],
 )  # fmt: skip
 def test_setting_names(name, canonical, description):
     assert canonical_setting(name) == canonical and describe(name) == description
