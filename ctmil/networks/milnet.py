@@ -50,6 +50,8 @@ class MILNet(nn.Module):
             to ``density_hidden`` values that the classifier sees beside the pooled bag features (the hybrid);
             ``forward``/``forward_all`` then need ``density (B, n_density)``.
         density_hidden: width of that branch.
+        density_gain: the branch's output gain, i.e. how much faster than the rest it learns under Adam
+            (:mod:`ctmil.networks.density`).
 
     All layers built here are He-initialised with zero biases (paper Sec. IV.D).
     """
@@ -68,6 +70,7 @@ class MILNet(nn.Module):
         dropout: float = 0.0,
         n_density: int = 0,
         density_hidden: int = 32,
+        density_gain: float = 1.0,
     ) -> None:
         super().__init__()
         self.in_channels = check_positive_int("in_channels", in_channels)
@@ -92,11 +95,11 @@ class MILNet(nn.Module):
             raise ValueError(f"n_density must be an int >= 0, got {n_density!r}.")
         self.n_density = n_density
         if n_density:  # recorded only when used, so a paper network's record stays as it was
-            self.hparams.update(n_density=n_density, density_hidden=density_hidden)
+            self.hparams.update(n_density=n_density, density_hidden=density_hidden, density_gain=float(density_gain))
         self.encoder = LeNetEncoder(in_channels, patch_size, feature_dim) if encoder is None else encoder
         self.pool = GatedAttentionPool(feature_dim, attention_dim, gated=gated)
         self.dropout = nn.Dropout(float(dropout))
-        self.density = DensityBranch(n_density, density_hidden) if n_density else None
+        self.density = DensityBranch(n_density, density_hidden, density_gain) if n_density else None
         self.classifier = nn.Linear(feature_dim + (density_hidden if n_density else 0), 1)
         self.ssl_heads = nn.ModuleDict(
             {
@@ -106,6 +109,9 @@ class MILNet(nn.Module):
         )
         for module in (self.pool, self.classifier, self.ssl_heads):
             he_init_(module)
+        if n_density:  # an untrained hybrid predicts as the MIL network does
+            with torch.no_grad():
+                self.classifier.weight[:, feature_dim:] = 0.0
 
     def _instances(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, K, P, P)`` or ``(B, K, C, P, P)`` -> ``(B, K, C, P, P)``, validated."""

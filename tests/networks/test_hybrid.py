@@ -33,8 +33,11 @@ def test_forward_needs_density_and_uses_it():
     x = torch.rand(2, 12, 1, 60, 60)
     with pytest.raises(ValueError, match="hybrid"):
         net(x)
-    d = torch.rand(2, F)
-    a, b = net(x, density=d), net(x, density=d + 1.0 * torch.arange(F))
+    d, other = torch.rand(2, F), torch.rand(2, F) + torch.arange(F)
+    assert torch.allclose(net(x, density=d), net(x, density=other))  # untrained: the density columns start at zero
+    with torch.no_grad():
+        net.classifier.weight.normal_()
+    a, b = net(x, density=d), net(x, density=other)
     assert a.shape == (2, 1) and not torch.allclose(a, b)
     assert torch.allclose(net.forward_all(x, density=d)["logits"], a)
     assert torch.jit.script(net)(x, None, d).shape == (2, 1)
