@@ -38,6 +38,7 @@ PROTOCOL = {
 }
 #: lever -> (what it changes, overrides over PROTOCOL)
 LEVERS = {
+    "q": ("the quantitative baseline Q alone (no deep training)", {"cv#settings": ["Q"]}),
     "base": ("today's defaults (corrected crop, per-patch min-max)", {}),
     "old_crop": ("the crop before the chest-wall growth", {"preprocessing#chest_wall": False}),
     "window": ("lung window scaled over the volume instead of per-patch min-max", {"preprocessing#patch_norm": "window"}),
@@ -85,7 +86,30 @@ def table(out: Path) -> str:
                 f"(at 0.5: [{fixed.loc[r.setting, 'auc_delong_lower']:.3f}, {fixed.loc[r.setting, 'auc_delong_upper']:.3f}])"
             rows.append(f"| `{name}`: {what} | {r.setting} | {r.auc_mean:.3f} {ci} | {r.sensitivity_mean:.3f} | "
                         f"{r.specificity_mean:.3f} | {run_info['minutes']:.1f} ({run_info['load']}) |")
+    fusion = _fusion(out)
+    if fusion:
+        rows.append(fusion)
     return "\n".join(rows)
+
+
+def _fusion(out: Path) -> str:
+    """A derived row: the mean of D's (``base``) and Q's (``q``) calibrated out-of-fold probabilities (same folds)."""
+    from sklearn.metrics import roc_auc_score
+
+    from ctmil.evaluate.statistics import delong_auc_ci
+
+    paths = [out / "base" / "predictions.csv", out / "q" / "predictions.csv"]
+    if not all(p.is_file() for p in paths):
+        return ""
+    d, q = (pd.read_csv(p, dtype={"case_id": str}).set_index("case_id") for p in paths)
+    d, q = d[d["setting"] == "D"], q.loc[d.index]
+    if not (d["fold"] == q["fold"]).all():
+        return ""
+    p = (d["prob_calibrated"] + q["prob_calibrated"]) / 2
+    ci = delong_auc_ci(d["label"].to_numpy(), p.to_numpy())
+    auc, lo, hi = roc_auc_score(d["label"], p), ci.lower, ci.upper
+    return (f"| derived: mean of `base` D's and `q` Q's calibrated probabilities | D+Q | {auc:.3f} [{lo:.3f}, {hi:.3f}] | "
+            "(no threshold learnt) | | 0 |")
 
 
 def main(argv=None) -> int:
