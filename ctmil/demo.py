@@ -61,7 +61,7 @@ def attention_hits(model_path: Path, cohort_dir: Path, table: pd.DataFrame, min_
             continue
         lesion = np.asarray(load_nifti(str(cohort_dir / row.lesion_mask_path), reader)[0])
         fraction = patch_lesion_fraction(lesion, bag["slice_index"], bag["position"], bag["boxes"], bag["kept_slices"])
-        found.append({"case_id": row.case_id, "attention": model.predict(bag["patches"]).attention, "lesion_fraction": fraction})
+        found.append({"case_id": row.case_id, "attention": model.predict_bag(bag).attention, "lesion_fraction": fraction})
     return hit_rates(found, min_fraction=min_fraction, alpha=alpha)
 
 

@@ -30,7 +30,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from ctmil.data.preprocess import case_error_text
 from ctmil.infer.model_io import InferenceModel
-from ctmil.transforms.density import density_input
 from ctmil.infer.writer import empty_row
 from ctmil.transforms.compose import preprocessing_transforms
 from ctmil.transforms.load import LoadCTd
@@ -174,8 +173,7 @@ def make_case_step(model: InferenceModel, threshold: float = 0.5):
                    t_load=item["t_load"], t_preprocess=item["t_preprocess"])
         t0 = time.perf_counter()
         try:
-            density = meta.get("density")
-            pred = model.predict(bag["patches"], None if density is None else density_input(density))
+            pred = model.predict_bag(bag)
         except Exception as raised:  # e.g. a bag the model cannot take
             row.update(status="failed", error=case_error_text(raised, case["case_id"]))
             return out

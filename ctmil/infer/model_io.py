@@ -38,6 +38,7 @@ from ctmil.evaluate.operating_point import check_operating_point, fixed_operatin
 from ctmil.infer.model_files import ModelError, complete_recorded_preprocessing, infer_network_kwargs, strip_prefix, unpack
 from ctmil.networks import MILNet
 from ctmil.train.steps import BagInferer, predict_batch
+from ctmil.transforms.density import density_input
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,15 @@ class InferenceModel:
     @property
     def has_features(self) -> bool:
         return self.strategy in ("parts", "forward_all")
+
+    def predict_bag(self, bag: Mapping[str, Any]) -> BagPrediction:
+        """Predict one bag dict (what preprocessing writes): its patches and, when the bag has them, its lung-density
+        features (``bag["density"]``, else ``bag["meta"]["density"]``), which a hybrid network needs."""
+        density = bag.get("density")
+        recorded = (bag.get("meta") or {}).get("density")
+        if density is None and recorded is not None:
+            density = density_input(recorded)
+        return self.predict(bag["patches"], density)
 
     def predict(self, patches: torch.Tensor, density: "torch.Tensor | None" = None) -> BagPrediction:
         """Predict one bag from its ``patches (K, C, P, P)`` (any dtype: float16 bags are cast to float32 on the

@@ -92,3 +92,13 @@ def test_the_hybrid_learns_what_only_the_density_says():
     hybrid = train(MILNet(feature_dim=32, attention_dim=16, ssl_hidden=16, n_density=F))
     paper = train(MILNet(feature_dim=32, attention_dim=16, ssl_hidden=16))
     assert hybrid > 0 and hybrid > paper  # every severe bag above every other, which noise patches alone don't give
+
+
+def test_inference_feeds_a_hybrid_its_density():
+    from ctmil.infer.model_io import InferenceModel
+
+    model = InferenceModel.wrap(MILNet(n_density=F).eval(), "cpu")
+    bag = _bag(True, 3)
+    assert 0.0 <= model.predict_bag(bag).probability <= 1.0  # from meta["density"]
+    with pytest.raises(ValueError, match="hybrid"):
+        model.predict(bag["patches"])
