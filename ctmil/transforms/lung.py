@@ -16,15 +16,11 @@ from monai.transforms import MapTransform, TraceableTransform
 from monai.utils import TransformBackends
 
 from ctmil.transforms.layout import DEFAULT_SLICE_AXIS, check_slice_axis, from_stack, spatial_scale, stack_spacing, stack_to_array, to_stack, wrap_like
-from ctmil.transforms.lung_masks import lung_mask_hu, lung_mask_windowed
+from ctmil.transforms.lung_masks import BONE_HU, BONE_LEVEL, lung_mask_hu, lung_mask_windowed
 
 __all__ = ["LungMask", "LungMaskd", "LungMaskD", "LungMaskDict", "lung_mask_hu", "lung_mask_windowed"]
 
 INTENSITIES = ("hu", "windowed")
-#: The first bone that stops the chest-wall growth: HU, and the level of a lung-window slice image (about 120 HU in
-#: ctmil's window of [-1350, 150] HU; lung windows saturate on bone).
-BONE_HU = 150.0
-BONE_LEVEL = 0.98
 
 
 def recorded_intensity(img: NdarrayOrTensor, given: str | None, who: str) -> str:

@@ -22,6 +22,10 @@ from scipy import ndimage as ndi
 _INPLANE_6 = np.zeros((3, 3, 3), bool)
 _INPLANE_6[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]  # 4-connectivity within each slice only
 _FULL_6 = ndi.generate_binary_structure(3, 1)
+#: The first bone that stops the chest-wall growth: HU, and the level of a lung-window slice image (about 120 HU in
+#: ctmil's window of [-1350, 150] HU; lung windows saturate on bone).
+BONE_HU = 150.0
+BONE_LEVEL = 0.98
 #: :func:`extend_to_chest_wall`: a line of lung grows by at most this many times its own extent.
 MAX_GROWTH_RATIO = 8.0
 #: ... and by at most this many times the extent of the slice's lungs along the line's axis.
@@ -185,7 +189,7 @@ def lung_mask_hu(
     dilate_mm: float = 8.0,
     working_mm: float = 4.0,
     lr_axis: int = 2,
-    bone_hu: float | None = 150.0,
+    bone_hu: float | None = BONE_HU,
     spike_mm: float = 4.0,
 ) -> tuple[np.ndarray, int]:
     """Lung mask of a HU slice stack, computed on a working grid of about ``working_mm``.
@@ -260,7 +264,7 @@ def lung_mask_windowed(
     threshold: float | None = None,
     min_area_fraction: float = 0.005,
     closing_fraction: float = 0.04,
-    bone_level: float | None = 0.98,
+    bone_level: float | None = BONE_LEVEL,
     second_fraction: float | None = 0.1,
     spike_fraction: float = 0.006,
 ) -> np.ndarray:
