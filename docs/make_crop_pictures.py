@@ -30,7 +30,8 @@ OUT = ROOT / "docs" / "img"
 def tiles(image: np.ndarray, spacing, intensity: str, chest_wall: bool, lesion: np.ndarray, picks=(0.25, 0.5, 0.75)):
     affine = torch.diag(torch.tensor([*spacing, 1.0], dtype=torch.float64))
     img = MetaTensor(torch.from_numpy(image)[None], affine=affine, meta={"intensity": intensity})
-    mask, stride = LungMask(slice_axis=1, chest_wall=chest_wall).working_mask(img)
+    before = {} if chest_wall else {"dilate_mm": 8.0}  # the mask before the growth, with that time's dilation
+    mask, stride = LungMask(slice_axis=1, chest_wall=chest_wall, **before).working_mask(img)
     kept = SelectLungSlices(slice_axis=1).compute_kept_slices(mask)
     boxes = LungBoxCrop(slice_axis=1).compute_boxes(np.asarray(mask)[:, kept], stride, image.shape[1:])
     share = lesion_inside(lesion, kept, boxes)

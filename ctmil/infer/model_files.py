@@ -66,8 +66,9 @@ def infer_network_kwargs(state: Mapping[str, torch.Tensor]) -> dict:
 
 #: Preprocessing settings added after models were first recorded, with the value every earlier model was
 #: trained with (the setting did not exist yet): the HU window and slice sampling (issue 12), float32 patches
-#: (issue 13; float16 storage is the default since), the air-dark lung mask without the chest-wall growth (issue 24).
-SETTINGS_BEFORE_THEY_EXISTED = {"window_hu": None, "max_slices": None, "slab_mm": None, "patch_dtype": "float32", "chest_wall": False,
+#: (issue 13; float16 storage is the default since), the air-dark lung mask without the chest-wall growth and with
+#: 8 mm of dilation, the default until the growth made it redundant (issue 24).
+SETTINGS_BEFORE_THEY_EXISTED = {"window_hu": None, "max_slices": None, "slab_mm": None, "patch_dtype": "float32", "chest_wall": False, "dilate_mm": 8.0,
                                "patch_norm": "minmax"}
 
 

@@ -86,7 +86,7 @@ def preprocessing_transforms(
     min_slices: int = 8,
     threshold_hu: float = -400.0,
     closing_mm: float = 10.0,
-    dilate_mm: float = 8.0,
+    dilate_mm: float = 4.0,
     min_area_fraction: float = 0.2,
     spatial_size: tuple[int, int] = (180, 240),
     patch_size: tuple[int, int] = (60, 60),

@@ -56,7 +56,7 @@ class LungMask(TraceableTransform):
         chest_wall: grow the air-dark lung outwards to the first bone, so that consolidated lung is inside the mask
             (:func:`~ctmil.transforms.lung_masks.extend_to_chest_wall`), and keep a lung whose aerated part is small
             beside the other (``second_fraction`` of :func:`lung_mask_windowed`); ``False``: the air-dark mask
-            exactly as ctmil made it before the chest-wall growth.
+            as ctmil made it before the chest-wall growth (exactly so with ``dilate_mm=8``, that time's default).
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
@@ -67,7 +67,7 @@ class LungMask(TraceableTransform):
         threshold_hu: float = -400.0,
         min_component_fraction: float = 0.08,
         closing_mm: float = 10.0,
-        dilate_mm: float = 8.0,
+        dilate_mm: float = 4.0,
         working_mm: float = 4.0,
         slice_axis: int = DEFAULT_SLICE_AXIS,
         spacing: tuple[float, float, float] | None = None,

@@ -186,7 +186,7 @@ def lung_mask_hu(
     threshold_hu: float = -400.0,
     min_component_fraction: float = 0.08,
     closing_mm: float = 10.0,
-    dilate_mm: float = 8.0,
+    dilate_mm: float = 4.0,
     working_mm: float = 4.0,
     lr_axis: int = 2,
     bone_hu: float | None = BONE_HU,
@@ -205,8 +205,10 @@ def lung_mask_hu(
             side of the body and its volume is at least this fraction of the largest one (drops bowel gas,
             keeps a heavily consolidated lung).
         closing_mm: radius of the per-slice closing that fills concavities left by consolidation.
-        dilate_mm: final per-slice dilation, so that consolidation along the chest wall (which no fill can
-            recover from intensity alone) stays inside the lung box.
+        dilate_mm: final per-slice dilation: one working voxel (4 mm) by default, so that the boxes scaled up from
+            the working grid hold the lung's last sub-grid pixels. The chest-wall growth keeps consolidation along
+            the wall inside the box; before it existed, 8 mm of dilation did that job (``bone_hu=None,
+            dilate_mm=8`` is the mask of then), and still does on images without bone-bright ribs.
         working_mm: pixel size (and slice spacing) the mask is computed at.
         lr_axis: the axis of ``volume`` running across the body, patient right to left or back (2: columns, as
             displayed; 1: rows), for the "other side of the body" test of a second lung.

@@ -58,5 +58,6 @@ def test_exports_keep_the_recorded_preprocessing(tmp_path):
     # recorded before the window, slice sampling, float16 patches, the chest-wall growth and patch_norm existed:
     # exported with those off, as it was trained
     assert loaded.preprocessing == {"min_area_fraction": 0.5, "spatial_size": (180, 240), "window_hu": None, "max_slices": None,
-                                    "slab_mm": None, "patch_dtype": "float32", "chest_wall": False, "patch_norm": "minmax"}
+                                    "slab_mm": None, "patch_dtype": "float32", "chest_wall": False, "dilate_mm": 8.0,
+                                    "patch_norm": "minmax"}
     assert loaded.network["feature_dim"] == 16

@@ -43,7 +43,8 @@ def crop_decision(vol: np.ndarray, spacing, intensity: str, chest_wall: bool):
     """Kept slices and boxes of the preprocessing chain's mask → selection → crop, on a LoadCT-like stack."""
     affine = torch.diag(torch.tensor([*spacing, 1.0], dtype=torch.float64))
     img = MetaTensor(torch.from_numpy(vol)[None], affine=affine, meta={"intensity": intensity})
-    d = LungMaskd("image", full_resolution=False, slice_axis=AXIS, chest_wall=chest_wall)({"image": img})
+    before = {} if chest_wall else {"dilate_mm": 8.0}  # the mask before the growth, with that time's dilation
+    d = LungMaskd("image", full_resolution=False, slice_axis=AXIS, chest_wall=chest_wall, **before)({"image": img})
     d = SelectLungSlicesd(["image", "lung"], slice_axis=AXIS)(d)
     d = LungBoxCropd("image", slice_axis=AXIS)(d)
     return d["kept_slices"], d["boxes"]
