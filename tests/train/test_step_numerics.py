@@ -103,7 +103,9 @@ def test_fused_adam_keeps_the_loss_curve():
     bags = _bags()
     ref = _reference_curve(_paper_order(_net()), bags)
     fused = _step_curve(_net(), bags, {"fused": True})
-    torch.testing.assert_close(torch.tensor(fused), torch.tensor(ref), rtol=1e-5, atol=0)
+    # fused Adam orders its arithmetic differently; on some CPUs the curves part by up to 7e-5 (relative) after six
+    # steps (measured 2026-12-07); a wrong update would part them by orders of magnitude more
+    torch.testing.assert_close(torch.tensor(fused), torch.tensor(ref), rtol=2e-4, atol=0)
 
 
 @pytest.mark.skipif(not _cpu_has_bf16(), reason="this CPU has no native bf16 (detected at run time)")
