@@ -35,14 +35,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from monai.transforms import Compose, SelectItemsd
+from scipy import ndimage as ndi
 
 from ctmil.io.paths import inside, safe_case_name
 from ctmil.report import GalleryItem, HtmlReport, atomic_write_bytes, atomic_write_text
 from ctmil.report.montage import png_bytes, slice_tile, tile_grid
 from ctmil.transforms.lung import LungMaskd
 
-__all__ = ["CROP_MEASURES", "crop_shares", "MIN_CASES", "MIN_RELATIVE", "QC_COLUMNS", "QC_MEASURES", "Z_LIMIT", "CaseTrace", "case_measures", "case_montage",
-           "flag_outliers", "read_case_qc", "robust_z", "run_traced", "write_case_qc", "write_qc_report"]
+__all__ = ["CROP_MEASURES", "MIN_CASES", "MIN_RELATIVE", "QC_COLUMNS", "QC_MEASURES", "Z_LIMIT", "CaseTrace", "case_measures",
+           "case_montage", "crop_shares", "flag_outliers", "read_case_qc", "robust_z", "run_traced", "write_case_qc",
+           "write_qc_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +99,6 @@ def run_traced(transform: Compose, item: dict) -> tuple[dict, CaseTrace]:
 
 def _body_extent(image: np.ndarray, level: float) -> tuple[int, int] | None:
     """Height and width (pixels) of the body outline of one slice, or ``None`` when there is no body."""
-    from scipy import ndimage as ndi
-
     body = ndi.binary_fill_holes(image > level)
     labels, n = ndi.label(body)
     if n == 0:
@@ -111,16 +111,19 @@ def _body_extent(image: np.ndarray, level: float) -> tuple[int, int] | None:
 def crop_shares(bag: dict, trace: CaseTrace) -> dict:
     """``box_height_share`` and ``box_width_share`` of one case (module docstring), from the loaded CT of ``trace``
     on its mask's working grid (every ``stride``-th pixel: a share needs no finer grid); NaN without a body."""
-    intensity = bag["meta"].get("intensity") or "hu"
-    level, step = (BODY_HU, trace.stride) if intensity == "hu" else (BODY_LEVEL, trace.stride)
+    level = BODY_HU if (bag["meta"].get("intensity") or "hu") == "hu" else BODY_LEVEL
+    step = trace.stride
     heights, widths = [], []
     for z, (r0, c0, r1, c1) in zip(np.asarray(bag["kept_slices"]).reshape(-1).tolist(), np.asarray(bag["boxes"]).reshape(-1, 4).tolist()):
         extent = _body_extent(trace.ct[0, z, ::step, ::step], level)
         if extent is not None:
             heights.append(min(1.0, (r1 - r0) / (extent[0] * step)))
             widths.append(min(1.0, (c1 - c0) / (extent[1] * step)))
-    mean = (lambda v: round(float(np.mean(v)), 4) if v else float("nan"))
-    return {"box_height_share": mean(heights), "box_width_share": mean(widths)}
+    return {"box_height_share": _mean(heights), "box_width_share": _mean(widths)}
+
+
+def _mean(values: list) -> float:
+    return round(float(np.mean(values)), 4) if values else float("nan")
 
 
 def case_measures(bag: dict, trace: CaseTrace) -> dict:
