@@ -54,7 +54,7 @@ class LungMask(TraceableTransform):
         spacing: ``(slice, row, column)`` mm; ``None`` reads a MetaTensor's affine, and takes a plain HU array as
             1 mm pixels with every slice on the working grid.
         chest_wall: grow the air-dark lung outwards to the first bone, so that consolidated lung is inside the mask
-            (:func:`~ctmil.transforms.lung_masks.extend_to_chest_wall`), and keep a lung whose aerated part is small
+            (:func:`~ctmil.transforms.chest_wall.extend_to_chest_wall`), and keep a lung whose aerated part is small
             beside the other (``second_fraction`` of :func:`lung_mask_windowed`); ``False``: the air-dark mask
             as ctmil made it before the chest-wall growth (exactly so with ``dilate_mm=8``, that time's default).
     """

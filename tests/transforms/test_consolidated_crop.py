@@ -14,7 +14,7 @@ from PIL import Image
 from ctmil.synthetic.chest import make_phantom
 from ctmil.transforms import LungBoxCropd, LungMaskd, SelectLungSlicesd, preprocessing_transforms
 from ctmil.transforms.intensity import LUNG_WINDOW_HU
-from ctmil.transforms.lung_masks import extend_to_chest_wall
+from ctmil.transforms.chest_wall import extend_to_chest_wall
 
 AXIS = 1
 SEEDS = range(6)
