@@ -31,8 +31,7 @@ def _grow_rows(mask: np.ndarray, bone: np.ndarray, outside: np.ndarray, max_rati
     on_slice = mask.any(axis=2)  # (S, h): rows with lung anywhere on the slice
     slice_extent = np.where(on_slice.any(1), h - np.argmax(on_slice[:, ::-1], axis=1) - np.argmax(on_slice, axis=1), 0)
     limit = np.minimum(max_ratio * extent, max_slice_ratio * slice_extent[:, None])
-    lo_all, hi_all = np.full(has.shape, h, np.int32), np.zeros(has.shape, np.int32)  # the run [lo, hi) per line
-    runs = []
+    runs = []  # per direction, the run [lo, hi) each line grows (empty: lo = h, hi = 0)
     for flip in (False, True):  # grow towards the last row, then (on the flipped rows) towards the first
         b, o = (bone[:, ::-1], outside[:, ::-1]) if flip else (bone, outside)
         edge = np.where(has, (h - 1 - first) if flip else last, h)  # the lung's edge in these rows
@@ -68,8 +67,9 @@ def extend_to_chest_wall(
     Three guards keep the growth to the lung: a line grows by at most ``max_ratio`` times the lung's own extent on
     it (the thin front tip of a lung does not grow through the heart to the spine) and by at most
     ``max_slice_ratio`` times the extent of the slice's lungs along that axis (a thin sliver of lung base does not
-    grow across the liver), and the added pixels are opened per slice with a ``(2·spike_radius+1)²`` square (a line that slipped through an intercostal space to the
-    shoulder blade or an arm is a spike a line or two wide; consolidation is a broad region).
+    grow across the liver), and the added pixels are opened per slice with a ``(2·spike_radius+1)²`` square (a
+    line that slipped through an intercostal space to the shoulder blade or an arm is a spike a line or two wide;
+    consolidation is a broad region).
     """
     lung = np.flatnonzero(mask.any(axis=(1, 2)))  # only slices with lung can grow ...
     if lung.size == 0:
