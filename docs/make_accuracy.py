@@ -50,6 +50,8 @@ LEVERS = {
     "hybrid_gain": ("hybrid whose density branch learns 30x faster (gain 30)", {"network_def#n_density": 27, "network_def#density_gain": 30.0}),
     "window_hybrid_gain": ("window + hybrid, gain 30", {"preprocessing#patch_norm": "window", "network_def#n_density": 27,
                                                         "network_def#density_gain": 30.0}),
+    "both_hybrid_gain": ("both channels + hybrid, gain 30", {"preprocessing#patch_norm": "both", "network_def#n_density": 27,
+                                                           "network_def#density_gain": 30.0}),
     "window_hybrid_gain_e16": ("window + hybrid, gain 30, 16 epochs (virtual bags from 12)",
                                {"preprocessing#patch_norm": "window", "network_def#n_density": 27, "network_def#density_gain": 30.0,
                                 "max_epochs": 16, "train#virtual_bags#start_epoch": 12}),
