@@ -54,13 +54,13 @@ from monai.bundle import ConfigParser
 from tqdm.auto import tqdm
 
 from ctmil.bundle import bag_table, build_workflow, config_files, split_cases
-from ctmil.data.bags import BagDataset, load_bag
+from ctmil.data.bags import BagDataset
 from ctmil.data.preprocess import atomic_write_csv
 from ctmil.evaluate.folds import make_folds, run_seed
 from ctmil.evaluate.operating_point import apply_operating_point
-from ctmil.evaluate.quantitative import QUANTITATIVE, density_features, predict_fold
+from ctmil.evaluate.quantitative import QUANTITATIVE, density_features, point_args, predict_fold
 from ctmil.evaluate.report import write_report
-from ctmil.evaluate.shortcut import read_crop_measures, shortcut_check, shortcut_warnings
+from ctmil.evaluate.shortcut import logged_shortcut_check
 from ctmil.train.engines import predict
 
 __all__ = ["SETTINGS", "CVConfigError", "cv_protocol", "run_cv"]
@@ -202,22 +202,6 @@ def _fold_predictions(pred: pd.DataFrame, point: Mapping[str, Any], setting: str
     return pred
 
 
-def _point_args(parser: ConfigParser) -> Dict[str, Any]:
-    """The operating-point arguments of the deep runs' handler (``train#operating_point``), for ``Q``."""
-    names = {"calibration_method": "calibration", "rule": "rule", "target": "target", "fallback_threshold": "fallback_threshold"}
-    return {k: parser.get_parsed_content(f"train#operating_point#{v}") for k, v in names.items()}
-
-
-def _shortcut_check(table: pd.DataFrame) -> pd.DataFrame:
-    """The crop shortcut check of the run's cases (one read of each bag), its warnings logged."""
-    check = shortcut_check(read_crop_measures(table, load_bag))
-    if not len(check):
-        logger.info("crop shortcut check skipped: no bag records meta['crop'] (bags made before it was recorded).")
-    for warning in shortcut_warnings(check):
-        logger.warning(warning)
-    return check
-
-
 def run_cv(
     datalist: "PathLike | pd.DataFrame",
     out_dir: PathLike,
@@ -248,17 +232,22 @@ def run_cv(
     seed = int(parser.get_parsed_content("seed"))
     manifest = make_folds(table, protocol["n_folds"], protocol["n_repeats"], seed)
     atomic_write_csv(manifest, out / "folds.csv")
-    shortcut = _shortcut_check(table)
+    bags = BagDataset(table["bag"].tolist(), labels=table["label"].tolist(), case_ids=table["case_id"].tolist())
+    index = {c: i for i, c in enumerate(table["case_id"])}
+    position = {path: i for i, path in enumerate(table["bag"])}
+
+    def load(path: str) -> dict:  # the shortcut check, Q and training share one read of each bag file
+        return bags[position[path]]
+
+    shortcut = logged_shortcut_check(table, load)
     settings, features = list(protocol["settings"]), None
     if QUANTITATIVE in settings:
-        features, reason = density_features(table, load_bag)
+        features, reason = density_features(table, load)
         if features is None:
             logger.warning("setting %s skipped: %s.", QUANTITATIVE, reason)
             if settings == [QUANTITATIVE]:
                 raise CVConfigError(f"nothing to cross-validate: setting {QUANTITATIVE} skipped: {reason}.")
             settings.remove(QUANTITATIVE)
-    bags = BagDataset(table["bag"].tolist(), labels=table["label"].tolist(), case_ids=table["case_id"].tolist())
-    index = {c: i for i, c in enumerate(table["case_id"])}
     overrides = {"progress": False, **overrides}
     jobs = [(s, r, f) for s in settings for r in range(protocol["n_repeats"]) for f in range(protocol["n_folds"])]
     final, final_setting = protocol["final_model"], protocol["final_setting"]
@@ -277,7 +266,7 @@ def run_cv(
                 fit, calibration = _inner_cases(table[~table["case_id"].isin(test["case_id"])],
                                                 protocol["calibration_fraction"], run_seed(seed, r, f))
                 if setting == QUANTITATIVE:
-                    raw, point = predict_fold(features, fit, calibration, test, run_seed(seed, r, f), **_point_args(parser))
+                    raw, point = predict_fold(features, fit, calibration, test, run_seed(seed, r, f), **point_args(parser))
                 else:
                     network, device, point = _train(
                         files, overrides, setting, protocol["ssl_task"], _subset(bags, index, fit["case_id"]),

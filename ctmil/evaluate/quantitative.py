@@ -54,7 +54,7 @@ from ctmil.evaluate.folds import stratified_group_folds
 from ctmil.evaluate.operating_point import fit_operating_point
 from ctmil.transforms import DENSITY_FEATURES, density_vector
 
-__all__ = ["C_GRID", "DESCRIPTION", "DropEmptyColumns", "INNER_FOLDS", "QUANTITATIVE", "density_features",
+__all__ = ["C_GRID", "DESCRIPTION", "DropEmptyColumns", "INNER_FOLDS", "QUANTITATIVE", "density_features", "point_args",
            "fit_baseline", "predict_fold"]  # fmt: skip
 
 #: the setting name of the quantitative baseline in ``cv#settings`` and in the reports
@@ -95,6 +95,13 @@ class DropEmptyColumns(TransformerMixin, BaseEstimator):
         if len(names) != self.keep_.size:
             names = [f"x{i}" for i in range(self.keep_.size)]
         return np.asarray(names, dtype=object)[self.keep_]
+
+
+def point_args(parser) -> dict:
+    """The operating-point arguments of the deep runs' handler (``train#operating_point`` of a run's MONAI
+    ``ConfigParser``), so that ``Q`` learns its point as they do."""
+    names = {"calibration_method": "calibration", "rule": "rule", "target": "target", "fallback_threshold": "fallback_threshold"}
+    return {k: parser.get_parsed_content(f"train#operating_point#{v}") for k, v in names.items()}
 
 
 def density_features(table: pd.DataFrame, load: Callable[[str], dict]) -> Tuple[Optional[pd.DataFrame], str]:

@@ -18,6 +18,7 @@ in ``n_missing``. numpy / pandas / scipy / scikit-learn only (and the measure na
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from typing import Any, Callable, List, Mapping, Sequence
@@ -30,8 +31,10 @@ from sklearn.metrics import roc_auc_score
 from ctmil.data.qc import CROP_MEASURES
 from ctmil.evaluate.statistics import delong_auc_ci
 
-__all__ = ["CROP_KEYS", "CROP_MEASURES", "SHORTCUT_COLUMNS", "measure_name", "read_crop_measures", "shortcut_check",
-           "shortcut_warnings"]  # fmt: skip
+__all__ = ["CROP_KEYS", "CROP_MEASURES", "SHORTCUT_COLUMNS", "logged_shortcut_check", "measure_name", "read_crop_measures",
+           "shortcut_check", "shortcut_warnings"]  # fmt: skip
+
+logger = logging.getLogger(__name__)
 
 #: where preprocessing records the measures (:data:`ctmil.data.qc.CROP_MEASURES`) in a bag:
 #: ``bag[CROP_KEYS[0]][CROP_KEYS[1]][measure]``
@@ -140,3 +143,14 @@ def shortcut_warnings(check: pd.DataFrame) -> List[str]:
             "the model may learn box geometry instead of the lungs."
         )
     return lines
+
+
+def logged_shortcut_check(cases: pd.DataFrame, load: Callable[[Any], Mapping[str, Any]]) -> pd.DataFrame:
+    """:func:`shortcut_check` of the measures :func:`read_crop_measures` reads with ``load``, its warnings logged (and
+    one line when no bag records the measures), as ``ctmil cv`` runs it before training."""
+    check = shortcut_check(read_crop_measures(cases, load))
+    if not len(check):
+        logger.info("crop shortcut check skipped: no bag records meta['crop'] (bags made before it was recorded).")
+    for warning in shortcut_warnings(check):
+        logger.warning(warning)
+    return check

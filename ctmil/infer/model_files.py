@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["ModelError", "infer_network_kwargs", "strip_prefix", "unpack"]
+__all__ = ["ModelError", "infer_network_kwargs", "is_torchscript", "strip_prefix", "unpack"]
 
 
 class ModelError(ValueError):
@@ -83,3 +85,15 @@ def complete_recorded_preprocessing(recorded: dict) -> dict:
     if not recorded:
         return {}
     return {**SETTINGS_BEFORE_THEY_EXISTED, **recorded}
+
+
+def is_torchscript(path: Path) -> bool:
+    """TorchScript archives are zip files with ``<name>/constants.pkl`` and ``<name>/code/``; torch.save files are not."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n.endswith("constants.pkl") for n in names) and any("/code/" in n for n in names)

@@ -24,7 +24,6 @@ import logging
 import os
 import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,8 @@ import torch
 
 from ctmil.evaluate.calibration import apply_calibration
 from ctmil.evaluate.operating_point import check_operating_point, fixed_operating_point
-from ctmil.infer.model_files import ModelError, complete_recorded_preprocessing, infer_network_kwargs, strip_prefix, unpack
+from ctmil.infer.model_files import (ModelError, complete_recorded_preprocessing, infer_network_kwargs, is_torchscript,
+                                     strip_prefix, unpack)
 from ctmil.networks import MILNet
 from ctmil.train.steps import BagInferer, predict_batch
 from ctmil.transforms.density import density_input
@@ -98,11 +98,8 @@ class InferenceModel:
     def predict_bag(self, bag: Mapping[str, Any]) -> BagPrediction:
         """Predict one bag dict (what preprocessing writes): its patches and, when the bag has them, its lung-density
         features (``bag["density"]``, else ``bag["meta"]["density"]``), which a hybrid network needs."""
-        density = bag.get("density")
         recorded = (bag.get("meta") or {}).get("density")
-        if density is None and recorded is not None:
-            density = density_input(recorded)
-        return self.predict(bag["patches"], density)
+        return self.predict(bag["patches"], bag.get("density", None if recorded is None else density_input(recorded)))
 
     def predict(self, patches: torch.Tensor, density: "torch.Tensor | None" = None) -> BagPrediction:
         """Predict one bag from its ``patches (K, C, P, P)`` (any dtype: float16 bags are cast to float32 on the
@@ -141,18 +138,6 @@ class InferenceModel:
             attention=None if attention is None else attention.reshape(-1).float().cpu().numpy(),
             bag_features=None if features is None else features.reshape(-1).float().cpu().numpy(),
         )
-
-
-def _is_torchscript(path: Path) -> bool:
-    """TorchScript archives are zip files with ``<name>/constants.pkl`` and ``<name>/code/``; torch.save files are not."""
-    if not zipfile.is_zipfile(path):
-        return False
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
-    return any(n.endswith("constants.pkl") for n in names) and any("/code/" in n for n in names)
 
 
 def _strategy(module) -> str:
@@ -260,7 +245,7 @@ def load_model(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     dev = check_device(device)
-    if _is_torchscript(path):
+    if is_torchscript(path):
         if not allow_torchscript:
             raise ModelError(f"{path.name} is a TorchScript program, not weights; load it only if you trust it "
                              "(--allow-torchscript), or pass the model.pt state dict")

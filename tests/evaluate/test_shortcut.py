@@ -13,6 +13,7 @@ import torch
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
+import ctmil.data.bags as bags_module
 import ctmil.evaluate.cv as cv_module
 from ctmil.evaluate.cv import run_cv
 from ctmil.evaluate.report import write_report
@@ -164,13 +165,15 @@ def test_run_cv_checks_the_bags_once_and_logs_the_warning(tmp_path, monkeypatch,
                      ).to_csv(run_dir / "predictions.csv", index=False)  # fmt: skip
     reads = []
     monkeypatch.setattr(cv_module, "_train", lambda *a, **k: pytest.fail("finished runs must not train"))
-    monkeypatch.setattr(cv_module, "load_bag", lambda path: reads.append(path) or torch.load(path, weights_only=True))
-    overrides = {"cv#n_folds": 2, "cv#n_repeats": 1, "cv#settings": ["A"], "cv#final_model": "none"}
-    with caplog.at_level(logging.WARNING, logger="ctmil.evaluate.cv"):
+    real_load = bags_module.load_bag
+    monkeypatch.setattr(bags_module, "load_bag", lambda path: reads.append(path) or real_load(path))
+    # Q reads the bags too (and is skipped: they record no density): the check, Q and training share one read each
+    overrides = {"cv#n_folds": 2, "cv#n_repeats": 1, "cv#settings": ["A", "Q"], "cv#final_model": "none"}
+    with caplog.at_level(logging.WARNING):
         run_cv(tmp_path / "datalist.csv", out, files=("train.json", "cv.json", "demo.json"), overrides=overrides,
                progress=False)  # fmt: skip
     assert len(reads) == 6
-    warnings = [r.getMessage() for r in caplog.records if r.name == "ctmil.evaluate.cv" and r.levelno == logging.WARNING]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "ctmil.evaluate.shortcut" and r.levelno == logging.WARNING]
     assert any(w.startswith("Warning: the crop box's height share alone separates") for w in warnings)
     md = (out / "report.md").read_text()
     assert "| crop box's height share | 6 (2) | 1.000 [1.000, 1.000] |" in md and "**Warning: the crop box's" in md
