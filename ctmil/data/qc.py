@@ -42,7 +42,7 @@ from ctmil.report import GalleryItem, HtmlReport, atomic_write_bytes, atomic_wri
 from ctmil.report.montage import png_bytes, slice_tile, tile_grid
 from ctmil.transforms.lung import LungMaskd
 
-__all__ = ["CROP_MEASURES", "MIN_CASES", "MIN_RELATIVE", "QC_COLUMNS", "QC_MEASURES", "Z_LIMIT", "CaseTrace", "case_measures",
+__all__ = ["CROP_MEASURES", "MIN_CASES", "MIN_RELATIVE", "QC_COLUMNS", "QC_MEASURES", "REPORT_COLUMNS", "Z_LIMIT", "CaseTrace", "case_measures",
            "case_montage", "crop_shares", "flag_outliers", "read_case_qc", "robust_z", "run_traced", "write_case_qc",
            "write_qc_report"]
 
@@ -244,6 +244,11 @@ def _num(value, fmt: str) -> str:
     return format(float(v), fmt) if not (v is None or math.isnan(v)) else "?"
 
 
+REPORT_COLUMNS = ("case_id", "status", "label", "n_slices", "n_slices_kept", "lung_volume_ml", "box_aspect", *CROP_MEASURES,
+              "qc_flags", "warning")
+"""The columns of ``qc.html``'s tables, in order."""
+
+
 def write_qc_report(manifest: pd.DataFrame, out_dir: str | os.PathLike, montages: bool = True, max_montages: int = 200) -> Path:
     """``out_dir/qc.html``: flagged cases first (with their reasons and montages), then failed ones, then the rest.
 
@@ -259,7 +264,7 @@ def write_qc_report(manifest: pd.DataFrame, out_dir: str | os.PathLike, montages
                      f"box_height_share / box_width_share: the crop box's share of the body's height / width (mean over kept "
                      f"slices); a box unusually small for its body has left lung out of the crop.")
     report.paragraph(RULE + ("" if len(usable) >= MIN_CASES else f" This run has {len(usable)} usable cases: nothing is flagged."))
-    columns = ["case_id", "status", "label", "n_slices", "n_slices_kept", "lung_volume_ml", "box_aspect", *CROP_MEASURES, "qc_flags", "warning"]
+    columns = list(REPORT_COLUMNS)
     report.heading("Flagged cases", id="flagged-cases")
     if len(flagged):
         report.table(flagged[columns], id="flagged", caption="cases far from the cohort, with the reasons")

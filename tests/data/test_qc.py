@@ -9,7 +9,7 @@ import torch
 from matplotlib import image as mpimg
 
 from ctmil.data.preprocess import MANIFEST_COLUMNS, preprocess_cases
-from ctmil.data.qc import flag_outliers, robust_z, run_traced, write_qc_report
+from ctmil.data.qc import REPORT_COLUMNS, flag_outliers, robust_z, run_traced, write_qc_report
 from ctmil.synthetic.chest import make_phantom
 from ctmil.synthetic.nifti_writer import write_nifti
 from ctmil.transforms import preprocessing_transforms
@@ -111,7 +111,8 @@ def test_qc_html_renders_in_chromium(tmp_path, cohort):
     preprocess_cases(cohort, tmp_path / "out", progress=False)
     dom, shot = render(tmp_path / "out" / "qc.html", tmp_path / "qc.png")
     flagged = table_rows(dom, "flagged")
-    assert [r[0] for r in flagged] == ["c5"] and flagged[0][7].startswith("n_slices_kept low")
+    flags_column = REPORT_COLUMNS.index("qc_flags")
+    assert [r[0] for r in flagged] == ["c5"] and flagged[0][flags_column].startswith("n_slices_kept low")
     assert [r[0] for r in table_rows(dom, "cases")] == [f"c{i}" for i in range(6)]
     cards = dom_cards(dom)
     assert [c["data-case-id"] for c in cards] == ["c5", "c0", "c1", "c2", "c3", "c4"] and cards[0]["data-flagged"] == "1"
