@@ -24,7 +24,7 @@ from monai.data import PersistentDataset
 
 from ctmil import __version__
 from ctmil.data.qc import QC_COLUMNS, crop_shares, flag_outliers, read_case_qc, run_traced, write_case_qc, write_qc_report
-from ctmil.transforms.compose import preprocessing_settings, preprocessing_transforms
+from ctmil.transforms.compose import PREPROCESSING_REVISION, preprocessing_settings, preprocessing_transforms
 from ctmil.io.dicom_series import DicomError
 from ctmil.io.paths import inside, safe_case_name
 from ctmil.io.readers import CaseError
@@ -49,8 +49,9 @@ def source_signature(image) -> list:
 
 def cache_key(case: dict, settings: dict) -> str:
     """Hash of what determines a bag: the effective settings (given ones over the defaults, so a changed default
-    changes the key), the ctmil version, the input files and the label."""
-    payload = {"settings": preprocessing_settings(**settings), "version": __version__, "source": source_signature(case["image"]), "label": case.get("label")}
+    changes the key), the ctmil version and preprocessing revision, the input files and the label."""
+    payload = {"settings": preprocessing_settings(**settings), "version": __version__, "revision": PREPROCESSING_REVISION,
+               "source": source_signature(case["image"]), "label": case.get("label")}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -250,7 +251,7 @@ def cached_bag_dataset(cases: list[dict], cache_dir: str | os.PathLike, settings
     ]
 
     def hash_item(item) -> bytes:
-        payload = {"item": item, "settings": effective, "version": __version__}
+        payload = {"item": item, "settings": effective, "version": __version__, "revision": PREPROCESSING_REVISION}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest().encode()
 
     return PersistentDataset(items, transform=preprocessing_transforms(**settings), cache_dir=cache_dir, hash_func=hash_item)

@@ -12,15 +12,22 @@ Per usable case :func:`ctmil.data.preprocess.preprocess_cases` records
   that shrinks with disease (consolidated lung left out of the crop) shows as a small height share, and the CV
   report checks that it does not tell severe from non-severe on its own (:mod:`ctmil.evaluate.shortcut`). The
   bag records both under ``meta["crop"]``;
-* ``qc_montage``: ``qc/<safe name>.png``, four kept slices evenly spaced (2 × 2, 600 px wide) with the lung
-  mask outline (red) and the crop box (green).
+* ``qc_montage``: ``qc/<safe name>.png`` (2 × 2, 600 px wide, lung mask outline in red, crop box in green) of up
+  to four of the bag's kept slices (``kept_slices``, after any ``max_slices`` sampling), in slice order
+  (:func:`montage_picks`): the first and the last, the one with the largest lung-mask area, and the one midway
+  across the longer of the two gaps between the largest and an end (fewer tiles when fewer slices are kept). Each
+  tile is labelled with its role ("first kept", "largest lung", "last kept", "midway") and its slice index in the
+  loaded volume, so a crop box drawn around bowel gas shows on a tile that says where it sits instead of hiding
+  among lung-looking slices; the slices shown are recorded as ``montage_slices`` in ``qc/<safe name>.json``.
 
 **Outlier rule.** With at least :data:`MIN_CASES` usable cases, a measure is flagged when its robust z-score
 ``0.6745 · (x − median) / MAD`` (Iglewicz & Hoaglin's modified z; MAD = median absolute deviation) exceeds
 :data:`Z_LIMIT` = 3.5 in absolute value *and* ``x`` differs from the median by more than :data:`MIN_RELATIVE`
 (10 %) of it, so a cohort of near-identical cases is not flagged for a one-slice difference. When the MAD is 0 the
 mean absolute deviation stands in (``(x − median) / (1.2533 · mean |x − median|)``); when that is 0 too nothing is
-flagged. ``qc_flags`` lists the reasons (``"; "``-separated, empty when the case looks like the others).
+flagged. ``qc_flags`` lists the reasons (``"; "``-separated, empty when the case looks like the others), e.g.
+``"lung_volume_ml low (16 vs median 6495, z -8.2)"``; :func:`why_line` says the first in plain words ("lung volume
+16 mL is far below the cohort's median 6,495 mL"), and ``qc.html`` puts that line first in each montage's caption.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ import json
 import logging
 import math
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,11 +48,12 @@ from scipy import ndimage as ndi
 
 from ctmil.io.paths import inside, safe_case_name
 from ctmil.report import GalleryItem, HtmlReport, atomic_write_bytes, atomic_write_text
-from ctmil.report.montage import png_bytes, slice_tile, tile_grid
+from ctmil.report.montage import label_tile, png_bytes, slice_tile, tile_grid
 from ctmil.transforms.lung import LungMaskd
 
-__all__ = ["CROP_MEASURES", "MIN_CASES", "MIN_RELATIVE", "QC_COLUMNS", "QC_MEASURES", "REPORT_COLUMNS", "Z_LIMIT", "CaseTrace", "case_measures",
-           "case_montage", "crop_shares", "flag_outliers", "read_case_qc", "robust_z", "run_traced", "write_case_qc",
+__all__ = ["CROP_MEASURES", "MIN_CASES", "MIN_RELATIVE", "NOTHING_FLAGGED", "PLAIN_MEASURES", "QC_COLUMNS",
+           "QC_MEASURES", "REPORT_COLUMNS", "Z_LIMIT", "CaseTrace", "case_measures", "case_montage", "crop_shares",
+           "flag_outliers", "montage_picks", "read_case_qc", "robust_z", "run_traced", "why_line", "write_case_qc",
            "write_qc_report"]
 
 logger = logging.getLogger(__name__)
@@ -139,17 +149,38 @@ def case_measures(bag: dict, trace: CaseTrace) -> dict:
             "box_aspect": round(float(aspect), 4), **(bag["meta"].get("crop") or crop_shares(bag, trace))}
 
 
-def case_montage(bag: dict, trace: CaseTrace, n: int = 4, width: int = 600) -> tuple[bytes, list[int]]:
-    """PNG bytes of ``n`` kept slices evenly spaced (2 per row, ``width`` px in all) and the slice indices shown."""
+def montage_picks(areas: Sequence[float]) -> list[tuple[int, str]]:
+    """The kept slices a montage shows, as ``(position in the kept range, role)`` in slice order, from each kept
+    slice's lung-mask area: the first, the largest (the first of equal ones), the last, and the slice midway across
+    the longer gap between the largest and an end (the one towards the first on a tie). A slice with two roles is
+    shown once, its roles joined by " + "; with fewer than 4 kept slices fewer are shown."""
+    n = len(areas)
+    if n == 0:
+        return []
+    largest, last = int(np.argmax(np.asarray(areas, np.float64))), n - 1
+    ends = (0, largest) if largest >= last - largest else (largest, last)
+    roles: dict[int, list[str]] = {}
+    for j, role in ((0, "first kept"), (largest, "largest lung"), (last, "last kept"), (sum(ends) // 2, "midway")):
+        if role != "midway" or j not in roles:
+            roles.setdefault(j, []).append(role)
+    return [(j, " + ".join(roles[j])) for j in sorted(roles)]
+
+
+def case_montage(bag: dict, trace: CaseTrace, width: int = 600) -> tuple[bytes, list[int]]:
+    """PNG bytes of the kept slices :func:`montage_picks` chooses (2 per row, ``width`` px in all, each tile
+    labelled with its role and slice index) and the slice indices shown."""
     kept = [int(v) for v in np.asarray(bag["kept_slices"]).reshape(-1)]
-    picks = sorted({int(round(v)) for v in np.linspace(0, len(kept) - 1, min(n, len(kept)))})
+    areas = np.count_nonzero(trace.mask_kept[0].reshape(len(kept), -1), axis=1)
+    chosen = montage_picks(areas)
+    picks = [j for j, _ in chosen]
     spacing = bag["meta"].get("spacing") or (1.0, 1.0, 1.0)
     aspect = float(spacing[1]) / float(spacing[2])
     columns = min(2, len(picks))
     tile_w = (width - 4 * (columns - 1)) // columns
     intensity = bag["meta"].get("intensity") or "hu"
-    tiles = [slice_tile(trace.ct[0, kept[j]], trace.mask_kept[0, j], np.asarray(bag["boxes"][j]).tolist(), width=tile_w,
-                        aspect=aspect, mask_stride=trace.stride, intensity=intensity) for j in picks]
+    tiles = [label_tile(slice_tile(trace.ct[0, kept[j]], trace.mask_kept[0, j], np.asarray(bag["boxes"][j]).tolist(),
+                                   width=tile_w, aspect=aspect, mask_stride=trace.stride, intensity=intensity),
+                        f"{role} (slice {kept[j]})") for j, role in chosen]
     return png_bytes(tile_grid(tiles, columns=columns)), [kept[j] for j in picks]
 
 
@@ -159,9 +190,13 @@ def _qc_paths(qc_dir: Path, case_id: str) -> tuple[Path, Path]:
     return stem.with_suffix(".json"), stem.with_suffix(".png")
 
 
+#: The montage's layout; a cached case whose montage has another is drawn again (2: the largest slice and both ends).
+MONTAGE_REVISION = 2
+
+
 def write_case_qc(bag: dict, trace: CaseTrace, qc_dir: Path, key: str, montage: bool = True) -> dict:
     """Measure (and draw) one case; writes ``qc_dir/<safe name>.json`` (+ ``.png``); returns its manifest fields."""
-    record = {"cache_key": key, "measures": case_measures(bag, trace), "montage_slices": []}
+    record = {"cache_key": key, "measures": case_measures(bag, trace), "montage_slices": [], "montage_revision": MONTAGE_REVISION}
     sidecar, png = _qc_paths(Path(qc_dir), bag["case_id"])
     if montage:
         data, record["montage_slices"] = case_montage(bag, trace)
@@ -179,8 +214,8 @@ def read_case_qc(qc_dir: Path, case_id: str, key: str, montage: bool = True) -> 
         record = json.loads(sidecar.read_text())
     except (OSError, ValueError):
         return None
-    if record.get("cache_key") != key or (montage and not png.is_file()):
-        return None
+    if record.get("cache_key") != key or (montage and (not png.is_file() or record.get("montage_revision") != MONTAGE_REVISION)):
+        return None  # stale, or a montage of an older layout
     if not montage:
         png.unlink(missing_ok=True)
     return _fields(record, png)
@@ -227,15 +262,58 @@ def flag_outliers(manifest: pd.DataFrame, min_cases: int = MIN_CASES, z_limit: f
     return out
 
 
+#: Plain words and a number format for each measure a flag can name (:func:`why_line`).
+PLAIN_MEASURES = {
+    "n_slices_kept": ("number of lung slices kept", "{:,.4g}"),
+    "lung_volume_ml": ("lung volume", "{:,.0f} mL"),
+    "box_aspect": ("crop box's width / height", "{:.2f}"),
+    "box_height_share": ("crop box's share of the body's height", "{:.0%}"),
+    "box_width_share": ("crop box's share of the body's width", "{:.0%}"),
+}
+NOTHING_FLAGGED = "looks like the others"
+_FLAG = re.compile(r"(?P<column>\S+) (?P<side>low|high) \((?P<x>\S+) vs median (?P<median>[^,]+), z [^)]*\)")
+
+
+def why_line(qc_flags: str) -> str:
+    """One plain-language line for a case's ``qc_flags``: its first reason (``"lung_volume_ml low (16 vs median 6495,
+    z -8.2)"`` → ``"lung volume 16 mL is far below the cohort's median 6,495 mL"``), with ``"(and N more)"`` when
+    there are more, or :data:`NOTHING_FLAGGED` when there are none.
+
+    A measure missing from :data:`PLAIN_MEASURES` keeps its column name and the numbers as written; a reason not in
+    :func:`flag_outliers`' form (say, why a case failed) is returned as it is.
+    """
+    text = qc_flags if isinstance(qc_flags, str) else ""  # NaN / None: a manifest read without keep_default_na
+    reasons = [r.strip() for r in text.split(";") if r.strip()]
+    if not reasons:
+        return NOTHING_FLAGGED
+    more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
+    m = _FLAG.fullmatch(reasons[0])
+    if m is None:
+        return reasons[0] + more
+    name, fmt = PLAIN_MEASURES.get(m["column"], (m["column"], None))
+    x, median = (_plain_number(m[k], fmt) for k in ("x", "median"))
+    side = "below" if m["side"] == "low" else "above"
+    return f"{name} {x} is far {side} the cohort's median {median}{more}"
+
+
+def _plain_number(text: str, fmt: str | None) -> str:
+    try:
+        return fmt.format(float(text)) if fmt else text
+    except ValueError:
+        return text
+
+
 def _cards(rows: pd.DataFrame, with_flags: bool) -> list[GalleryItem]:
+    """Montage cards; each caption starts with the case's :func:`why_line` (also in ``data-why``)."""
     cards = []
     for row in rows.itertuples():
         if not row.qc_montage or not Path(row.qc_montage).is_file():
             continue
-        text = (f"{row.case_id}: {row.n_slices_kept} slices kept, lung {_num(row.lung_volume_ml, '.0f')} mL, "
+        why = why_line(row.qc_flags)
+        text = (f"{row.case_id}: {why}. {row.n_slices_kept} slices kept, lung {_num(row.lung_volume_ml, '.0f')} mL, "
                 f"box aspect {_num(row.box_aspect, '.2f')}, box {_num(row.box_height_share, '.0%')} of the body's height")
         cards.append(GalleryItem(row.qc_montage, text + (f" — {row.qc_flags}" if with_flags else ""), case_id=str(row.case_id),
-                                 attrs={"flagged": "1" if row.qc_flags else "0"}))
+                                 attrs={"flagged": "1" if row.qc_flags else "0", "why": why}))
     return cards
 
 
@@ -260,7 +338,9 @@ def write_qc_report(manifest: pd.DataFrame, out_dir: str | os.PathLike, montages
     failed = manifest[manifest["status"] == "failed"]
     report = HtmlReport("ctmil preprocess: quality control")
     report.paragraph(f"{len(manifest)} cases: {len(usable)} usable, {len(failed)} failed, {len(flagged)} flagged as outliers. "
-                     f"Montages: four kept slices evenly spaced, lung mask outline in red, crop box in green. "
+                     f"Montages: the first and last kept slices, the one with the largest lung area and one "
+                     f"between, each labelled with its role and slice index; lung mask outline in red, crop box in "
+                     f"green. Each caption starts with why the case is (or is not) flagged. "
                      f"box_height_share / box_width_share: the crop box's share of the body's height / width (mean over kept "
                      f"slices); a box unusually small for its body has left lung out of the crop.")
     report.paragraph(RULE + ("" if len(usable) >= MIN_CASES else f" This run has {len(usable)} usable cases: nothing is flagged."))

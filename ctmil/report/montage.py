@@ -1,5 +1,5 @@
-"""Small PNG pictures of CT slices for reports, drawn with numpy (no figure, no fonts): a slice in a display
-window with a mask outline and a box, and a grid of such tiles."""
+"""Small PNG pictures of CT slices for reports, drawn with numpy (no figure): a slice in a display window with a
+mask outline and a box, a text strip above a tile (Pillow's built-in font, no font file), and a grid of tiles."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["outline", "png_bytes", "slice_tile", "tile_grid"]
+__all__ = ["label_tile", "outline", "png_bytes", "slice_tile", "tile_grid"]
 
 LUNG_WINDOW_HU = (-1350.0, 150.0)  # level -600, width 1500
 OUTLINE_RGB = (1.0, 0.25, 0.2)
@@ -69,6 +69,28 @@ def slice_tile(
         rgb[[top, bottom], left : right + 1] = BOX_RGB
         rgb[top : bottom + 1, [left, right]] = BOX_RGB
     return rgb
+
+
+def label_tile(tile: np.ndarray, text: str, height: int = 20, foreground: float = 1.0,
+               background: float = 0.0) -> np.ndarray:
+    """``tile`` ``(h, w, 3)`` with a ``height``-pixel strip above it holding ``text`` (one line, cut at the tile's
+    width): ``(h + height, w, 3)``; the picture itself is left as it was, so a label never hides anatomy."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    width = tile.shape[1]
+    size = max(8, height - 6)
+    try:
+        font = ImageFont.load_default(size=size)  # Pillow's own scalable font (needs FreeType)
+    except (OSError, TypeError, ImportError):
+        font = ImageFont.load_default()
+    strip = Image.new("L", (width, height), 0)
+    if isinstance(font, ImageFont.FreeTypeFont):
+        ImageDraw.Draw(strip).text((4, height // 2), str(text), fill=255, font=font, anchor="lm")
+    else:  # the 11-pixel bitmap font takes no anchor
+        ImageDraw.Draw(strip).text((4, max(0, (height - 11) // 2)), str(text), fill=255, font=font)
+    ink = np.asarray(strip, np.float32)[..., None] / 255.0
+    band = background + (foreground - background) * np.repeat(ink, 3, axis=2)
+    return np.concatenate([band.astype(np.float32), np.asarray(tile, np.float32)], axis=0)
 
 
 def tile_grid(tiles: Sequence[np.ndarray], columns: int = 2, gap: int = 4, background: float = 0.15) -> np.ndarray:

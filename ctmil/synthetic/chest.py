@@ -30,6 +30,7 @@ from ctmil.synthetic.lesions import paint_dependent_consolidation, paint_lesions
 from ctmil.synthetic.lungs import LungMaps, paint_lungs, paint_vessels
 from ctmil.synthetic.primitives import Canvas
 from ctmil.synthetic.seeding import as_generator
+from ctmil.synthetic.variants import FIELDS_OF_VIEW, paint_air_pockets, paint_consolidated_lung, paint_neck_and_abdomen
 
 __all__ = ["make_phantom"]
 
@@ -44,7 +45,16 @@ def _check_options(
     severe_threshold: float,
     dtype: np.dtype | type,
     dependent_consolidation: float = 0.0,
+    field_of_view: str = "chest",
+    consolidated_lung: float = 0.0,
+    offset_mm: Sequence[float] = (0.0, 0.0),
 ) -> None:
+    if field_of_view not in FIELDS_OF_VIEW:
+        raise ValueError(f"field_of_view must be one of {FIELDS_OF_VIEW}, got {field_of_view!r}")
+    if not 0.0 <= consolidated_lung <= 0.95:
+        raise ValueError(f"consolidated_lung must be in [0, 0.95], got {consolidated_lung}")
+    if len(offset_mm) != 2 or not all(np.isfinite(v) and abs(v) <= 80 for v in offset_mm):
+        raise ValueError(f"offset_mm must be two numbers (dy, dx) within ±80 mm, got {offset_mm!r}")
     if couch not in ("solid", "foam", "none"):
         raise ValueError(f"couch must be 'solid', 'foam' or 'none', got {couch!r}")
     if not (np.isfinite(noise_hu) and noise_hu >= 0):
@@ -61,8 +71,9 @@ def _check_options(
         raise ValueError(f"dtype must be int16 or a float dtype, got {dtype!r}")
 
 
-def _paint_chest(canvas: Canvas, rng: np.random.Generator, f: ChestFrame, fields: Fields, couch: str) -> LungMaps:
-    """Everything but vessels and lesions, each structure over the ones before it; returns the lungs."""
+def _paint_chest(canvas: Canvas, rng: np.random.Generator, f: ChestFrame, fields: Fields, couch: str) -> tuple[LungMaps, np.ndarray]:
+    """Everything but vessels and lesions, each structure over the ones before it; returns the lungs and the body's
+    squared elliptical radius."""
     paint_couch(canvas, f, couch)
     d_body, inner = paint_body(canvas, f, fields)
     mediastinum = paint_mediastinum(canvas, f, inner)
@@ -71,7 +82,7 @@ def _paint_chest(canvas: Canvas, rng: np.random.Generator, f: ChestFrame, fields
     paint_abdomen(canvas, f, inner, d_body, lungs.mask, spine)
     paint_ribs(canvas, f, fields, lungs.d_cav, inner)
     paint_airway(canvas, rng, f, inner, spine)
-    return lungs
+    return lungs, d_body
 
 
 def _finish(hu: np.ndarray, rng: np.random.Generator, noise_hu: float, dtype: np.dtype | type) -> np.ndarray:
@@ -137,6 +148,10 @@ def make_phantom(
     origin: Sequence[float] | None = None,
     dtype: np.dtype | type = np.int16,
     dependent_consolidation: float = 0.0,
+    field_of_view: str = "chest",
+    air_pockets: bool = False,
+    consolidated_lung: float = 0.0,
+    offset_mm: Sequence[float] = (0.0, 0.0),
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Draw one synthetic chest CT in Hounsfield units.
 
@@ -157,6 +172,13 @@ def make_phantom(
         dependent_consolidation: consolidate the back fraction (in ``[0, 0.9]``) of each lung on every slice, as
             severe COVID-19 does to the dependent lung; drawn after the other lesions, so a seed gives the same
             phantom up to that band (0: none, the default).
+        field_of_view: ``"chest"`` (default) or ``"neck_to_abdomen"``: the upper abdomen below the lungs (bowel gas
+            too), the neck above them, and the lung apices 2 mm under the skin (:mod:`ctmil.synthetic.variants`).
+        air_pockets: a blanket over the front of the body whose folds trap air against the skin.
+        consolidated_lung: consolidate the back fraction (in ``[0, 0.95]``) of the right lung on every slice.
+        offset_mm: ``(dy, dx)`` mm: the patient lies this far from the centre of the field of view (posterior and
+            patient left positive, within ±80 mm).
+        The four anatomy variants draw nothing from the generator: with them off, a seed gives the same phantom.
 
     Returns:
         ``volume (S, H, W)`` HU clipped to [-1024, 3071]; ``lesion_mask (S, H, W)`` uint8 (0 none, 1 ground-glass
@@ -167,21 +189,28 @@ def make_phantom(
         ``(S, H, W)`` bool and ``tissue_map`` ``(S, H, W)`` uint8 (codes in :data:`TISSUE_LABELS`).
     """
     shape3, spacing3 = check_geometry(shape, spacing)
-    _check_options(couch, noise_hu, involvement, consolidation_fraction, severe_threshold, dtype, dependent_consolidation)
+    _check_options(couch, noise_hu, involvement, consolidation_fraction, severe_threshold, dtype, dependent_consolidation,
+                   field_of_view, consolidated_lung, offset_mm)
+    offset = (float(offset_mm[0]), float(offset_mm[1]))
     rng = as_generator(rng_or_seed)
     # draw order: severity, frame, fields, lung sizes, carina, vessels, noise
     sev = sample_severity(rng, severe=severe, severe_fraction=severe_fraction)
     target = sev.involvement if involvement is None else float(involvement)
     cons_frac = sev.consolidation_fraction if consolidation_fraction is None else float(consolidation_fraction)
-    frame = draw_frame(rng, shape3, spacing3, couch)
+    frame = draw_frame(rng, shape3, spacing3, couch, field_of_view, offset)
     fields = draw_fields(rng, frame)
     canvas = Canvas.empty(shape3)
-    lungs = _paint_chest(canvas, rng, frame, fields, couch)
+    lungs, d_body = _paint_chest(canvas, rng, frame, fields, couch)
+    if field_of_view == "neck_to_abdomen":
+        paint_neck_and_abdomen(canvas, frame, fields, lungs)
+    if air_pockets:
+        paint_air_pockets(canvas, frame, d_body)
     lesion = np.zeros(shape3, dtype=np.uint8)
     if lungs.mask.any():
         w_vessel = paint_vessels(canvas, rng, frame, lungs)
         paint_lesions(canvas, lesion, frame, fields, lungs, w_vessel, target, cons_frac)
         paint_dependent_consolidation(canvas, lesion, lungs, dependent_consolidation)
+        paint_consolidated_lung(canvas, lesion, lungs, frame, consolidated_lung)
     volume = _finish(canvas.hu, rng, noise_hu, dtype)
     info = _ground_truth(lungs.mask, lesion, canvas.tissue, target, severe_threshold, spacing3, origin)
     return volume, lesion, info

@@ -132,6 +132,12 @@ def preprocessing_transforms(
     )
 
 
+#: Bumped whenever the chain gives other bags for the same settings (an algorithm change, not a setting): bag caches
+#: key on it, so a cache made before is never read as current. 2: the lung mask decides at full resolution what is
+#: outside air, and picks a second lung within the first one's slices (issue 23).
+PREPROCESSING_REVISION = 2
+
+
 def preprocessing_settings(**settings) -> dict:
     """Every keyword argument of :func:`preprocessing_transforms` (but ``image_key``) with its effective value:
     ``settings`` over the defaults, sequences as lists (as JSON writes them). Hashing this, rather than the

@@ -1,6 +1,10 @@
-"""Preprocessing QC: measures, the robust outlier rule, montages, qc.html, cached runs, --no-montages."""
+"""Preprocessing QC: measures, the robust outlier rule, montages, why lines, qc.html, cached runs, --no-montages."""
 
+import html
+import io
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,7 +13,8 @@ import torch
 from matplotlib import image as mpimg
 
 from ctmil.data.preprocess import MANIFEST_COLUMNS, preprocess_cases
-from ctmil.data.qc import REPORT_COLUMNS, flag_outliers, robust_z, run_traced, write_qc_report
+from ctmil.data.qc import (NOTHING_FLAGGED, QC_MEASURES, REPORT_COLUMNS, CaseTrace, case_montage, flag_outliers,
+                           montage_picks, robust_z, run_traced, why_line, write_qc_report)
 from ctmil.synthetic.chest import make_phantom
 from ctmil.synthetic.nifti_writer import write_nifti
 from ctmil.transforms import preprocessing_transforms
@@ -105,6 +110,16 @@ def test_no_montages_still_measures_and_says_so(tmp_path, cohort):
     assert list(with_montages["status"]) == ["ok"] * 6 and (with_montages["qc_montage"] != "").all()
 
 
+def test_a_montage_of_an_older_layout_is_drawn_again(tmp_path, cohort):
+    first = preprocess_cases(cohort[:5], tmp_path / "out", progress=False)
+    assert list(preprocess_cases(cohort[:5], tmp_path / "out", progress=False)["status"]) == ["cached"] * 5
+    sidecar = Path(first.loc[0, "qc_montage"]).with_suffix(".json")
+    record = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**record, "montage_revision": record["montage_revision"] - 1}))
+    again = preprocess_cases(cohort[:5], tmp_path / "out", progress=False)
+    assert list(again["status"]) == ["ok"] + ["cached"] * 4
+
+
 def test_qc_html_renders_in_chromium(tmp_path, cohort):
     from tests.report._chromium import dom_cards, dom_images, render, screenshot_is_drawn, table_rows
 
@@ -116,6 +131,8 @@ def test_qc_html_renders_in_chromium(tmp_path, cohort):
     assert [r[0] for r in table_rows(dom, "cases")] == [f"c{i}" for i in range(6)]
     cards = dom_cards(dom)
     assert [c["data-case-id"] for c in cards] == ["c5", "c0", "c1", "c2", "c3", "c4"] and cards[0]["data-flagged"] == "1"
+    assert cards[0]["data-why"].startswith("number of lung slices kept 8 is far below the cohort's median")
+    assert all(c["data-why"] == NOTHING_FLAGGED for c in cards[1:])
     images = dom_images(dom)
     assert len(images) == 6 and all(i["src"].startswith("data:image/png") and i["data-natural-width"] == "600" for i in images)
     assert screenshot_is_drawn(shot)
@@ -147,3 +164,116 @@ def test_a_box_small_for_its_body_is_flagged(share, flagged):
     frame = manifest_frame({"box_height_share": [0.80, 0.82, 0.79, 0.81, 0.80, share]})
     out = flag_outliers(frame)
     assert out.loc[5, "qc_flags"].startswith("box_height_share low") == flagged
+
+
+# Montage slices: areas are the lung-mask pixel counts of the kept slices; the picks are positions in the kept range.
+@pytest.mark.parametrize("areas, picks", [
+    ([1, 2, 3, 4, 9, 5, 4, 3, 2, 1], [(0, "first kept"), (4, "largest lung"), (6, "midway"), (9, "last kept")]),
+    ([1, 9, 3, 4, 5, 5, 4, 3, 2, 1], [(0, "first kept"), (1, "largest lung"), (5, "midway"), (9, "last kept")]),
+    ([1, 2, 3, 4, 5, 5, 4, 3, 9, 1], [(0, "first kept"), (4, "midway"), (8, "largest lung"), (9, "last kept")]),
+    ([1, 2, 3, 4, 5, 9, 1], [(0, "first kept"), (2, "midway"), (5, "largest lung"), (6, "last kept")]),
+    ([9, 2, 3, 4, 1], [(0, "first kept + largest lung"), (2, "midway"), (4, "last kept")]),
+    ([1, 2, 3, 4, 9], [(0, "first kept"), (2, "midway"), (4, "largest lung + last kept")]),
+    ([1, 5, 5, 1], [(0, "first kept"), (1, "largest lung"), (2, "midway"), (3, "last kept")]),  # ties: the first
+    ([1, 5, 2], [(0, "first kept"), (1, "largest lung"), (2, "last kept")]),  # 3 kept: no midway left to show
+    ([3, 5], [(0, "first kept"), (1, "largest lung + last kept")]),
+    ([4], [(0, "first kept + largest lung + last kept")]),
+])
+def test_montage_picks_the_largest_slice_both_ends_and_one_between(areas, picks):
+    assert montage_picks(areas) == picks
+
+
+def synthetic_case(areas: list[int], first: int = 5, size: int = 40) -> tuple[dict, CaseTrace]:
+    """A bag and trace whose kept slice ``j`` (CT slice ``first + j``) has a square lung mask of ``areas[j]`` pixels."""
+    n = len(areas)
+    ct = np.full((1, first + n + 3, size, size), -1000.0, np.float32)
+    mask = np.zeros((1, n, size, size), bool)
+    boxes = []
+    for j, area in enumerate(areas):
+        side = int(round(area**0.5))
+        mask[0, j, 4 : 4 + side, 4 : 4 + side] = True
+        ct[0, first + j, 4 : 4 + side, 4 : 4 + side] = -850.0
+        boxes.append([2, 2, 6 + side, 6 + side])
+    bag = {"case_id": "s", "kept_slices": torch.arange(first, first + n), "boxes": torch.tensor(boxes),
+           "meta": {"spacing": (5.0, 1.0, 1.0), "intensity": "hu"}}
+    return bag, CaseTrace(ct=ct, mask_full=np.zeros((1, first + n + 3, size, size), bool), mask_kept=mask, stride=1)
+
+
+@pytest.mark.parametrize("areas", [
+    [16, 25, 36, 49, 400, 81, 64, 49, 36, 16],  # largest at kept position 4: not one of 4 evenly spaced (0, 3, 6, 9)
+    [16, 400, 36, 49, 81, 81, 64, 49, 36, 16],
+    [16, 25, 36, 49, 81, 400, 16],  # 7 kept: evenly spaced would be 0, 2, 4, 6
+    [100, 400, 144],
+])
+def test_montage_shows_the_largest_lung_slice_and_both_ends(areas):
+    bag, trace = synthetic_case(areas)
+    kept = bag["kept_slices"].tolist()
+    data, shown = case_montage(bag, trace)
+    largest = kept[int(np.argmax(areas))]
+    assert largest in shown and {kept[0], kept[-1]} <= set(shown) and len(shown) == min(4, len(kept))
+    assert shown == sorted(set(shown)) and set(shown) <= set(kept)
+    png = mpimg.imread(io.BytesIO(data))
+    assert png.shape[1] == 600
+    label_rows = png[:20, :, :3]  # each tile's label strip: white text on black, above the slice
+    for half in (label_rows[:, :298], label_rows[:, 302:]):
+        assert (half.min(axis=2) > 0.9).any() and (half.max(axis=2) < 0.1).mean() > 0.5
+
+
+def test_montage_of_a_phantom_shows_its_largest_lung_slice(cohort):
+    bag, trace = run_traced(preprocessing_transforms(), {"image": cohort[0]["image"], "case_id": "c0", "label": 1})
+    kept = bag["kept_slices"].tolist()
+    areas = trace.mask_kept[0].reshape(len(kept), -1).sum(axis=1)
+    _, shown = case_montage(bag, trace)
+    assert kept[int(np.argmax(areas))] in shown and {kept[0], kept[-1]} <= set(shown)
+    assert len(shown) == min(4, len(kept)) and shown == sorted(shown)
+
+
+# why_line: one outlier per measure, flagged by the real rule, said in plain words.
+WHY = {
+    "n_slices_kept": ([40, 41, 39, 40, 42, 12], "number of lung slices kept 12 is far below the cohort's median 40"),
+    "lung_volume_ml": ([6400, 6495, 6495, 6495, 6600, 16],
+                       "lung volume 16 mL is far below the cohort's median 6,495 mL"),
+    "box_aspect": ([1.8, 1.82, 1.79, 1.81, 1.8, 3.0],
+                   "crop box's width / height 3.00 is far above the cohort's median 1.80"),
+    "box_height_share": ([0.80, 0.82, 0.79, 0.81, 0.80, 0.45],
+                         "crop box's share of the body's height 45% is far below the cohort's median 80%"),
+    "box_width_share": ([0.80, 0.82, 0.79, 0.81, 0.80, 0.99],
+                        "crop box's share of the body's width 99% is far above the cohort's median 80%"),
+}
+
+
+@pytest.mark.parametrize("measure", QC_MEASURES)  # a new measure without plain words fails here (KeyError)
+def test_why_line_says_each_measure_in_plain_words(measure):
+    values, expected = WHY[measure]
+    flags = flag_outliers(manifest_frame({measure: values}))["qc_flags"]
+    assert flags[5].startswith(measure) and (flags[:5] == "").all()
+    assert why_line(flags[5]) == expected and measure not in expected
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ("", NOTHING_FLAGGED),
+    (float("nan"), NOTHING_FLAGGED),  # a manifest read back without keep_default_na
+    (None, NOTHING_FLAGGED),
+    ("lung_volume_ml low (16 vs median 6495, z -8.2); box_aspect high (3 vs median 1.8, z +5.0)",
+     "lung volume 16 mL is far below the cohort's median 6,495 mL (and 1 more)"),
+    ("lung_volume_ml high (1.234e+04 vs median 6495, z +9.9)",
+     "lung volume 12,340 mL is far above the cohort's median 6,495 mL"),
+    ("bowel_gas_share high (0.3 vs median 0.01, z +7.0)", "bowel_gas_share 0.3 is far above the cohort's median 0.01"),
+    ("no lung slice found; n_slices_kept low (8 vs median 16.5, z -11.5)", "no lung slice found (and 1 more)"),
+])
+def test_why_line_of_no_flags_several_flags_and_unknown_reasons(flags, expected):
+    assert why_line(flags) == expected
+
+
+def test_qc_html_says_why_under_each_card(tmp_path):
+    png = tmp_path / "m.png"
+    mpimg.imsave(png, np.linspace(0, 1, 64).reshape(8, 8))
+    frame = manifest_frame({"lung_volume_ml": [6400, 6495, 6495, 6495, 6600, 16]})
+    frame = flag_outliers(frame.assign(label=0, n_slices=60, box_height_share=0.8, box_width_share=0.8, warning="",
+                                       qc_montage=str(png)))
+    page = write_qc_report(frame, tmp_path / "out").read_text()
+    captions = {case: html.unescape(text) for case, text in
+                re.findall(r'<figure class="card" data-case-id="([^"]+)"[^>]*>.*?<figcaption>(.*?)</figcaption>', page)}
+    assert list(captions) == ["c5", "c0", "c1", "c2", "c3", "c4"]  # flagged first
+    assert captions["c5"].startswith("c5: lung volume 16 mL is far below the cohort's median 6,495 mL. ")
+    assert all(captions[f"c{i}"].startswith(f"c{i}: looks like the others. ") for i in range(5))

@@ -42,6 +42,15 @@ def test_cache_key_follows_the_effective_settings(case):
     assert cache_key(case, {"min_slices": 8}) == cache_key(case, preprocessing_settings(min_slices=8))
 
 
+def test_cache_key_changes_with_the_preprocessing_revision(case, monkeypatch):
+    """An algorithm change with the same settings (issue 23's lung mask) must not reuse the bags made before it."""
+    import ctmil.data.preprocess as preprocess
+
+    before = cache_key(case, {})
+    monkeypatch.setattr(preprocess, "PREPROCESSING_REVISION", preprocess.PREPROCESSING_REVISION + 1)
+    assert cache_key(case, {}) != before
+
+
 def test_preprocessing_settings_fill_the_defaults():
     full = preprocessing_settings(min_slices=4)
     assert full["window_hu"] == [-1350.0, 150.0] and full["max_slices"] == 18 and full["slab_mm"] is None
