@@ -35,6 +35,7 @@ bench: $(STAMP)
 pictures: demo
 	$(PY) docs/make_operating_point_pictures.py
 	$(PY) docs/make_crop_pictures.py
+	$(PY) docs/make_mask_pictures.py --before bf1af3b
 	$(PY) docs/make_report_pictures.py
 	$(PY) docs/make_demo_pictures.py $(OUT)
 

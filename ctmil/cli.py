@@ -96,7 +96,12 @@ def _train_overrides(args: argparse.Namespace, out: Path) -> dict:
     for key, value in (("max_epochs", args.epochs), ("seed", args.seed), ("val_fraction", getattr(args, "val_fraction", None))):
         if value is not None:
             overrides[key] = value
-    return {**overrides, **_device(args.device), **parse_overrides(args.set)}
+    return {**overrides, **_implausible(args), **_device(args.device), **parse_overrides(args.set)}
+
+
+def _implausible(args: argparse.Namespace) -> dict:
+    """The bundle override of ``--allow-implausible-lungs`` (nothing when not given: the config decides)."""
+    return {"preprocessing#allow_implausible_lungs": True} if getattr(args, "allow_implausible_lungs", False) else {}
 
 
 def _check_train_out(out: Path, files: list[str], overrides: dict, restart: bool) -> None:
@@ -137,7 +142,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     from ctmil.evaluate.cv import run_cv
 
     out = _out_dir(args.out)
-    overrides = {"progress": False, **_device(args.device), **parse_overrides(args.set)}
+    overrides = {"progress": False, **_implausible(args), **_device(args.device), **parse_overrides(args.set)}
     for key, value in (("max_epochs", args.epochs), ("seed", args.seed)):
         if value is not None:
             overrides[key] = value
@@ -182,7 +187,8 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     if labels and not any(c.get("label") is not None for c in cases):
         print(f"warning: no case matched a label of {args.labels} (DICOM studies are matched by a study_uid column, "
               "other inputs by case_id); datalist.csv will be empty", file=sys.stderr)
-    settings = {"min_slices": args.min_slices, "min_area_fraction": args.min_area_fraction}
+    settings = {"min_slices": args.min_slices, "min_area_fraction": args.min_area_fraction,
+                "allow_implausible_lungs": args.allow_implausible_lungs}
     manifest = preprocess_cases(cases, out, settings=settings, progress=not args.quiet, montages=args.montages)
     failed = manifest[manifest["status"] == "failed"]
     log.info("%d cases: %d ok, %d cached, %d failed, %d flagged by QC; manifest: %s; QC report: %s", len(manifest),
@@ -212,7 +218,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
         inputs, args.model, _out_dir(args.out), threshold=args.threshold, device=args.device,
         save_maps=not args.no_maps, save_overlays=not args.no_overlays, save_features=args.features,
         top_slices=args.top_slices, map_mode=args.map_mode, labels=labels,
-        min_slices=args.min_slices, min_area_fraction=args.min_area_fraction, progress=not args.quiet,
+        min_slices=args.min_slices, min_area_fraction=args.min_area_fraction,
+        allow_implausible_lungs=args.allow_implausible_lungs, progress=not args.quiet,
         allow_torchscript=args.allow_torchscript, keep_paths=args.keep_paths, with_study_uid=args.with_study_uid)
     for row in predictions[predictions["status"] == "failed"].itertuples():
         print(f"FAILED {row.case_id}: {row.error}", file=sys.stderr)

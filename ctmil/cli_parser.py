@@ -20,6 +20,9 @@ def add_subcommands(parser: argparse.ArgumentParser, cli: ModuleType) -> None:
     p.add_argument("--nproc", type=int, default=1, help="data-parallel processes (gloo on CPU, nccl on GPUs)")
     p.add_argument("--model-dir", help="where model.pt/model.json go (default: --out), e.g. a bundle's models/ folder")
     p.add_argument("--restart", action="store_true", help="discard the checkpoints of an --out made from other settings")
+    p.add_argument("--allow-implausible-lungs", action="store_true",
+                   help="keep cases whose lung mask cannot be an adult's lungs (e.g. 16 mL: bowel gas), with the reason as a "
+                   "warning; by default such a case fails")
     common(p, training=True)
     p.set_defaults(func=cli.cmd_train)
 
@@ -29,6 +32,9 @@ def add_subcommands(parser: argparse.ArgumentParser, cli: ModuleType) -> None:
     p.add_argument("--out", required=True, help="output folder (report.md/.csv, predictions, folds, roc.png, model)")
     p.add_argument("--restart", action="store_true", help="discard an --out made from another config or datalist")
     p.add_argument("--seed", type=int, help="root seed of the folds, initialisations and data order (default 0)")
+    p.add_argument("--allow-implausible-lungs", action="store_true",
+                   help="keep cases whose lung mask cannot be an adult's lungs (e.g. 16 mL: bowel gas), with the reason as a "
+                   "warning; by default such a case fails")
     common(p, training=True)
     p.set_defaults(func=cli.cmd_cv)
 
@@ -50,6 +56,9 @@ def add_subcommands(parser: argparse.ArgumentParser, cli: ModuleType) -> None:
                    help="write absolute source paths to the manifest (default: relative to the input; folders are often named after patients)")
     p.add_argument("--no-montages", dest="montages", action="store_false",
                    help="skip the per-case QC montages (qc/*.png) in qc.html; measures and outlier flags are still written")
+    p.add_argument("--allow-implausible-lungs", action="store_true",
+                   help="keep cases whose lung mask cannot be an adult's lungs (e.g. 16 mL: bowel gas), with the reason as a "
+                   "warning; by default such a case fails")
     common(p)
     p.set_defaults(func=cli.cmd_preprocess)
 
@@ -90,6 +99,9 @@ def _add_infer(sub: "argparse._SubParsersAction", cli: ModuleType, common) -> No
     p.add_argument("--labels", help="CSV with case_id (or study_uid) and label")
     p.add_argument("--min-slices", type=int, default=None, help="default: the model's recorded setting, else 8")
     p.add_argument("--min-area-fraction", type=float, default=None, help="default: the model's recorded setting, else 0.2")
+    p.add_argument("--allow-implausible-lungs", action="store_true",
+                   help="keep cases whose lung mask cannot be an adult's lungs (e.g. 16 mL: bowel gas), with the reason as a "
+                   "warning; by default such a case fails")
     p.add_argument("--keep-paths", action="store_true", help="absolute source paths in the outputs (default: relative to the input)")
     p.add_argument("--with-study-uid", action="store_true",
                    help="add the StudyInstanceUID to predictions.csv, to join with clinical data (an identifier: off by default)")

@@ -12,6 +12,7 @@ are flagged in the manifest's ``qc_flags``, and ``qc.html`` shows them.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 import json
 import logging
 import os
@@ -147,6 +148,14 @@ def case_error_text(raised: BaseException, case_id: str = "") -> str:
     return text
 
 
+def join_warnings(given: str, meta: Mapping) -> str:
+    """One ``"; "``-separated warning text: ``given`` (discovery's), the series reader's and the preprocessing's
+    (``meta["warnings"]``, e.g. a lung mask kept with ``allow_implausible_lungs``), each once."""
+    series = meta.get("series") if isinstance(meta.get("series"), Mapping) else {}
+    warnings = [w for w in (given or "").split("; ") if w] + list(series.get("warnings") or []) + list(meta.get("warnings") or [])
+    return "; ".join(dict.fromkeys(warnings))
+
+
 def root_cause(err: BaseException) -> BaseException:
     """The original exception behind MONAI's ``RuntimeError("applying transform ...")`` wrappers."""
     while isinstance(err, RuntimeError) and err.__cause__ is not None and str(err).startswith("applying transform"):
@@ -156,9 +165,7 @@ def root_cause(err: BaseException) -> BaseException:
 
 def _fill_row(row: dict, bag: dict, bag_path: Path, status: str, qc: dict | None = None) -> dict:
     meta = bag["meta"]
-    series = meta.get("series") if isinstance(meta.get("series"), dict) else {}
-    warnings = [w for w in row["warning"].split("; ") if w] + list(series.get("warnings") or [])
-    row.update(status=status, error="", warning="; ".join(dict.fromkeys(warnings)), input_kind=meta.get("input_kind", ""),
+    row.update(status=status, error="", warning=join_warnings(row["warning"], meta), input_kind=meta.get("input_kind", ""),
                n_slices=meta["spatial_shape"][0],
                n_slices_kept=int(bag["kept_slices"].numel()), K=int(bag["patches"].shape[0]), bag_path=str(bag_path.resolve()))
     row.update(qc or {})

@@ -28,7 +28,7 @@ from monai.engines import Evaluator
 from monai.transforms import Compose
 from torch.utils.data import DataLoader, Dataset
 
-from ctmil.data.preprocess import case_error_text
+from ctmil.data.preprocess import case_error_text, join_warnings
 from ctmil.infer.model_io import InferenceModel
 from ctmil.infer.writer import empty_row
 from ctmil.transforms.compose import preprocessing_transforms
@@ -167,7 +167,7 @@ def make_case_step(model: InferenceModel, threshold: float = 0.5):
             row.update(status="failed", error=item["error"])
             return out
         meta = bag["meta"]
-        row.update(warning=case.get("warning", "") or "; ".join(meta.get("series", {}).get("warnings", []) or []),
+        row.update(warning=join_warnings(case.get("warning", ""), meta),
                    input_kind=meta.get("input_kind", ""), n_slices=int(meta["spatial_shape"][0]),
                    n_slices_kept=int(bag["kept_slices"].numel()), K=int(bag["patches"].shape[0]),
                    t_load=item["t_load"], t_preprocess=item["t_preprocess"])
@@ -207,9 +207,10 @@ def create_inference_evaluator(network: torch.nn.Module, data_loader: DataLoader
     return evaluator
 
 
-def _preprocessing_settings(loaded: InferenceModel, min_slices: "int | None", min_area_fraction: "float | None") -> dict:
+def _preprocessing_settings(loaded: InferenceModel, min_slices: "int | None", min_area_fraction: "float | None",
+                            allow_implausible_lungs: bool = False) -> dict:
     """The model's recorded preprocessing with the caller's overrides, checked (``ValueError`` if invalid)."""
-    settings = dict(loaded.preprocessing)
+    settings = {**loaded.preprocessing, "allow_implausible_lungs": bool(allow_implausible_lungs)}
     if min_slices is not None:
         settings["min_slices"] = int(min_slices)
     if min_area_fraction is not None:
@@ -236,6 +237,7 @@ def run_inference(
     labels: Mapping[str, float] | None = None,
     min_slices: int | None = None,
     min_area_fraction: float | None = None,
+    allow_implausible_lungs: bool = False,
     progress: bool = True,
     allow_torchscript: bool = False,
     keep_paths: bool = False,
@@ -254,6 +256,8 @@ def run_inference(
         labels: optional reference labels by case id (or StudyInstanceUID), copied to the ``label`` column.
         min_slices, min_area_fraction: preprocessing settings; ``None`` = those recorded with the model
             (``model.json``), else the defaults. They must match what the model was trained on.
+        allow_implausible_lungs: predict cases whose lung mask cannot be an adult's lungs too, with the reason in
+            their ``warning`` (default: such a case fails and gets no probability).
         allow_torchscript: accept TorchScript model files (programs, not weights).
         keep_paths: absolute source paths in the outputs (default: relative to the input).
         with_study_uid: a ``study_uid`` column (DICOM StudyInstanceUID) to join with clinical data; an identifier.
@@ -274,7 +278,7 @@ def run_inference(
     threshold = loaded.threshold if threshold is None else float(threshold)
     if not loaded.has_attention and (save_maps or save_overlays):
         logger.warning("the model gives no attention: attention maps and overlays are skipped")
-    settings = _preprocessing_settings(loaded, min_slices, min_area_fraction)
+    settings = _preprocessing_settings(loaded, min_slices, min_area_fraction, allow_implausible_lungs)
     out_dir = Path(out_dir)
     overrides = {
         "inputs": [str(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)],

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from ctmil.transforms.compose import RUN_OPTIONS
+
 __all__ = ["ModelError", "infer_network_kwargs", "is_torchscript", "strip_prefix", "unpack"]
 
 
@@ -80,11 +82,12 @@ def complete_recorded_preprocessing(recorded: dict) -> dict:
     An empty record (a bare state dict) stays empty, i.e. today's defaults. A record from before the window
     and slice sampling existed gets ``window_hu=None, max_slices=None, slab_mm=None``, one from before float16
     patch storage ``patch_dtype="float32"``, one from before the chest-wall growth ``chest_wall=False``, so such a model is preprocessed at inference exactly as it was in
-    training, not with today's defaults.
+    training, not with today's defaults. The run's own choices (:data:`~ctmil.transforms.compose.RUN_OPTIONS`, e.g.
+    keeping implausible lungs) are dropped: inference decides them.
     """
     if not recorded:
         return {}
-    return {**SETTINGS_BEFORE_THEY_EXISTED, **recorded}
+    return {k: v for k, v in {**SETTINGS_BEFORE_THEY_EXISTED, **recorded}.items() if k not in RUN_OPTIONS}
 
 
 def is_torchscript(path: Path) -> bool:

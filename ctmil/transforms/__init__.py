@@ -14,13 +14,17 @@ from ctmil.transforms.layout import DEFAULT_SLICE_AXIS
 from ctmil.transforms.load import LOADCT_SLICE_AXIS, LoadCT, LoadCTd
 from ctmil.transforms.lung import LungMask, LungMaskd
 from ctmil.transforms.lung_masks import lung_mask_hu, lung_mask_windowed
+from ctmil.transforms.plausibility import CheckLungs, CheckLungsd, ImplausibleLungs
 from ctmil.transforms.sampling import SampleSlices, SampleSlicesd
 from ctmil.transforms.tiling import BAG_KEYS, PATCH_DTYPES, NormalizePatches, TilePatches, ToBagd
 
 __all__ = [
     "BAG_KEYS",
+    "CheckLungs",
+    "CheckLungsd",
     "DEFAULT_SLICE_AXIS",
     "DENSITY_FEATURES",
+    "ImplausibleLungs",
     "LOADCT_SLICE_AXIS",
     "LUNG_WINDOW_HU",
     "LoadCT",

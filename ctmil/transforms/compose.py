@@ -16,6 +16,7 @@ from ctmil.transforms.intensity import LUNG_WINDOW_HU, WindowHUd
 from ctmil.transforms.layout import DEFAULT_SLICE_AXIS, check_slice_axis, stack_spacing, stack_to_array
 from ctmil.transforms.load import LOADCT_SLICE_AXIS, LoadCTd
 from ctmil.transforms.lung import INTENSITIES, LungMaskd
+from ctmil.transforms.plausibility import CheckLungsd
 from ctmil.transforms.sampling import SampleSlicesd
 from ctmil.transforms.tiling import BAG_KEYS, ToBagd
 
@@ -97,6 +98,7 @@ def preprocessing_transforms(
     patch_dtype: str = "float16",
     chest_wall: bool = True,
     patch_norm: str = "minmax",
+    allow_implausible_lungs: bool = False,
 ) -> Compose:
     """``{"image": path, "case_id": str, "label": float}`` → bag dictionary (docs/design.md), nothing else.
 
@@ -109,7 +111,9 @@ def preprocessing_transforms(
     (the lung mask grown to the first bone, so that the crop keeps consolidated lung, :class:`LungMask`;
     docs/preprocessing.md "Consolidated lung"), ``patch_norm`` (``"minmax"``, the paper's per-patch min-max;
     ``"window"``, the lung window scaled to [0, 1] for the whole volume; ``"both"``, two channels: :class:`ToBagd`;
-    ``"window"`` and ``"both"`` need ``window_hu``).
+    ``"window"`` and ``"both"`` need ``window_hu``), ``allow_implausible_lungs`` (a kept lung mask that cannot be an
+    adult's lungs fails the case, :class:`CheckLungsd`; ``True`` keeps it with the reason in ``meta["warnings"]``:
+    a choice of the run, never recorded with a model, :data:`RUN_OPTIONS`).
     LoadCTd gives ``(1, S, H, W)`` stacks, so every later transform gets ``slice_axis=1``; the intensity is the
     one LoadCT records (``hu`` for DICOM and NIfTI, ``windowed`` for slice images, which the window leaves as they are).
     """
@@ -122,6 +126,7 @@ def preprocessing_transforms(
                       threshold_hu=threshold_hu, closing_mm=closing_mm, dilate_mm=dilate_mm, chest_wall=chest_wall),
             LungDensityd(image_key, mask_key="lung", slice_axis=axis),  # every lung slice, before selection
             SelectLungSlicesd([image_key, "lung"], source_key="lung", min_area_fraction=min_area_fraction, slice_axis=axis),
+            CheckLungsd(image_key, mask_key="lung", allow_implausible=allow_implausible_lungs, slice_axis=axis),
             SampleSlicesd([image_key, "lung"], max_slices=max_slices, slab_mm=slab_mm, slice_axis=axis),
             LungBoxCropd(image_key, source_key="lung", spatial_size=spatial_size, margin_fraction=margin_fraction, slice_axis=axis),
             WindowHUd(image_key, window_hu=window_hu, intensity=None),
@@ -131,6 +136,10 @@ def preprocessing_transforms(
         map_items=False,
     )
 
+
+#: Settings of :func:`preprocessing_transforms` that are the run's choice, not the model's: a model never records them,
+#: so inference uses what its own run asks for.
+RUN_OPTIONS = ("allow_implausible_lungs",)
 
 #: Bumped whenever the chain gives other bags for the same settings (an algorithm change, not a setting): bag caches
 #: key on it, so a cache made before is never read as current. 2: the lung mask decides at full resolution what is

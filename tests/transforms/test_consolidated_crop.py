@@ -83,7 +83,9 @@ def test_slice_image_folder_end_to_end(tmp_path):
         Image.fromarray(np.round(image * 255).astype(np.uint8)).save(folder / f"slice_{s:03d}.png")
     shares = {}
     for chest_wall in (True, False):
-        bag = preprocessing_transforms(chest_wall=chest_wall, max_slices=None)({"image": str(folder), "case_id": "c", "label": 1})
+        # the air-dark mask of before misses so much of this lung that it is implausible today: kept, to compare
+        chain = preprocessing_transforms(chest_wall=chest_wall, max_slices=None, allow_implausible_lungs=not chest_wall)
+        bag = chain({"image": str(folder), "case_id": "c", "label": 1})
         shares[chest_wall] = lesion_inside(lesion, bag["kept_slices"], bag["boxes"])
     assert shares[True] >= 0.95 and shares[False] < 0.6
 
