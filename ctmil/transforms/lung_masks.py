@@ -149,45 +149,51 @@ def _level(volume: np.ndarray, value: float | None):
 
 
 def _sample_grid(volume: np.ndarray, threshold_hu: float, bone_hu: float | None, stride: int, z_stride: int):
-    """What :func:`lung_mask_hu` reads of the volume, in one pass over the grid's rows and columns (about
-    ``2 / stride`` of it), for every slice of each working voxel's slab:
+    """What :func:`lung_mask_hu` reads of the volume, in one pass over the grid's rows in every slice and the grid's
+    columns in the grid's slices (about ``1 / stride + 1 / z_stride`` of it: a column read touches every row):
 
-    * ``dark``: the working voxel is air when any of its samples is: the grid point and the points half a step
-      along its row and its column. Point samples alone break lungs full of vessels or consolidation apart.
+    * ``dark``: the working voxel is air when any of its samples is: the grid point in every slice of its slab, and
+      the points half a step along its row (every slice) and its column (the grid slice). Point samples alone break
+      lungs full of vessels or consolidation apart.
     * ``bone``: likewise at or above ``bone_hu`` (a rib is thinner than the grid: any sample of it counts).
-    * ``rows`` ``(S', h, W)`` / ``cols`` ``(S', H, w)``: tissue at full resolution along the grid's rows / columns.
+    * ``rows`` ``(S', h, W)``: tissue at full resolution along the grid's rows in any slice of the slab; ``cols``
+      ``(S', H, w)``: along the grid's columns in the grid slice. Every grid point of every slab slice is on a row,
+      so the z line between two grid slices is checked too.
     """
-    solid = bone = rows = cols = None  # solid: every sample is tissue (the working voxel is not dark)
     half = stride // 2
+    c = volume[::z_stride, :, ::stride]
+    cols = c >= threshold_hu
+    solid = rows = bone = None  # solid: every sample is tissue (the working voxel is not dark)
     for dz in range(z_stride):
-        r, c = volume[dz::z_stride, ::stride, :], volume[dz::z_stride, :, ::stride]
-        r_tissue, c_tissue = r >= threshold_hu, c >= threshold_hu  # contiguous: sampling them is cheap
+        r = volume[dz::z_stride, ::stride, :]
+        r_tissue = r >= threshold_hu  # contiguous: sampling it is cheap
         points = [(r_tissue[:, :, ::stride], r[:, :, ::stride])]
         if stride > 1:
-            points += [(r_tissue[:, :, half::stride], r[:, :, half::stride]), (c_tissue[:, half::stride, :], c[:, half::stride, :])]
+            points.append((r_tissue[:, :, half::stride], r[:, :, half::stride]))
+            if dz == 0:
+                points.append((cols[:, half::stride, :], c[:, half::stride, :]))
         if solid is None:
-            solid, rows, cols = points[0][0].copy(), r_tissue, c_tissue
+            solid, rows = points[0][0].copy(), r_tissue
             bone = points[0][1] >= bone_hu if bone_hu is not None else None
         else:
             rows[: r.shape[0]] |= r_tissue
-            cols[: c.shape[0]] |= c_tissue
         for tissue, hu in points:
             n_s, n_h, n_w = tissue.shape
             solid[:n_s, :n_h, :n_w] &= tissue
             if bone is not None:
                 bone[:n_s, :n_h, :n_w] |= hu >= bone_hu
-    dark = ~solid
-    return dark, bone, rows, cols
+    return ~solid, bone, rows, cols
 
 
 def _outside_air(rows: np.ndarray, cols: np.ndarray, stride: int, shape: tuple[int, int, int]) -> np.ndarray:
     """The working voxels (``shape``) joined to the image border through air that no tissue crosses at full
     resolution, from the tissue along the grid's ``rows`` and ``cols`` (:func:`_sample_grid`).
 
-    A working voxel is *clear* when the full-resolution row and column through its grid point, over one grid step
-    and in every slice of its slab, are all air. Neighbouring grid points are joined by a straight line that these
-    segments cover, so a chain of clear voxels never crosses a tissue surface, however thin (one pixel of skin
-    between a lung apex and the air outside stops it). The clear components touching the border are outside air.
+    A working voxel is *clear* when the full-resolution row (in every slice of its slab) and column (in the grid
+    slice) through its grid point, over one grid step, are all air. Neighbouring grid points are joined by a
+    straight line that these segments cover, so a chain of clear voxels never crosses a tissue surface, however thin
+    (one pixel of skin between a lung apex and the air outside stops it). The clear components touching the border
+    are outside air.
     """
     h, w = shape[1], shape[2]
     clear = ~_segments_with(rows, stride, w)

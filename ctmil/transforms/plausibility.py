@@ -49,6 +49,7 @@ MIN_LUNG_SHARE = 0.07
 MIN_AREA_FRACTION = 0.02
 #: Tissue for the lung share: the lung mask's own threshold.
 TISSUE_HU = -400.0
+_SHARE_SLICES = 24  # the lung share's mean is taken over at most this many kept slices, spread evenly
 
 
 class ImplausibleLungs(CaseError):
@@ -91,9 +92,10 @@ class CheckLungs(Transform):
         kept = np.asarray(kept, np.int64).reshape(-1)
         level = TISSUE_HU if kind == "hu" else (TISSUE_HU - LUNG_WINDOW_HU[0]) / (LUNG_WINDOW_HU[1] - LUNG_WINDOW_HU[0])
         lung = m.sum(axis=(1, 2)).astype(np.float64)
-        chest = (m | (x >= level)).sum(axis=(1, 2))
+        some = np.unique(np.linspace(0, m.shape[0] - 1, min(m.shape[0], _SHARE_SLICES)).round().astype(int))
+        chest = (m[some] | (x[some] >= level)).sum(axis=(1, 2))  # the share: from up to 24 slices spread evenly
         measures = {
-            "lung_share": round(float(np.mean(lung / np.maximum(chest, 1))) if m.shape[0] else 0.0, 4),
+            "lung_share": round(float(np.mean(lung[some] / np.maximum(chest, 1))) if m.shape[0] else 0.0, 4),
             "area_fraction": round(float(lung.mean() / (m.shape[1] * m.shape[2])) if m.size else 0.0, 4),
             "volume_ml": float("nan"),
             "extent_mm": float("nan"),

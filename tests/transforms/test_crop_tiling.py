@@ -30,6 +30,16 @@ def test_slice_selection_applies_to_images(as_torch):
     assert float(out[0, 0, 0, 0]) == float(img[0, 1, 0, 0])
 
 
+def test_a_slice_inside_the_lung_run_stays_even_with_little_lung():
+    """Slices 1 and 3 qualify at 0.5; slice 2 between them has some lung (a consolidated slice) and stays, slice 4
+    after the run does not."""
+    m = _mask()
+    m[0, 2] = False
+    m[0, 2, 12:14, 20:22] = True  # 4 px: far below half of the largest slice
+    m[0, 1, 5:35, 2:48] = True
+    assert SelectLungSlices(0.5, slice_axis=AXIS).compute_kept_slices(m).tolist() == [1, 2, 3]
+
+
 def test_non_contiguous_selection_and_recorded_indices():
     m = _mask()
     m[0, 2] = False
