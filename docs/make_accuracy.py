@@ -52,6 +52,8 @@ LEVERS = {
                                                         "network_def#density_gain": 30.0}),
     "both_hybrid_gain": ("both channels + hybrid, gain 30", {"preprocessing#patch_norm": "both", "network_def#n_density": 27,
                                                            "network_def#density_gain": 30.0}),
+    "both_e16": ("min-max and window as two channels, 16 epochs (virtual bags from 12)",
+                 {"preprocessing#patch_norm": "both", "max_epochs": 16, "train#virtual_bags#start_epoch": 12}),
     "window_hybrid_gain_e16": ("window + hybrid, gain 30, 16 epochs (virtual bags from 12)",
                                {"preprocessing#patch_norm": "window", "network_def#n_density": 27, "network_def#density_gain": 30.0,
                                 "max_epochs": 16, "train#virtual_bags#start_epoch": 12}),
