@@ -23,7 +23,7 @@ import pandas as pd
 from monai.bundle import ConfigParser
 
 from ctmil.bundle import config_files
-from ctmil.data.preprocess import atomic_write_csv
+from ctmil.io.atomic import atomic_write_csv
 from ctmil.evaluate.attention_hits import hit_rates, patch_lesion_fraction
 from ctmil.evaluate.cv import run_cv
 from ctmil.evaluate.held_out import METRIC_LABELS, evaluate_model

@@ -12,11 +12,11 @@ are flagged in the manifest's ``qc_flags``, and ``qc.html`` shows them.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +26,7 @@ from monai.data import PersistentDataset
 from ctmil import __version__
 from ctmil.data.qc import QC_COLUMNS, crop_shares, flag_outliers, read_case_qc, run_traced, write_case_qc, write_qc_report
 from ctmil.transforms.compose import PREPROCESSING_REVISION, preprocessing_settings, preprocessing_transforms
+from ctmil.io.atomic import atomic_torch_save, atomic_write_csv  # noqa: F401  (the writers' old home: still importable here)
 from ctmil.io.dicom_series import DicomError
 from ctmil.io.paths import inside, safe_case_name
 from ctmil.io.readers import CaseError
@@ -54,33 +55,6 @@ def cache_key(case: dict, settings: dict) -> str:
     payload = {"settings": preprocessing_settings(**settings), "version": __version__, "revision": PREPROCESSING_REVISION,
                "source": source_signature(case["image"]), "label": case.get("label")}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            frame.to_csv(fh, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def bag_path_for(bag_dir: str | os.PathLike, case_id: str) -> Path:

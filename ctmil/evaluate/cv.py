@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 
 from ctmil.bundle import bag_table, build_workflow, config_files, split_cases
 from ctmil.data.bags import BagDataset
-from ctmil.data.preprocess import atomic_write_csv
+from ctmil.io.atomic import atomic_write_csv
 from ctmil.evaluate.folds import make_folds, run_seed
 from ctmil.evaluate.operating_point import apply_operating_point
 from ctmil.evaluate.quantitative import QUANTITATIVE, density_features, point_args, predict_fold

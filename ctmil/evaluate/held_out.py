@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ctmil.data.preprocess import atomic_write_csv, case_error_text
+from ctmil.data.preprocess import case_error_text
+from ctmil.io.atomic import atomic_write_csv
 from ctmil.evaluate.calibration import apply_calibration, brier_score, expected_calibration_error, plot_reliability
 from ctmil.evaluate.metrics import roc_curve
 from ctmil.evaluate.report_html import write_evaluate_html

@@ -28,7 +28,7 @@ from typing import Dict, List, Mapping, Optional, Union
 
 import pandas as pd
 
-from ctmil.data.preprocess import atomic_write_csv
+from ctmil.io.atomic import atomic_write_csv
 from ctmil.evaluate.metrics import METRIC_NAMES, binary_metrics, roc_auc, roc_curve
 from ctmil.evaluate.report_comparisons import auc_delong, paired_comparisons
 from ctmil.evaluate.report_html import write_cv_html

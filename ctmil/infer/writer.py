@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from ignite.engine import Engine, Events
 
-from ctmil.data.preprocess import atomic_write_csv
+from ctmil.io.atomic import atomic_write_csv
 from ctmil.io.paths import safe_case_name
 from ctmil.infer.attention_maps import paint_attention, save_attention_nifti, slice_attention, top_attended_slices
 from ctmil.infer.overlays import save_overlay
@@ -41,7 +41,7 @@ __all__ = ["PREDICTION_COLUMNS", "InferenceOptions", "InferenceWriter", "case_di
 logger = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = [
-    "case_id", "status", "probability", "prediction", "threshold", "label", "input_kind", "series",
+    "case_id", "status", "probability", "prediction", "threshold", "label", "source", "input_kind", "series",
     "n_slices", "n_slices_kept", "K", "top_slices", "attention_path", "overlay_paths", "features_path", "error", "warning",
     "t_load", "t_preprocess", "t_predict", "t_write",
 ]
@@ -94,6 +94,7 @@ def empty_row(case: Mapping, threshold: float) -> dict:
     row = {c: "" for c in PREDICTION_COLUMNS}
     label = case.get("label")
     row.update(case_id=str(case["case_id"]), study_uid=case.get("study_uid", ""), threshold=threshold, series=case.get("series", "") or "",
+               source=str(case.get("source", "") or ""),
                label="" if label is None or (isinstance(label, float) and np.isnan(label)) else int(label))
     return row
 

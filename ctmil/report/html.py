@@ -16,12 +16,13 @@ import base64
 import html
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+
+from ctmil.io.atomic import atomic_write_bytes, atomic_write_text
 
 __all__ = ["GalleryItem", "HtmlReport", "atomic_write_bytes", "atomic_write_text", "data_uri", "external_references"]
 
@@ -43,26 +44,6 @@ figure.card img,figure.image img{max-width:100%;height:auto;display:block}
 figcaption{font-size:.85em;color:#333;margin-top:4px;max-width:600px;overflow-wrap:anywhere}
 figure.image{margin:.5em 0}
 """
-
-
-def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
-    """Write ``data`` to a temporary file in the same folder, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
-    """:func:`atomic_write_bytes` of ``text`` in UTF-8."""
-    return atomic_write_bytes(text.encode("utf-8"), path)
 
 
 def data_uri(source: "str | os.PathLike | bytes") -> str:

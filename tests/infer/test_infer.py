@@ -81,6 +81,9 @@ def batch(tmp_path_factory, phantom, model_path):
 def test_one_row_per_study_and_failures_listed(batch):
     p = batch["predictions"].set_index("case_id")
     assert list(batch["predictions"].columns) == PREDICTION_COLUMNS
+    sources = batch["predictions"].set_index("case_id")["source"]
+    assert sources["case_n"] == "nifti/case_n.nii.gz" and sources["slices_c"] == "slices_c"  # relative to the input
+    assert not any(str(batch["export"]) in str(s) for s in sources)
     assert len(p) == 5 and batch["n_failed"] == 2
     ok = p[p["status"] == "ok"]
     assert set(ok["input_kind"]) == {"dicom", "nifti", "slices"}

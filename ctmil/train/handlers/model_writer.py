@@ -18,7 +18,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from ctmil import __version__
-from ctmil.data.preprocess import atomic_torch_save
+from ctmil.io.atomic import atomic_torch_save
 
 __all__ = ["ModelWriter", "save_model"]
 

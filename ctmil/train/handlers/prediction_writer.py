@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from ignite.engine import Engine, Events
 
-from ctmil.data.preprocess import atomic_write_csv
+from ctmil.io.atomic import atomic_write_csv
 from ctmil.evaluate.operating_point import apply_operating_point, check_operating_point
 
 __all__ = ["PredictionWriter"]
