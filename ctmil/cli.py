@@ -9,6 +9,7 @@ success (some cases failed).
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import logging
 import sys
@@ -26,17 +27,44 @@ class UsageError(Exception):
 
 
 def parse_overrides(pairs: list[str] | None) -> dict:
-    """``KEY=VALUE`` pairs (``#`` ids, JSON values, else strings) → config overrides."""
+    """``KEY=VALUE`` pairs → config overrides. A value is read as MONAI's config files and bundle command lines read
+    one: JSON (``false``, ``["A", "D"]``), else a Python literal (``False``, ``['A','D']``, ``None``), else the string
+    itself (``$@x + 1`` expressions, ``@`` references, paths). A malformed pair is a one-line error naming it."""
     out = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise UsageError(f"override {pair!r} is not KEY=VALUE")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
+            raise UsageError(f"--set {pair!r} is not KEY=VALUE (e.g. --set max_epochs=5 'cv#settings=[\"A\",\"D\"]')")
+        out[key] = _literal(value)
     return out
+
+
+def _literal(value: str):
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        pass
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return value
+
+
+def _set_before_inputs(argv: list[str]) -> list[str]:
+    """``argv`` with the words after ``--set`` that are not ``KEY=VALUE`` moved out of its reach, so that
+    ``ctmil train --set max_epochs=1 data.csv`` reads ``data.csv`` as the input it is, not as an override (they go
+    just before the first ``--set``, where no option can take them)."""
+    out, moved, in_set = [], [], False
+    for word in argv:
+        if word.startswith("-"):
+            in_set = word == "--set"
+            out.append(word)
+        elif in_set and "=" not in word:
+            moved.append(word)
+        else:
+            out.append(word)
+    first = out.index("--set") if moved else len(out)
+    return out[:first] + moved + out[first:]
 
 
 def _device(value: str | None) -> dict:
@@ -232,12 +260,13 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ctmil.infer.export import export_model
+    from ctmil.infer.export import export_format, export_model
 
     model = _existing([args.model], "model file")[0]
+    fmt = export_format(args.out, args.format)  # before any output
     _out_dir(str(Path(args.out).parent))
-    diff = export_model(model, args.out, fmt=args.format)
-    print(f"{args.format} model written to {args.out} (max logit difference to PyTorch {diff:.1e})")
+    diff = export_model(model, args.out, fmt=fmt)
+    print(f"{fmt} model written to {args.out} (max logit difference to PyTorch {diff:.1e})")
     return 0
 
 
@@ -277,7 +306,7 @@ def _user_error(err: BaseException, verbose: bool) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = any(a in ("-v", "--verbose") for a in argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_set_before_inputs(argv))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:  # Ignite's per-epoch engine lines; progress bars and ctmil's own log say what happens
         logging.getLogger("ignite").setLevel(logging.WARNING)

@@ -71,7 +71,8 @@ def add_subcommands(parser: argparse.ArgumentParser, cli: ModuleType) -> None:
 
     p = sub.add_parser("export", help="model.pt → ONNX or TorchScript for deployment tools, checked for parity")
     p.add_argument("--model", required=True, help="model.pt written by ctmil train / cv (weights only)")
-    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default=None,
+                   help="default: from the --out extension (.onnx: onnx; .ts, .pt: torchscript); a mismatch is refused")
     p.add_argument("--out", required=True, help="output file (e.g. model.onnx, model.ts)")
     common(p)
     p.set_defaults(func=cli.cmd_export)

@@ -191,3 +191,38 @@ def test_infer_one_study_prints_its_answer_and_study_uid_on_request(tmp_path, ca
     assert main([*args, "--out", str(tmp_path / "b"), "--with-study-uid"]) == 0
     table = pd.read_csv(tmp_path / "b" / "predictions.csv", dtype=str)
     assert table.columns[1] == "study_uid" and table["study_uid"].iloc[0].startswith("1.")
+
+
+@pytest.mark.parametrize("pair, key, value", [
+    ("use_virtual_bags=False", "use_virtual_bags", False),  # Python literals, as the bundle README writes them
+    ("use_virtual_bags=false", "use_virtual_bags", False),  # JSON
+    ("cv#settings=['A','D']", "cv#settings", ["A", "D"]),
+    ('cv#settings=["A","D"]', "cv#settings", ["A", "D"]),
+    ("optimizer#lr=1e-4", "optimizer#lr", 1e-4),
+    ("labels=None", "labels", None),
+    ("datalist=/data/list.csv", "datalist", "/data/list.csv"),  # not a literal: the string itself
+    ("x=$@max_epochs + 1", "x", "$@max_epochs + 1"),
+])
+def test_set_values_are_read_as_json_or_python_literals(pair, key, value):
+    from ctmil.cli import parse_overrides
+
+    assert parse_overrides([pair]) == {key: value}
+
+
+def test_a_malformed_set_pair_is_one_line_naming_it():
+    from ctmil.cli import UsageError, parse_overrides
+
+    with pytest.raises(UsageError, match="'max_epochs' is not KEY=VALUE"):
+        parse_overrides(["max_epochs"])
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--set", "max_epochs=1", "use_virtual_bags=False", "data.csv", "--out", "o"],
+    ["train", "data.csv", "--set", "max_epochs=1", "use_virtual_bags=False", "--out", "o"],
+    ["train", "--out", "o", "--set", "max_epochs=1", "use_virtual_bags=False", "data.csv"],
+])
+def test_set_never_swallows_the_inputs(argv):
+    from ctmil.cli import _set_before_inputs, build_parser
+
+    args = build_parser().parse_args(_set_before_inputs(argv))
+    assert args.inputs == ["data.csv"] and args.set == ["max_epochs=1", "use_virtual_bags=False"]

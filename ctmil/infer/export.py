@@ -43,6 +43,26 @@ def _run_onnx(out: Path, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(session.run(None, {"patches": x.numpy()})[0])
 
 
+#: File extensions of each format (``ctmil export`` takes the format from the extension).
+EXTENSIONS = {".onnx": "onnx", ".ts": "torchscript", ".pt": "torchscript", ".torchscript": "torchscript"}
+
+
+def export_format(out: "str | os.PathLike", fmt: "str | None" = None) -> str:
+    """The format to write ``out`` in: ``fmt`` when given, else the one of ``out``'s extension; ``ValueError`` (one
+    line) when neither says, or when they disagree."""
+    suffix = Path(out).suffix.lower()
+    by_name = EXTENSIONS.get(suffix)
+    if fmt is None:
+        if by_name is None:
+            raise ValueError(f"cannot tell the format from {Path(out).name!r}: name it .onnx or .ts, or give --format")
+        return by_name
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if by_name is not None and by_name != fmt:
+        raise ValueError(f"--format {fmt} does not match the file name {Path(out).name!r} ({suffix} is {by_name})")
+    return fmt
+
+
 def export_model(model: "str | os.PathLike", out: "str | os.PathLike", fmt: str = "onnx", opset: int = 17,
                  tolerance: float = 1e-4) -> float:
     """Write ``model`` as ``fmt`` to ``out`` and return the largest logit difference on random bags (K = 12, 36, 100).

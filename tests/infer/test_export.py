@@ -49,6 +49,32 @@ def test_export_command_and_errors(model, tmp_path, capsys):
         export_model(tmp_path / "junk.pt", tmp_path / "m.onnx")
 
 
+@pytest.mark.parametrize("name, fmt, expected", [
+    ("m.onnx", None, "onnx"), ("m.ts", None, "torchscript"), ("m.pt", None, "torchscript"), ("m.ONNX", None, "onnx"),
+    ("m.bin", "onnx", "onnx"), ("m.ts", "torchscript", "torchscript"),
+])
+def test_the_format_comes_from_the_extension(name, fmt, expected):
+    from ctmil.infer.export import export_format
+
+    assert export_format(name, fmt) == expected
+
+
+@pytest.mark.parametrize("name, fmt, message", [
+    ("m.ts", "onnx", "does not match the file name"), ("m.onnx", "torchscript", "does not match"),
+    ("m.bin", None, "cannot tell the format"),
+])
+def test_export_refuses_a_format_the_name_contradicts_before_writing(model, tmp_path, capsys, name, fmt, message):
+    out = tmp_path / "new" / name
+    assert main(["export", "--model", str(model), "--out", str(out), *(["--format", fmt] if fmt else [])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and not (tmp_path / "new").exists()
+
+
+def test_export_by_extension_writes_torchscript(model, tmp_path, capsys):
+    assert main(["export", "--model", str(model), "--out", str(tmp_path / "m.ts")]) == 0
+    assert capsys.readouterr().out.startswith("torchscript model written") and torch.jit.load(str(tmp_path / "m.ts")) is not None
+
+
 def test_exports_keep_the_recorded_preprocessing(tmp_path):
     from ctmil.infer.model_io import load_model
 
