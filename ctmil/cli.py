@@ -51,15 +51,15 @@ def _literal(value: str):
 
 
 def _set_before_inputs(argv: list[str]) -> list[str]:
-    """``argv`` with the words after ``--set`` that are not ``KEY=VALUE`` moved out of its reach, so that
-    ``ctmil train --set max_epochs=1 data.csv`` reads ``data.csv`` as the input it is, not as an override (they go
-    just before the first ``--set``, where no option can take them)."""
+    """``argv`` with the words after ``--set`` that are not ``KEY=VALUE`` but name an existing file or folder moved
+    out of its reach (just before the first ``--set``), so that ``ctmil train --set max_epochs=1 data.csv`` reads
+    ``data.csv`` as the input it is. Any other word stays, and is then a one-line "not KEY=VALUE" error."""
     out, moved, in_set = [], [], False
     for word in argv:
         if word.startswith("-"):
             in_set = word == "--set"
             out.append(word)
-        elif in_set and "=" not in word:
+        elif in_set and "=" not in word and Path(word).exists():
             moved.append(word)
         else:
             out.append(word)

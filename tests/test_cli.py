@@ -217,12 +217,14 @@ def test_a_malformed_set_pair_is_one_line_naming_it():
 
 
 @pytest.mark.parametrize("argv", [
-    ["train", "--set", "max_epochs=1", "use_virtual_bags=False", "data.csv", "--out", "o"],
-    ["train", "data.csv", "--set", "max_epochs=1", "use_virtual_bags=False", "--out", "o"],
-    ["train", "--out", "o", "--set", "max_epochs=1", "use_virtual_bags=False", "data.csv"],
+    ["train", "--set", "max_epochs=1", "use_virtual_bags=False", "{data}", "--out", "o"],
+    ["train", "{data}", "--set", "max_epochs=1", "use_virtual_bags=False", "--out", "o"],
+    ["train", "--out", "o", "--set", "max_epochs=1", "use_virtual_bags=False", "{data}"],
 ])
-def test_set_never_swallows_the_inputs(argv):
+def test_set_never_swallows_the_inputs(tmp_path, argv):
     from ctmil.cli import _set_before_inputs, build_parser
 
-    args = build_parser().parse_args(_set_before_inputs(argv))
-    assert args.inputs == ["data.csv"] and args.set == ["max_epochs=1", "use_virtual_bags=False"]
+    data = tmp_path / "data.csv"
+    data.write_text("case_id,image,label\n")
+    args = build_parser().parse_args(_set_before_inputs([a.replace("{data}", str(data)) for a in argv]))
+    assert args.inputs == [str(data)] and args.set == ["max_epochs=1", "use_virtual_bags=False"]
