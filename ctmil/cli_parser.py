@@ -104,6 +104,9 @@ def _add_infer(sub: "argparse._SubParsersAction", cli: ModuleType, common) -> No
                    help="keep cases whose lung mask cannot be an adult's lungs (e.g. 16 mL: bowel gas), with the reason as a "
                    "warning; by default such a case fails")
     p.add_argument("--keep-paths", action="store_true", help="absolute source paths in the outputs (default: relative to the input)")
+    p.add_argument("--allow-input-mismatch", action="store_true",
+                   help="predict inputs of another kind than the model was trained on (HU DICOM/NIfTI vs lung-window slice "
+                   "images), with a warning in their row; by default they are refused before any work")
     p.add_argument("--with-study-uid", action="store_true",
                    help="add the StudyInstanceUID to predictions.csv, to join with clinical data (an identifier: off by default)")
     common(p)

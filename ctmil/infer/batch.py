@@ -31,10 +31,12 @@ from torch.utils.data import DataLoader, Dataset
 from ctmil.data.preprocess import case_error_text, join_warnings
 from ctmil.infer.model_io import InferenceModel
 from ctmil.infer.writer import empty_row
+from ctmil.io.readers import detect_input_kind
 from ctmil.transforms.compose import preprocessing_transforms
 from ctmil.transforms.load import LoadCTd
 
-__all__ = ["CaseDataset", "CasePipeline", "PrefetchLoader", "case_loader", "create_inference_evaluator", "make_case_step", "run_inference"]
+__all__ = ["INTENSITY_OF_KIND", "CaseDataset", "CasePipeline", "PrefetchLoader", "case_loader", "check_input_intensity",
+           "create_inference_evaluator", "make_case_step", "run_inference"]
 
 logger = logging.getLogger(__name__)
 
@@ -222,6 +224,34 @@ def _preprocessing_settings(loaded: InferenceModel, min_slices: "int | None", mi
     return settings
 
 
+#: The intensity of each input kind (:func:`ctmil.io.readers.detect_input_kind`).
+INTENSITY_OF_KIND = {"dicom": "hu", "nifti": "hu", "slices": "windowed"}
+_WHAT = {"hu": "Hounsfield units (DICOM, NIfTI)", "windowed": "lung-window slice images"}
+
+
+def check_input_intensity(cases: list[dict], trained_on: Sequence[str], allow: bool = False) -> list[dict]:
+    """``cases``, after refusing those whose intensity the model was not trained on (a one-line ``ValueError`` naming
+    the first), or, with ``allow``, adding the mismatch to their ``warning``. A model that recorded nothing
+    (``trained_on`` empty) is not checked. The bundle's ``inference.json`` feeds its dataset through it
+    (``checked_cases``)."""
+    if not trained_on:
+        return cases
+    for case in cases:
+        image = str(case.get("image") or "")
+        if not image or image.lower().endswith((".pt", ".pth")):  # a bag: no input to judge
+            continue
+        intensity = INTENSITY_OF_KIND.get(detect_input_kind(image))
+        if intensity is None or intensity in trained_on:
+            continue
+        text = (f"input is {_WHAT[intensity]} but the model was trained on "
+                f"{' and '.join(_WHAT.get(t, t) for t in trained_on)}")
+        if not allow:
+            raise ValueError(f"{case['case_id']}: {text}; --allow-input-mismatch predicts it anyway")
+        if text not in (case.get("warning") or ""):
+            case["warning"] = "; ".join(w for w in (case.get("warning") or "", text) if w)
+    return cases
+
+
 def run_inference(
     inputs: "str | os.PathLike | Iterable[str | os.PathLike]",
     model: "str | os.PathLike | InferenceModel",
@@ -238,6 +268,7 @@ def run_inference(
     min_slices: int | None = None,
     min_area_fraction: float | None = None,
     allow_implausible_lungs: bool = False,
+    allow_input_mismatch: bool = False,
     progress: bool = True,
     allow_torchscript: bool = False,
     keep_paths: bool = False,
@@ -258,6 +289,9 @@ def run_inference(
             (``model.json``), else the defaults. They must match what the model was trained on.
         allow_implausible_lungs: predict cases whose lung mask cannot be an adult's lungs too, with the reason in
             their ``warning`` (default: such a case fails and gets no probability).
+        allow_input_mismatch: predict inputs of another intensity than the model was trained on (HU DICOM/NIfTI
+            for a model of lung-window slice images, or the reverse), with a warning in their row; by default such
+            inputs are refused with one line before any work.
         allow_torchscript: accept TorchScript model files (programs, not weights).
         keep_paths: absolute source paths in the outputs (default: relative to the input).
         with_study_uid: a ``study_uid`` column (DICOM StudyInstanceUID) to join with clinical data; an identifier.
@@ -288,11 +322,14 @@ def run_inference(
         "options#save_features": bool(save_features), "options#top_slices": int(top_slices), "options#map_mode": map_mode,
         "progress": bool(progress), "cases#keep_paths": bool(keep_paths), "options#with_study_uid": bool(with_study_uid),
         "dataloader": f"$ctmil.infer.batch.case_loader(@dataset, prefetch={int(prefetch)})",
+        "trained_on": list(loaded.intensities), "allow_input_mismatch": bool(allow_input_mismatch),
     }
     workflow = build_workflow(["inference.json"], overrides, workflow_type="infer")
     cases = workflow.parser.get_parsed_content("cases")
     if not cases:
         raise ValueError("no cases found in the inputs")
+    check_input_intensity(cases, loaded.intensities, allow_input_mismatch)  # before any work; the config's own
+    # check (checked_cases) then finds the same cases, with the same warnings
     logger.info("%d cases; model %s (%s); outputs in %s", len(cases), Path(loaded.path).name, loaded.kind, out_dir)
     workflow.run()
     predictions = workflow.parser.get_parsed_content("evaluator").state.predictions

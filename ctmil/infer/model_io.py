@@ -73,6 +73,7 @@ class InferenceModel:
     preprocessing: dict = field(default_factory=dict)
     chunk_size: int = 1024
     operating_point: dict = field(default_factory=fixed_operating_point)  # calibration + threshold (model.json)
+    intensities: tuple = ()  # what the model was trained on: "hu" and/or "windowed" (model.json "input"); () unknown
 
     @classmethod
     def wrap(cls, module: torch.nn.Module, device: "str | torch.device" = "cpu", chunk_size: int = 1024,
@@ -169,6 +170,13 @@ def _sidecar(path: Path) -> tuple[dict, dict]:
     return dict(info.get("network") or {}), dict(info.get("preprocessing") or {})
 
 
+def recorded_intensities(path: "str | os.PathLike") -> tuple:
+    """The intensities the model beside ``model.json`` was trained on (``"hu"``: DICOM and NIfTI in Hounsfield units;
+    ``"windowed"``: lung-window slice images); ``()`` for a model recorded before ctmil wrote them."""
+    found = (_sidecar_info(Path(path)).get("input") or {}).get("intensity") or []
+    return tuple(str(v) for v in found if v in ("hu", "windowed"))
+
+
 def recorded_operating_point(path: "str | os.PathLike", default_threshold: float = 0.5) -> dict:
     """The operating point recorded in the ``model.json`` beside ``path`` (:mod:`ctmil.evaluate.operating_point`):
     its calibration map and threshold; a recorded plain ``threshold`` alone; else the identity and
@@ -261,7 +269,8 @@ def load_model(
         network_kwargs, preprocessing = _sidecar(path)  # a model.json beside the export records its preprocessing
         preprocessing = {k: tuple(x) if isinstance(x, list) else x for k, x in complete_recorded_preprocessing(preprocessing).items()}
         return InferenceModel(module, "torchscript", str(path), strategy, dev, network=network_kwargs,
-                              preprocessing=preprocessing, chunk_size=chunk_size, operating_point=recorded_operating_point(path))
+                              preprocessing=preprocessing, chunk_size=chunk_size, operating_point=recorded_operating_point(path),
+                              intensities=recorded_intensities(path))
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -292,4 +301,4 @@ def load_model(
         raise ModelError(f"{path.name}: weights do not fit MILNet({kwargs}): {detail[:300]}") from None
     module.eval().to(dev)
     return InferenceModel(module, "state_dict", str(path), "parts", dev, network=kwargs, preprocessing=preprocessing,
-                          chunk_size=chunk_size, operating_point=recorded_operating_point(path))
+                          chunk_size=chunk_size, operating_point=recorded_operating_point(path), intensities=recorded_intensities(path))

@@ -18,9 +18,9 @@ import torch
 from ignite.engine import Engine, Events
 
 from ctmil import __version__
-from ctmil.io.atomic import atomic_torch_save
+from ctmil.io.atomic import atomic_torch_save, atomic_write_text
 
-__all__ = ["ModelWriter", "save_model"]
+__all__ = ["ModelWriter", "save_model", "trained_intensities"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +41,15 @@ def save_model(network: torch.nn.Module, dirname: "str | os.PathLike[str]", info
     out.mkdir(parents=True, exist_ok=True)
     record = {"network": dict(getattr(network, "hparams", {}) or {}), **_plain(dict(info or {})), "ctmil": __version__}
     atomic_torch_save({k: v.detach().cpu() for k, v in network.state_dict().items()}, out / "model.pt")
-    tmp = out / f".model.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, out / "model.json")
+    atomic_write_text(json.dumps(record, indent=2), out / "model.json")
     return out / "model.pt"
+
+
+def trained_intensities(dataset: Any) -> list[str]:
+    """The intensities (``"hu"``, ``"windowed"``) of a training dataset's bags (their ``meta["intensity"]``), sorted;
+    by the end of training every bag of a :class:`~ctmil.data.bags.BagDataset` is in memory, so this reads no file."""
+    found = {str((dataset[i].get("meta") or {}).get("intensity") or "") for i in range(len(dataset))}
+    return sorted(found - {""})
 
 
 class ModelWriter:
@@ -57,14 +62,17 @@ class ModelWriter:
             ``threshold`` and ``calibration`` are replaced by ``engine.state.operating_point`` where an
             :class:`~ctmil.train.handlers.OperatingPointHandler` learnt one.
         save: False on the ranks that must not write.
+        dataset: the training bags; their intensities (HU or lung-window slice images) go to ``model.json``'s
+            ``input``, which inference checks its input against.
     """
 
     def __init__(self, network: torch.nn.Module, dirname: "str | os.PathLike[str]", info: Optional[Mapping[str, Any]] = None,
-                 save: bool = True) -> None:
+                 save: bool = True, dataset: Any = None) -> None:
         self.network = network
         self.dirname = Path(dirname)
         self.info = dict(info or {})
         self.save = bool(save)
+        self.dataset = dataset
 
     def attach(self, engine: Engine) -> None:
         if self.save:
@@ -72,6 +80,8 @@ class ModelWriter:
 
     def __call__(self, engine: Engine) -> None:
         info = {**self.info, "epochs": engine.state.epoch}
+        if self.dataset is not None:  # what the model was trained on, so that inference can refuse other input
+            info["input"] = {"intensity": trained_intensities(self.dataset)}
         point = getattr(engine.state, "operating_point", None)  # from an OperatingPointHandler attached before
         if point is not None:
             info.update(threshold=point["threshold"], calibration=point["calibration"], operating_point=point)
