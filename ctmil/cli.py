@@ -14,9 +14,11 @@ import json
 import logging
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from ctmil import __version__
+from ctmil.words import plural
 
 EXIT_USAGE, EXIT_PARTIAL = 2, 3
 log = logging.getLogger("ctmil")
@@ -65,6 +67,15 @@ def _set_before_inputs(argv: list[str]) -> list[str]:
             out.append(word)
     first = out.index("--set") if moved else len(out)
     return out[:first] + moved + out[first:]
+
+
+def auto_device(value: str | None) -> str:
+    """``--device`` of every command: the one given, else ``cuda:0`` when CUDA is available, else ``cpu``."""
+    if value:
+        return value
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
 def _device(value: str | None) -> dict:
@@ -219,7 +230,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
                 "allow_implausible_lungs": args.allow_implausible_lungs}
     manifest = preprocess_cases(cases, out, settings=settings, progress=not args.quiet, montages=args.montages)
     failed = manifest[manifest["status"] == "failed"]
-    log.info("%d cases: %d ok, %d cached, %d failed, %d flagged by QC; manifest: %s; QC report: %s", len(manifest),
+    log.info("%s: %d ok, %d cached, %d failed, %d flagged by QC; manifest: %s; QC report: %s", plural(len(manifest), "case"),
              (manifest["status"] == "ok").sum(), (manifest["status"] == "cached").sum(), len(failed),
              (manifest["qc_flags"] != "").sum(), out / "manifest.csv", out / "qc.html")
     for row in failed.itertuples():
@@ -231,7 +242,7 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
     from ctmil.synthetic.phantoms import generate_cohort
 
     table = generate_cohort(_out_dir(args.out), n=args.n, seed=args.seed)
-    log.info("wrote %d phantoms (%d severe) to %s", len(table), int(table["label"].sum()), args.out)
+    log.info("wrote %s (%d severe) to %s", plural(len(table), "phantom"), int(table["label"].sum()), args.out)
     return 0
 
 
@@ -243,7 +254,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     _existing([args.model], "model file")
     labels = read_labels(_existing([args.labels], "labels CSV")[0]) if args.labels else {}
     predictions, n_failed = run_inference(
-        inputs, args.model, _out_dir(args.out), threshold=args.threshold, device=args.device,
+        inputs, args.model, _out_dir(args.out), threshold=args.threshold, device=auto_device(args.device),
         save_maps=not args.no_maps, save_overlays=not args.no_overlays, save_features=args.features,
         top_slices=args.top_slices, map_mode=args.map_mode, labels=labels,
         min_slices=args.min_slices, min_area_fraction=args.min_area_fraction,
@@ -252,7 +263,6 @@ def cmd_infer(args: argparse.Namespace) -> int:
         allow_torchscript=args.allow_torchscript, keep_paths=args.keep_paths, with_study_uid=args.with_study_uid)
     for row in predictions[predictions["status"] == "failed"].itertuples():
         print(f"FAILED {row.case_id}: {row.error}", file=sys.stderr)
-    log.info("%d studies, %d failed; predictions: %s", len(predictions), n_failed, Path(args.out) / "predictions.csv")
     if len(predictions) == 1 and not n_failed:  # one study: the answer on stdout
         row = predictions.iloc[0]
         label = "severe" if row["prediction"] == 1 else "non-severe"
@@ -304,13 +314,25 @@ def _user_error(err: BaseException, verbose: bool) -> int:
     return EXIT_USAGE
 
 
+def quiet_third_parties() -> None:
+    """Without ``-v``: no per-epoch lines from Ignite, and no notices from libraries about things the user cannot act
+    on (MONAI's missing GPU DICOM decoder plugin, its fallback UserWarning, tracer warnings of an export); ctmil's
+    own warnings stay."""
+    logging.getLogger("ignite").setLevel(logging.WARNING)
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"(monai|torch|ignite|pydicom|nibabel|onnx|onnxscript|skimage)(\.|$)")
+    warnings.filterwarnings("ignore", message=r".*(TracerWarning|Converting a tensor to a Python|torch\.jit).*")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = any(a in ("-v", "--verbose") for a in argv)
     args = build_parser().parse_args(_set_before_inputs(argv))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not verbose:  # Ignite's per-epoch engine lines; progress bars and ctmil's own log say what happens
-        logging.getLogger("ignite").setLevel(logging.WARNING)
+    quiet = bool(getattr(args, "quiet", False))
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO  # -q: warnings and errors only
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        quiet_third_parties()
     from ctmil.evaluate.cv import CVConfigError
     from ctmil.infer.model_io import ModelError
 
@@ -323,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return _user_error(err, verbose)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted; run the same command to resume", file=sys.stderr)
         return 130
 
 

@@ -91,7 +91,7 @@ def _add_infer(sub: "argparse._SubParsersAction", cli: ModuleType, common) -> No
     p.add_argument("--out", required=True, help="output folder (predictions.csv, cases/<case_id>/...)")
     p.add_argument("--threshold", type=float, default=None,
                    help="decision threshold on the calibrated probability (default: the one learnt with the model, else 0.5)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--device", help="cpu or cuda[:N] (default: cuda:0 when available, else cpu)")
     p.add_argument("--top-slices", type=int, default=3, help="PNG overlays of the N most attended slices")
     p.add_argument("--map-mode", choices=("bag", "slice"), default="bag", help="attention as is, or normalised per slice (paper Fig. 5)")
     p.add_argument("--no-maps", action="store_true", help="no attention NIfTI")

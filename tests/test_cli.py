@@ -228,3 +228,26 @@ def test_set_never_swallows_the_inputs(tmp_path, argv):
     data.write_text("case_id,image,label\n")
     args = build_parser().parse_args(_set_before_inputs([a.replace("{data}", str(data)) for a in argv]))
     assert args.inputs == [str(data)] and args.set == ["max_epochs=1", "use_virtual_bags=False"]
+
+
+@pytest.mark.parametrize("n, noun, nouns, expected", [(1, "case", None, "1 case"), (2, "case", None, "2 cases"),
+                                                      (0, "case", None, "0 cases"), (1, "study", "studies", "1 study"),
+                                                      (3, "study", "studies", "3 studies")])
+def test_plural(n, noun, nouns, expected):
+    from ctmil.words import plural
+
+    assert plural(n, noun, nouns) == expected
+
+
+def test_quiet_prints_no_info_and_no_third_party_notices(tmp_path):
+    """-q: warnings and errors only; MONAI's missing-GPU-decoder notices are not the user's business without -v."""
+    import subprocess
+    import sys
+
+    run = lambda *a: subprocess.run([sys.executable, "-m", "ctmil.cli", *a], capture_output=True, text=True)  # noqa: E731
+    done = run("phantoms", "--out", str(tmp_path / "p"), "--n", "1", "-q")
+    assert done.returncode == 0 and done.stdout == "" and done.stderr == ""
+    done = run("preprocess", str(tmp_path / "p" / "nifti"), "--out", str(tmp_path / "o"), "-q", "--no-montages")
+    assert done.returncode == 0 and "nvImageCodec" not in done.stdout + done.stderr and "INFO" not in done.stderr
+    done = run("phantoms", "--out", str(tmp_path / "q"), "--n", "1")
+    assert "wrote 1 phantom (" in done.stderr

@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Callable
 
-from ctmil.cli import EXIT_PARTIAL, UsageError, _existing, _out_dir
+from ctmil.cli import EXIT_PARTIAL, UsageError, _existing, _out_dir, auto_device
 
 __all__ = ["add_parser", "cmd_evaluate"]
 
@@ -34,7 +34,7 @@ def add_parser(sub: "argparse._SubParsersAction", common: Callable[..., None]) -
                    help="operating threshold (default: the one recorded in model.json, else 0.5)")  # fmt: skip
     p.add_argument("--n-resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--device", help="cpu or cuda[:N] (default: cuda:0 when available, else cpu)")
     p.add_argument("--allow-input-mismatch", action="store_true",
                    help="evaluate inputs of another kind than the model was trained on (HU vs lung-window slice images)")
     common(p, training=False)
@@ -53,7 +53,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     labels = _existing([args.labels], "labels CSV")[0] if args.labels else None
     out = _out_dir(args.out)
     result = evaluate_model(model, inputs, out, labels=labels, threshold=args.threshold, n_resamples=args.n_resamples,
-                            seed=args.seed, device=args.device, progress=not args.quiet,
+                            seed=args.seed, device=auto_device(args.device), progress=not args.quiet,
                             allow_input_mismatch=args.allow_input_mismatch)  # fmt: skip
     print(f"{len(result['predictions'])} held-out cases; threshold {result['threshold']:.4g} ({result['threshold_source']})")
     print(result["table"])

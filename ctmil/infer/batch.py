@@ -34,6 +34,7 @@ from ctmil.infer.writer import empty_row
 from ctmil.io.readers import detect_input_kind
 from ctmil.transforms.compose import preprocessing_transforms
 from ctmil.transforms.load import LoadCTd
+from ctmil.words import plural
 
 __all__ = ["INTENSITY_OF_KIND", "CaseDataset", "CasePipeline", "PrefetchLoader", "case_loader", "check_input_intensity",
            "create_inference_evaluator", "make_case_step", "run_inference"]
@@ -330,11 +331,11 @@ def run_inference(
         raise ValueError("no cases found in the inputs")
     check_input_intensity(cases, loaded.intensities, allow_input_mismatch)  # before any work; the config's own
     # check (checked_cases) then finds the same cases, with the same warnings
-    logger.info("%d cases; model %s (%s); outputs in %s", len(cases), Path(loaded.path).name, loaded.kind, out_dir)
+    logger.info("%s; model %s (%s); outputs in %s", plural(len(cases), "case"), Path(loaded.path).name, loaded.kind, out_dir)
     workflow.run()
     predictions = workflow.parser.get_parsed_content("evaluator").state.predictions
     workflow.finalize()
     n_failed = int((predictions["status"] == "failed").sum())
-    logger.info("%d cases: %d ok, %d failed; predictions: %s", len(predictions), len(predictions) - n_failed, n_failed,
+    logger.info("%s: %d ok, %d failed; predictions: %s", plural(len(predictions), "case"), len(predictions) - n_failed, n_failed,
                 out_dir / "predictions.csv")
     return predictions, n_failed

@@ -134,5 +134,5 @@ def generate_cohort(
     table = pd.DataFrame(rows)
     with atomic_path(out / "labels.csv") as tmp:
         table.to_csv(tmp, index=False)
-    logger.info("wrote %d phantoms (%d severe) to %s", len(table), int(table["label"].sum()), out)
+    logger.debug("wrote %d phantoms (%d severe) to %s", len(table), int(table["label"].sum()), out)
     return table
