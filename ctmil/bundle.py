@@ -23,6 +23,7 @@ import torch
 
 from ctmil.data.bags import BagDataset
 from ctmil.evaluate.folds import stratified_group_folds
+from ctmil.words import plural
 
 __all__ = [
     "bag_dataset",
@@ -227,13 +228,19 @@ def split_cases(cases: pd.DataFrame, val_fraction: float = 0.2, seed: int = 0) -
 
     ``val_fraction`` 0 puts every case in training; otherwise the validation part is one of
     ``round(1 / val_fraction)`` folds of :func:`ctmil.evaluate.folds.stratified_group_folds` (0.2 → one of five).
+    A validation part with one class only is a warning: its AUC is undefined.
     """
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}.")
     if val_fraction == 0.0:
         return cases.reset_index(drop=True), cases.iloc[:0]
     folds = stratified_group_folds(cases["label"].tolist(), cases["patient"].tolist(), max(2, round(1.0 / val_fraction)), int(seed))
-    return cases[folds != 0].reset_index(drop=True), cases[folds == 0].reset_index(drop=True)
+    train, val = cases[folds != 0].reset_index(drop=True), cases[folds == 0].reset_index(drop=True)
+    if len(val) and val["label"].nunique() < 2:
+        logger.warning("the validation split (%s) holds only one class: its AUC is undefined (nan) every epoch and "
+                       "selects nothing; the model of the last epoch is kept. Give more cases of each class, or "
+                       "--val-fraction 0.", plural(len(val), "case"))
+    return train, val
 
 
 def bag_dataset(table: pd.DataFrame | None) -> BagDataset | None:

@@ -144,12 +144,24 @@ def _labelled(predictions: pd.DataFrame, n_failed: int) -> pd.DataFrame:
     return kept.assign(label=kept["label"].astype(int))
 
 
+#: Fewer cases of either class than this: no bootstrap CI ("n too small for a CI"), never a zero-width interval.
+MIN_CI_PER_CLASS = 5
+
+
 def held_out_metrics(labels, probs, threshold: float, threshold_source: str = "given", n_resamples: int = 2000,
                      seed: int = 0, level: float = 0.95) -> pd.DataFrame:  # fmt: skip
     """``metrics.csv``'s frame (``metric, estimate, lower, upper, method``) for ``labels, probs: (N,)``."""
     ci = bootstrap_ci(labels, probs, threshold, n_resamples=n_resamples, level=level, seed=seed, stratified=True)
     boot = f"percentile bootstrap, {n_resamples} stratified resamples, seed {seed}"
-    rows = [{"metric": m, "estimate": r.estimate, "lower": r.lower, "upper": r.upper, "method": boot} for m, r in ci.iterrows()]
+    y = np.asarray(labels, dtype=np.float64)
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    if min(n_pos, n_neg) < MIN_CI_PER_CLASS:  # a resample of 3 + 3 cases barely varies: an interval would look exact
+        too_few = (f"n too small for a CI ({n_pos} positive, {n_neg} negative; at least {MIN_CI_PER_CLASS} of each)")
+        ci = ci.assign(lower=np.nan, upper=np.nan)
+        boot = too_few
+    rows = [{"metric": m, "estimate": r.estimate, "lower": r.lower, "upper": r.upper,
+             "method": boot if pd.isna(r.lower) or r.upper > r.lower else f"{boot}; every resample gave this value"}
+            for m, r in ci.iterrows()]
     try:
         auc = delong_auc_ci(labels, probs, level=level)
         rows.append({"metric": "auc_delong", "estimate": auc.auc, "lower": auc.lower, "upper": auc.upper,
@@ -195,7 +207,7 @@ def _table(metrics: pd.DataFrame, level: float) -> str:
     """The metrics as a Markdown table (estimate, CI where there is one, method)."""
     lines = [f"| Metric | Estimate | {level:.0%} CI | Method |", "|---|---:|---:|---|"]
     for r in metrics.itertuples():
-        ci = "–" if pd.isna(r.lower) else f"{r.lower:.3f} – {r.upper:.3f}"
+        ci = ("n too small" if str(r.method).startswith("n too small") else "–") if pd.isna(r.lower) else f"{r.lower:.3f} – {r.upper:.3f}"
         lines.append(f"| {METRIC_LABELS.get(r.metric, r.metric)} | {r.estimate:.3f} | {ci} | {r.method} |")
     return "\n".join(lines)
 

@@ -127,6 +127,12 @@ def learnt_summary(predictions: pd.DataFrame, level: float = 0.95,
     runs = predictions.drop_duplicates(["setting", "repeat", "fold"]).groupby("setting", sort=False)["threshold"]
     summary["threshold_mean"] = summary["setting"].map(runs.mean())
     summary["threshold_sd"] = summary["setting"].map(runs.std(ddof=1))
+    # a run that fitted nothing (its inner validation cases lacked a class) keeps prob_calibrated == prob
+    fitted = predictions.groupby(["setting", "repeat", "fold"], sort=False).apply(
+        lambda run: bool((run["prob_calibrated"] != run["prob"]).any()) if "prob" in run else True, include_groups=False)
+    per_setting = fitted.groupby(level="setting", sort=False)
+    summary["runs_fitted"] = summary["setting"].map(per_setting.sum()).astype(int)
+    summary["runs"] = summary["setting"].map(per_setting.size()).astype(int)
     return summary
 
 

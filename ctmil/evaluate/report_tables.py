@@ -109,6 +109,21 @@ def _summary_section(summary: pd.DataFrame, level: float, descriptions) -> List[
     return lines
 
 
+def _fitted_lines(learnt: pd.DataFrame, descriptions) -> List[str]:
+    """What each setting's runs did: the map and threshold fitted, or the fixed threshold kept (said, never implied)."""
+    if "runs_fitted" not in learnt:
+        return []
+    out = []
+    for _, row in learnt.iterrows():
+        fitted, runs = int(row["runs_fitted"]), int(row["runs"])
+        if fitted < runs:
+            out.append(f"- {_label(row['setting'], descriptions)}: {fitted} of {runs} runs fitted a map and a threshold; "
+                       f"{runs - fitted} kept the fixed threshold (their inner validation cases lacked a class).")
+        else:
+            out.append(f"- {_label(row['setting'], descriptions)}: all {runs} runs fitted a map and a threshold.")
+    return out + [""]
+
+
 def _learnt_section(learnt: Optional[pd.DataFrame], descriptions) -> List[str]:
     lines = ["## At the operating point learnt on training data", ""]
     if learnt is None:
@@ -118,6 +133,7 @@ def _learnt_section(learnt: Optional[pd.DataFrame], descriptions) -> List[str]:
         "training folds, never its test fold) and applies both to its test fold. AUC ranks the calibrated "
         "probabilities (each map keeps the order within its fold and puts the folds' models on one scale).",
         "",
+        *_fitted_lines(learnt, descriptions),
         f"| Method {_METRIC_HEADER} threshold (mean ± SD over runs) |",
         "|---|---|---|---|---|---|---|",
     ]

@@ -43,6 +43,16 @@ def _table(n_patients: int = 10, per_patient: int = 2, n_severe_patients: int = 
     return pd.DataFrame(rows, columns=bu.BAG_COLUMNS)
 
 
+@pytest.mark.parametrize("n_severe, warned", [(1, True), (5, False)])
+def test_a_one_class_validation_split_is_a_warning(caplog, n_severe, warned):
+    """With one severe patient in ten, the held-out fifth cannot hold both classes on every seed: said, not nan."""
+    with caplog.at_level("WARNING", logger="ctmil.bundle"):
+        for seed in range(5):
+            bu.split_cases(_table(n_severe_patients=n_severe), val_fraction=0.2, seed=seed)
+    said = [r.getMessage() for r in caplog.records if "holds only one class" in r.getMessage()]
+    assert bool(said) == warned and all("AUC is undefined" in m for m in said)
+
+
 def test_split_cases_grouped_stratified_and_deterministic():
     cases = _table()
     train, val = bu.split_cases(cases, val_fraction=0.2, seed=3)

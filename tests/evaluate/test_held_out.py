@@ -243,3 +243,27 @@ def test_ct_phantoms_through_inference(main, model, tmp_path, capsys, monkeypatc
     assert m.loc["auc", "estimate"] == pytest.approx(roc_auc_score(pred["label"], pred["probability"]))
     assert np.isnan(m.loc["auc_delong", "lower"]) and "at least 2 cases of each class" in m.loc["auc_delong", "method"]
     assert "1 failed, 1 without a 0/1 label" in (tmp_path / "o" / "evaluation.md").read_text()
+
+
+@pytest.mark.parametrize("n_pos, n_neg, has_ci", [(3, 3, False), (4, 20, False), (5, 5, True), (12, 30, True)])
+def test_too_few_cases_give_no_ci_instead_of_an_exact_looking_one(n_pos, n_neg, has_ci):
+    from ctmil.evaluate.held_out import _table, held_out_metrics
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.ones(n_pos), np.zeros(n_neg)]
+    probs = np.clip(0.3 * labels + rng.uniform(0, 0.7, labels.size), 0, 1)
+    m = held_out_metrics(labels, probs, 0.5, n_resamples=200).set_index("metric")
+    boot = m.loc[["accuracy", "sensitivity", "specificity", "auc"]]
+    assert boot["lower"].notna().all() == has_ci
+    assert boot["method"].str.startswith("n too small for a CI").all() == (not has_ci)
+    table = _table(m.reset_index(), 0.95)
+    assert ("n too small" in table) == (not has_ci)
+
+
+def test_a_constant_metric_is_said_to_be_constant():
+    """Every case predicted negative: accuracy is the share of negatives in every stratified resample."""
+    from ctmil.evaluate.held_out import held_out_metrics
+
+    labels = np.r_[np.ones(6), np.zeros(12)]
+    m = held_out_metrics(labels, np.full(18, 0.1) + np.linspace(0, 0.01, 18), 0.5, n_resamples=200).set_index("metric")
+    assert m.loc["accuracy", "lower"] == m.loc["accuracy", "upper"] and "every resample gave this value" in m.loc["accuracy", "method"]

@@ -196,3 +196,27 @@ def test_one_setting_and_bad_predictions(tmp_path):
         write_report(tmp_path, predictions.drop(columns="fold"))
     with pytest.raises(ValueError, match="twice"):
         write_report(tmp_path, pd.concat([predictions, predictions.iloc[:1]]))
+
+
+@pytest.mark.parametrize("fitted_runs, expected", [
+    ((True, True), "all 2 runs fitted a map and a threshold"),
+    ((True, False), "1 of 2 runs fitted a map and a threshold; 1 kept the fixed threshold"),
+])
+def test_the_report_says_what_each_run_did(fitted_runs, expected):
+    """A run whose inner validation cases lacked a class keeps prob_calibrated == prob and the fixed threshold: the
+    report says how many runs did that instead of claiming every run fitted a map."""
+    from ctmil.evaluate.report import learnt_summary
+    from ctmil.evaluate.report_tables import _learnt_section
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for fold, fitted in enumerate(fitted_runs):
+        labels = np.r_[np.ones(5), np.zeros(5)]
+        prob = np.clip(0.4 * labels + rng.uniform(0, 0.6, 10), 0, 1)
+        calibrated = np.clip(prob * 0.8 + 0.05, 0, 1) if fitted else prob
+        threshold = 0.42 if fitted else 0.5
+        frames.append(pd.DataFrame({"case_id": [f"f{fold}c{i}" for i in range(10)], "setting": "D", "repeat": 0, "fold": fold,
+                                    "prob": prob, "label": labels, "prob_calibrated": calibrated, "threshold": threshold,
+                                    "prediction": (calibrated >= threshold).astype(int)}))
+    text = "\n".join(_learnt_section(learnt_summary(pd.concat(frames, ignore_index=True)), None))
+    assert expected in text
