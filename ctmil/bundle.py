@@ -80,12 +80,17 @@ def build_workflow(files: Sequence[str | os.PathLike], overrides: Mapping[str, A
     if not any(isinstance(f, _NoLoggingNotice) for f in notice.filters):
         notice.addFilter(_NoLoggingNotice())
 
-    paths = [str(f) if os.sep in str(f) or Path(f).is_file() else config_files(str(f))[0] for f in files]
+    paths = config_paths(files)
     check_override_ids(paths, overrides or {})
     workflow = ConfigWorkflow(config_file=paths, meta_file=config_files("metadata.json")[0], logging_file=False,
                               workflow_type=workflow_type, **dict(overrides or {}))
     workflow.initialize()
     return workflow
+
+
+def config_paths(files: Sequence[str | os.PathLike]) -> list[str]:
+    """Config files as paths: plain names are the bundle's packaged configs (``"train.json"``), paths stay."""
+    return [str(f) if os.sep in str(f) or Path(f).is_file() else config_files(str(f))[0] for f in files]
 
 
 def check_override_ids(files: Sequence[str], overrides: Mapping[str, Any]) -> None:

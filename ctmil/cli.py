@@ -131,7 +131,7 @@ def _train_overrides(args: argparse.Namespace, out: Path) -> dict:
     if getattr(args, "labels", None):
         overrides["labels"] = _existing([args.labels], "labels CSV")[0]
     if getattr(args, "model_dir", None):
-        overrides["ckpt_dir"] = str(_out_dir(args.model_dir))
+        overrides["ckpt_dir"] = str(Path(args.model_dir).resolve())  # made once everything is validated
     for key, value in (("max_epochs", args.epochs), ("seed", args.seed), ("val_fraction", getattr(args, "val_fraction", None))):
         if value is not None:
             overrides[key] = value
@@ -158,10 +158,20 @@ def _check_train_out(out: Path, files: list[str], overrides: dict, restart: bool
     path.write_text(json.dumps(record, indent=2))
 
 
+def _validated(files: list[str], overrides: dict) -> None:
+    """Every override id exists in the configs (one line naming the first that does not), before any output."""
+    from ctmil.bundle import check_override_ids, config_paths
+
+    check_override_ids(config_paths(files), overrides)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    out = _out_dir(args.out)
-    overrides = _train_overrides(args, out)
+    overrides = _train_overrides(args, Path(args.out).resolve())
     files = ["train.json", *_configs(args.config)]
+    _validated(files, overrides)
+    out = _out_dir(args.out)
+    if getattr(args, "model_dir", None):
+        _out_dir(args.model_dir)
     _check_train_out(out, files, overrides, args.restart)
     if args.nproc > 1:
         from ctmil.train.distributed import run_distributed
@@ -180,13 +190,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_cv(args: argparse.Namespace) -> int:
     from ctmil.evaluate.cv import run_cv
 
-    out = _out_dir(args.out)
     overrides = {"progress": False, **_implausible(args), **_device(args.device), **parse_overrides(args.set)}
     for key, value in (("max_epochs", args.epochs), ("seed", args.seed)):
         if value is not None:
             overrides[key] = value
     files = ["train.json", "cv.json", *_configs(args.config)]
     datalist = _existing([args.datalist], "datalist")[0]
+    _validated(files, overrides)
+    out = _out_dir(args.out)
     run_cv(datalist, out, files=files, overrides=overrides, progress=not args.quiet, restart=args.restart)
     print((out / "report.md").read_text())
     manifest = out / "bags" / "manifest.csv"
@@ -250,11 +261,14 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from ctmil.bundle import read_labels
     from ctmil.infer.batch import run_inference
 
+    from ctmil.infer.model_io import load_model
+
     inputs = _existing(args.inputs, "input")
     _existing([args.model], "model file")
     labels = read_labels(_existing([args.labels], "labels CSV")[0]) if args.labels else {}
+    loaded = load_model(args.model, device=auto_device(args.device), allow_torchscript=args.allow_torchscript)  # before --out
     predictions, n_failed = run_inference(
-        inputs, args.model, _out_dir(args.out), threshold=args.threshold, device=auto_device(args.device),
+        inputs, loaded, _out_dir(args.out), threshold=args.threshold, device=auto_device(args.device),
         save_maps=not args.no_maps, save_overlays=not args.no_overlays, save_features=args.features,
         top_slices=args.top_slices, map_mode=args.map_mode, labels=labels,
         min_slices=args.min_slices, min_area_fraction=args.min_area_fraction,

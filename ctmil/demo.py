@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from monai.bundle import ConfigParser
 
-from ctmil.bundle import config_files
+from ctmil.bundle import check_override_ids, config_files
 from ctmil.io.atomic import atomic_write_csv
 from ctmil.evaluate.attention_hits import hit_rates, patch_lesion_fraction
 from ctmil.evaluate.cv import run_cv
@@ -138,6 +138,7 @@ def _report_html(out: Path, cv: pd.DataFrame, comparison: str, held: pd.DataFram
 def run_demo(out_dir: str | os.PathLike, overrides: dict | None = None, progress: bool = True) -> dict:
     """Run the demo into ``out_dir``; returns the paths of ``summary.md``, ``report.html``, the model, and the seconds."""
     start = time.perf_counter()
+    check_override_ids(config_files(*DEMO_FILES), dict(overrides or {}))  # a misspelt key: before any phantom is drawn
     parser = ConfigParser(ConfigParser.load_config_files(config_files(*DEMO_FILES)))
     parser.update(dict(overrides or {}))
     demo = parser.get_parsed_content("demo")

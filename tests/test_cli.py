@@ -251,3 +251,27 @@ def test_quiet_prints_no_info_and_no_third_party_notices(tmp_path):
     assert done.returncode == 0 and "nvImageCodec" not in done.stdout + done.stderr and "INFO" not in done.stderr
     done = run("phantoms", "--out", str(tmp_path / "q"), "--n", "1")
     assert "wrote 1 phantom (" in done.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "{data}", "--out", "{out}", "--set", "max_epoch=1"], "max_epoch"),
+    (["cv", "--datalist", "{data}", "--out", "{out}", "--set", "cv#nfolds=2"], "cv#nfolds"),
+    (["demo", "--out", "{out}", "--set", "max_epoch=1"], "max_epoch"),
+    (["infer", "{data}", "--model", "{folder}", "--out", "{out}"], ""),
+    (["infer", "{data}", "--model", "{junk}", "--out", "{out}"], "cannot read model file"),
+    (["export", "--model", "{junk}", "--out", "{out}/m.ts", "--format", "onnx"], "does not match"),
+])
+def test_user_mistakes_are_refused_before_any_output(tmp_path, capsys, argv, message):
+    """Exit 2 with one line, and --out left as it was: here, never created."""
+    from ctmil.cli import main
+
+    data = tmp_path / "data.csv"
+    data.write_text("case_id,image,label\nc,x.nii.gz,1\n")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "junk.onnx").write_bytes(b"\x08\x07junk")
+    values = {"{data}": str(data), "{out}": str(tmp_path / "out"), "{folder}": str(tmp_path / "folder"),
+              "{junk}": str(tmp_path / "junk.onnx")}
+    code = main([values.get(a, a.replace("{out}", str(tmp_path / "out"))) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (tmp_path / "out").exists()
