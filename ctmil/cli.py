@@ -296,7 +296,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser, training: bool = False) -> None:
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging, tracebacks")
     if training:
         p.add_argument("--epochs", type=int, help="override max_epochs")

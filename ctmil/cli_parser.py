@@ -17,7 +17,7 @@ def add_subcommands(parser: argparse.ArgumentParser, cli: ModuleType) -> None:
     p.add_argument("--labels", help="CSV with case_id (or study_uid) and label, for folder inputs")
     p.add_argument("--val-fraction", type=float, help="share of cases held out for validation (default 0.2; 0: none)")
     p.add_argument("--seed", type=int, help="seed of the initialisation, data order and split (default 0)")
-    p.add_argument("--nproc", type=int, default=1, help="data-parallel processes (gloo on CPU, nccl on GPUs)")
+    p.add_argument("--nproc", type=int, default=1, help="data-parallel processes (gloo on CPU, nccl on GPUs; default 1)")
     p.add_argument("--model-dir", help="where model.pt/model.json go (default: --out), e.g. a bundle's models/ folder")
     p.add_argument("--restart", action="store_true", help="discard the checkpoints of an --out made from other settings")
     p.add_argument("--allow-implausible-lungs", action="store_true",
@@ -40,7 +40,7 @@ def add_subcommands(parser: argparse.ArgumentParser, cli: ModuleType) -> None:
 
     p = sub.add_parser("demo", help="phantoms → short CV of A and D → held-out evaluation, attention hit rate → report.html "
                        "(what `make demo` runs)")
-    p.add_argument("--out", default="out/demo")
+    p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="overrides of the demo config, e.g. max_epochs=2")
     common(p)
     p.set_defaults(func=cli.cmd_demo)
@@ -63,9 +63,9 @@ def add_subcommands(parser: argparse.ArgumentParser, cli: ModuleType) -> None:
     p.set_defaults(func=cli.cmd_preprocess)
 
     p = sub.add_parser("phantoms", help="write a synthetic chest-CT cohort (DICOM, NIfTI, labels.csv)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output folder (dicom/, nifti/, labels.csv)")
     p.add_argument("--n", type=int, default=16, help="number of cases (default 16)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the cohort (default 0)")
     common(p)
     p.set_defaults(func=cli.cmd_phantoms)
 
@@ -92,7 +92,7 @@ def _add_infer(sub: "argparse._SubParsersAction", cli: ModuleType, common) -> No
     p.add_argument("--threshold", type=float, default=None,
                    help="decision threshold on the calibrated probability (default: the one learnt with the model, else 0.5)")
     p.add_argument("--device", help="cpu or cuda[:N] (default: cuda:0 when available, else cpu)")
-    p.add_argument("--top-slices", type=int, default=3, help="PNG overlays of the N most attended slices")
+    p.add_argument("--top-slices", type=int, default=3, help="PNG overlays of the N most attended slices (default 3)")
     p.add_argument("--map-mode", choices=("bag", "slice"), default="bag", help="attention as is, or normalised per slice (paper Fig. 5)")
     p.add_argument("--no-maps", action="store_true", help="no attention NIfTI")
     p.add_argument("--no-overlays", action="store_true", help="no PNG overlays")
