@@ -121,8 +121,18 @@ def _out_dir(path: str) -> Path:
     return out.resolve()
 
 
+def _inputs(args: argparse.Namespace, what: str = "input") -> list[str]:
+    """The positional inputs, with ``--datalist`` as one more (every command takes both forms); one line when none."""
+    given = [*(getattr(args, "inputs", None) or []), *([args.datalist] if getattr(args, "datalist", None) else [])]
+    if isinstance(getattr(args, "inputs", None), str):  # cv: one optional DATALIST
+        given = [args.inputs, *([args.datalist] if args.datalist else [])]
+    if not given:
+        raise UsageError(f"no {what} given: name it as the first argument (or with --datalist)")
+    return _existing(given, what)
+
+
 def _train_overrides(args: argparse.Namespace, out: Path) -> dict:
-    inputs = _existing(args.inputs, "input")
+    inputs = _inputs(args)
     overrides = {
         "datalist": inputs[0] if len(inputs) == 1 else inputs,
         "bundle_root": str(out), "ckpt_dir": str(out), "output_dir": str(out), "cache_dir": str(out / "bags"),
@@ -195,7 +205,10 @@ def cmd_cv(args: argparse.Namespace) -> int:
         if value is not None:
             overrides[key] = value
     files = ["train.json", "cv.json", *_configs(args.config)]
-    datalist = _existing([args.datalist], "datalist")[0]
+    datalists = _inputs(args, "datalist")
+    if len(datalists) > 1:
+        raise UsageError("ctmil cv takes one datalist")
+    datalist = datalists[0]
     _validated(files, overrides)
     out = _out_dir(args.out)
     run_cv(datalist, out, files=files, overrides=overrides, progress=not args.quiet, restart=args.restart)

@@ -8,11 +8,12 @@ from types import ModuleType
 
 def add_subcommands(parser: argparse.ArgumentParser, cli: ModuleType) -> None:
     """Add every subcommand to ``parser``; each calls ``cli.cmd_<name>``."""
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = _Described(parser.add_subparsers(dest="command", required=True))
     common = cli._common
 
     p = sub.add_parser("train", help="train one model on every labelled case (optional validation split) → OUT/model.pt")
-    p.add_argument("inputs", nargs="+", help="a datalist CSV (of bags, or of CT files), export folders or NIfTI files")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="a datalist CSV (of bags, or of CT files), export folders or NIfTI files")
+    p.add_argument("--datalist", help="the same as a datalist INPUT (as ctmil cv and evaluate take it)")
     p.add_argument("--out", required=True, help="output folder (model.pt, model.json, checkpoints/, tensorboard/, bags/)")
     p.add_argument("--labels", help="CSV with case_id (or study_uid) and label, for folder inputs")
     p.add_argument("--val-fraction", type=float, help="share of cases held out for validation (default 0.2; 0: none)")
@@ -27,7 +28,8 @@ def add_subcommands(parser: argparse.ArgumentParser, cli: ModuleType) -> None:
     p.set_defaults(func=cli.cmd_train)
 
     p = sub.add_parser("cv", help="stratified, patient-grouped k-fold CV of the ablation settings → report")
-    p.add_argument("--datalist", required=True, help="CSV with case_id, bag, label[, patient] (ctmil preprocess writes one), "
+    p.add_argument("inputs", nargs="?", metavar="DATALIST", help="the datalist (as --datalist)")
+    p.add_argument("--datalist", help="CSV with case_id, bag, label[, patient] (ctmil preprocess writes one), "
                    "or with case_id, image, label[, patient] (CT files, preprocessed into OUT/bags first)")
     p.add_argument("--out", required=True, help="output folder (report.md/.csv, predictions, folds, roc.png, model)")
     p.add_argument("--restart", action="store_true", help="discard an --out made from another config or datalist")
@@ -81,6 +83,30 @@ def add_subcommands(parser: argparse.ArgumentParser, cli: ModuleType) -> None:
 
     add_evaluate(sub, common)
     _add_infer(sub, cli, common)
+
+
+class _Described:
+    """``add_subparsers()``'s action whose ``add_parser(help=...)`` also gives the subcommand's ``--help`` page that
+    line as its description, and shows the options' defaults (:class:`_DefaultsFormatter`)."""
+
+    def __init__(self, action: "argparse._SubParsersAction") -> None:
+        self.action = action
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        kwargs.setdefault("description", (kwargs.get("help") or "").replace("%%", "%") or None)
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        return self.action.add_parser(name, **kwargs)
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Help lines end with ``(default: X)`` when an option has a default worth saying and its help does not say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        quiet = action.default in (None, False, argparse.SUPPRESS) or action.nargs == 0  # flags: the default is implied
+        if quiet or "default" in text or action.option_strings == []:
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
 
 
 def _add_infer(sub: "argparse._SubParsersAction", cli: ModuleType, common) -> None:

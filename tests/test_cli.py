@@ -275,3 +275,38 @@ def test_user_mistakes_are_refused_before_any_output(tmp_path, capsys, argv, mes
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "cv", "demo", "preprocess", "phantoms", "export", "evaluate", "infer"])
+def test_every_subcommand_help_has_a_description_and_the_defaults(command, capsys):
+    from ctmil.cli import build_parser
+
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args([command, "--help"])
+    page = capsys.readouterr().out
+    description = page.split("\n\n")[1].strip()
+    assert description and not description.startswith(("positional", "options")) and "%%" not in page
+    sub = parser._subparsers._group_actions[0].choices[command]
+    formatter = sub._get_formatter()
+    for action in sub._actions:
+        if action.option_strings and action.nargs != 0 and action.default not in (None, "==SUPPRESS=="):
+            assert "default" in formatter._get_help_string(action), (command, action.dest)
+
+
+@pytest.mark.parametrize("argv", [["cv", "{d}", "--out", "o"], ["cv", "--datalist", "{d}", "--out", "o"],
+                                  ["train", "{d}", "--out", "o"], ["train", "--datalist", "{d}", "--out", "o"]])
+def test_inputs_are_positional_everywhere_with_datalist_as_a_synonym(tmp_path, argv):
+    from ctmil.cli import _inputs, build_parser
+
+    data = tmp_path / "d.csv"
+    data.write_text("case_id,bag,label\n")
+    args = build_parser().parse_args([a.replace("{d}", str(data)) for a in argv])
+    assert _inputs(args) == [str(data.resolve())]
+
+
+def test_no_input_at_all_is_one_line(tmp_path, capsys):
+    from ctmil.cli import main
+
+    assert main(["cv", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == "error: no datalist given: name it as the first argument (or with --datalist)"
