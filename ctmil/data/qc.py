@@ -5,7 +5,10 @@ Per usable case :func:`ctmil.data.preprocess.preprocess_cases` records
 * ``n_slices_kept``: slices kept by the lung-slice selection (before ``max_slices`` sampling, which would make
   every case look alike);
 * ``lung_volume_ml``: voxels of the lung mask (all slices, before selection) × voxel volume, in mL (the mask is
-  computed on a grid of every ``stride``-th row and column, so each of its pixels counts ``stride²`` pixels);
+  computed on a grid of every ``stride``-th row and column, so each of its pixels counts ``stride²`` pixels); empty
+  for slice images, whose spacing is unknown;
+* ``lung_area_px``: the lung mask's mean area per slice with lung, in image pixels (every input: the measure of size
+  for slice images);
 * ``box_aspect``: median over the kept slices of the lung box's width / height in mm;
 * ``box_height_share``, ``box_width_share``: the lung box's height and width as a share of the body's (the
   patient's outline: pixels denser than air, holes filled, the largest region), mean over the kept slices. A box
@@ -59,8 +62,8 @@ __all__ = ["CROP_MEASURES", "MIN_CASES", "MIN_RELATIVE", "NOTHING_FLAGGED", "PLA
 logger = logging.getLogger(__name__)
 
 CROP_MEASURES = ("box_height_share", "box_width_share")
-QC_MEASURES = ("n_slices_kept", "lung_volume_ml", "box_aspect", *CROP_MEASURES)
-QC_COLUMNS = ["lung_volume_ml", "box_aspect", *CROP_MEASURES, "qc_flags", "qc_montage"]
+QC_MEASURES = ("n_slices_kept", "lung_volume_ml", "lung_area_px", "box_aspect", *CROP_MEASURES)
+QC_COLUMNS = ["lung_volume_ml", "lung_area_px", "box_aspect", *CROP_MEASURES, "qc_flags", "qc_montage"]
 #: Body outline: denser than this (HU, or the level of a lung-window slice image: about -825 HU in ctmil's window).
 BODY_HU, BODY_LEVEL = -500.0, 0.35
 MIN_CASES = 5
@@ -139,13 +142,16 @@ def _mean(values: list) -> float:
 def case_measures(bag: dict, trace: CaseTrace) -> dict:
     """``n_slices_kept``, ``lung_volume_ml``, ``box_aspect`` and the crop shares of one case (module docstring);
     the shares are the bag's ``meta["crop"]`` when it has them."""
-    spacing = bag["meta"].get("spacing") or (1.0, 1.0, 1.0)
-    dz, dy, dx = (float(v) for v in spacing)
+    spacing = bag["meta"].get("spacing")  # None for slice images: no volume then, only the area in pixels
+    dz, dy, dx = (float(v) for v in (spacing or (1.0, 1.0, 1.0)))
     voxels = float(np.count_nonzero(trace.mask_full)) * trace.stride**2
+    lung_slices_mask = int(np.count_nonzero(np.asarray(trace.mask_full).reshape(len(trace.mask_full), -1).any(axis=1)))
     boxes = np.asarray(bag["boxes"], np.float64).reshape(-1, 4)
     aspect = np.median((boxes[:, 3] - boxes[:, 1]) * dx / np.maximum((boxes[:, 2] - boxes[:, 0]) * dy, 1e-9))
     lung_slices = (bag.get("meta") or {}).get("n_lung_slices")  # before slice sampling (max_slices), if recorded
-    return {"n_slices_kept": int(len(bag["kept_slices"]) if lung_slices is None else lung_slices), "lung_volume_ml": round(voxels * dz * dy * dx / 1000.0, 2),
+    return {"n_slices_kept": int(len(bag["kept_slices"]) if lung_slices is None else lung_slices),
+            "lung_volume_ml": round(voxels * dz * dy * dx / 1000.0, 2) if spacing else float("nan"),
+            "lung_area_px": round(voxels / max(lung_slices_mask, 1), 1),
             "box_aspect": round(float(aspect), 4), **(bag["meta"].get("crop") or crop_shares(bag, trace))}
 
 
@@ -223,7 +229,8 @@ def read_case_qc(qc_dir: Path, case_id: str, key: str, montage: bool = True) -> 
 
 def _fields(record: dict, png: Path) -> dict:
     m = record["measures"]
-    return {"lung_volume_ml": m["lung_volume_ml"], "box_aspect": m["box_aspect"], **{k: m.get(k, float("nan")) for k in CROP_MEASURES},
+    return {"lung_volume_ml": m["lung_volume_ml"], "lung_area_px": m.get("lung_area_px", float("nan")), "box_aspect": m["box_aspect"],
+            **{k: m.get(k, float("nan")) for k in CROP_MEASURES},
             "qc_montage": str(png.resolve()) if png.is_file() else ""}
 
 
@@ -266,6 +273,7 @@ def flag_outliers(manifest: pd.DataFrame, min_cases: int = MIN_CASES, z_limit: f
 PLAIN_MEASURES = {
     "n_slices_kept": ("number of lung slices kept", "{:,.4g}"),
     "lung_volume_ml": ("lung volume", "{:,.0f} mL"),
+    "lung_area_px": ("lung area per lung slice", "{:,.0f} pixels"),
     "box_aspect": ("crop box's width / height", "{:.2f}"),
     "box_height_share": ("crop box's share of the body's height", "{:.0%}"),
     "box_width_share": ("crop box's share of the body's width", "{:.0%}"),
@@ -310,7 +318,9 @@ def _cards(rows: pd.DataFrame, with_flags: bool) -> list[GalleryItem]:
         if not row.qc_montage or not Path(row.qc_montage).is_file():
             continue
         why = why_line(row.qc_flags)
-        text = (f"{row.case_id}: {why}. {row.n_slices_kept} slices kept, lung {_num(row.lung_volume_ml, '.0f')} mL, "
+        volume = _num(row.lung_volume_ml, '.0f')
+        size = f"{volume} mL" if volume != "?" else f"{_num(getattr(row, 'lung_area_px', float('nan')), ',.0f')} px per slice"
+        text = (f"{row.case_id}: {why}. {row.n_slices_kept} slices kept, lung {size}, "
                 f"box aspect {_num(row.box_aspect, '.2f')}, box {_num(row.box_height_share, '.0%')} of the body's height")
         cards.append(GalleryItem(row.qc_montage, text + (f" — {row.qc_flags}" if with_flags else ""), case_id=str(row.case_id),
                                  attrs={"flagged": "1" if row.qc_flags else "0", "why": why}))

@@ -187,8 +187,10 @@ def _cases_in_directory(root: Path, min_slices: int, progress: bool, keep_paths:
         if folder != root and detect_input_kind(folder) == "slices":
             cases.append(_case(folder.name, str(folder), shown(folder)))
     studies, skipped = scan_dicom_tree(root, progress=progress, keep_headers=True)  # each header parsed once
-    if skipped:
-        logger.info("%d files below %s are not usable DICOM images (junk, DICOMDIR, reports, damaged); skipped", len(skipped), root)
+    read_otherwise = NIFTI_SUFFIXES + IMAGE_SUFFIXES  # NIfTI files and slice images are cases of their own above
+    junk = [p for p, _ in skipped if not str(p).lower().endswith(read_otherwise)]
+    if junk:
+        logger.info("%d files below %s are not usable DICOM images (junk, DICOMDIR, reports, damaged); skipped", len(junk), root)
     for study_uid, series in sorted(studies.items(), key=lambda kv: study_key(kv[0])):
         chosen, reason = choose_ct_series(series, min_slices=min_slices)
         first = Path((chosen or series[0]).files[0] if (chosen or series[0]).files else (chosen or series[0]).bad[0][0]).parent

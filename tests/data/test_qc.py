@@ -150,6 +150,24 @@ def test_cli_preprocess_writes_qc_and_no_montages_turns_them_off(tmp_path, cohor
     assert not list((tmp_path / "off" / "qc").glob("*.png")) and manifest["qc_flags"].str.startswith("n_slices_kept low").sum() == 1
 
 
+def test_slice_images_have_no_volume_but_an_area(tmp_path):
+    """Without a spacing there are no millilitres: lung_volume_ml is empty and lung_area_px (pixels) says the size."""
+    from PIL import Image
+
+    vol, _, _ = make_phantom(1, shape=(24, 96, 96), spacing=SPACING)
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for s, image in enumerate(np.clip((vol.astype(np.float32) + 1350) / 1500, 0, 1)):
+        Image.fromarray((image * 255).astype(np.uint8)).save(folder / f"s{s:03d}.png")
+    nifti = write_nifti(vol, SPACING, tmp_path / "c.nii.gz")
+    manifest = preprocess_cases([{"case_id": "png", "image": str(folder)}, {"case_id": "nii", "image": str(nifti)}],
+                                tmp_path / "out", progress=False, montages=False).set_index("case_id")
+    assert pd.isna(manifest.loc["png", "lung_volume_ml"]) and manifest.loc["nii", "lung_volume_ml"] > 100
+    assert manifest.loc["png", "lung_area_px"] > 500 and manifest.loc["nii", "lung_area_px"] > 500
+    written = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False).set_index("case_id")
+    assert written.loc["png", "lung_volume_ml"] == ""
+
+
 def test_crop_shares_are_in_the_manifest_the_bag_and_qc_html(tmp_path, cohort):
     manifest = preprocess_cases(cohort[:5], tmp_path / "out", progress=False, montages=False)
     for column in ("box_height_share", "box_width_share"):
@@ -233,6 +251,8 @@ WHY = {
     "n_slices_kept": ([40, 41, 39, 40, 42, 12], "number of lung slices kept 12 is far below the cohort's median 40"),
     "lung_volume_ml": ([6400, 6495, 6495, 6495, 6600, 16],
                        "lung volume 16 mL is far below the cohort's median 6,495 mL"),
+    "lung_area_px": ([9000, 9100, 8900, 9050, 9000, 300],
+                     "lung area per lung slice 300 pixels is far below the cohort's median 9,000 pixels"),
     "box_aspect": ([1.8, 1.82, 1.79, 1.81, 1.8, 3.0],
                    "crop box's width / height 3.00 is far above the cohort's median 1.80"),
     "box_height_share": ([0.80, 0.82, 0.79, 0.81, 0.80, 0.45],

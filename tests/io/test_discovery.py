@@ -178,3 +178,26 @@ def test_each_dicom_header_is_parsed_once_on_the_cli_path(tmp_path, monkeypatch)
     manifest = preprocess_cases(cases, tmp_path / "out", progress=False)
     assert manifest["status"].tolist() == ["ok"]
     assert n_files >= 12 and len(calls) == len(set(calls)) == n_files
+
+
+@pytest.mark.parametrize("junk", [0, 2])
+def test_slice_images_and_nifti_are_never_called_junk_dicom(tmp_path, caplog, junk):
+    """A folder of PNG slices and a NIfTI file are cases; only real junk is counted as 'not usable DICOM'."""
+    import numpy as np
+    from PIL import Image
+
+    from ctmil.io.discovery import discover_cases
+    from ctmil.synthetic.phantoms import write_nifti
+
+    (tmp_path / "slices").mkdir()
+    for s in range(4):
+        Image.fromarray(np.full((32, 32), 40 * s, np.uint8)).save(tmp_path / "slices" / f"s{s}.png")
+    write_nifti(np.zeros((4, 8, 8), np.int16), (5.0, 1.0, 1.0), tmp_path / "ct.nii.gz")
+    for i in range(junk):
+        (tmp_path / f"junk{i}.bin").write_bytes(b"not dicom")
+    with caplog.at_level("INFO", logger="ctmil.io.discovery"):
+        cases = discover_cases([tmp_path])
+    said = [r.getMessage() for r in caplog.records if "not usable DICOM" in r.getMessage()]
+    assert {c["case_id"] for c in cases} >= {"slices", "ct"}
+    assert said == ([f"{junk} files below {tmp_path} are not usable DICOM images (junk, DICOMDIR, reports, damaged); skipped"]
+                    if junk else [])
