@@ -89,6 +89,8 @@ def preprocess_case(case: dict, transform, settings: dict, bag_dir: Path, qc_dir
         if trace is not None:  # the crop's share of the body: QC and the CV's shortcut check read it from the bag
             bag["meta"]["crop"] = crop_shares(bag, trace)
         bag["meta"]["cache_key"] = key
+        bag["meta"]["preprocessing"] = {**json.loads(json.dumps(preprocessing_settings(**settings), default=str)),
+                                        "revision": PREPROCESSING_REVISION}  # how it was made, beside the hash
         bag["meta"]["source"] = row["source"]  # as discovery shows it (relative to the input unless keep_paths)
         atomic_torch_save(bag, bag_path)
         return _fill_row(row, bag, bag_path, "ok", _case_qc(bag, trace, qc_dir, key, montages))

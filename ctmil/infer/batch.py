@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ctmil.data.preprocess import case_error_text, join_warnings
 from ctmil.infer.model_io import InferenceModel
-from ctmil.infer.writer import empty_row
+from ctmil.infer.writer import InferenceWriter, empty_row, finished_rows
 from ctmil.io.readers import detect_input_kind
 from ctmil.transforms.compose import preprocessing_transforms
 from ctmil.transforms.load import LoadCTd
@@ -253,6 +253,25 @@ def check_input_intensity(cases: list[dict], trained_on: Sequence[str], allow: b
     return cases
 
 
+def run_key(loaded: InferenceModel, settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> str:
+    """What a run's outputs depend on, hashed: the model file (path, size, modification time), the preprocessing
+    settings and revision, the threshold and the per-case options. ``""`` for a model held only in memory (no resume)."""
+    import hashlib
+    import json
+
+    from ctmil import __version__
+    from ctmil.transforms.compose import PREPROCESSING_REVISION
+
+    path = Path(loaded.path) if loaded.path else None
+    if path is None or not path.is_file():
+        return ""
+    stat = path.stat()
+    options = {k: v for k, v in overrides.items() if k.startswith("options#") or k in ("threshold", "trained_on", "allow_input_mismatch")}
+    payload = {"model": [str(path.resolve()), stat.st_size, stat.st_mtime_ns], "preprocessing": dict(settings),
+               "revision": PREPROCESSING_REVISION, "ctmil": __version__, **options}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def run_inference(
     inputs: "str | os.PathLike | Iterable[str | os.PathLike]",
     model: "str | os.PathLike | InferenceModel",
@@ -331,6 +350,21 @@ def run_inference(
         raise ValueError("no cases found in the inputs")
     check_input_intensity(cases, loaded.intensities, allow_input_mismatch)  # before any work; the config's own
     # check (checked_cases) then finds the same cases, with the same warnings
+    key = run_key(loaded, settings, overrides)
+    finished = finished_rows(out_dir, cases, key) if key else {}
+    if finished:  # a resumed run: the cases an earlier run finished under the same key are not run again
+        logger.info("resuming: %s of %s already finished in %s", plural(len(finished), "case"), len(cases), out_dir)
+        rows = [finished[str(c["case_id"])] for c in cases if str(c["case_id"]) in finished]
+        cases[:] = [c for c in cases if str(c["case_id"]) not in finished]
+    else:
+        rows = []
+    writer = next(h for h in workflow.parser.get_parsed_content("handlers") if isinstance(h, InferenceWriter))
+    writer.run_key, writer.finished = key, rows
+    if not cases:  # every case finished before: only the tables are written again
+        writer.reset()
+        predictions = writer.finish()
+        logger.info("%s, all finished before; predictions: %s", plural(len(predictions), "case"), out_dir / "predictions.csv")
+        return predictions, 0
     logger.info("%s; model %s (%s); outputs in %s", plural(len(cases), "case"), Path(loaded.path).name, loaded.kind, out_dir)
     workflow.run()
     predictions = workflow.parser.get_parsed_content("evaluator").state.predictions

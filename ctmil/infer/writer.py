@@ -11,12 +11,15 @@ Output layout (``out_dir``)::
     cases/<case_id>/attention.nii.gz     attention painted on the CT grid, aligned with the input series
     cases/<case_id>/overlay_s<NNN>.png   the most attended slices (NNN = slice index in the CT stack)
     cases/<case_id>/features.npy         with save_features: the bag feature vector (M,)
+    cases/<case_id>/prediction.json      the case's row and the run key it was made under, written last: a case
+                                         with this record is complete, and a rerun with the same key skips it
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import logging
 import os
 import time
@@ -29,13 +32,14 @@ import numpy as np
 import pandas as pd
 from ignite.engine import Engine, Events
 
-from ctmil.io.atomic import atomic_write_csv
+from ctmil.io.atomic import atomic_write_csv, atomic_write_text
 from ctmil.io.paths import safe_case_name
 from ctmil.infer.attention_maps import paint_attention, save_attention_nifti, slice_attention, top_attended_slices
 from ctmil.infer.overlays import save_overlay
 from ctmil.report import GalleryItem, HtmlReport
 
-__all__ = ["PREDICTION_COLUMNS", "InferenceOptions", "InferenceWriter", "case_dirname", "empty_row", "predictions_frame",
+__all__ = ["CASE_RECORD", "PREDICTION_COLUMNS", "InferenceOptions", "InferenceWriter", "case_dirname", "empty_row",
+           "finished_rows", "predictions_frame",
            "write_case_outputs", "write_report"]
 
 logger = logging.getLogger(__name__)
@@ -83,6 +87,25 @@ class InferenceOptions:
             raise ValueError(f"top_slices must be >= 0, got {self.top_slices}")
         if self.map_mode not in ("bag", "slice"):
             raise ValueError(f"map_mode must be 'bag' or 'slice', got {self.map_mode!r}")
+
+
+#: A finished case's record: ``{"run_key": str, "row": {...}}`` (:func:`finished_rows`).
+CASE_RECORD = "prediction.json"
+
+
+def finished_rows(out_dir: "str | os.PathLike[str]", cases: list[Mapping], run_key: str) -> dict[str, dict]:
+    """The rows of ``cases`` that an earlier run into ``out_dir`` finished under the same ``run_key`` (model, settings,
+    options), by case id: a resumed run skips them and puts their rows back into ``predictions.csv``."""
+    done = {}
+    for case in cases:
+        path = Path(out_dir) / "cases" / case_dirname(str(case["case_id"])) / CASE_RECORD
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("run_key") == run_key and (record.get("row") or {}).get("status") == "ok":
+            done[str(case["case_id"])] = dict(record["row"])
+    return done
 
 
 def case_dirname(case_id: str) -> str:
@@ -158,6 +181,11 @@ _INT_COLUMNS = ("prediction", "label", "n_slices", "n_slices_kept", "K")
 _FLOAT_COLUMNS = ("probability", "threshold", "t_load", "t_preprocess", "t_predict", "t_write")
 
 
+def _plain_row(row: Mapping) -> dict:
+    """A row as JSON-safe plain values (numpy numbers as Python ones)."""
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+
+
 def predictions_frame(rows: list[dict], with_study_uid: bool = False) -> pd.DataFrame:
     """The rows as a typed table (nullable ints, floats with NaN where a failed case has no value)."""
     frame = pd.DataFrame(rows, columns=PREDICTION_COLUMNS[:1] + ["study_uid"] * with_study_uid + PREDICTION_COLUMNS[1:])
@@ -195,11 +223,18 @@ class InferenceWriter:
     Args:
         output_dir: the output folder.
         options: what to write per case.
+        run_key: what the outputs were made under (:func:`ctmil.infer.batch.run_key`); with one, each finished case
+            gets its record (:data:`CASE_RECORD`), written after its other outputs.
+        finished: the rows of cases an earlier run finished under ``run_key`` (:func:`finished_rows`), which this
+            run skips: they head ``predictions.csv`` as they did.
     """
 
-    def __init__(self, output_dir: "str | os.PathLike[str]", options: InferenceOptions | None = None) -> None:
+    def __init__(self, output_dir: "str | os.PathLike[str]", options: InferenceOptions | None = None, run_key: str = "",
+                 finished: list[dict] | None = None) -> None:
         self.out_dir = Path(output_dir)
         self.options = options or InferenceOptions()
+        self.run_key = str(run_key)
+        self.finished = [dict(r) for r in finished or []]  # rows of cases an earlier run finished: not run again
         self.rows: list[dict] = []
 
     def attach(self, engine: Engine) -> None:
@@ -208,8 +243,11 @@ class InferenceWriter:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.publish)
 
     def reset(self, engine: Engine | None = None) -> None:
-        self.rows = []
+        self.rows = [dict(r) for r in self.finished]
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in [*self.out_dir.glob(".*.tmp"), *self.out_dir.glob("cases/*/.*.tmp")]:  # a killed run's half-writes
+            with contextlib.suppress(OSError):
+                stale.unlink()
 
     def collect(self, engine: Engine) -> None:
         out = engine.state.output
@@ -229,14 +267,23 @@ class InferenceWriter:
                 _clear_case_dir(folder)  # no stale maps of an earlier run
             logger.warning("case %s failed: %s", row["case_id"], row["error"])
         self.rows.append(row)
+        if row["status"] == "ok" and self.run_key:  # last: the record says the case's outputs are complete
+            atomic_write_text(json.dumps({"run_key": self.run_key, "row": _plain_row(row)}), folder / CASE_RECORD)
         atomic_write_csv(predictions_frame(self.rows, self.options.with_study_uid), self.out_dir / "predictions.csv")
 
     def publish(self, engine: Engine) -> None:
+        engine.state.predictions = self.finish()
+
+    def finish(self) -> pd.DataFrame:
+        """Write what comes after the last case (``features.csv``, ``report.html``, ``predictions.csv`` once more:
+        a resumed run with nothing left to do has only the earlier rows) and return the predictions."""
         if self.options.save_features:
             _write_features_csv(self.rows, self.out_dir)
-        engine.state.predictions = predictions_frame(self.rows, self.options.with_study_uid)
+        predictions = predictions_frame(self.rows, self.options.with_study_uid)
+        atomic_write_csv(predictions, self.out_dir / "predictions.csv")
         if self.options.write_report:
-            write_report(engine.state.predictions, self.out_dir, self.options)
+            write_report(predictions, self.out_dir, self.options)
+        return predictions
 
 
 REPORT_COLUMNS = ["case_id", "status", "probability", "prediction", "label", "n_slices_kept", "top_slices", "warning"]

@@ -94,3 +94,18 @@ def test_inference_applies_the_window_training_recorded(tmp_path):
     applied = _chain_settings(inference.parser.get_parsed_content("preprocessing"))
     assert applied == {"window_hu": tuple(WINDOW), "max_slices": 6, "slab_mm": 5.0}
     assert _chain_settings(preprocessing_transforms())["window_hu"] != applied["window_hu"]  # not the defaults
+
+
+def test_a_bag_says_how_it_was_made(tmp_path):
+    """Beside the cache key's hash, the bag records its effective settings and the preprocessing revision."""
+    from ctmil.data.preprocess import preprocess_cases
+    from ctmil.synthetic.phantoms import make_phantom, write_nifti
+    from ctmil.transforms.compose import PREPROCESSING_REVISION
+
+    vol, _, info = make_phantom(0, shape=(16, 64, 64), spacing=(10.0, 5.0, 5.0))
+    nifti = write_nifti(vol, info["spacing"], tmp_path / "c.nii.gz")
+    manifest = preprocess_cases([{"case_id": "c", "image": str(nifti)}], tmp_path / "out", settings={"max_slices": 8},
+                                progress=False, montages=False)
+    recorded = torch.load(manifest.loc[0, "bag_path"], weights_only=True)["meta"]["preprocessing"]
+    assert recorded == {**json.loads(json.dumps(preprocessing_settings(max_slices=8))), "revision": PREPROCESSING_REVISION}
+    assert recorded["window_hu"] == [-1350.0, 150.0] and recorded["max_slices"] == 8
