@@ -275,10 +275,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from ctmil.infer.batch import run_inference
 
     from ctmil.infer.model_io import load_model
+    from ctmil.infer.shards import parse_shard
 
     inputs = _existing(args.inputs, "input")
     _existing([args.model], "model file")
     labels = read_labels(_existing([args.labels], "labels CSV")[0]) if args.labels else {}
+    shard = parse_shard(args.shard) if args.shard else None
     loaded = load_model(args.model, device=auto_device(args.device), allow_torchscript=args.allow_torchscript)  # before --out
     predictions, n_failed = run_inference(
         inputs, loaded, _out_dir(args.out), threshold=args.threshold, device=auto_device(args.device),
@@ -286,7 +288,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         top_slices=args.top_slices, map_mode=args.map_mode, labels=labels,
         min_slices=args.min_slices, min_area_fraction=args.min_area_fraction,
         allow_implausible_lungs=args.allow_implausible_lungs, allow_input_mismatch=args.allow_input_mismatch,
-        progress=not args.quiet,
+        shard=shard, progress=not args.quiet,
         allow_torchscript=args.allow_torchscript, keep_paths=args.keep_paths, with_study_uid=args.with_study_uid)
     for row in predictions[predictions["status"] == "failed"].itertuples():
         print(f"FAILED {row.case_id}: {row.error}", file=sys.stderr)
@@ -295,6 +297,18 @@ def cmd_infer(args: argparse.Namespace) -> int:
         label = "severe" if row["prediction"] == 1 else "non-severe"
         print(f"{row['case_id']}: probability of severe {row['probability']:.3f} -> {label} (threshold {row['threshold']:g})")
     return EXIT_PARTIAL if n_failed else 0
+
+
+def cmd_merge_predictions(args: argparse.Namespace) -> int:
+    from ctmil.infer.shards import merge_shards
+
+    out = _existing([args.out], "--out of the shards")[0]
+    merged = merge_shards(out)
+    failed = merged[merged["status"] == "failed"]
+    for row in failed.itertuples():
+        print(f"FAILED {row.case_id}: {row.error}", file=sys.stderr)
+    log.info("%s merged (%d failed); predictions: %s", plural(len(merged), "case"), len(failed), Path(out) / "predictions.csv")
+    return EXIT_PARTIAL if len(failed) else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -79,6 +79,11 @@ def add_subcommands(parser: argparse.ArgumentParser, cli: ModuleType) -> None:
     common(p)
     p.set_defaults(func=cli.cmd_export)
 
+    p = sub.add_parser("merge-predictions", help="join the shard tables of ctmil infer --shard into predictions.csv and report.html")
+    p.add_argument("out", metavar="OUT", help="the --out the shards wrote into")
+    common(p)
+    p.set_defaults(func=cli.cmd_merge_predictions)
+
     from ctmil.evaluate.command import add_parser as add_evaluate
 
     add_evaluate(sub, common)
@@ -133,6 +138,8 @@ def _add_infer(sub: "argparse._SubParsersAction", cli: ModuleType, common) -> No
     p.add_argument("--allow-input-mismatch", action="store_true",
                    help="predict inputs of another kind than the model was trained on (HU DICOM/NIfTI vs lung-window slice "
                    "images), with a warning in their row; by default they are refused before any work")
+    p.add_argument("--shard", metavar="I/N", help="only the cases of shard I of N (0 <= I < N, e.g. $SLURM_ARRAY_TASK_ID/4); "
+                   "their table is predictions.shard-I-of-N.csv, joined by ctmil merge-predictions")
     p.add_argument("--with-study-uid", action="store_true",
                    help="add the StudyInstanceUID to predictions.csv, to join with clinical data (an identifier: off by default)")
     common(p)

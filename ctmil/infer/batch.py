@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ctmil.data.preprocess import case_error_text, join_warnings
 from ctmil.infer.model_io import InferenceModel
+from ctmil.infer.shards import in_shard, shard_table
 from ctmil.infer.writer import InferenceWriter, empty_row, finished_rows
 from ctmil.io.readers import detect_input_kind
 from ctmil.transforms.compose import preprocessing_transforms
@@ -289,6 +290,7 @@ def run_inference(
     min_area_fraction: float | None = None,
     allow_implausible_lungs: bool = False,
     allow_input_mismatch: bool = False,
+    shard: "tuple[int, int] | None" = None,
     progress: bool = True,
     allow_torchscript: bool = False,
     keep_paths: bool = False,
@@ -312,6 +314,8 @@ def run_inference(
         allow_input_mismatch: predict inputs of another intensity than the model was trained on (HU DICOM/NIfTI
             for a model of lung-window slice images, or the reverse), with a warning in their row; by default such
             inputs are refused with one line before any work.
+        shard: ``(I, N)``: only the cases of shard ``I`` of ``N`` (:mod:`ctmil.infer.shards`), their table written as
+            ``predictions.shard-I-of-N.csv`` for ``ctmil merge-predictions``.
         allow_torchscript: accept TorchScript model files (programs, not weights).
         keep_paths: absolute source paths in the outputs (default: relative to the input).
         with_study_uid: a ``study_uid`` column (DICOM StudyInstanceUID) to join with clinical data; an identifier.
@@ -350,6 +354,9 @@ def run_inference(
         raise ValueError("no cases found in the inputs")
     check_input_intensity(cases, loaded.intensities, allow_input_mismatch)  # before any work; the config's own
     # check (checked_cases) then finds the same cases, with the same warnings
+    if shard is not None:  # this process's part of the batch; the split is the same on every machine
+        cases[:] = [c for c in cases if in_shard(str(c["case_id"]), *shard)]
+        logger.info("shard %d of %d: %s", shard[0], shard[1], plural(len(cases), "case"))
     key = run_key(loaded, settings, overrides)
     finished = finished_rows(out_dir, cases, key) if key else {}
     if finished:  # a resumed run: the cases an earlier run finished under the same key are not run again
@@ -360,10 +367,12 @@ def run_inference(
         rows = []
     writer = next(h for h in workflow.parser.get_parsed_content("handlers") if isinstance(h, InferenceWriter))
     writer.run_key, writer.finished = key, rows
+    if shard is not None:
+        writer.table = shard_table(*shard)
     if not cases:  # every case finished before: only the tables are written again
         writer.reset()
         predictions = writer.finish()
-        logger.info("%s, all finished before; predictions: %s", plural(len(predictions), "case"), out_dir / "predictions.csv")
+        logger.info("%s, nothing left to run (all finished before); table: %s", plural(len(predictions), "case"), out_dir / writer.table)
         return predictions, 0
     logger.info("%s; model %s (%s); outputs in %s", plural(len(cases), "case"), Path(loaded.path).name, loaded.kind, out_dir)
     workflow.run()

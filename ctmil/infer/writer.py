@@ -235,6 +235,7 @@ class InferenceWriter:
         self.options = options or InferenceOptions()
         self.run_key = str(run_key)
         self.finished = [dict(r) for r in finished or []]  # rows of cases an earlier run finished: not run again
+        self.table = "predictions.csv"  # a shard's run writes shard_table(i, n) instead (ctmil.infer.shards)
         self.rows: list[dict] = []
 
     def attach(self, engine: Engine) -> None:
@@ -269,7 +270,7 @@ class InferenceWriter:
         self.rows.append(row)
         if row["status"] == "ok" and self.run_key:  # last: the record says the case's outputs are complete
             atomic_write_text(json.dumps({"run_key": self.run_key, "row": _plain_row(row)}), folder / CASE_RECORD)
-        atomic_write_csv(predictions_frame(self.rows, self.options.with_study_uid), self.out_dir / "predictions.csv")
+        atomic_write_csv(predictions_frame(self.rows, self.options.with_study_uid), self.out_dir / self.table)
 
     def publish(self, engine: Engine) -> None:
         engine.state.predictions = self.finish()
@@ -280,8 +281,8 @@ class InferenceWriter:
         if self.options.save_features:
             _write_features_csv(self.rows, self.out_dir)
         predictions = predictions_frame(self.rows, self.options.with_study_uid)
-        atomic_write_csv(predictions, self.out_dir / "predictions.csv")
-        if self.options.write_report:
+        atomic_write_csv(predictions, self.out_dir / self.table)
+        if self.options.write_report and self.table == "predictions.csv":  # a shard's page is the merge's to write
             write_report(predictions, self.out_dir, self.options)
         return predictions
 
