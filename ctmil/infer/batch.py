@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ctmil.data.preprocess import case_error_text, join_warnings
 from ctmil.infer.model_io import InferenceModel
+from ctmil.infer.lock import output_lock
 from ctmil.infer.shards import in_shard, shard_table
 from ctmil.infer.writer import InferenceWriter, empty_row, finished_rows
 from ctmil.io.readers import detect_input_kind
@@ -357,6 +358,15 @@ def run_inference(
     if shard is not None:  # this process's part of the batch; the split is the same on every machine
         cases[:] = [c for c in cases if in_shard(str(c["case_id"]), *shard)]
         logger.info("shard %d of %d: %s", shard[0], shard[1], plural(len(cases), "case"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = "infer" if shard is None else f"infer.shard-{shard[0]}-of-{shard[1]}"
+    with output_lock(out_dir, lock):  # one live run per --out (per shard): a second refuses with one line
+        return _run_cases(workflow, loaded, settings, overrides, cases, out_dir, shard)
+
+
+def _run_cases(workflow, loaded: InferenceModel, settings: Mapping[str, Any], overrides: Mapping[str, Any], cases: list,
+               out_dir: Path, shard: "tuple[int, int] | None") -> tuple[pd.DataFrame, int]:
+    """:func:`run_inference` once the run holds its output folder: resume, run what is left, summarise."""
     key = run_key(loaded, settings, overrides)
     finished = finished_rows(out_dir, cases, key) if key else {}
     if finished:  # a resumed run: the cases an earlier run finished under the same key are not run again

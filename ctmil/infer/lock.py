@@ -1,0 +1,73 @@
+"""One live run per output folder (per shard) (issue 21 point 4): a lock file holding the pid and host of the run.
+
+What two runs writing one ``predictions.csv`` would do is undefined, so a second run refuses with one line while the
+first lives. Shards of one split write different tables and lock separately. A lock whose process is gone (a run
+killed with ``kill -9`` on this host) is taken over; a lock from another host cannot be checked and is refused, with
+the file to remove named, once that run is known to be gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["OutputInUse", "output_lock"]
+
+
+class OutputInUse(ValueError):
+    """Another live run holds the output folder (one line)."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _claim(path: Path, record: dict) -> bool:
+    """Create ``path`` holding ``record`` if it does not exist (atomically: ``O_EXCL``); ``False`` if it does."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as fh:
+        json.dump(record, fh)
+    return True
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: "str | os.PathLike[str]", name: str = "infer") -> Iterator[Path]:
+    """Hold ``out_dir/.ctmil-<name>.lock`` for the block; :class:`OutputInUse` when a live run holds it."""
+    path = Path(out_dir) / f".ctmil-{name}.lock"
+    host = socket.gethostname()
+    record = {"pid": os.getpid(), "host": host, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    while not _claim(path, record):
+        try:
+            held = json.loads(path.read_text())
+        except (OSError, ValueError):  # being written by its owner this instant, or damaged: look once more
+            time.sleep(0.05)
+            held = {}
+            with contextlib.suppress(OSError, ValueError):
+                held = json.loads(path.read_text())
+        pid, other = int(held.get("pid") or 0), str(held.get("host") or "")
+        if other == host and pid and not _alive(pid):
+            path.unlink(missing_ok=True)  # its run was killed: take over
+            continue
+        where = f"pid {pid} on {other}" if other else "another run"
+        hint = "; wait for it" + ("" if other == host else f", or remove {path} if that run is gone")
+        raise OutputInUse(f"{Path(out_dir)} is in use by {where} (since {held.get('started', '?')}){hint}")
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
