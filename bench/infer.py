@@ -7,7 +7,10 @@ Rows: the real thorax CT in ../shared/data/thorax_ct_dicom (141 slices, 512²; s
 warm-up run. Prints a Markdown table.
 
 ``--batch N`` also times one ``run_inference`` over N phantom studies (48×128² NIfTI, different seeds) with and
-without the background prefetch of the next case, and prints studies per hour. ``--slices 50 141 400`` times
+without the background prefetch of the next case, and prints studies per hour. ``--processes 1 2 4`` then runs the
+same N studies as that many ``ctmil infer --shard I/P`` processes at once (each with cores / P torch threads, as a
+SLURM array or ``xargs -P`` would), merged by ``ctmil merge-predictions``, and prints studies per hour in all and per
+core used. ``--slices 50 141 400`` times
 phantom DICOM series of those slice counts (512², 2 mm) for the scaling table.
 
 Usage::
@@ -71,6 +74,31 @@ def _batch_rate(tmp: Path, model, n: int, options: dict) -> list[str]:
     return lines
 
 
+def _process_rates(tmp: Path, model_path: Path, n: int, counts: list[int]) -> list[str]:
+    """Studies per hour of the batch folder run as P parallel ``ctmil infer --shard`` processes, for each P."""
+    import subprocess
+    import sys
+
+    cores = os.cpu_count() or 1
+    lines = []
+    for p in counts:
+        out = tmp / f"shards{p}"
+        threads = max(1, cores // p)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        argv = [sys.executable, "-m", "ctmil.cli", "infer", str(tmp / "batch_in"), "--model", str(model_path), "--out", str(out),
+                "-q", "--device", "cpu", "--no-overlays", "--no-maps"]
+        t0 = time.perf_counter()
+        procs = [subprocess.Popen([*argv, "--shard", f"{i}/{p}"], env=env) for i in range(p)]
+        codes = [proc.wait() for proc in procs]
+        merged = subprocess.run([sys.executable, "-m", "ctmil.cli", "merge-predictions", str(out), "-q"])
+        wall = time.perf_counter() - t0
+        used = min(cores, p * threads)
+        bad = "" if not any(codes) and merged.returncode == 0 else f" exit codes {codes} / merge {merged.returncode}"
+        lines.append(f"| {p} | {threads} | {wall:.1f} | {3600 * n / wall:,.0f} | {3600 * n / wall / used:,.0f} | "
+                     f"{os.getloadavg()[0]:.1f} |{bad}")
+    return lines
+
+
 def _slice_rows(tmp: Path, counts: list[int]) -> list[tuple[str, Path]]:
     from ctmil.synthetic.dicom_writer import write_dicom_series
     from ctmil.synthetic.phantoms import make_phantom
@@ -104,6 +132,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=0, help="also time a batch of this many phantom studies")
     parser.add_argument("--slices", type=int, nargs="*", default=None, help="phantom DICOM series of these slice counts only")
     parser.add_argument("--no-real", action="store_true", help="skip the real thorax series")
+    parser.add_argument("--processes", type=int, nargs="*", default=[],
+                        help="with --batch: also run the batch as this many parallel shard processes (e.g. 1 2 4)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
@@ -139,6 +169,7 @@ def main() -> None:
             med = {p: statistics.median(v) for p, v in phases.items()}
             table.append((name, f"{row['n_slices_kept']}/{row['n_slices']}", int(row["K"]), med))
         batch_lines = _batch_rate(tmp, model, args.batch, options) if args.batch else []
+        process_lines = _process_rates(tmp, tmp / "model.pt", args.batch, args.processes) if args.batch and args.processes else []
         from train_step import matmul_gflops  # bench/train_step.py: best of several trials of the median
 
         peak = matmul_gflops(2048, 10, torch.device("cpu"), trials=3)
@@ -160,6 +191,11 @@ def main() -> None:
     if batch_lines:
         print("\n| batch | prefetch | wall s | s / study | studies / hour | load at end |\n|---|---:|---:|---:|---:|---:|")
         print("\n".join(batch_lines))
+    if process_lines:
+        print(f"\n{args.batch} studies as P parallel `ctmil infer --shard I/P` processes + `ctmil merge-predictions` "
+              f"({os.cpu_count()} CPUs; per core: over the cores the processes' threads use; maps and overlays off)\n")
+        print("| processes | torch threads each | wall s | studies / hour | per core | load at end |\n|---:|---:|---:|---:|---:|---:|")
+        print("\n".join(process_lines))
 
 
 if __name__ == "__main__":

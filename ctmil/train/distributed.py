@@ -13,6 +13,7 @@ or ``ctmil train --nproc N`` (:func:`run_distributed`; ``nccl`` on GPUs, ``gloo`
 
 from __future__ import annotations
 
+import gc
 import socket
 from typing import Any, Mapping, Optional, Sequence
 
@@ -68,11 +69,19 @@ def _worker(local_rank: int, files: Sequence[str], overrides: Mapping[str, Any],
 
     torch.set_num_threads(threads)  # the processes share the machine's cores
 
+    import ignite.distributed as idist
+
     workflow = build_workflow(list(files), dict(overrides))
     try:
         workflow.run()
     finally:
         workflow.finalize()
+    # Every rank reaches here, with its DDP reducer freed, before any tears the process group down: gloo work still
+    # held by a reducer at interpreter shutdown aborts the process ("terminate called without an active exception",
+    # SIGABRT; seen under load in CI, and described in pytorch/pytorch#179291).
+    del workflow
+    gc.collect()
+    idist.barrier()
 
 
 def run_distributed(files: Sequence[str], overrides: Mapping[str, Any], nproc: int, backend: Optional[str] = None) -> None:
