@@ -65,9 +65,9 @@ def _batch_rate(tmp: Path, model, n: int, options: dict) -> list[str]:
         vol, _, info = make_phantom(100 + i, shape=(48, 128, 128), spacing=(5.0, 2.7, 2.7))
         write_nifti(vol, (5.0, 2.7, 2.7), folder / f"study{i:02d}.nii.gz", origin=info["origin_lps"])
     lines = []
-    for prefetch in (0, 1, 0, 1):  # alternated, so load changes hit both
-        t0 = time.perf_counter()
-        predictions, n_failed = run_inference([folder], model, tmp / f"batch_out{prefetch}", prefetch=prefetch, **options)
+    for trial, prefetch in enumerate((0, 1, 0, 1)):  # alternated, so load changes hit both
+        t0 = time.perf_counter()  # a fresh --out each time: into the same one, a rerun would resume and skip every study
+        predictions, n_failed = run_inference([folder], model, tmp / f"batch_out{trial}", prefetch=prefetch, **options)
         wall = time.perf_counter() - t0
         lines.append(f"| {n} phantom studies 48×128² NIfTI | {prefetch} | {wall:.1f} | {wall / n:.2f} | {3600 * n / wall:,.0f} "
                      f"| {os.getloadavg()[0]:.1f} |" + (f" {n_failed} failed" if n_failed else ""))
