@@ -131,6 +131,16 @@ def _inputs(args: argparse.Namespace, what: str = "input") -> list[str]:
     return _existing(given, what)
 
 
+def refuse_without_ct(cases: list[dict]) -> None:
+    """A usage error (exit 2) when the inputs hold no CT at all, rather than a batch of one failed case; inputs where
+    CT was found but is unusable stay failed cases (exit 3)."""
+    from ctmil.io.discovery import no_ct_reason
+
+    reason = no_ct_reason(cases)
+    if reason:
+        raise UsageError(reason)
+
+
 def _train_overrides(args: argparse.Namespace, out: Path) -> dict:
     inputs = _inputs(args)
     overrides = {
@@ -241,15 +251,17 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from ctmil.io.discovery import discover_cases
 
     inputs = _existing(args.inputs, "input")
-    out = _out_dir(args.out)
     labels = read_labels(_existing([args.labels], "labels CSV")[0]) if args.labels else {}
     cases = discover_cases(inputs, labels=labels, min_slices=args.min_slices, progress=not args.quiet,
                            keep_paths=args.keep_paths)
-    if not cases:
-        raise UsageError("no cases found in the inputs")
+    refuse_without_ct(cases)
+    out = _out_dir(args.out)
     if labels and not any(c.get("label") is not None for c in cases):
         print(f"warning: no case matched a label of {args.labels} (DICOM studies are matched by a study_uid column, "
               "other inputs by case_id); datalist.csv will be empty", file=sys.stderr)
+    elif not labels and not any(c.get("label") is not None for c in cases):
+        print("warning: no case has a label (give --labels CSV with case_id or study_uid and label): datalist.csv, "
+              "the list ctmil cv and train read, will be empty", file=sys.stderr)
     settings = {"min_slices": args.min_slices, "min_area_fraction": args.min_area_fraction,
                 "allow_implausible_lungs": args.allow_implausible_lungs}
     manifest = preprocess_cases(cases, out, settings=settings, progress=not args.quiet, montages=args.montages)

@@ -310,3 +310,25 @@ def test_no_input_at_all_is_one_line(tmp_path, capsys):
 
     assert main(["cv", "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip() == "error: no datalist given: name it as the first argument (or with --datalist)"
+
+
+@pytest.mark.parametrize("junk", [False, True])
+def test_inputs_without_ct_are_exit_2_before_any_output(tmp_path, capsys, junk):
+    from ctmil.cli import main
+
+    (tmp_path / "empty").mkdir()
+    if junk:
+        (tmp_path / "empty" / "notes.txt").write_text("not a CT")
+    assert main(["preprocess", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no CT found in the inputs (no DICOM images") and not (tmp_path / "o").exists()
+
+
+def test_preprocess_without_labels_says_the_datalist_will_be_empty(tmp_path, capsys):
+    from ctmil.cli import main
+    from ctmil.synthetic.phantoms import make_phantom, write_nifti
+
+    vol, _, info = make_phantom(0, shape=(16, 64, 64), spacing=(10.0, 5.0, 5.0))
+    write_nifti(vol, info["spacing"], tmp_path / "in" / "c.nii.gz")
+    assert main(["preprocess", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "-q", "--no-montages"]) == 0
+    assert "warning: no case has a label" in capsys.readouterr().err

@@ -33,6 +33,7 @@ from ctmil.infer.model_io import InferenceModel
 from ctmil.infer.lock import output_lock
 from ctmil.infer.shards import in_shard, shard_table
 from ctmil.infer.writer import InferenceWriter, empty_row, finished_rows
+from ctmil.io.discovery import no_ct_reason
 from ctmil.io.readers import detect_input_kind
 from ctmil.transforms.compose import preprocessing_transforms
 from ctmil.transforms.load import LoadCTd
@@ -351,8 +352,9 @@ def run_inference(
     }
     workflow = build_workflow(["inference.json"], overrides, workflow_type="infer")
     cases = workflow.parser.get_parsed_content("cases")
-    if not cases:
-        raise ValueError("no cases found in the inputs")
+    nothing = no_ct_reason(cases)
+    if nothing:
+        raise ValueError(nothing)
     check_input_intensity(cases, loaded.intensities, allow_input_mismatch)  # before any work; the config's own
     # check (checked_cases) then finds the same cases, with the same warnings
     if shard is not None:  # this process's part of the batch; the split is the same on every machine

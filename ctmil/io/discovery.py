@@ -205,3 +205,14 @@ def _cases_in_directory(root: Path, min_slices: int, progress: bool, keep_paths:
         reason = "image files found but no folder holds only slice images" if image_like else nothing_usable(skipped)
         cases.append(_case(root.name, None, shown(root), error=reason))
     return cases
+
+
+def no_ct_reason(cases: list[dict]) -> str | None:
+    """Why the discovered ``cases`` hold no CT at all (empty folders, only junk files), or ``None`` when any case has
+    CT, usable or not. Commands make this a usage error rather than a batch of failed cases."""
+    nothing = ("no DICOM images", "image files found but no folder")
+    if not cases:
+        return "no CT found in the inputs"
+    if all(c.get("image") is None and str(c.get("error", "")).startswith(nothing) for c in cases):
+        return f"no CT found in the inputs ({cases[0]['error']})"
+    return None

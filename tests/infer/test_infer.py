@@ -296,8 +296,8 @@ def test_usage_errors(tmp_path, model_path):
         run_inference(tmp_path, tmp_path / "missing.pt", tmp_path / "out", progress=False)
     with pytest.raises(ValueError, match="threshold"):
         run_inference(tmp_path, model_path, tmp_path / "out", threshold=1.5, progress=False)
-    with pytest.raises(ValueError, match="no cases"):
+    with pytest.raises(ValueError, match="no CT found in the inputs"):
         run_inference([], model_path, tmp_path / "out", progress=False)
-    (tmp_path / "empty").mkdir()  # an input without images is a failed case, not a usage error
-    table, n_failed = run_inference(tmp_path / "empty", model_path, tmp_path / "out", progress=False)
-    assert n_failed == 1 and "no DICOM images" in table["error"].iloc[0]
+    (tmp_path / "empty").mkdir()  # inputs without any CT: a usage error (issue 25), not a batch of one failed case
+    with pytest.raises(ValueError, match=r"no CT found in the inputs \(no DICOM images"):
+        run_inference(tmp_path / "empty", model_path, tmp_path / "out", progress=False)
