@@ -71,7 +71,7 @@ def preprocess_case(case: dict, transform, settings: dict, bag_dir: Path, qc_dir
     cached bag whose QC record is missing or stale is made again, from one run of the chain as always.
     """
     row = {c: "" for c in MANIFEST_COLUMNS}
-    row.update(case_id=case["case_id"], label=case.get("label"), patient=case.get("patient", case["case_id"]),
+    row.update(case_id=case["case_id"], label=label_text(case.get("label")), patient=case.get("patient", case["case_id"]),
                source=case.get("source", ""), series=case.get("series", ""), warning=case.get("warning", ""))
     if case.get("error") or case.get("image") is None:
         row.update(status="failed", error=case.get("error") or "no input")
@@ -122,6 +122,14 @@ def case_error_text(raised: BaseException, case_id: str = "") -> str:
         logger.debug("case %s failed", case_id, exc_info=raised)
         text = f"internal error ({type(err).__name__}): {text}"
     return text
+
+
+def label_text(label) -> "int | float | str":
+    """A label as users write it: ``1``, not ``1.0`` (labels are read as numbers); empty when there is none."""
+    if label is None or (isinstance(label, float) and label != label):
+        return ""
+    value = float(label)
+    return int(value) if value.is_integer() else value
 
 
 def join_warnings(given: str, meta: Mapping) -> str:

@@ -127,3 +127,10 @@ def test_ids_differing_only_in_case_get_names_that_differ_on_case_insensitive_fi
 
     names = [safe_case_name(i).lower() for i in ids]
     assert len(set(names)) == len(ids)
+
+
+@pytest.mark.parametrize("label, written", [(1.0, "1"), (0.0, "0"), (None, ""), (float("nan"), "")])
+def test_labels_are_written_as_users_write_them(label, written):
+    from ctmil.data.preprocess import label_text
+
+    assert str(label_text(label)) == written
