@@ -116,6 +116,19 @@ def _bag_predictions(datalist: Path, loaded: Any, labels: Mapping[str, float]) -
     return predictions, pd.DataFrame(failed, columns=["case_id", "error"])
 
 
+def _both_classes_before_inference(sources: Sequence[PathLike], known: Mapping[str, float]) -> None:
+    """Refuse, before any study is read, CT inputs whose labels cannot give both classes (discovery reads headers
+    only); one line."""
+    from ctmil.io.discovery import discover_cases
+
+    labels = [float(c["label"]) for c in discover_cases(list(sources), labels=dict(known), progress=False)
+              if c.get("label") is not None and c["label"] == c["label"]]
+    n_pos, n_neg = sum(v == 1 for v in labels), sum(v == 0 for v in labels)
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"evaluation needs labelled cases of both classes; the inputs' labels (--labels, or a datalist's "
+                         f"label column) give {n_pos} positive and {n_neg} negative: nothing was run")
+
+
 def _ct_predictions(inputs: Sequence[PathLike], loaded: Any, out_dir: Path, labels: Mapping[str, float], threshold: float,
                     progress: bool, save_maps: bool, allow_input_mismatch: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
     """``(predictions, failed)`` of CT inputs by :func:`run_inference` into ``out_dir/inference``."""
@@ -278,8 +291,10 @@ def evaluate_model(
         raise ValueError("no inputs to evaluate.")
     t, source = resolve_threshold(threshold, model)
     loaded, known, out = load_model(model, device=device), read_labels(labels), Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     datalist = _bag_datalist(sources)
+    if datalist is None:
+        _both_classes_before_inference(sources, known)
+    out.mkdir(parents=True, exist_ok=True)
     if datalist is not None:
         predicted, failed = _bag_predictions(datalist, loaded, known)
     else:

@@ -267,3 +267,21 @@ def test_a_constant_metric_is_said_to_be_constant():
     labels = np.r_[np.ones(6), np.zeros(12)]
     m = held_out_metrics(labels, np.full(18, 0.1) + np.linspace(0, 0.01, 18), 0.5, n_resamples=200).set_index("metric")
     assert m.loc["accuracy", "lower"] == m.loc["accuracy", "upper"] and "every resample gave this value" in m.loc["accuracy", "method"]
+
+
+def test_ct_inputs_without_both_classes_are_refused_before_inference(tmp_path, monkeypatch):
+    """No study is read when the labels cannot give both classes (issue 25): the refusal comes before inference."""
+    import ctmil.evaluate.held_out as held_out
+    from ctmil.networks import MILNet
+    from ctmil.synthetic.phantoms import make_phantom, write_nifti
+    from ctmil.train.handlers import save_model
+
+    for i in range(2):
+        vol, _, info = make_phantom(i, shape=(16, 64, 64), spacing=(10.0, 5.0, 5.0))
+        write_nifti(vol, info["spacing"], tmp_path / "in" / f"c{i}.nii.gz")
+    (tmp_path / "labels.csv").write_text("case_id,label\nc0,1\nc1,1\n")
+    model = save_model(MILNet(feature_dim=16, attention_dim=8, ssl_hidden=8), tmp_path / "m")
+    monkeypatch.setattr(held_out, "_ct_predictions", lambda *a, **k: pytest.fail("inference ran"))
+    with pytest.raises(ValueError, match="give 2 positive and 0 negative: nothing was run"):
+        held_out.evaluate_model(model, [tmp_path / "in"], tmp_path / "out", labels=tmp_path / "labels.csv")
+    assert not (tmp_path / "out").exists()
