@@ -101,7 +101,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(bags, tmp_path):
         assert torch.equal(x, y), name
     va, vb = (w.parser.get_parsed_content("train#virtual_bags").virtual for w in (full, resumed))
     assert len(va) == 2 and all(torch.equal(x, y) for x, y in zip(va, vb))
-    ckpts = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir())
+    ckpts = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").glob("checkpoint_*"))
     assert ckpts == ["checkpoint_2.pt"]  # n_saved=1 keeps pruning after a resume
     state = torch.load(tmp_path / "resumed" / "checkpoints" / "checkpoint_2.pt", weights_only=True)
     assert {"model", "optimizer", "trainer", "virtual_bags", "rng", "checkpointer"} <= set(state)

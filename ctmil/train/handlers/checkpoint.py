@@ -15,6 +15,7 @@ resumes from the same files while only the rank with ``save=True`` writes them.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -25,11 +26,15 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 
+from ctmil.io.atomic import atomic_write_text
+
 __all__ = ["CheckpointHandler"]
 
 logger = logging.getLogger(__name__)
 
 _PATTERN = re.compile(r"^checkpoint_(\d+)\.pt$")
+#: Beside the checkpoints: the settings they were made under.
+SETTINGS_FILE = "settings.json"
 
 
 def _epoch(engine: Engine, event: Any) -> int:
@@ -57,6 +62,9 @@ class CheckpointHandler:
         resume: load the latest checkpoint when the trainer starts.
         save: write checkpoints (False on the ranks that only read them).
         rng: also save the global torch RNG state.
+        settings: what the run is made under (the bundle passes its preprocessing, network and training settings);
+            saved beside the checkpoints as ``settings.json``, and a resume under other settings is refused.
+        resume_other_settings: resume anyway (the bundle's ``resume_other_settings``).
     """
 
     def __init__(
@@ -68,6 +76,8 @@ class CheckpointHandler:
         resume: bool = True,
         save: bool = True,
         rng: bool = True,
+        settings: Optional[Mapping[str, Any]] = None,
+        resume_other_settings: bool = False,
     ):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}.")
@@ -75,6 +85,8 @@ class CheckpointHandler:
         if rng:
             self.objects["rng"] = TorchRNGState()
         self.dirname = Path(dirname)
+        self.settings = None if settings is None else json.loads(json.dumps(dict(settings), default=str))
+        self.resume_other_settings = bool(resume_other_settings)
         self.every = every
         self.resume_on_start, self.save = bool(resume), bool(save)
         self.checkpoint = Checkpoint(
@@ -92,13 +104,31 @@ class CheckpointHandler:
         if self.resume_on_start:
             engine.add_event_handler(Events.STARTED, self._resume)
         if self.save:
-            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.every), self.checkpoint)
+            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.every), self._save)
 
     def _resume(self, engine: Engine) -> None:
         max_epochs = engine.state.max_epochs
         if self.resume() and engine.state.epoch >= max_epochs:
             logger.info("checkpoint already at epoch %d; nothing to train.", engine.state.epoch)
         engine.state.max_epochs = max_epochs
+
+    def _save(self, engine: Engine) -> None:
+        if self.settings is not None:  # what the checkpoints were made under, beside them (once per folder)
+            atomic_write_text(json.dumps(self.settings, indent=2, sort_keys=True), self.dirname / SETTINGS_FILE)
+        self.checkpoint(engine)
+
+    def check_settings(self) -> None:
+        """Refuse to resume checkpoints made under other ``settings`` (one line naming the first difference), unless
+        ``resume_other_settings``; checkpoints without a record (made before ctmil wrote one) are not checked."""
+        path = self.dirname / SETTINGS_FILE
+        if self.settings is None or self.resume_other_settings or not path.is_file():
+            return
+        made = json.loads(path.read_text())
+        if made != self.settings:
+            key = next(k for k in sorted(set(made) | set(self.settings)) if made.get(k) != self.settings.get(k))
+            raise ValueError(f"the checkpoints in {self.dirname} were made under other settings ({key}: "
+                             f"{made.get(key)!r} then, {self.settings.get(key)!r} now); use another output_dir, remove "
+                             f"them, or set resume_other_settings=true to continue anyway")
 
     def latest(self) -> Optional[Path]:
         """The checkpoint file of the highest epoch in ``dirname`` (``None`` if there is none)."""
@@ -112,6 +142,7 @@ class CheckpointHandler:
         path = self.latest()
         if path is None:
             return False
+        self.check_settings()
         Checkpoint.load_objects({**self.objects, "checkpointer": self.checkpoint}, str(path))
         logger.info("resumed from %s", path)
         return True
