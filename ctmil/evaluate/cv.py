@@ -288,6 +288,8 @@ def run_cv(
                        _subset(bags, index, calibration["case_id"]), seed, run_dir, out)
                 if not protocol["keep_checkpoints"]:
                     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+                    if run_dir.is_dir() and not any(run_dir.iterdir()):  # the model went to out: no empty folder left
+                        run_dir.rmdir()
             bar.update(1)
     all_predictions = pd.concat(predictions, ignore_index=True).reindex(columns=list(_COLUMNS))
     atomic_write_csv(all_predictions, out / "predictions.csv")

@@ -178,6 +178,7 @@ def test_cv_runs_are_the_bundle_train_workflow(datalist, tmp_path, monkeypatch):
     assert seen[-1][1]["seed"] == 0  # the final model: root seed
     final_ids = [ds[i]["case_id"] for ds in (seen[-1][1]["train#dataset"], seen[-1][1]["validate#dataset"]) for i in range(len(ds))]
     assert sorted(final_ids) == [f"case{i}" for i in range(6)]
+    assert (tmp_path / "model.pt").is_file() and not (tmp_path / "runs" / "C" / "all_data").exists()  # no empty folder left
 
 
 def _ids(ds):
