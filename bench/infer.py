@@ -36,7 +36,7 @@ from ctmil.infer.batch import run_inference
 from ctmil.infer.model_io import load_model
 
 THORAX = Path(__file__).resolve().parents[2] / "shared" / "data" / "thorax_ct_dicom"
-PHASES = ("t_load", "t_preprocess", "t_predict", "t_write")
+PHASES = ("t_load_s", "t_preprocess_s", "t_predict_s", "t_write_s")
 
 
 def _inputs(tmp: Path, quick: bool) -> list[tuple[str, Path]]:
@@ -173,7 +173,7 @@ def main() -> None:
         from train_step import matmul_gflops  # bench/train_step.py: best of several trials of the median
 
         peak = matmul_gflops(2048, 10, torch.device("cpu"), trials=3)
-        rates = [f"{name}: K = {k}, {forward_rate(model, k, m['t_predict'], peak)}" for name, _, k, m in table]
+        rates = [f"{name}: K = {k}, {forward_rate(model, k, m['t_predict_s'], peak)}" for name, _, k, m in table]
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     writes = "NIfTI" + ("" if args.no_overlays else f" + {args.top_slices} PNG")
@@ -183,8 +183,8 @@ def main() -> None:
     print(f"| study | slices kept/total | K | discover | load | preprocess | predict | write ({writes}) | total | CPU s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, slices, k, m in table:
-        print(f"| {name} | {slices} | {k} | {m['discover']:.2f} | {m['t_load']:.2f} | {m['t_preprocess']:.2f} | "
-              f"{m['t_predict']:.2f} | {m['t_write']:.2f} | **{m['total']:.2f}** | {m['cpu']:.2f} |")
+        print(f"| {name} | {slices} | {k} | {m['discover']:.2f} | {m['t_load_s']:.2f} | {m['t_preprocess_s']:.2f} | "
+              f"{m['t_predict_s']:.2f} | {m['t_write_s']:.2f} | **{m['total']:.2f}** | {m['cpu']:.2f} |")
     print("\nWall-clock seconds per study (CPU s: process CPU time, all threads). Target: ≤ 1.0 s per 141-slice CT.")
     print(f"\nForward (predict) against the fp32 matmul rate of {peak:.1f} GFLOP/s (best of 3 trials):")
     print("\n".join(f"* {r}" for r in rates))

@@ -71,7 +71,7 @@ class CasePipeline:
 
 
 class CaseDataset(Dataset):
-    """Discovered cases → ``{"case", "bag", "error", "t_load", "t_preprocess"}``; a case that cannot be read or
+    """Discovered cases → ``{"case", "bag", "error", "t_load_s", "t_preprocess_s"}``; a case that cannot be read or
     preprocessed gives ``bag = None`` and its one-line ``error`` instead of raising.
 
     Args:
@@ -88,13 +88,13 @@ class CaseDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         case = self.data[i]
-        item = {"case": case, "bag": None, "error": "", "t_load": "", "t_preprocess": ""}
+        item = {"case": case, "bag": None, "error": "", "t_load_s": "", "t_preprocess_s": ""}
         if case.get("error") or case.get("image") is None:
             item["error"] = case.get("error") or "no input"
             return item
         try:
             bag, t_load, t_pre = self.pipeline({"image": case["image"], "case_id": case["case_id"], "label": case.get("label")})
-            item.update(bag=bag, t_load=round(t_load, 4), t_preprocess=round(t_pre, 4))
+            item.update(bag=bag, t_load_s=round(t_load, 4), t_preprocess_s=round(t_pre, 4))
         except Exception as raised:  # one case must never stop the batch
             item["error"] = case_error_text(raised, case["case_id"])
         return item
@@ -176,7 +176,7 @@ def make_case_step(model: InferenceModel, threshold: float = 0.5):
         row.update(warning=join_warnings(case.get("warning", ""), meta),
                    input_kind=meta.get("input_kind", ""), n_slices=int(meta["spatial_shape"][0]),
                    n_slices_kept=int(bag["kept_slices"].numel()), K=int(bag["patches"].shape[0]),
-                   t_load=item["t_load"], t_preprocess=item["t_preprocess"])
+                   t_load_s=item["t_load_s"], t_preprocess_s=item["t_preprocess_s"])
         t0 = time.perf_counter()
         try:
             pred = model.predict_bag(bag)
@@ -184,7 +184,7 @@ def make_case_step(model: InferenceModel, threshold: float = 0.5):
             row.update(status="failed", error=case_error_text(raised, case["case_id"]))
             return out
         row.update(status="ok", probability=round(pred.probability, 6), prediction=int(pred.probability >= threshold),
-                   t_predict=round(time.perf_counter() - t0, 4))
+                   t_predict_s=round(time.perf_counter() - t0, 4))
         out.update(attention=pred.attention, features=pred.bag_features)
         return out
 

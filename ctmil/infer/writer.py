@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 PREDICTION_COLUMNS = [
     "case_id", "status", "probability", "prediction", "threshold", "label", "source", "input_kind", "series",
     "n_slices", "n_slices_kept", "K", "top_slices", "attention_path", "overlay_paths", "features_path", "error", "warning",
-    "t_load", "t_preprocess", "t_predict", "t_write",
+    "t_load_s", "t_preprocess_s", "t_predict_s", "t_write_s",
 ]
 
 
@@ -178,7 +178,7 @@ def _write_overlays(bag: dict, attention: np.ndarray, painted: np.ndarray, top: 
 
 
 _INT_COLUMNS = ("prediction", "label", "n_slices", "n_slices_kept", "K")
-_FLOAT_COLUMNS = ("probability", "threshold", "t_load", "t_preprocess", "t_predict", "t_write")
+_FLOAT_COLUMNS = ("probability", "threshold", "t_load_s", "t_preprocess_s", "t_predict_s", "t_write_s")
 
 
 def _plain_row(row: Mapping) -> dict:
@@ -258,7 +258,7 @@ class InferenceWriter:
             t0 = time.perf_counter()
             try:
                 fields = write_case_outputs(out["bag"], out["attention"], out["features"], folder, self.out_dir, self.options)
-                row.update(fields, t_write=round(time.perf_counter() - t0, 4))
+                row.update(fields, t_write_s=round(time.perf_counter() - t0, 4))
             except Exception as raised:  # one case must never stop the batch
                 from ctmil.data.preprocess import case_error_text
 
