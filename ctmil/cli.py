@@ -131,6 +131,26 @@ def _inputs(args: argparse.Namespace, what: str = "input") -> list[str]:
     return _existing(given, what)
 
 
+def _preprocessing_set(args: argparse.Namespace) -> dict:
+    """``preprocess``'s ``--config`` files' ``preprocessing`` sections, then its ``--set`` pairs; every name must be a
+    setting of :func:`ctmil.transforms.preprocessing_transforms` (one line naming the first that is not)."""
+    from ctmil.transforms import preprocessing_settings
+
+    from ctmil.bundle import config_paths
+
+    settings: dict = {}
+    for path in config_paths(_configs(getattr(args, "config", None))):
+        settings.update(json.loads(Path(path).read_text()).get("preprocessing") or {})
+    settings.update(parse_overrides(getattr(args, "set", None)))
+    settings = {k.split("#", 1)[1] if k.startswith("preprocessing#") else k: v for k, v in settings.items()}
+    try:
+        preprocessing_settings(**settings)
+    except TypeError as err:
+        known = ", ".join(preprocessing_settings())
+        raise UsageError(f"not a preprocessing setting: {str(err).split()[-1]} (they are: {known})") from None
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
+
+
 def refuse_without_ct(cases: list[dict]) -> None:
     """A usage error (exit 2) when the inputs hold no CT at all, rather than a batch of one failed case; inputs where
     CT was found but is unusable stay failed cases (exit 3)."""
@@ -252,6 +272,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
     inputs = _existing(args.inputs, "input")
     labels = read_labels(_existing([args.labels], "labels CSV")[0]) if args.labels else {}
+    chosen = _preprocessing_set(args)  # checked before the inputs are read
     cases = discover_cases(inputs, labels=labels, min_slices=args.min_slices, progress=not args.quiet,
                            keep_paths=args.keep_paths)
     refuse_without_ct(cases)
@@ -263,7 +284,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
         print("warning: no case has a label (give --labels CSV with case_id or study_uid and label): datalist.csv, "
               "the list ctmil cv and train read, will be empty", file=sys.stderr)
     settings = {"min_slices": args.min_slices, "min_area_fraction": args.min_area_fraction,
-                "allow_implausible_lungs": args.allow_implausible_lungs}
+                "allow_implausible_lungs": args.allow_implausible_lungs, **chosen}
     manifest = preprocess_cases(cases, out, settings=settings, progress=not args.quiet, montages=args.montages)
     failed = manifest[manifest["status"] == "failed"]
     log.info("%s: %d ok, %d cached, %d failed, %d flagged by QC; manifest: %s; QC report: %s", plural(len(manifest), "case"),
@@ -293,6 +314,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     _existing([args.model], "model file")
     labels = read_labels(_existing([args.labels], "labels CSV")[0]) if args.labels else {}
     shard = parse_shard(args.shard) if args.shard else None
+    _validated(["inference.json", *_configs(args.config)], parse_overrides(args.set))  # before --out exists
     loaded = load_model(args.model, device=auto_device(args.device), allow_torchscript=args.allow_torchscript)  # before --out
     predictions, n_failed = run_inference(
         inputs, loaded, _out_dir(args.out), threshold=args.threshold, device=auto_device(args.device),
@@ -300,7 +322,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         top_slices=args.top_slices, map_mode=args.map_mode, labels=labels,
         min_slices=args.min_slices, min_area_fraction=args.min_area_fraction,
         allow_implausible_lungs=args.allow_implausible_lungs, allow_input_mismatch=args.allow_input_mismatch,
-        shard=shard, progress=not args.quiet,
+        shard=shard, config=_configs(args.config), overrides=parse_overrides(args.set), progress=not args.quiet,
         allow_torchscript=args.allow_torchscript, keep_paths=args.keep_paths, with_study_uid=args.with_study_uid)
     for row in predictions[predictions["status"] == "failed"].itertuples():
         print(f"FAILED {row.case_id}: {row.error}", file=sys.stderr)

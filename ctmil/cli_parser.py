@@ -58,6 +58,9 @@ def add_subcommands(parser: argparse.ArgumentParser, cli: ModuleType) -> None:
                    help="write absolute source paths to the manifest (default: relative to the input; folders are often named after patients)")
     p.add_argument("--no-montages", dest="montages", action="store_false",
                    help="skip the per-case QC montages (qc/*.png) in qc.html; measures and outlier flags are still written")
+    p.add_argument("--config", nargs="*", metavar="JSON", help="config files whose 'preprocessing' section (as in train.json) "
+                   "sets the preprocessing")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="preprocessing settings, e.g. max_slices=30 'window_hu=[-1000,400]'")
     p.add_argument("--allow-implausible-lungs", action="store_true",
                    help="keep cases whose lung mask cannot be an adult's lungs (e.g. 16 mL: bowel gas), with the reason as a "
                    "warning; by default such a case fails")
@@ -138,6 +141,8 @@ def _add_infer(sub: "argparse._SubParsersAction", cli: ModuleType, common) -> No
     p.add_argument("--allow-input-mismatch", action="store_true",
                    help="predict inputs of another kind than the model was trained on (HU DICOM/NIfTI vs lung-window slice "
                    "images), with a warning in their row; by default they are refused before any work")
+    p.add_argument("--config", nargs="*", metavar="JSON", help="more config files merged over the bundle's inference.json")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="overrides of inference.json by MONAI id, e.g. options#top_slices=5")
     p.add_argument("--shard", metavar="I/N", help="only the cases of shard I of N (0 <= I < N, e.g. $SLURM_ARRAY_TASK_ID/4); "
                    "their table is predictions.shard-I-of-N.csv, joined by ctmil merge-predictions")
     p.add_argument("--with-study-uid", action="store_true",

@@ -1,5 +1,6 @@
 """The ctmil command line: subcommands, exit codes, ``#``-id overrides, ``ctmil train`` and the raw-datalist path of ``ctmil cv``."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -332,3 +333,39 @@ def test_preprocess_without_labels_says_the_datalist_will_be_empty(tmp_path, cap
     write_nifti(vol, info["spacing"], tmp_path / "in" / "c.nii.gz")
     assert main(["preprocess", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "-q", "--no-montages"]) == 0
     assert "warning: no case has a label" in capsys.readouterr().err
+
+
+def test_preprocess_takes_set_and_config_and_names_an_unknown_setting(tmp_path, capsys):
+    import torch
+
+    from ctmil.cli import main
+    from ctmil.synthetic.phantoms import make_phantom, write_nifti
+
+    vol, _, info = make_phantom(0, shape=(16, 64, 64), spacing=(10.0, 5.0, 5.0))
+    write_nifti(vol, info["spacing"], tmp_path / "in" / "c.nii.gz")
+    (tmp_path / "cfg.json").write_text(json.dumps({"preprocessing": {"max_slices": 4}}))
+    assert main(["preprocess", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "-q", "--no-montages",
+                 "--config", str(tmp_path / "cfg.json"), "--set", "window_hu=[-1000,400]"]) == 0
+    bag = torch.load(next((tmp_path / "o" / "bags").glob("*.pt")), weights_only=True)
+    assert bag["meta"]["preprocessing"]["max_slices"] == 4 and bag["meta"]["preprocessing"]["window_hu"] == [-1000, 400]
+    capsys.readouterr()
+    assert main(["preprocess", str(tmp_path / "in"), "--out", str(tmp_path / "x"), "--set", "max_slice=4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: not a preprocessing setting: 'max_slice'") and not (tmp_path / "x").exists()
+
+
+def test_infer_takes_set_and_refuses_an_unknown_id_before_any_output(tmp_path, capsys):
+    from ctmil.cli import main
+    from ctmil.networks import MILNet
+    from ctmil.synthetic.phantoms import make_phantom, write_nifti
+    from ctmil.train.handlers import save_model
+
+    vol, _, info = make_phantom(0, shape=(16, 64, 64), spacing=(10.0, 5.0, 5.0))
+    write_nifti(vol, info["spacing"], tmp_path / "in" / "c.nii.gz")
+    model = save_model(MILNet(feature_dim=16, attention_dim=8, ssl_hidden=8), tmp_path / "m")
+    assert main(["infer", str(tmp_path / "in"), "--model", str(model), "--out", str(tmp_path / "o"), "-q", "--device", "cpu",
+                 "--set", "options#top_slices=1", "options#save_maps=False"]) == 0
+    case = next((tmp_path / "o" / "cases").iterdir())
+    assert len(list(case.glob("overlay_*.png"))) == 1 and not (case / "attention.nii.gz").exists()
+    assert main(["infer", str(tmp_path / "in"), "--model", str(model), "--out", str(tmp_path / "x"), "--set", "option#top_slices=1"]) == 2
+    assert "option#top_slices" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -293,6 +293,8 @@ def run_inference(
     allow_implausible_lungs: bool = False,
     allow_input_mismatch: bool = False,
     shard: "tuple[int, int] | None" = None,
+    config: "Sequence[str | os.PathLike] | None" = None,
+    overrides: "Mapping[str, Any] | None" = None,
     progress: bool = True,
     allow_torchscript: bool = False,
     keep_paths: bool = False,
@@ -318,6 +320,8 @@ def run_inference(
             inputs are refused with one line before any work.
         shard: ``(I, N)``: only the cases of shard ``I`` of ``N`` (:mod:`ctmil.infer.shards`), their table written as
             ``predictions.shard-I-of-N.csv`` for ``ctmil merge-predictions``.
+        config: more config files merged over the bundle's ``inference.json`` (``ctmil infer --config``).
+        overrides: ``#``-id overrides of that config (``ctmil infer --set``), applied last; every id must exist.
         allow_torchscript: accept TorchScript model files (programs, not weights).
         keep_paths: absolute source paths in the outputs (default: relative to the input).
         with_study_uid: a ``study_uid`` column (DICOM StudyInstanceUID) to join with clinical data; an identifier.
@@ -340,6 +344,7 @@ def run_inference(
         logger.warning("the model gives no attention: attention maps and overlays are skipped")
     settings = _preprocessing_settings(loaded, min_slices, min_area_fraction, allow_implausible_lungs)
     out_dir = Path(out_dir)
+    user = dict(overrides or {})
     overrides = {
         "inputs": [str(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)],
         "output_dir": str(out_dir), "device": f"$torch.device({str(loaded.device)!r})", "network": loaded,
@@ -349,8 +354,9 @@ def run_inference(
         "progress": bool(progress), "cases#keep_paths": bool(keep_paths), "options#with_study_uid": bool(with_study_uid),
         "dataloader": f"$ctmil.infer.batch.case_loader(@dataset, prefetch={int(prefetch)})",
         "trained_on": list(loaded.intensities), "allow_input_mismatch": bool(allow_input_mismatch),
+        **user,
     }
-    workflow = build_workflow(["inference.json"], overrides, workflow_type="infer")
+    workflow = build_workflow(["inference.json", *(str(c) for c in config or [])], overrides, workflow_type="infer")
     cases = workflow.parser.get_parsed_content("cases")
     nothing = no_ct_reason(cases)
     if nothing:
