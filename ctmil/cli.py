@@ -54,8 +54,9 @@ def _literal(value: str):
 
 def _set_before_inputs(argv: list[str]) -> list[str]:
     """``argv`` with the words after ``--set`` that are not ``KEY=VALUE`` but name an existing file or folder moved
-    out of its reach (just before the first ``--set``), so that ``ctmil train --set max_epochs=1 data.csv`` reads
-    ``data.csv`` as the input it is. Any other word stays, and is then a one-line "not KEY=VALUE" error."""
+    out of its reach (right after the subcommand, where no option can take them), so that
+    ``ctmil train --set max_epochs=1 data.csv`` reads ``data.csv`` as the input it is. Any other word stays, and is
+    then a one-line "not KEY=VALUE" error."""
     out, moved, in_set = [], [], False
     for word in argv:
         if word.startswith("-"):
@@ -65,8 +66,8 @@ def _set_before_inputs(argv: list[str]) -> list[str]:
             moved.append(word)
         else:
             out.append(word)
-    first = out.index("--set") if moved else len(out)
-    return out[:first] + moved + out[first:]
+    command = next((i for i, w in enumerate(out) if not w.startswith("-")), len(out) - 1)  # the subcommand
+    return out[: command + 1] + moved + out[command + 1 :]
 
 
 def auto_device(value: str | None) -> str:
@@ -138,9 +139,11 @@ def _preprocessing_set(args: argparse.Namespace) -> dict:
 
     from ctmil.bundle import config_paths
 
+    from monai.bundle import ConfigParser
+
     settings: dict = {}
-    for path in config_paths(_configs(getattr(args, "config", None))):
-        settings.update(json.loads(Path(path).read_text()).get("preprocessing") or {})
+    for path in config_paths(_configs(getattr(args, "config", None))):  # JSON or YAML, as MONAI reads configs
+        settings.update(ConfigParser.load_config_file(path).get("preprocessing") or {})
     settings.update(parse_overrides(getattr(args, "set", None)))
     settings = {k.split("#", 1)[1] if k.startswith("preprocessing#") else k: v for k, v in settings.items()}
     try:
@@ -273,8 +276,8 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     inputs = _existing(args.inputs, "input")
     labels = read_labels(_existing([args.labels], "labels CSV")[0]) if args.labels else {}
     chosen = _preprocessing_set(args)  # checked before the inputs are read
-    cases = discover_cases(inputs, labels=labels, min_slices=args.min_slices, progress=not args.quiet,
-                           keep_paths=args.keep_paths)
+    cases = discover_cases(inputs, labels=labels, min_slices=chosen.get("min_slices", args.min_slices),
+                           progress=not args.quiet, keep_paths=args.keep_paths)
     refuse_without_ct(cases)
     out = _out_dir(args.out)
     if labels and not any(c.get("label") is not None for c in cases):

@@ -369,3 +369,13 @@ def test_infer_takes_set_and_refuses_an_unknown_id_before_any_output(tmp_path, c
     assert len(list(case.glob("overlay_*.png"))) == 1 and not (case / "attention.nii.gz").exists()
     assert main(["infer", str(tmp_path / "in"), "--model", str(model), "--out", str(tmp_path / "x"), "--set", "option#top_slices=1"]) == 2
     assert "option#top_slices" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_set_before_inputs_never_hands_an_input_to_config(tmp_path):
+    from ctmil.cli import _set_before_inputs, build_parser
+
+    data = tmp_path / "d.csv"
+    data.write_text("case_id,bag,label\n")
+    args = build_parser().parse_args(_set_before_inputs(["train", "--config", "paper.json", "--set", "max_epochs=1", str(data),
+                                                         "--out", "o"]))
+    assert args.inputs == [str(data)] and args.config == ["paper.json"] and args.set == ["max_epochs=1"]

@@ -256,9 +256,10 @@ def check_input_intensity(cases: list[dict], trained_on: Sequence[str], allow: b
     return cases
 
 
-def run_key(loaded: InferenceModel, settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> str:
+def run_key(loaded: InferenceModel, settings: Mapping[str, Any], overrides: Mapping[str, Any], configs: Sequence[str] = ()) -> str:
     """What a run's outputs depend on, hashed: the model file (path, size, modification time), the preprocessing
-    settings and revision, the threshold and the per-case options. ``""`` for a model held only in memory (no resume)."""
+    settings and revision, the labels, the threshold, the per-case options, every other override and the extra
+    config files' contents. ``""`` for a model held only in memory (no resume)."""
     import hashlib
     import json
 
@@ -269,9 +270,10 @@ def run_key(loaded: InferenceModel, settings: Mapping[str, Any], overrides: Mapp
     if path is None or not path.is_file():
         return ""
     stat = path.stat()
-    options = {k: v for k, v in overrides.items() if k.startswith("options#") or k in ("threshold", "trained_on", "allow_input_mismatch")}
+    ignored = ("network", "output_dir", "progress", "dataloader", "device", "inputs")  # not what a row is made of
+    options = {k: v for k, v in overrides.items() if k not in ignored}  # labels, paths, options, every --set
     payload = {"model": [str(path.resolve()), stat.st_size, stat.st_mtime_ns], "preprocessing": dict(settings),
-               "revision": PREPROCESSING_REVISION, "ctmil": __version__, **options}
+               "revision": PREPROCESSING_REVISION, "ctmil": __version__, "configs": list(configs), **options}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -356,7 +358,8 @@ def run_inference(
         "trained_on": list(loaded.intensities), "allow_input_mismatch": bool(allow_input_mismatch),
         **user,
     }
-    workflow = build_workflow(["inference.json", *(str(c) for c in config or [])], overrides, workflow_type="infer")
+    workflow_configs = [str(c) for c in config or []]
+    workflow = build_workflow(["inference.json", *workflow_configs], overrides, workflow_type="infer")
     cases = workflow.parser.get_parsed_content("cases")
     nothing = no_ct_reason(cases)
     if nothing:
@@ -369,13 +372,15 @@ def run_inference(
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = "infer" if shard is None else f"infer.shard-{shard[0]}-of-{shard[1]}"
     with output_lock(out_dir, lock):  # one live run per --out (per shard): a second refuses with one line
-        return _run_cases(workflow, loaded, settings, overrides, cases, out_dir, shard)
+        return _run_cases(workflow, loaded, settings, overrides, cases, out_dir, shard, workflow_configs)
 
 
 def _run_cases(workflow, loaded: InferenceModel, settings: Mapping[str, Any], overrides: Mapping[str, Any], cases: list,
-               out_dir: Path, shard: "tuple[int, int] | None") -> tuple[pd.DataFrame, int]:
+               out_dir: Path, shard: "tuple[int, int] | None", workflow_configs: Sequence[str] = ()) -> tuple[pd.DataFrame, int]:
     """:func:`run_inference` once the run holds its output folder: resume, run what is left, summarise."""
-    key = run_key(loaded, settings, overrides)
+    from ctmil.bundle import config_paths
+
+    key = run_key(loaded, settings, overrides, [Path(c).read_text() for c in config_paths(workflow_configs)])
     finished = finished_rows(out_dir, cases, key) if key else {}
     if finished:  # a resumed run: the cases an earlier run finished under the same key are not run again
         logger.info("resuming: %s of %s already finished in %s", plural(len(finished), "case"), len(cases), out_dir)

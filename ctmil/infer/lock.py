@@ -59,8 +59,8 @@ def output_lock(out_dir: "str | os.PathLike[str]", name: str = "infer") -> Itera
             with contextlib.suppress(OSError, ValueError):
                 held = json.loads(path.read_text())
         pid, other = int(held.get("pid") or 0), str(held.get("host") or "")
-        if other == host and pid and not _alive(pid):
-            path.unlink(missing_ok=True)  # its run was killed: take over
+        if other == host and pid and (pid == os.getpid() or not _alive(pid)):  # killed (or our own pid reused, as
+            path.unlink(missing_ok=True)  # a restarted container's pid 1): take over
             continue
         where = f"pid {pid} on {other}" if other else "another run"
         hint = "; wait for it" + ("" if other == host else f", or remove {path} if that run is gone")

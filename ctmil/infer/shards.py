@@ -70,6 +70,11 @@ def merge_shards(out_dir: "str | os.PathLike[str]") -> pd.DataFrame:
         raise ValueError(f"case {twice.iloc[0]} is in two shards of {out_dir}")
     merged = merged.sort_values("case_id", kind="stable").reset_index(drop=True)
     atomic_write_csv(merged, out_dir / "predictions.csv")
+    features = [out_dir / f"features.shard-{i}-of-{count}.csv" for i in range(count)]
+    if any(p.is_file() for p in features):  # --features: the shards' vectors, joined the same way
+        parts = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in features if p.is_file()]
+        joined = pd.concat(parts, ignore_index=True).sort_values("case_id", kind="stable")
+        atomic_write_csv(joined, out_dir / "features.csv")
     from ctmil.infer.writer import InferenceOptions, predictions_frame, write_report
 
     typed = predictions_frame(merged.to_dict("records"), with_study_uid="study_uid" in merged.columns)

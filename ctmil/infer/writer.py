@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from ignite.engine import Engine, Events
 
-from ctmil.io.atomic import atomic_write_csv, atomic_write_text
+from ctmil.io.atomic import atomic_open, atomic_write_csv, atomic_write_text
 from ctmil.io.paths import safe_case_name
 from ctmil.infer.attention_maps import paint_attention, save_attention_nifti, slice_attention, top_attended_slices
 from ctmil.infer.overlays import save_overlay
@@ -91,6 +91,8 @@ class InferenceOptions:
 
 #: A finished case's record: ``{"run_key": str, "row": {...}}`` (:func:`finished_rows`).
 CASE_RECORD = "prediction.json"
+#: A temporary file older than this is a killed run's leftover; younger ones may be another shard's live write.
+STALE_TMP_SECONDS = 600
 
 
 def finished_rows(out_dir: "str | os.PathLike[str]", cases: list[Mapping], run_key: str) -> dict[str, dict]:
@@ -126,6 +128,7 @@ def _clear_case_dir(folder: Path) -> None:
     """Remove this module's outputs of an earlier run of the same case (stale overlays of other slices)."""
     if not folder.is_dir():
         return
+    (folder / CASE_RECORD).unlink(missing_ok=True)  # first: a case without its record is never resumed
     for f in folder.iterdir():
         if f.is_file() and (f.name in ("attention.nii.gz", "features.npy") or (f.name.startswith("overlay_") and f.suffix == ".png")):
             f.unlink(missing_ok=True)
@@ -196,13 +199,13 @@ def predictions_frame(rows: list[dict], with_study_uid: bool = False) -> pd.Data
     return frame
 
 
-def _write_features_csv(rows: list[dict], out_dir: Path) -> Path | None:
-    """``features.csv`` (case_id, f000…) from the per-case ``features.npy`` files, streamed row by row."""
+def _write_features_csv(rows: list[dict], out_dir: Path, name: str = "features.csv") -> Path | None:
+    """``name`` (case_id, f000…) from the per-case ``features.npy`` files, streamed row by row (atomically)."""
     done = [r for r in rows if r.get("features_path")]
     if not done:
         return None
-    path, tmp = out_dir / "features.csv", out_dir / ".features.csv.tmp"
-    with open(tmp, "w", newline="") as fh:
+    path = out_dir / name
+    with atomic_open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         header_written = False
         for r in done:
@@ -211,7 +214,6 @@ def _write_features_csv(rows: list[dict], out_dir: Path) -> Path | None:
                 writer.writerow(["case_id"] + [f"f{i:03d}" for i in range(vec.size)])
                 header_written = True
             writer.writerow([r["case_id"]] + [f"{v:.6g}" for v in vec.tolist()])
-    os.replace(tmp, path)
     return path
 
 
@@ -246,9 +248,11 @@ class InferenceWriter:
     def reset(self, engine: Engine | None = None) -> None:
         self.rows = [dict(r) for r in self.finished]
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in [*self.out_dir.glob(".*.tmp"), *self.out_dir.glob("cases/*/.*.tmp")]:  # a killed run's half-writes
-            with contextlib.suppress(OSError):
-                stale.unlink()
+        now = time.time()
+        for stale in [*self.out_dir.glob(".*.tmp"), *self.out_dir.glob("cases/*/.*.tmp")]:  # a killed run's half-writes,
+            with contextlib.suppress(OSError):  # not those of a shard writing beside this run (they are seconds old)
+                if now - stale.stat().st_mtime > STALE_TMP_SECONDS:
+                    stale.unlink()
 
     def collect(self, engine: Engine) -> None:
         out = engine.state.output
@@ -279,7 +283,7 @@ class InferenceWriter:
         """Write what comes after the last case (``features.csv``, ``report.html``, ``predictions.csv`` once more:
         a resumed run with nothing left to do has only the earlier rows) and return the predictions."""
         if self.options.save_features:
-            _write_features_csv(self.rows, self.out_dir)
+            _write_features_csv(self.rows, self.out_dir, self.table.replace("predictions", "features", 1))
         predictions = predictions_frame(self.rows, self.options.with_study_uid)
         atomic_write_csv(predictions, self.out_dir / self.table)
         if self.options.write_report and self.table == "predictions.csv":  # a shard's page is the merge's to write

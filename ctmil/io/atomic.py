@@ -21,12 +21,25 @@ __all__ = ["atomic_open", "atomic_torch_save", "atomic_write_bytes", "atomic_wri
 _UMASK_LOCK = threading.Lock()
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the system says it (Linux ``/proc/self/status``);
+    elsewhere by setting it and straight back, under a lock (another thread creating a file that instant would get
+    the interim mask, so the interim is the strictest, 0o077)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        umask = os.umask(0o077)
+        os.umask(umask)
+    return umask
+
+
 def file_mode() -> int:
     """``0o666 & ~umask``: the mode ``open`` gives a new file in this process now."""
-    with _UMASK_LOCK:  # the umask can only be read by setting it: set it straight back, under a lock
-        umask = os.umask(0o022)
-        os.umask(umask)
-    return 0o666 & ~umask
+    return 0o666 & ~_umask()
 
 
 @contextmanager
@@ -40,6 +53,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs: Any) -> Ite
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
             fh.flush()
+            os.fsync(fh.fileno())  # on disk before the name: after a power loss the file is the old one or the new
             os.fchmod(fh.fileno(), file_mode())
         os.replace(tmp, path)
     except BaseException:

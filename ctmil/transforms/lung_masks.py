@@ -102,7 +102,7 @@ def _lung_labels(labels: np.ndarray, sizes: np.ndarray, dark: np.ndarray, min_fr
     boxes = ndi.find_objects(labels, max_label=int(order[: _SECOND_LUNG_TRIES + 1].max()))
     z0, z1 = boxes[first - 1][0].start, boxes[first - 1][0].stop
     for label in (int(v) for v in order[1 : _SECOND_LUNG_TRIES + 1]):
-        if sizes[label] < min_fraction * sizes[first]:
+        if sizes[label] == 0 or sizes[label] < min_fraction * sizes[first]:  # 0: not a candidate (the background)
             break
         zs = boxes[label - 1][0]
         within = max(0, min(zs.stop, z1) - max(zs.start, z0)) / (zs.stop - zs.start)
@@ -144,8 +144,10 @@ def _level(volume: np.ndarray, value: float | None):
     compare integers, not every voxel converted to float64 (several times faster on int16 CT)."""
     if value is None or volume.dtype.kind not in "iu":
         return value
-    info = np.iinfo(volume.dtype)
-    return volume.dtype.type(min(max(int(np.ceil(value)), info.min), info.max))
+    info, level = np.iinfo(volume.dtype), int(np.ceil(value))
+    if not info.min <= level <= info.max:  # no value of the dtype reaches it: compare as a float, correctly
+        return float(value)
+    return volume.dtype.type(level)
 
 
 def _sample_grid(volume: np.ndarray, threshold_hu: float, bone_hu: float | None, stride: int, z_stride: int):

@@ -66,3 +66,12 @@ def test_cli_infer_refuses_a_held_out_with_exit_2(tmp_path, live_pid, capsys):
     assert main(["infer", str(tmp_path / "in"), "--model", str(model), "--out", str(tmp_path / "out"), "-q", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is in use by pid" in err[0] and not (tmp_path / "out" / "predictions.csv").exists()
+
+
+def test_a_lock_holding_our_own_pid_is_a_leftover(tmp_path):
+    """A restarted container reuses its pid: a lock naming this very process cannot be a live other run."""
+    import os
+
+    hold(tmp_path, os.getpid())
+    with output_lock(tmp_path) as path:
+        assert path.is_file()

@@ -80,3 +80,13 @@ def test_a_finished_run_is_not_run_again_and_another_model_is(batch, tmp_path, c
         third, _ = run_inference([root / "in"], other, tmp_path / "o", save_maps=False, save_overlays=False, progress=False)
     assert not any("finished before" in r.getMessage() or "resuming" in r.getMessage() for r in caplog.records)
     assert not third["probability"].equals(first["probability"])
+
+
+def test_new_labels_are_not_resumed_from_the_old_rows(batch, tmp_path):
+    root, model = batch
+    first, _ = run_inference([root / "in"], model, tmp_path / "o", save_maps=False, save_overlays=False, progress=False)
+    assert (first["label"].isna()).all()
+    labels = {f"c{i}": i % 2 for i in range(N_CASES)}
+    second, _ = run_inference([root / "in"], model, tmp_path / "o", save_maps=False, save_overlays=False, progress=False,
+                              labels=labels)
+    assert second.set_index("case_id")["label"].to_dict() == labels  # another run key: every case ran again

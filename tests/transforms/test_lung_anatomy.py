@@ -114,3 +114,22 @@ def test_real_thorax_boxes_hold_the_reference_lungs_on_every_kept_slice():
     assert got["kept"].size > 60 and pooled >= 0.97 and least >= 0.97, (pooled, least)
     ref_slices = np.flatnonzero(reference.sum(axis=(1, 2)) >= 0.2 * reference.sum(axis=(1, 2)).max())
     assert set(ref_slices.tolist()) <= set(got["kept"].tolist())  # every slice with much lung is kept
+
+
+@pytest.mark.parametrize("dtype, bone, expected", [(np.uint8, 300.0, 0), (np.int16, 150.0, None)])
+def test_a_threshold_no_value_of_the_dtype_reaches_is_never_met(dtype, bone, expected):
+    from ctmil.transforms.lung_masks import _level
+
+    volume = np.full((2, 4, 4), 255 if dtype == np.uint8 else 200, dtype)
+    level = _level(volume, bone)
+    assert int((volume >= level).sum()) == (0 if expected == 0 else volume.size)
+
+
+def test_the_background_is_never_a_second_lung():
+    """Without a second-lung floor (min_component_fraction 0) the background (label 0, size 0) must not be picked."""
+    from ctmil.transforms.lung_masks import lung_mask_hu
+
+    vol, _, info = make_phantom(3, shape=(24, 96, 96), spacing=(8.0, 3.6, 3.6))
+    full, _ = lung_mask_hu(vol, info["spacing"])
+    loose, _ = lung_mask_hu(vol, info["spacing"], min_component_fraction=0.0)
+    assert loose.sum() <= 1.05 * full.sum()
