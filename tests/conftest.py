@@ -42,3 +42,16 @@ def shared_data(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not available")
     return path
+
+
+@pytest.fixture(scope="module")
+def untrained_model(tmp_path_factory) -> Path:
+    """``model.pt``: the state dict of a default ``MILNet`` seeded 0 (weights do not matter to what inference writes)."""
+    import torch
+
+    from ctmil.networks import MILNet
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    torch.save(MILNet().state_dict(), path)
+    return path

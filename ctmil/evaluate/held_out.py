@@ -274,7 +274,7 @@ def evaluate_model(
         n_resamples, seed, level: the bootstrap; ``level`` is also DeLong's.
         save_maps: attention maps and overlays for CT inputs (in ``out_dir/inference``).
         allow_input_mismatch: evaluate CT inputs of another intensity than the model was trained on
-            (:func:`ctmil.infer.batch.check_input_intensity`; refused by default).
+            (:func:`ctmil.infer.run_checks.check_input_intensity`; refused by default).
 
     Returns:
         ``metrics``, ``predictions``, ``failed`` (``case_id, error``) frames; ``table`` (Markdown); ``threshold``,

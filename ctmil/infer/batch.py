@@ -32,15 +32,15 @@ from ctmil.data.preprocess import case_error_text, join_warnings
 from ctmil.infer.model_io import InferenceModel
 from ctmil.infer.lock import output_lock
 from ctmil.infer.shards import in_shard, shard_table
-from ctmil.infer.writer import InferenceWriter, empty_row, finished_rows
+from ctmil.infer.run_checks import check_input_intensity, finished_rows, run_key
+from ctmil.infer.writer import InferenceWriter, empty_row
 from ctmil.io.discovery import no_ct_reason
-from ctmil.io.readers import detect_input_kind
 from ctmil.transforms.compose import preprocessing_transforms
 from ctmil.transforms.load import LoadCTd
 from ctmil.words import plural
 
-__all__ = ["INTENSITY_OF_KIND", "CaseDataset", "CasePipeline", "PrefetchLoader", "case_loader", "check_input_intensity",
-           "create_inference_evaluator", "make_case_step", "run_inference"]
+__all__ = ["CaseDataset", "CasePipeline", "PrefetchLoader", "case_loader", "create_inference_evaluator", "make_case_step",
+           "run_inference"]
 
 logger = logging.getLogger(__name__)
 
@@ -226,55 +226,6 @@ def _preprocessing_settings(loaded: InferenceModel, min_slices: "int | None", mi
     except TypeError as err:
         raise ValueError(f"invalid preprocessing settings {settings}: {err}") from None
     return settings
-
-
-#: The intensity of each input kind (:func:`ctmil.io.readers.detect_input_kind`).
-INTENSITY_OF_KIND = {"dicom": "hu", "nifti": "hu", "slices": "windowed"}
-_WHAT = {"hu": "Hounsfield units (DICOM, NIfTI)", "windowed": "lung-window slice images"}
-
-
-def check_input_intensity(cases: list[dict], trained_on: Sequence[str], allow: bool = False) -> list[dict]:
-    """``cases``, after refusing those whose intensity the model was not trained on (a one-line ``ValueError`` naming
-    the first), or, with ``allow``, adding the mismatch to their ``warning``. A model that recorded nothing
-    (``trained_on`` empty) is not checked. The bundle's ``inference.json`` feeds its dataset through it
-    (``checked_cases``)."""
-    if not trained_on:
-        return cases
-    for case in cases:
-        image = str(case.get("image") or "")
-        if not image or image.lower().endswith((".pt", ".pth")):  # a bag: no input to judge
-            continue
-        intensity = INTENSITY_OF_KIND.get(detect_input_kind(image))
-        if intensity is None or intensity in trained_on:
-            continue
-        text = (f"input is {_WHAT[intensity]} but the model was trained on "
-                f"{' and '.join(_WHAT.get(t, t) for t in trained_on)}")
-        if not allow:
-            raise ValueError(f"{case['case_id']}: {text}; --allow-input-mismatch predicts it anyway")
-        if text not in (case.get("warning") or ""):
-            case["warning"] = "; ".join(w for w in (case.get("warning") or "", text) if w)
-    return cases
-
-
-def run_key(loaded: InferenceModel, settings: Mapping[str, Any], overrides: Mapping[str, Any], configs: Sequence[str] = ()) -> str:
-    """What a run's outputs depend on, hashed: the model file (path, size, modification time), the preprocessing
-    settings and revision, the labels, the threshold, the per-case options, every other override and the extra
-    config files' contents. ``""`` for a model held only in memory (no resume)."""
-    import hashlib
-    import json
-
-    from ctmil import __version__
-    from ctmil.transforms.compose import PREPROCESSING_REVISION
-
-    path = Path(loaded.path) if loaded.path else None
-    if path is None or not path.is_file():
-        return ""
-    stat = path.stat()
-    ignored = ("network", "output_dir", "progress", "dataloader", "device", "inputs")  # not what a row is made of
-    options = {k: v for k, v in overrides.items() if k not in ignored}  # labels, paths, options, every --set
-    payload = {"model": [str(path.resolve()), stat.st_size, stat.st_mtime_ns], "preprocessing": dict(settings),
-               "revision": PREPROCESSING_REVISION, "ctmil": __version__, "configs": list(configs), **options}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def run_inference(

@@ -36,10 +36,10 @@ from ctmil.io.atomic import atomic_open, atomic_write_csv, atomic_write_text
 from ctmil.io.paths import safe_case_name
 from ctmil.infer.attention_maps import paint_attention, save_attention_nifti, slice_attention, top_attended_slices
 from ctmil.infer.overlays import save_overlay
+from ctmil.infer.run_checks import CASE_RECORD
 from ctmil.report import GalleryItem, HtmlReport
 
-__all__ = ["CASE_RECORD", "PREDICTION_COLUMNS", "InferenceOptions", "InferenceWriter", "case_dirname", "empty_row",
-           "finished_rows", "predictions_frame",
+__all__ = ["PREDICTION_COLUMNS", "InferenceOptions", "InferenceWriter", "case_dirname", "empty_row", "predictions_frame",
            "write_case_outputs", "write_report"]
 
 logger = logging.getLogger(__name__)
@@ -89,25 +89,8 @@ class InferenceOptions:
             raise ValueError(f"map_mode must be 'bag' or 'slice', got {self.map_mode!r}")
 
 
-#: A finished case's record: ``{"run_key": str, "row": {...}}`` (:func:`finished_rows`).
-CASE_RECORD = "prediction.json"
 #: A temporary file older than this is a killed run's leftover; younger ones may be another shard's live write.
 STALE_TMP_SECONDS = 600
-
-
-def finished_rows(out_dir: "str | os.PathLike[str]", cases: list[Mapping], run_key: str) -> dict[str, dict]:
-    """The rows of ``cases`` that an earlier run into ``out_dir`` finished under the same ``run_key`` (model, settings,
-    options), by case id: a resumed run skips them and puts their rows back into ``predictions.csv``."""
-    done = {}
-    for case in cases:
-        path = Path(out_dir) / "cases" / case_dirname(str(case["case_id"])) / CASE_RECORD
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(record, dict) and record.get("run_key") == run_key and (record.get("row") or {}).get("status") == "ok":
-            done[str(case["case_id"])] = dict(record["row"])
-    return done
 
 
 def case_dirname(case_id: str) -> str:
@@ -225,9 +208,9 @@ class InferenceWriter:
     Args:
         output_dir: the output folder.
         options: what to write per case.
-        run_key: what the outputs were made under (:func:`ctmil.infer.batch.run_key`); with one, each finished case
+        run_key: what the outputs were made under (:func:`ctmil.infer.run_checks.run_key`); with one, each finished case
             gets its record (:data:`CASE_RECORD`), written after its other outputs.
-        finished: the rows of cases an earlier run finished under ``run_key`` (:func:`finished_rows`), which this
+        finished: the rows of cases an earlier run finished under ``run_key`` (:func:`ctmil.infer.run_checks.finished_rows`), which this
             run skips: they head ``predictions.csv`` as they did.
     """
 

@@ -41,11 +41,8 @@ def phantom():
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    torch.save(MILNet().state_dict(), path)
-    return path
+def model_path(untrained_model):
+    return untrained_model
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ from PIL import Image
 
 from ctmil.cli import main
 from ctmil.data.bags import BagDataset
-from ctmil.infer.batch import check_input_intensity, run_inference
+from ctmil.infer.batch import run_inference
+from ctmil.infer.run_checks import check_input_intensity
 from ctmil.networks import MILNet
 from ctmil.synthetic.phantoms import make_phantom, write_nifti
 from ctmil.train.handlers import save_model

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ctmil.infer.batch import run_inference
-from ctmil.infer.writer import CASE_RECORD
+from ctmil.infer.run_checks import CASE_RECORD
 from ctmil.networks import MILNet
 from ctmil.synthetic.phantoms import make_phantom, write_nifti
 from ctmil.train.handlers import save_model

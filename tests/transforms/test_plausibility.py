@@ -10,13 +10,11 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 from ctmil.cli import main
 from ctmil.data.preprocess import preprocess_cases
 from ctmil.infer.batch import run_inference
-from ctmil.networks import MILNet
 from ctmil.synthetic.phantoms import make_phantom, write_nifti
 from ctmil.transforms import CheckLungs, ImplausibleLungs, preprocessing_transforms
 from ctmil.transforms.plausibility import MIN_AREA_FRACTION, MIN_LUNG_SHARE
@@ -114,11 +112,8 @@ def test_preprocess_fails_the_case_and_allow_keeps_it_with_the_warning(tmp_path,
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    torch.save(MILNet().state_dict(), path)
-    return path
+def model_path(untrained_model):
+    return untrained_model
 
 
 @pytest.mark.parametrize("allow", [False, True])
