@@ -54,6 +54,8 @@ def infer_network_kwargs(state: Mapping[str, torch.Tensor]) -> dict:
         kwargs["in_channels"] = shape["encoder.trunk.0.weight"][1]
     if "density.proj.weight" in shape:  # a hybrid: the classifier sees the pooled features and the density branch
         kwargs["density_hidden"], kwargs["n_density"] = shape["density.proj.weight"]
+    if "fusion.coef" in shape:  # the late fusion with a linear density model (ctmil.networks.fusion)
+        kwargs["n_density"], kwargs["density_use"] = shape["fusion.coef"][0], "fusion"
     if "classifier.weight" in shape:
         kwargs["feature_dim"] = shape["classifier.weight"][1] - kwargs.get("density_hidden", 0)
     if "pool.v.weight" in shape:

@@ -119,7 +119,9 @@ class InferenceModel:
                 logits = out["logit"]
                 attention, features = out["attention"], out["bag_features"]
             elif self.strategy == "forward_all":
-                out = self.module.forward_all(x)
+                uses_density = density is not None and bool(getattr(self.module, "n_density", 0))
+                out = self.module.forward_all(x, density=torch.as_tensor(density, dtype=torch.float32).reshape(1, -1).to(x.device)) \
+                    if uses_density else self.module.forward_all(x)
                 logits, attention, features = out["logits"], out["attention"], out.get("bag_features")
             else:
                 logits = self.module(x)
@@ -212,6 +214,19 @@ def check_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"device {device!r} requested but CUDA is not available")
     return dev
+
+
+def recorded_network(path: "str | os.PathLike") -> dict:
+    """The ``MILNet`` keyword arguments of the model at ``path`` (recorded, or read from its weights' shapes), so that
+    a bundle's ``network_def`` fits its weights (a fused or hybrid network has more parts); empty (= the
+    defaults) when the file is not there yet or is not a state dict."""
+    path = Path(path)
+    if not path.is_file() or is_torchscript(path):
+        return {}
+    try:
+        return dict(load_model(path).network)
+    except ModelError:
+        return _sidecar(path)[0]
 
 
 def recorded_preprocessing(path: "str | os.PathLike") -> dict:

@@ -2,8 +2,9 @@
 
 from ctmil.networks.density import DensityBranch
 from ctmil.networks.encoder import LeNetEncoder
+from ctmil.networks.fusion import DensityFusion
 from ctmil.networks.heads import MLPHead
-from ctmil.networks.milnet import MILNet
+from ctmil.networks.milnet import DENSITY_USES, MILNet
 from ctmil.networks.pairs import (
     ANCHOR_POSITIONS,
     DIRECTION_OFFSETS,
@@ -18,9 +19,11 @@ from ctmil.networks.utils import he_init_
 
 __all__ = [
     "ANCHOR_POSITIONS",
+    "DENSITY_USES",
     "DIRECTION_OFFSETS",
     "DIRECTIONS",
     "DensityBranch",
+    "DensityFusion",
     "GRID_COLS",
     "GRID_ROWS",
     "GatedAttentionPool",

@@ -9,11 +9,15 @@ import torch.nn as nn
 
 from ctmil.networks.density import DensityBranch
 from ctmil.networks.encoder import LeNetEncoder
+from ctmil.networks.fusion import DensityFusion
 from ctmil.networks.heads import MLPHead
 from ctmil.networks.pooling import GatedAttentionPool
 from ctmil.networks.utils import check_positive_int, he_init_, raise_if
 
-__all__ = ["MILNet"]
+__all__ = ["DENSITY_USES", "MILNet"]
+
+#: what a network's lung-density features feed (``MILNet(density_use=...)``)
+DENSITY_USES = ("branch", "fusion")
 
 
 class MILNet(nn.Module):
@@ -52,6 +56,10 @@ class MILNet(nn.Module):
         density_hidden: width of that branch.
         density_gain: the branch's output gain, i.e. how much faster than the rest it learns under Adam
             (:mod:`ctmil.networks.density`).
+        density_use: what the ``n_density`` features feed: ``"branch"`` (the hybrid above) or ``"fusion"``: a
+            :class:`~ctmil.networks.fusion.DensityFusion` that averages the classifier's logit with a linear density
+            model's, each calibrated (the default of ``train.json``). It passes the MIL logit through until
+            :class:`~ctmil.train.handlers.DensityFusionHandler` fits it when training ends; ``self.fusion``.
 
     All layers built here are He-initialised with zero biases (paper Sec. IV.D).
     """
@@ -71,6 +79,7 @@ class MILNet(nn.Module):
         n_density: int = 0,
         density_hidden: int = 32,
         density_gain: float = 1.0,
+        density_use: str = "branch",
     ) -> None:
         super().__init__()
         self.in_channels = check_positive_int("in_channels", in_channels)
@@ -93,14 +102,20 @@ class MILNet(nn.Module):
                         "n_directions": n_directions, "ssl_hidden": ssl_hidden, "dropout": float(dropout)}
         if isinstance(n_density, bool) or not isinstance(n_density, int) or n_density < 0:
             raise ValueError(f"n_density must be an int >= 0, got {n_density!r}.")
+        if density_use not in DENSITY_USES:
+            raise ValueError(f"density_use must be one of {DENSITY_USES}, got {density_use!r}.")
         self.n_density = n_density
-        if n_density:  # recorded only when used, so a paper network's record stays as it was
+        branch = bool(n_density) and density_use == "branch"
+        if branch:  # recorded only when used, so a paper network's record stays as it was
             self.hparams.update(n_density=n_density, density_hidden=density_hidden, density_gain=float(density_gain))
+        elif n_density:
+            self.hparams.update(n_density=n_density, density_use=density_use)
         self.encoder = LeNetEncoder(in_channels, patch_size, feature_dim) if encoder is None else encoder
         self.pool = GatedAttentionPool(feature_dim, attention_dim, gated=gated)
         self.dropout = nn.Dropout(float(dropout))
-        self.density = DensityBranch(n_density, density_hidden, density_gain) if n_density else None
-        self.classifier = nn.Linear(feature_dim + (density_hidden if n_density else 0), 1)
+        self.density = DensityBranch(n_density, density_hidden, density_gain) if branch else None
+        self.fusion = DensityFusion(n_density) if n_density and not branch else None
+        self.classifier = nn.Linear(feature_dim + (density_hidden if branch else 0), 1)
         self.ssl_heads = nn.ModuleDict(
             {
                 "absolute": MLPHead(feature_dim, ssl_hidden, n_positions, dropout=float(dropout)),
@@ -109,7 +124,7 @@ class MILNet(nn.Module):
         )
         for module in (self.pool, self.classifier, self.ssl_heads):
             he_init_(module)
-        if n_density:  # an untrained hybrid predicts as the MIL network does
+        if branch:  # an untrained hybrid predicts as the MIL network does
             with torch.no_grad():
                 self.classifier.weight[:, feature_dim:] = 0.0
 
@@ -166,15 +181,29 @@ class MILNet(nn.Module):
         return feats.reshape(b, k, self.feature_dim)
 
     def _classify(self, z: torch.Tensor, density: Optional[torch.Tensor]) -> torch.Tensor:
-        """Logits ``(B, 1)`` of pooled features ``z (B, M)`` (and, for the hybrid, the bags' density features)."""
+        """Logits ``(B, 1)`` of pooled features ``z (B, M)`` (and, for the hybrid or the fusion, the bags' density
+        features)."""
         z = self.dropout(z)
         if self.density is not None:
             if density is None:
-                raise ValueError(f"this network is a hybrid (n_density={self.n_density}): pass density (B, {self.n_density}).")
+                raise ValueError(self._needs_density())
             if density.shape[0] != z.shape[0]:
                 raise ValueError("density must have one row per bag.")
             z = torch.cat([z, self.density(density)], dim=1)
-        return self.classifier(z)
+        logits = self.classifier(z)
+        if self.fusion is not None:
+            if density is None:  # an unfitted fusion passes the MIL logit through: nothing is missing
+                if self.fusion.is_fitted():
+                    raise ValueError(self._needs_density())
+            else:
+                if density.shape[0] != z.shape[0]:
+                    raise ValueError("density must have one row per bag.")
+                logits = self.fusion(logits, density)
+        return logits
+
+    def _needs_density(self) -> str:
+        return (f"this network uses the bags' lung-density features (n_density={self.n_density}): pass density (B, "
+                f"{self.n_density}); bags made before ctmil recorded them must be preprocessed again.")
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, density: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Bag logits ``(B, 1)`` for ``x: (B, K, C, P, P)`` or ``(B, K, P, P)``, ``mask: (B, K)`` bool or None;

@@ -34,8 +34,12 @@ from ctmil.networks import MILNet
 from ctmil.synthetic.phantoms import generate_cohort
 from ctmil.train.distributed import DistributedForwardAll, free_port
 from ctmil.train.engines import predict
+from ctmil.transforms import DENSITY_FEATURES
 from tests.bundle._datalist import NET_OVERRIDES, write_bag_datalist
 from tests.train._bags import TINY_NET
+
+#: train.json's default network: the paper's, fused with the lung-density model (ctmil.networks.fusion)
+FUSED = {"n_density": len(DENSITY_FEATURES), "density_use": "fusion"}
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "covid19_severity_mil"
 CONFIGS = BUNDLE / "configs"
@@ -162,7 +166,7 @@ def test_train_workflow(trained, bags):
     assert saved.keys() == network.state_dict().keys()
     assert all(torch.equal(saved[k], v.cpu()) for k, v in network.state_dict().items())
     record = json.loads((root / "models" / "model.json").read_text())
-    assert record["network"] == dict(MILNet().hparams) and record["trained_on"] == 6 and record["epochs"] == 2
+    assert record["network"] == dict(MILNet(**FUSED).hparams) and record["trained_on"] == 6 and record["epochs"] == 2
     model = load_model(root / "models" / "model.pt")
     assert model.network == record["network"]
     assert model.preprocessing["min_area_fraction"] == 0.5 and model.preprocessing["spatial_size"] == (180, 240)
@@ -178,7 +182,7 @@ def test_evaluate_workflow(evaluated, trained, cohort):
     # function with the model loaded by hand
     cases = bu.bag_table(cohort / "datalist.csv", root / "cache", _preprocessing())
     assert set(pd.read_csv(root / "cache" / "manifest.csv")["status"]) == {"cached"}  # the workflow's own bags
-    network = MILNet()
+    network = MILNet(**FUSED)
     network.load_state_dict(_state(root / "models" / "model.pt"))
     with _quiet_rng_one_thread():
         expected = predict(network, bu.bag_dataset(cases))
@@ -228,14 +232,15 @@ def test_ckpt_export_torchscript(trained, tmp_path):
     scripted = torch.jit.load(str(exported), _extra_files=extra)
     assert json.loads(extra["metadata.json"])["network_data_format"]["inputs"]["image"]["spatial_shape"] == [60, 60]
     assert "network_def" in json.loads(extra["train.json"])
-    eager = MILNet()
+    eager = MILNet(**FUSED)
     eager.load_state_dict(_state(root / "models" / "model.pt"))
     eager.eval()
     x = torch.rand(2, 30, 1, 60, 60, generator=torch.Generator().manual_seed(0))
     mask = torch.ones(2, 30, dtype=torch.bool)
     mask[1, 17:] = False
+    density = torch.rand(2, len(DENSITY_FEATURES), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        for args in ((x[:1, :12, 0],), (x, mask)):  # verify_net_in_out's layout, then a padded batch
+        for args in ((x[:1, :12, 0], None, density[:1]), (x, mask, density)):  # verify_net_in_out's layout, then a padded batch
             torch.testing.assert_close(scripted(*args), eager(*args), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(scripted.attention(x, mask), eager.attention(x, mask), atol=1e-6, rtol=1e-5)
 
@@ -270,4 +275,4 @@ def test_multi_gpu_train_config_in_one_process(bags, tmp_path, monkeypatch):
     assert content("train#trainer").state.epoch == 1
     assert content("validate#evaluator").state.metrics["val_auc"] >= 0
     saved = _state(tmp_path / "models" / "model.pt")
-    assert saved.keys() == MILNet(**TINY_NET).state_dict().keys()  # no "ddp.module." prefixes
+    assert saved.keys() == MILNet(**TINY_NET, **FUSED).state_dict().keys()  # no "ddp.module." prefixes

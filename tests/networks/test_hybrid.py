@@ -31,7 +31,7 @@ def _bag(severe: bool, seed: int) -> dict:
 def test_forward_needs_density_and_uses_it():
     net = MILNet(n_density=F).eval()
     x = torch.rand(2, 12, 1, 60, 60)
-    with pytest.raises(ValueError, match="hybrid"):
+    with pytest.raises(ValueError, match="lung-density features"):
         net(x)
     d, other = torch.rand(2, F), torch.rand(2, F) + torch.arange(F)
     assert torch.allclose(net(x, density=d), net(x, density=other))  # untrained: the density columns start at zero
@@ -100,5 +100,5 @@ def test_inference_feeds_a_hybrid_its_density():
     model = InferenceModel.wrap(MILNet(n_density=F).eval(), "cpu")
     bag = _bag(True, 3)
     assert 0.0 <= model.predict_bag(bag).probability <= 1.0  # from meta["density"]
-    with pytest.raises(ValueError, match="hybrid"):
+    with pytest.raises(ValueError, match="lung-density features"):
         model.predict(bag["patches"])

@@ -60,7 +60,8 @@ class ModelWriter:
         dirname: folder of ``model.pt`` / ``model.json``.
         info: extra facts for ``model.json`` (preprocessing settings, SSL task, virtual bags, threshold ...).
             ``threshold`` and ``calibration`` are replaced by ``engine.state.operating_point`` where an
-            :class:`~ctmil.train.handlers.OperatingPointHandler` learnt one.
+            :class:`~ctmil.train.handlers.OperatingPointHandler` learnt one; ``density_fusion`` records what a
+            :class:`~ctmil.train.handlers.DensityFusionHandler` fitted.
         save: False on the ranks that must not write.
         dataset: the training bags; their intensities (HU or lung-window slice images) go to ``model.json``'s
             ``input``, which inference checks its input against.
@@ -85,5 +86,8 @@ class ModelWriter:
         point = getattr(engine.state, "operating_point", None)  # from an OperatingPointHandler attached before
         if point is not None:
             info.update(threshold=point["threshold"], calibration=point["calibration"], operating_point=point)
+        fusion = getattr(engine.state, "density_fusion", None)  # from a DensityFusionHandler attached before
+        if fusion is not None:
+            info["density_fusion"] = fusion
         path = save_model(self.network, self.dirname, info)
         logger.info("model written to %s", path)
