@@ -82,8 +82,8 @@ def run(name: str, out: Path, data: Path) -> None:
 
 
 def table(out: Path) -> str:
-    rows = ["| lever | setting | AUC [95 % DeLong CI] | sensitivity | specificity | minutes (load 1/5/15 at the end) |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| lever | setting | AUC [95 % DeLong CI] | ΔAUC vs Q [95 % paired bootstrap CI] | sensitivity | specificity | "
+            "minutes (load 1/5/15 at the end) |", "|---|---|---|---|---|---|---|"]
     for name, (what, _) in LEVERS.items():
         folder = out / name
         if not (folder / "lever_run.json").is_file():
@@ -94,12 +94,29 @@ def table(out: Path) -> str:
         for r in learnt.itertuples():
             ci = f"[{r.auc_delong_lower:.3f}, {r.auc_delong_upper:.3f}]" if hasattr(r, "auc_delong_lower") else \
                 f"(at 0.5: [{fixed.loc[r.setting, 'auc_delong_lower']:.3f}, {fixed.loc[r.setting, 'auc_delong_upper']:.3f}])"
-            rows.append(f"| `{name}`: {what} | {r.setting} | {r.auc_mean:.3f} {ci} | {r.sensitivity_mean:.3f} | "
-                        f"{r.specificity_mean:.3f} | {run_info['minutes']:.1f} ({run_info['load']}) |")
+            rows.append(f"| `{name}`: {what} | {r.setting} | {r.auc_mean:.3f} {ci} | {_versus_q(out, folder, r.setting)} | "
+                        f"{r.sensitivity_mean:.3f} | {r.specificity_mean:.3f} | {run_info['minutes']:.1f} ({run_info['load']}) |")
     fusion = _fusion(out)
     if fusion:
         rows.append(fusion)
     return "\n".join(rows)
+
+
+def _versus_q(out: Path, folder: Path, setting: str) -> str:
+    """ΔAUC of the lever's calibrated out-of-fold predictions minus Q's (lever `q`) on the same cases and folds, with
+    its paired bootstrap CI (2000 resamples, stratified, seed 0); empty for Q itself or without Q's run."""
+    from ctmil.evaluate.statistics import bootstrap_auc_difference
+
+    q_path, own = out / "q" / "predictions.csv", folder / "predictions.csv"
+    if setting == "Q" or not q_path.is_file():
+        return ""
+    d, q = (pd.read_csv(p, dtype={"case_id": str}) for p in (own, q_path))
+    d = d[d["setting"] == setting].set_index("case_id")
+    q = q[q["setting"] == "Q"].set_index("case_id").reindex(d.index)
+    if q["fold"].isna().any() or not (d["fold"] == q["fold"]).all():
+        return "(other folds)"
+    diff = bootstrap_auc_difference(d["label"].to_numpy(), d["prob_calibrated"].to_numpy(), q["prob_calibrated"].to_numpy())
+    return f"{diff.difference:+.3f} [{diff.lower:+.3f}, {diff.upper:+.3f}]"
 
 
 def _fusion(out: Path) -> str:
@@ -118,7 +135,7 @@ def _fusion(out: Path) -> str:
     p = (d["prob_calibrated"] + q["prob_calibrated"]) / 2
     ci = delong_auc_ci(d["label"].to_numpy(), p.to_numpy())
     auc, lo, hi = roc_auc_score(d["label"], p), ci.lower, ci.upper
-    return (f"| derived: mean of `base` D's and `q` Q's calibrated probabilities | D+Q | {auc:.3f} [{lo:.3f}, {hi:.3f}] | "
+    return (f"| derived: mean of `base` D's and `q` Q's calibrated probabilities | D+Q | {auc:.3f} [{lo:.3f}, {hi:.3f}] | | "
             "(no threshold learnt) | | 0 |")
 
 

@@ -60,6 +60,7 @@ from ctmil.evaluate.folds import make_folds, run_seed
 from ctmil.evaluate.operating_point import apply_operating_point
 from ctmil.evaluate.quantitative import QUANTITATIVE, density_features, point_args, predict_fold
 from ctmil.evaluate.report import write_report
+from ctmil.evaluate.report_tables import describe
 from ctmil.evaluate.shortcut import logged_shortcut_check
 from ctmil.train.engines import predict
 
@@ -293,5 +294,14 @@ def run_cv(
             bar.update(1)
     all_predictions = pd.concat(predictions, ignore_index=True).reindex(columns=list(_COLUMNS))
     atomic_write_csv(all_predictions, out / "predictions.csv")
-    write_report(out, all_predictions, threshold=float(parser.get_parsed_content("threshold")), shortcut=shortcut)
+    write_report(out, all_predictions, threshold=float(parser.get_parsed_content("threshold")), shortcut=shortcut,
+                 descriptions=fused_descriptions(all_predictions["setting"].unique(), bool(parser.get("density_fusion", False))))
     return all_predictions
+
+
+def fused_descriptions(settings: Sequence[str], fused: bool) -> Optional[Dict[str, str]]:
+    """The reports' descriptions of the deep ``settings`` when their networks fuse the lung-density model (train.json's
+    ``density_fusion``, the default: :mod:`ctmil.networks.fusion`); ``None`` (the built-in ones) otherwise."""
+    if not fused:
+        return None
+    return {str(s): f"{describe(s)}, fused with the lung-density model" for s in settings if str(s) != QUANTITATIVE}

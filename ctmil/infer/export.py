@@ -1,7 +1,9 @@
 """Export a trained model for deployment tools that cannot run Python: TorchScript or ONNX, checked for parity.
 
 Both exports take the weights-only ``model.pt`` (+ ``model.json``) that training writes. The exported graph is the
-network's ``forward``: bag logits ``(B, 1)`` for patches ``(B, K, 1, 60, 60)``, with ``K`` dynamic. After writing,
+network's ``forward``: bag logits ``(B, 1)`` for patches ``(B, K, 1, 60, 60)``, with ``K`` dynamic, and for a
+network that uses the bags' lung-density features (the default model's fusion) a second input ``density (B, 27)``
+(``bag["density"]``, :func:`ctmil.transforms.density_input`). After writing,
 the export is run on a random bag and compared with the PyTorch model (ONNX through onnxruntime); the largest
 absolute difference of the logits is returned, and an export that disagrees by more than ``tolerance`` is an error.
 ``model.json`` is copied beside the export (``model.onnx`` → ``model.json``), so the preprocessing the model was
@@ -29,18 +31,31 @@ def _sample(network: torch.nn.Module, k: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(1, k, 1, size, size, generator=torch.Generator().manual_seed(seed))  # (1, K, 1, P, P)
 
 
+def _density(network: torch.nn.Module, seed: int = 0) -> "torch.Tensor | None":
+    """A random ``density (1, n_density)`` for a network that uses the bags' lung-density features, else ``None``."""
+    n = int(getattr(network, "n_density", 0) or 0)
+    return torch.randn(1, n, generator=torch.Generator().manual_seed(seed + 1)) if n else None
+
+
 def _onnx(network: torch.nn.Module, out: Path, opset: int) -> None:
-    torch.onnx.export(network, (_sample(network, 12),), str(out), dynamo=False, opset_version=opset,
-                      input_names=["patches"], output_names=["logits"], dynamic_axes={"patches": {0: "B", 1: "K"}, "logits": {0: "B"}})
+    """ONNX with inputs ``patches (B, K, 1, P, P)`` and, for a network with lung-density features (the default
+    model's fusion), ``density (B, n_density)``."""
+    density = _density(network)
+    args = (_sample(network, 12),) if density is None else (_sample(network, 12), {"density": density})
+    names = ["patches"] if density is None else ["patches", "density"]
+    axes = {"patches": {0: "B", 1: "K"}, "logits": {0: "B"}, **({} if density is None else {"density": {0: "B"}})}
+    torch.onnx.export(network, args, str(out), dynamo=False, opset_version=opset, input_names=names, output_names=["logits"],
+                      dynamic_axes=axes)  # fmt: skip
 
 
-def _run_onnx(out: Path, x: torch.Tensor) -> torch.Tensor:
+def _run_onnx(out: Path, x: torch.Tensor, density: "torch.Tensor | None" = None) -> torch.Tensor:
     try:
         import onnxruntime as ort
     except ImportError:
         raise ModelError("the ONNX parity check needs onnxruntime: pip install 'ctmil[export]'") from None
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(None, {"patches": x.numpy()})[0])
+    feed = {"patches": x.numpy(), **({} if density is None else {"density": density.numpy()})}
+    return torch.from_numpy(session.run(None, feed)[0])
 
 
 #: File extensions of each format (``ctmil export`` takes the format from the extension).
@@ -80,18 +95,18 @@ def export_model(model: "str | os.PathLike", out: "str | os.PathLike", fmt: str 
     if fmt == "torchscript":
         torch.jit.script(network).save(str(out))
         exported = torch.jit.load(str(out))
-        run = lambda x: exported(x)  # noqa: E731
+        run = lambda x, d: exported(x) if d is None else exported(x, None, d)  # noqa: E731
     else:
         _onnx(network, out, opset)
-        run = lambda x: _run_onnx(out, x)  # noqa: E731
+        run = lambda x, d: _run_onnx(out, x, d)  # noqa: E731
     sidecar = Path(model).with_suffix(".json")
     if sidecar.is_file():  # the export keeps the model's record (network, preprocessing), for ctmil infer
         out.with_suffix(".json").write_text(sidecar.read_text())
     worst = 0.0
     with torch.no_grad():
         for k in (12, 36, 100):  # 100: more than the encoder's chunk of 48 patches
-            x = _sample(network, k, seed=k)
-            worst = max(worst, float((run(x).float() - network(x)).abs().max()))
+            x, d = _sample(network, k, seed=k), _density(network, seed=k)
+            worst = max(worst, float((run(x, d).float() - network(x, density=d)).abs().max()))
     if worst > tolerance:
         raise ModelError(f"the {fmt} export differs from the model by {worst:.2e} (> {tolerance:.0e}); not usable")
     logger.info("%s export written to %s (max logit difference %.2e)", fmt, out, worst)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -68,22 +69,27 @@ class DensityFusion(nn.Module):
 
     def set_fit(self, mean: Sequence[float], scale: Sequence[float], coef: Sequence[float], intercept: float,
                 maps: Sequence[Sequence[float]], weights: Sequence[float]) -> "DensityFusion":  # fmt: skip
-        """Load a fitted density model (standardisation + linear logit), the two Platt maps and the weights."""
-        values = {"mean": mean, "scale": scale, "coef": coef}
+        """Load a fitted density model (standardisation + linear logit), the two Platt maps and the weights (normalised
+        to sum 1); every value is checked before any buffer changes (ValueError)."""
+        values = {}
+        for name, value in {"mean": mean, "scale": scale, "coef": coef}.items():
+            t = torch.as_tensor(np.asarray(value, dtype=np.float32)).reshape(-1)
+            if t.numel() != self.n_features or not torch.isfinite(t).all():
+                raise ValueError(f"{name} must be {self.n_features} finite values, got {t.numel()}.")
+            values[name] = t
+        if not (values["scale"] > 0).all():
+            raise ValueError("scale must be > 0.")
+        m = torch.as_tensor(np.asarray(maps, dtype=np.float32))
+        w = torch.as_tensor(np.asarray(weights, dtype=np.float32)).reshape(-1)
+        if m.shape != (2, 2) or w.shape != (2,) or not (torch.isfinite(m).all() and torch.isfinite(w).all()):
+            raise ValueError("maps must be 2 x 2 and weights 2 finite values.")
+        if (w < 0).any() or float(w.sum()) <= 0:
+            raise ValueError("weights must be >= 0 and not all zero.")
+        if not np.isfinite(float(intercept)):
+            raise ValueError("intercept must be finite.")
         with torch.no_grad():
-            for name, value in values.items():
-                t = torch.as_tensor(value, dtype=torch.float32).reshape(-1)
-                if t.numel() != self.n_features or not torch.isfinite(t).all():
-                    raise ValueError(f"{name} must be {self.n_features} finite values, got {t.numel()}.")
+            for name, t in values.items():
                 getattr(self, name).copy_(t)
-            if not (self.scale > 0).all():
-                raise ValueError("scale must be > 0.")
-            m = torch.as_tensor(maps, dtype=torch.float32)
-            w = torch.as_tensor(weights, dtype=torch.float32).reshape(-1)
-            if m.shape != (2, 2) or w.shape != (2,) or not (torch.isfinite(m).all() and torch.isfinite(w).all()):
-                raise ValueError("maps must be 2 x 2 and weights 2 finite values.")
-            if (w < 0).any() or float(w.sum()) <= 0:
-                raise ValueError("weights must be >= 0 and not all zero.")
             self.intercept.fill_(float(intercept))
             self.maps.copy_(m)
             self.weights.copy_(w / w.sum())

@@ -2,12 +2,13 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from ctmil.cli import main
 from ctmil.infer.export import export_model
-from ctmil.infer.model_io import ModelError
+from ctmil.infer.model_io import ModelError, load_model
 from ctmil.networks import MILNet
 from ctmil.train.handlers import save_model
 
@@ -87,3 +88,25 @@ def test_exports_keep_the_recorded_preprocessing(tmp_path):
                                     "slab_mm": None, "patch_dtype": "float32", "chest_wall": False, "dilate_mm": 8.0,
                                     "patch_norm": "minmax"}
     assert loaded.network["feature_dim"] == 16
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_a_fused_model_exports_with_its_density_input(tmp_path, fmt):
+    """The default model fuses the lung-density model: the export takes the bag's density as a second input."""
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime", reason="the ONNX parity check needs onnxruntime")
+    from ctmil.transforms import DENSITY_FEATURES
+
+    torch.manual_seed(0)
+    net = MILNet(**TINY, n_density=len(DENSITY_FEATURES), density_use="fusion")
+    g = np.random.default_rng(0)
+    net.fusion.set_fit(g.normal(size=27), g.uniform(0.5, 2, size=27), g.normal(size=27), 0.3, [[0.8, 0.1], [1.5, -0.2]], [1, 1])
+    path = save_model(net, tmp_path / "m")
+    out = tmp_path / "e" / ("model.ts" if fmt == "torchscript" else "model.onnx")
+    assert export_model(path, out, fmt=fmt) < 1e-4  # parity checked with a density input
+    if fmt == "torchscript":  # and ctmil infer's TorchScript path feeds a bag's density to it
+        loaded = load_model(out, allow_torchscript=True)
+        x, d = torch.rand(20, 1, 60, 60), torch.randn(27)
+        with torch.no_grad():
+            expected = float(net.eval()(x[None], density=d[None]))
+        assert loaded.predict(x, d).logit == pytest.approx(expected, abs=1e-4)
