@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -43,6 +43,9 @@ class EpochBags:
             every rank runs the same number of steps).
         device: keep the dataset's bags on this device for the whole run (:meth:`BagDataset.to`, one copy per
             bag at construction) and collate there, so no step copies patches from the host; ``None`` = host.
+        transform: a MONAI (random) dictionary transform applied to every bag of the epoch before it is collated
+            (augmentation, ``train.json``'s ``augmentation``); its random state is set from ``(seed, epoch, item)``
+            before each bag, so a resumed run and every rank draw the same augmentation.
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class EpochBags:
         rank: int = 0,
         world_size: int = 1,
         device: "Optional[str | torch.device]" = None,
+        transform: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
@@ -72,6 +76,7 @@ class EpochBags:
         self.rank, self.world_size = int(rank), int(world_size)
         self.epoch = 1
         self._virtual: List[torch.Tensor] = []
+        self.transform = transform
         self.device = None if device is None else torch.device(device)
         if self.device is not None:
             dataset.to(self.device)
@@ -98,9 +103,23 @@ class EpochBags:
     def _item(self, j: int) -> Dict[str, Any]:
         n_real = len(self.dataset)
         if j < n_real:
-            return self.dataset[j]
-        v = j - n_real
-        return virtual_bag(self.dataset, self._virtual[v], case_id=f"virtual-e{self.epoch}-{v}")
+            bag = self.dataset[j]
+        else:
+            v = j - n_real
+            bag = virtual_bag(self.dataset, self._virtual[v], case_id=f"virtual-e{self.epoch}-{v}")
+        return bag if self.transform is None else self._augment(bag, j)
+
+    def _augment(self, bag: Dict[str, Any], j: int) -> Dict[str, Any]:
+        """``self.transform`` of ``bag`` with its random state set from ``(seed, epoch, j)``; the patches come back as a
+        plain tensor of their dtype (MONAI's transforms return a ``MetaTensor``)."""
+        item_seed = int(np.random.SeedSequence([self.seed, self.epoch, int(j)]).generate_state(1)[0])
+        if hasattr(self.transform, "set_random_state"):
+            self.transform.set_random_state(seed=item_seed)
+        dtype = bag["patches"].dtype
+        out = dict(self.transform(dict(bag)))
+        patches = out["patches"]
+        out["patches"] = (patches.as_tensor() if hasattr(patches, "as_tensor") else torch.as_tensor(patches)).to(dtype)
+        return out
 
     def order(self) -> List[int]:
         """This epoch's order of real + virtual items, the same on every rank, padded to a multiple of

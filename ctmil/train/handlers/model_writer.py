@@ -86,6 +86,9 @@ class ModelWriter:
         point = getattr(engine.state, "operating_point", None)  # from an OperatingPointHandler attached before
         if point is not None:
             info.update(threshold=point["threshold"], calibration=point["calibration"], operating_point=point)
+        selected = getattr(engine.state, "selected_epoch", None)  # from a BestWeights handler (model selection)
+        if selected is not None:
+            info["selected_epoch"] = selected
         fusion = getattr(engine.state, "density_fusion", None)  # from a DensityFusionHandler attached before
         if fusion is not None:
             info["density_fusion"] = fusion
