@@ -108,17 +108,18 @@ def table(out: Path) -> str:
 def _versus_q(out: Path, folder: Path, setting: str) -> str:
     """ΔAUC of the lever's calibrated out-of-fold predictions minus Q's (lever `q`) on the same cases and folds, with
     its paired bootstrap CI (2000 resamples, stratified, seed 0); empty for Q itself or without Q's run."""
+    from ctmil.evaluate.report import read_predictions
     from ctmil.evaluate.statistics import bootstrap_auc_difference
 
     q_path, own = out / "q" / "predictions.csv", folder / "predictions.csv"
     if setting == "Q" or not q_path.is_file():
         return ""
-    d, q = (pd.read_csv(p, dtype={"case_id": str}) for p in (own, q_path))
+    d, q = (read_predictions(p) for p in (own, q_path))
     d = d[d["setting"] == setting].set_index("case_id")
     q = q[q["setting"] == "Q"].set_index("case_id").reindex(d.index)
     if q["fold"].isna().any() or not (d["fold"] == q["fold"]).all():
         return "(other folds)"
-    diff = bootstrap_auc_difference(d["label"].to_numpy(), d["prob_calibrated"].to_numpy(), q["prob_calibrated"].to_numpy())
+    diff = bootstrap_auc_difference(d["label"].to_numpy(), d["probability"].to_numpy(), q["probability"].to_numpy())
     return f"{diff.difference:+.3f} [{diff.lower:+.3f}, {diff.upper:+.3f}]"
 
 
@@ -126,16 +127,17 @@ def _fusion(out: Path) -> str:
     """A derived row: the mean of D's (``base``) and Q's (``q``) calibrated out-of-fold probabilities (same folds)."""
     from sklearn.metrics import roc_auc_score
 
+    from ctmil.evaluate.report import read_predictions
     from ctmil.evaluate.statistics import delong_auc_ci
 
     paths = [out / "base" / "predictions.csv", out / "q" / "predictions.csv"]
     if not all(p.is_file() for p in paths):
         return ""
-    d, q = (pd.read_csv(p, dtype={"case_id": str}).set_index("case_id") for p in paths)
+    d, q = (read_predictions(p).set_index("case_id") for p in paths)
     d, q = d[d["setting"] == "D"], q.loc[d.index]
     if not (d["fold"] == q["fold"]).all():
         return ""
-    p = (d["prob_calibrated"] + q["prob_calibrated"]) / 2
+    p = (d["probability"] + q["probability"]) / 2
     ci = delong_auc_ci(d["label"].to_numpy(), p.to_numpy())
     auc, lo, hi = roc_auc_score(d["label"], p), ci.lower, ci.upper
     return (f"| derived: mean of `base` D's and `q` Q's calibrated probabilities | D+Q | {auc:.3f} [{lo:.3f}, {hi:.3f}] | | "

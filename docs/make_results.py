@@ -84,8 +84,8 @@ def main(argv=None) -> int:
     parser.add_argument("--report-only", action="store_true", help="rewrite the report and --doc from <out>/cv/predictions.csv")
     args = parser.parse_args(argv)
     from ctmil.cli import parse_overrides
-    from ctmil.evaluate.cv import run_cv
-    from ctmil.evaluate.report import write_report
+    from ctmil.evaluate.cv import fused_descriptions, run_cv
+    from ctmil.evaluate.report import read_predictions, write_report
 
     sample, out = Path(args.data), Path(args.out)
     overrides = parse_overrides(args.set)
@@ -93,7 +93,9 @@ def main(argv=None) -> int:
     record = out / "cv" / "results_run.json"
     if args.report_only:
         run = {**json.loads(record.read_text()), "report_commit": _commit()}
-        write_report(out / "cv", pd.read_csv(out / "cv" / "predictions.csv", dtype={"case_id": str}))
+        predictions, config = read_predictions(out / "cv" / "predictions.csv"), json.loads((out / "cv" / "config.json").read_text())
+        fused = bool(config["overrides"].get("density_fusion", config["configs"].get("density_fusion", False)))
+        write_report(out / "cv", predictions, descriptions=fused_descriptions(predictions["setting"].unique(), fused))
     else:
         if not (sample / "labels.csv").is_file():
             raise SystemExit(f"no Per-COVID sample at {sample} (labels.csv missing)")

@@ -26,8 +26,8 @@ seed, so settings are compared on paired runs. Predictions go through :func:`ctm
 Operating point: with ``cv#calibration_fraction`` > 0 each run holds back that share of its training folds
 (stratified, patients kept together, seeded by the run) as inner validation cases; the run trains on the rest,
 and its :class:`~ctmil.train.handlers.OperatingPointHandler` fits a calibration map and a threshold on the
-held-back cases. The test fold is never used for either; its predictions carry the raw ``prob`` and, at the
-learnt point, ``prob_calibrated``, ``prediction`` and ``threshold``. The final model (never ``Q``) is made the same
+held-back cases. The test fold is never used for either; its predictions carry the raw ``raw_probability`` and, at
+the learnt point, the calibrated ``probability``, ``prediction`` and ``threshold``. The final model (never ``Q``) is made the same
 way. ``Q`` holds back the same cases (:func:`_inner_cases`) and learns its point as the handler (``train#operating_point``).
 
 Outputs (in ``out_dir``): ``config.json`` (what the run was made from), ``folds.csv``, ``predictions.csv``,
@@ -59,12 +59,12 @@ from ctmil.io.atomic import atomic_write_csv
 from ctmil.evaluate.folds import make_folds, run_seed
 from ctmil.evaluate.operating_point import apply_operating_point
 from ctmil.evaluate.quantitative import QUANTITATIVE, density_features, point_args, predict_fold
-from ctmil.evaluate.report import write_report
+from ctmil.evaluate.report import read_predictions, write_report
 from ctmil.evaluate.report_tables import describe
 from ctmil.evaluate.shortcut import logged_shortcut_check
 from ctmil.train.engines import predict
 
-__all__ = ["SETTINGS", "CVConfigError", "cv_protocol", "run_cv"]
+__all__ = ["SETTINGS", "CVConfigError", "cv_protocol", "fused_descriptions", "run_cv"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ SETTINGS: Dict[str, tuple] = {
 }
 _FINAL_MODEL = ("all_data", "last_fold", "none")
 DEFAULT_FILES = ("train.json", "cv.json")
-_COLUMNS = ("case_id", "setting", "repeat", "fold", "prob", "label", "prob_calibrated", "prediction", "threshold")
+_COLUMNS = ("case_id", "setting", "repeat", "fold", "raw_probability", "label", "probability", "prediction", "threshold")
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -192,13 +192,13 @@ def _write_point(run_dir: Path, point: Mapping[str, Any], ids: Sequence[str]) ->
 
 
 def _fold_predictions(pred: pd.DataFrame, point: Mapping[str, Any], setting: str, r: int, f: int) -> pd.DataFrame:
-    """The test fold's predictions (``case_id, prob, label``) with ``prob_calibrated`` / ``prediction`` at the run's
+    """The test fold's predictions (``case_id, raw_probability, label``) with ``probability`` / ``prediction`` at the run's
     learnt point."""
     pred.insert(1, "setting", setting)
     pred.insert(2, "repeat", r)
     pred.insert(3, "fold", f)
     pred["label"] = pred["label"].astype(int)
-    pred["prob_calibrated"], pred["prediction"] = apply_operating_point(point, pred["prob"].to_numpy())
+    pred["probability"], pred["prediction"] = apply_operating_point(point, pred["raw_probability"].to_numpy())
     pred["threshold"] = point["threshold"]
     return pred
 
@@ -221,7 +221,7 @@ def run_cv(
         restart: discard an ``out_dir`` made from another config or datalist instead of refusing it.
 
     Returns:
-        The out-of-fold predictions: ``case_id, setting, repeat, fold, prob, label, prob_calibrated, prediction, threshold``.
+        The out-of-fold predictions: ``case_id, setting, repeat, fold, raw_probability, label, probability, prediction, threshold``.
     """
     overrides = dict(overrides or {})
     protocol = cv_protocol(files, overrides)
@@ -260,7 +260,7 @@ def run_cv(
             run_dir = out / "runs" / setting / f"r{r}_f{f}"
             keep = final == "last_fold" and setting == final_setting and (r, f) == last
             if (run_dir / "predictions.csv").exists() and (not keep or (out / "model.pt").exists()):
-                predictions.append(pd.read_csv(run_dir / "predictions.csv", dtype={"case_id": str}))
+                predictions.append(read_predictions(run_dir / "predictions.csv"))
             else:
                 part = manifest[manifest["repeat"] == r]
                 test = table[table["case_id"].isin(part.loc[part["fold"] == f, "case_id"])]
@@ -272,7 +272,8 @@ def run_cv(
                     network, device, point = _train(
                         files, overrides, setting, protocol["ssl_task"], _subset(bags, index, fit["case_id"]),
                         _subset(bags, index, calibration["case_id"]), run_seed(seed, r, f), run_dir, out if keep else None)
-                    raw = pd.DataFrame(predict(network, _subset(bags, index, test["case_id"]), device=device))
+                    raw = pd.DataFrame(predict(network, _subset(bags, index, test["case_id"]), device=device)).rename(
+                        columns={"prob": "raw_probability"})
                 pred = _fold_predictions(raw, point, setting, r, f)
                 _write_point(run_dir, point, calibration["case_id"])
                 atomic_write_csv(pred, run_dir / "predictions.csv")

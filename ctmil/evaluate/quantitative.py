@@ -168,7 +168,7 @@ def predict_fold(features: pd.DataFrame, fit: pd.DataFrame, calibration: pd.Data
     """One run of Q: fitted on the ``fit`` rows of a bag table (``case_id, label, patient``), its operating point
     learnt on the ``calibration`` rows (none: the fixed ``fallback_threshold``), the ``test`` rows predicted.
 
-    Returns ``(case_id, prob, label of the test rows, operating point)``; the point also records ``model`` (``C``).
+    Returns ``(case_id, raw_probability, label of the test rows, operating point)``; the point also records ``model`` (``C``).
     """
     model = fit_baseline(features.loc[fit["case_id"].astype(str)], fit["label"], fit["patient"].tolist(), seed)
 
@@ -183,5 +183,5 @@ def predict_fold(features: pd.DataFrame, fit: pd.DataFrame, calibration: pd.Data
                                 fallback_threshold, source="inner validation")  # fmt: skip
     estimator = model.named_steps["model"]
     point["model"] = {"name": type(estimator).__name__, "C": getattr(estimator, "C", None), "n_fit": len(fit)}
-    return pd.DataFrame({"case_id": test["case_id"].astype(str).tolist(), "prob": prob(test),
+    return pd.DataFrame({"case_id": test["case_id"].astype(str).tolist(), "raw_probability": prob(test),
                          "label": test["label"].astype(int).tolist()}), point  # fmt: skip

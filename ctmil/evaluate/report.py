@@ -35,13 +35,20 @@ from ctmil.evaluate.report_html import write_cv_html
 from ctmil.evaluate.report_tables import describe, render_markdown
 from ctmil.evaluate.statistics import fold_summary
 
-__all__ = ["PREDICTION_COLUMNS", "fold_metrics", "learnt_summary", "metric_table", "plot_roc", "repeat_metrics",
+__all__ = ["PREDICTION_COLUMNS", "RENAMED_COLUMNS", "fold_metrics", "read_predictions", "learnt_summary", "metric_table", "plot_roc", "repeat_metrics",
            "summary_table", "write_report"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
-PREDICTION_COLUMNS = ("case_id", "setting", "repeat", "fold", "prob", "label")
+PREDICTION_COLUMNS = ("case_id", "setting", "repeat", "fold", "raw_probability", "label")
 _DELONG = ("auc_delong_lower", "auc_delong_upper")
+#: the columns of CV predictions written before the one vocabulary of every command's outputs (docs/cli.md)
+RENAMED_COLUMNS = {"prob": "raw_probability", "prob_calibrated": "probability"}
+
+
+def read_predictions(path: Union[str, "os.PathLike[str]"]) -> pd.DataFrame:
+    """A CV ``predictions.csv`` (of a whole run or of one fold), columns in today's vocabulary whatever version wrote it."""
+    return pd.read_csv(path, dtype={"case_id": str}).rename(columns=RENAMED_COLUMNS)
 
 
 def _check(predictions: pd.DataFrame) -> None:
@@ -53,7 +60,7 @@ def _check(predictions: pd.DataFrame) -> None:
 
 
 def metric_table(predictions: pd.DataFrame, by: List[str], threshold: float = 0.5, decision: Optional[str] = None,
-                 score: str = "prob") -> pd.DataFrame:  # fmt: skip
+                 score: str = "raw_probability") -> pd.DataFrame:  # fmt: skip
     """The five metrics (and the case counts) of each group of ``predictions`` grouped by ``by``.
 
     With ``decision`` (a 0/1 column, e.g. ``prediction`` at each run's learnt threshold) the threshold-dependent
@@ -64,7 +71,7 @@ def metric_table(predictions: pd.DataFrame, by: List[str], threshold: float = 0.
     for key, part in predictions.groupby(by, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         if decision is None:
-            m = binary_metrics(part["prob"].to_numpy(), part["label"].to_numpy(), threshold)
+            m = binary_metrics(part["raw_probability"].to_numpy(), part["label"].to_numpy(), threshold)
         else:
             m = {**binary_metrics(part[decision].to_numpy(dtype=float), part["label"].to_numpy(), 0.5),
                  "auc": roc_auc(part[score].to_numpy(), part["label"].to_numpy())}  # fmt: skip
@@ -73,7 +80,7 @@ def metric_table(predictions: pd.DataFrame, by: List[str], threshold: float = 0.
 
 
 def repeat_metrics(predictions: pd.DataFrame, threshold: float = 0.5, level: float = 0.95,
-                   decision: Optional[str] = None, score: str = "prob") -> pd.DataFrame:  # fmt: skip
+                   decision: Optional[str] = None, score: str = "raw_probability") -> pd.DataFrame:  # fmt: skip
     """Metrics of the pooled out-of-fold predictions of each (setting, repeat), with the DeLong CI of the AUC
     (``auc_delong_lower, auc_delong_upper``; ``nan`` with fewer than 2 cases of a class)."""
     table = metric_table(predictions, ["setting", "repeat"], threshold, decision, score)
@@ -84,7 +91,7 @@ def repeat_metrics(predictions: pd.DataFrame, threshold: float = 0.5, level: flo
 
 
 def fold_metrics(predictions: pd.DataFrame, threshold: float = 0.5, decision: Optional[str] = None,
-                 score: str = "prob") -> pd.DataFrame:  # fmt: skip
+                 score: str = "raw_probability") -> pd.DataFrame:  # fmt: skip
     """Metrics of each (setting, repeat, fold) test fold."""
     return metric_table(predictions, ["setting", "repeat", "fold"], threshold, decision, score)
 
@@ -117,19 +124,19 @@ def learnt_summary(predictions: pd.DataFrame, level: float = 0.95,
     """:func:`summary_table` at each run's learnt operating point (the ``prediction`` column), with the mean and
     SD over runs of the learnt ``threshold`` (``threshold_mean, threshold_sd``); ``None`` without those columns.
 
-    AUC ranks ``prob_calibrated``: each run's (increasing) map keeps the order within its fold and puts the
+    AUC ranks ``probability`` (calibrated): each run's (increasing) map keeps the order within its fold and puts the
     folds' models on one scale, so the pooled AUC is not lowered by models that merely differ in scale.
     """
-    if not {"prediction", "threshold", "prob_calibrated"} <= set(predictions.columns) or predictions["prediction"].isna().any():
+    if not {"prediction", "threshold", "probability"} <= set(predictions.columns) or predictions["prediction"].isna().any():
         return None
-    summary = summary_table(repeat_metrics(predictions, level=level, decision="prediction", score="prob_calibrated"),
-                            fold_metrics(predictions, decision="prediction", score="prob_calibrated"), descriptions)  # fmt: skip
+    summary = summary_table(repeat_metrics(predictions, level=level, decision="prediction", score="probability"),
+                            fold_metrics(predictions, decision="prediction", score="probability"), descriptions)  # fmt: skip
     runs = predictions.drop_duplicates(["setting", "repeat", "fold"]).groupby("setting", sort=False)["threshold"]
     summary["threshold_mean"] = summary["setting"].map(runs.mean())
     summary["threshold_sd"] = summary["setting"].map(runs.std(ddof=1))
-    # a run that fitted nothing (its inner validation cases lacked a class) keeps prob_calibrated == prob
+    # a run that fitted nothing (its inner validation cases lacked a class) keeps probability == raw_probability
     fitted = predictions.groupby(["setting", "repeat", "fold"], sort=False).apply(
-        lambda run: bool((run["prob_calibrated"] != run["prob"]).any()) if "prob" in run else True, include_groups=False)
+        lambda run: bool((run["probability"] != run["raw_probability"]).any()), include_groups=False)
     per_setting = fitted.groupby(level="setting", sort=False)
     summary["runs_fitted"] = summary["setting"].map(per_setting.sum()).astype(int)
     summary["runs"] = summary["setting"].map(per_setting.size()).astype(int)
@@ -153,7 +160,7 @@ def plot_roc(predictions: pd.DataFrame, path: Union[str, "os.PathLike[str]"],
         for j, (_, rep) in enumerate(part.groupby("repeat", sort=True)):
             if rep["label"].nunique() < 2:
                 continue
-            fpr, tpr, _ = roc_curve(rep["prob"].to_numpy(), rep["label"].to_numpy())
+            fpr, tpr, _ = roc_curve(rep["raw_probability"].to_numpy(), rep["label"].to_numpy())
             ax.step(fpr, tpr, where="post", color=colours[i % len(colours)], alpha=0.8 if j == 0 else 0.35,
                     label=label if j == 0 else None)
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)

@@ -63,9 +63,10 @@ def auc_delong(labels, probs, level: float = 0.95) -> AucInterval:
 def paired_frame(predictions: pd.DataFrame, a: object, b: object) -> pd.DataFrame:
     """``repeat, fold, case_id, label, prob_a, prob_b`` of the cases both settings predicted in one (repeat, fold)."""
     keys = ["repeat", "fold", "case_id", "label"]
-    left = predictions.loc[predictions["setting"] == a, [*keys, "prob"]]
-    right = predictions.loc[predictions["setting"] == b, [*keys, "prob"]]
+    left = predictions.loc[predictions["setting"] == a, [*keys, "raw_probability"]]
+    right = predictions.loc[predictions["setting"] == b, [*keys, "raw_probability"]]
     merged = left.merge(right, on=keys, suffixes=("_a", "_b")).sort_values(["repeat", "fold", "case_id"])
+    merged = merged.rename(columns={"raw_probability_a": "prob_a", "raw_probability_b": "prob_b"})
     if len(merged) < max(len(left), len(right)):
         logger.warning("settings %s and %s share %d of %d / %d predictions; the others are left out of their comparison.",
                        a, b, len(merged), len(left), len(right))

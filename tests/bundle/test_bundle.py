@@ -187,12 +187,12 @@ def test_evaluate_workflow(evaluated, trained, cohort):
     with _quiet_rng_one_thread():
         expected = predict(network, bu.bag_dataset(cases))
     assert expected["case_id"] == evaluated["case_id"].tolist()
-    np.testing.assert_allclose(evaluated["prob"], expected["prob"], atol=1e-6)
+    np.testing.assert_allclose(evaluated["raw_probability"], expected["prob"], atol=1e-6)
     np.testing.assert_array_equal(evaluated["label"], expected["label"])
     # scored at the operating point ctmil train recorded in model.json (calibration map + threshold), as ctmil evaluate
     point = json.loads((root / "models" / "model.json").read_text())["operating_point"]
-    calibrated, decided = apply_operating_point(point, evaluated["prob"].to_numpy())
-    np.testing.assert_allclose(evaluated["prob_calibrated"], calibrated, atol=1e-9)
+    calibrated, decided = apply_operating_point(point, evaluated["raw_probability"].to_numpy())
+    np.testing.assert_allclose(evaluated["probability"], calibrated, atol=1e-9)
     assert set(evaluated["threshold"]) == {point["threshold"]}
     np.testing.assert_array_equal(evaluated["prediction"], decided)
     metrics = pd.read_csv(root / "eval" / "metrics.csv", header=None, index_col=0)[1]
@@ -206,11 +206,12 @@ def test_inference_workflow_matches_evaluation(inferred, evaluated, trained, coh
     _, root, _ = trained
     assert inferred["status"].tolist() == ["ok", "ok"]
     # the same preprocessing (read from model.json: min_area_fraction 0.5) and weights as the evaluator
-    merged = inferred.merge(evaluated, on="case_id")
+    merged = inferred.merge(evaluated[["case_id", "raw_probability", "probability"]], on="case_id", suffixes=("", "_evaluator"))
     assert len(merged) == 2
-    # inference calibrates with the operating point recorded in model.json; the evaluator writes raw probabilities
+    # inference calibrates with the operating point recorded in model.json, as the evaluator does: one vocabulary
+    np.testing.assert_allclose(merged["probability"], merged["probability_evaluator"], atol=1e-5)
     point = json.loads((root / "models" / "model.json").read_text())["operating_point"]
-    calibrated, decision = apply_operating_point(point, merged["prob"].to_numpy())
+    calibrated, decision = apply_operating_point(point, merged["raw_probability"].to_numpy())
     np.testing.assert_allclose(merged["probability"], calibrated, atol=1e-5)
     ours = inferred.set_index("case_id").loc[merged["case_id"]]
     assert (ours["prediction"].to_numpy() == decision).all() and (ours["threshold"] == point["threshold"]).all()

@@ -187,9 +187,10 @@ def test_prediction_writer_collects_one_epoch(tmp_path):
     engine.run(list(range(6)), max_epochs=2)
     assert seen == [4, 4]  # reset at every epoch: the second epoch does not append to the first
     table = pd.read_csv(tmp_path / "predictions.csv", dtype={"case_id": str})
-    assert table.columns.tolist() == ["case_id", "prob", "prediction", "label"]
+    assert table.columns.tolist() == ["case_id", "raw_probability", "probability", "threshold", "prediction", "label"]
     assert table["case_id"].tolist() == ["c0", "c1", "c3", "c4"]  # None outputs skipped
-    np.testing.assert_allclose(table["prob"], [0.0, 0.1, 0.3, 0.4], atol=1e-7)
+    np.testing.assert_allclose(table["raw_probability"], [0.0, 0.1, 0.3, 0.4], atol=1e-7)
+    assert (table["probability"] == table["raw_probability"]).all() and (table["threshold"] == 0.3).all()  # no operating point
     assert table["prediction"].tolist() == [0, 0, 1, 1]  # prob >= threshold
     assert table["label"].tolist() == [0.0, 1.0, 1.0, 0.0]
 

@@ -119,7 +119,7 @@ TINY = {"max_epochs": 2, "threshold": 0.0, "train#virtual_bags#start_epoch": 1, 
 def test_run_cv_end_to_end_and_resume(datalist, tmp_path, monkeypatch):
     out = tmp_path / "out"
     predictions = run_cv(datalist, out, files=DEMO, overrides=TINY, progress=False)
-    assert predictions.columns.tolist() == ["case_id", "setting", "repeat", "fold", "prob", "label", "prob_calibrated",
+    assert predictions.columns.tolist() == ["case_id", "setting", "repeat", "fold", "raw_probability", "label", "probability",
                                            "prediction", "threshold"]
     for setting in ("A", "B"):
         part = predictions[predictions.setting == setting]
@@ -208,7 +208,7 @@ def test_operating_point_is_learnt_on_inner_cases_never_the_test_fold(tmp_path, 
         assert (test["threshold"] == point["threshold"]).all()
         # a Platt map, or (a 1-epoch tiny net may rank the 2 cases wrongly) the fixed threshold, saying why
         assert point["calibration"]["method"] == "platt" or ("rank against" in point["source"] and point["threshold"] == 0.5)
-        assert ((test["prob_calibrated"] >= point["threshold"]).astype(int) == test["prediction"]).all()
+        assert ((test["probability"] >= point["threshold"]).astype(int) == test["prediction"]).all()
     assert len(seen) == 3 and len(_ids(seen[-1]["validate#dataset"])) >= 2
     info = json.loads((out / "model.json").read_text())
     assert info["calibration"] == info["operating_point"]["calibration"] and 0.0 <= info["threshold"] <= 1.0

@@ -68,7 +68,7 @@ def test_q_separates_synthetic_density_out_of_fold(intensity, kept, seed):
         again, _ = predict_fold(features, fit, fit.iloc[:0], test, seed)
         pd.testing.assert_frame_equal(pred, again)  # seeded: deterministic
     pred = pd.concat(preds)
-    assert sorted(pred.case_id) == sorted(table.case_id) and roc_auc(pred["prob"], pred["label"]) >= 0.95
+    assert sorted(pred.case_id) == sorted(table.case_id) and roc_auc(pred["raw_probability"], pred["label"]) >= 0.95
     model = fit_baseline(features, table.label, table.patient.tolist(), seed)
     assert model.named_steps["drop"].keep_.sum() == kept  # the volume of slice images is dropped, nothing else
 
@@ -136,7 +136,7 @@ def test_a_training_set_of_one_class_predicts_that_class(label):
     bags = {c: {"meta": {"density": synthetic_density(i, y)}} for i, (c, y) in enumerate(zip(table.case_id, table.label))}
     features, _ = density_features(table, _loader(bags))
     pred, point = predict_fold(features, table.iloc[:4], table.iloc[:0], table.iloc[4:], seed=0)
-    assert (pred["prob"] == label).all() and point["model"] == {"name": "DummyClassifier", "C": None, "n_fit": 4}
+    assert (pred["raw_probability"] == label).all() and point["model"] == {"name": "DummyClassifier", "C": None, "n_fit": 4}
 
 
 @pytest.mark.parametrize("settings,pairs", [(["A", "D", "Q"], [("A", "D"), ("Q", "A"), ("Q", "D")]), (["Q"], []),
@@ -198,7 +198,7 @@ def test_q_runs_on_the_deep_folds_with_the_same_inner_cases(tmp_path, monkeypatc
         assert q["calibration_cases"] == a["calibration_cases"] and len(q["calibration_cases"]) == 2
         assert q["source"].startswith("inner validation") and q["model"]["n_fit"] == 4
         assert not set(q["calibration_cases"]) & set(test.case_id)
-        assert (test["threshold"] == q["threshold"]).all() and ((test.prob_calibrated >= q["threshold"]) == test.prediction).all()
+        assert (test["threshold"] == q["threshold"]).all() and ((test.probability >= q["threshold"]) == test.prediction).all()
     md, html = (out / "report.md").read_text(), (out / "report.html").read_text()
     assert f"| {Q_LABEL} |" in md and "| (A) vs (Q) |" in md and Q_LABEL in html and "(A) vs (Q)" in html
     table_iv = md.split("## Table IV")[1].split("## Paired")[0]
@@ -251,7 +251,7 @@ def test_q_separates_severe_phantoms_after_real_preprocessing(phantom_datalist, 
     pred = run_cv(phantom_datalist, tmp_path, files=DEMO, overrides=overrides, progress=False)
     assert len(pred) == 24 and set(pred.setting) == {"Q"}
     for _, rep in pred.groupby("repeat"):
-        assert roc_auc(rep["prob"], rep["label"]) >= 0.9  # pooled out-of-fold AUC of each repeat
+        assert roc_auc(rep["raw_probability"], rep["label"]) >= 0.9  # pooled out-of-fold AUC of each repeat
     learnt = pd.read_csv(tmp_path / "report_learnt_threshold.csv").set_index("setting")
     assert learnt.loc["Q", "auc_mean"] >= 0.9
     if fraction == 0.0:

@@ -26,18 +26,18 @@ def _fake_predictions(settings=(("A", 0.1), ("D", 0.4)), n_repeats=3, n_cases=20
             for i in range(n_cases):
                 label = int(i < 0.3 * n_cases)
                 rows.append({"case_id": f"c{i:03d}", "setting": setting, "repeat": repeat, "fold": (i + repeat) % n_folds,
-                             "prob": float(np.clip(0.3 + shift * label + rng.normal(0, 0.2), 0, 1)), "label": label})
+                             "raw_probability": float(np.clip(0.3 + shift * label + rng.normal(0, 0.2), 0, 1)), "label": label})
     return pd.DataFrame(rows)
 
 
 def _per_repeat_auc(predictions, setting):
     part = predictions[predictions.setting == setting]
-    return np.array([roc_auc(p["prob"], p["label"]) for _, p in part.groupby("repeat")])
+    return np.array([roc_auc(p["raw_probability"], p["label"]) for _, p in part.groupby("repeat")])
 
 
 def _per_fold_auc(predictions, setting):
     part = predictions[predictions.setting == setting]
-    return np.array([roc_auc(p["prob"], p["label"]) for _, p in part.groupby(["repeat", "fold"])])
+    return np.array([roc_auc(p["raw_probability"], p["label"]) for _, p in part.groupby(["repeat", "fold"])])
 
 
 def _nadeau_bengio(diffs, n_train, n_test):
@@ -60,7 +60,7 @@ def test_report_files_and_values(tmp_path):
         assert path.exists() and path.stat().st_size > 0
     old = ["setting", "description", "n_repeats"] + [f"{m}_{s}" for m in METRIC_NAMES for s in ("mean", "sd")]
     assert report.reset_index().columns.tolist()[: len(old)] == old  # old readers keep their columns
-    per_repeat = [binary_metrics(p["prob"], p["label"]) for _, p in predictions[predictions.setting == "D"].groupby("repeat")]
+    per_repeat = [binary_metrics(p["raw_probability"], p["label"]) for _, p in predictions[predictions.setting == "D"].groupby("repeat")]
     d = report.loc["D"]
     assert d["auc_mean"] == pytest.approx(np.mean([m["auc"] for m in per_repeat]))
     assert d["accuracy_sd"] == pytest.approx(np.std([m["accuracy"] for m in per_repeat], ddof=1))
@@ -69,7 +69,7 @@ def test_report_files_and_values(tmp_path):
     assert d["n_folds"] == 12 and d["auc_fold_n"] == 12
     folds = pd.read_csv(paths["fold_metrics"])
     assert len(folds) == 2 * 3 * 4 and {"setting", "repeat", "fold", "n_cases", *METRIC_NAMES} <= set(folds.columns)
-    cis = [delong_auc_ci(p["label"], p["prob"]) for _, p in predictions[predictions.setting == "D"].groupby("repeat")]
+    cis = [delong_auc_ci(p["label"], p["raw_probability"]) for _, p in predictions[predictions.setting == "D"].groupby("repeat")]
     assert d["auc_delong_lower"] == pytest.approx(np.mean([c.lower for c in cis]))
     assert d["auc_delong_upper"] == pytest.approx(np.mean([c.upper for c in cis]))
 
@@ -85,7 +85,7 @@ def test_report_files_and_values(tmp_path):
     for r in range(3):
         a, b = (predictions[(predictions.setting == s) & (predictions.repeat == r)].sort_values(["fold", "case_id"])
                 for s in ("A", "D"))  # fmt: skip
-        boots.append(bootstrap_auc_difference(b["label"], b["prob"], a["prob"], n_resamples=N_RESAMPLES,
+        boots.append(bootstrap_auc_difference(b["label"], b["raw_probability"], a["raw_probability"], n_resamples=N_RESAMPLES,
                                               seed=run_seed(0, r)))  # fmt: skip
     assert row["boot_lower"] == pytest.approx(np.mean([c.lower for c in boots]))
     assert row["boot_upper"] == pytest.approx(np.mean([c.upper for c in boots]))
@@ -106,7 +106,7 @@ def test_strictly_better_setting_is_significant_by_every_test():
     rng = np.random.default_rng(1)
     predictions = _fake_predictions((("A", -0.05), ("D", 0.9)), n_repeats=5, n_cases=50, n_folds=5, seed=1)
     d = predictions.setting == "D"
-    predictions.loc[d, "prob"] = 0.1 + 0.8 * predictions.loc[d, "label"] + rng.uniform(0, 0.05, int(d.sum()))
+    predictions.loc[d, "raw_probability"] = 0.1 + 0.8 * predictions.loc[d, "label"] + rng.uniform(0, 0.05, int(d.sum()))
     diffs = _per_fold_auc(predictions, "D") - _per_fold_auc(predictions, "A")
     assert (diffs > 0).all()  # better on every fold
     tests, per_repeat = paired_comparisons(predictions, n_resamples=N_RESAMPLES)
@@ -203,7 +203,7 @@ def test_one_setting_and_bad_predictions(tmp_path):
     ((True, False), "1 of 2 runs fitted a map and a threshold; 1 kept the fixed threshold"),
 ])
 def test_the_report_says_what_each_run_did(fitted_runs, expected):
-    """A run whose inner validation cases lacked a class keeps prob_calibrated == prob and the fixed threshold: the
+    """A run whose inner validation cases lacked a class keeps probability == raw_probability and the fixed threshold: the
     report says how many runs did that instead of claiming every run fitted a map."""
     from ctmil.evaluate.report import learnt_summary
     from ctmil.evaluate.report_tables import _learnt_section
@@ -216,7 +216,20 @@ def test_the_report_says_what_each_run_did(fitted_runs, expected):
         calibrated = np.clip(prob * 0.8 + 0.05, 0, 1) if fitted else prob
         threshold = 0.42 if fitted else 0.5
         frames.append(pd.DataFrame({"case_id": [f"f{fold}c{i}" for i in range(10)], "setting": "D", "repeat": 0, "fold": fold,
-                                    "prob": prob, "label": labels, "prob_calibrated": calibrated, "threshold": threshold,
+                                    "raw_probability": prob, "label": labels, "probability": calibrated, "threshold": threshold,
                                     "prediction": (calibrated >= threshold).astype(int)}))
     text = "\n".join(_learnt_section(learnt_summary(pd.concat(frames, ignore_index=True)), None))
     assert expected in text
+
+
+@pytest.mark.parametrize("columns", [("prob", "prob_calibrated"), ("raw_probability", "probability")])
+def test_predictions_of_any_version_read_in_todays_vocabulary(tmp_path, columns):
+    """CV folders written before the one column vocabulary (prob, prob_calibrated) still report."""
+    from ctmil.evaluate.report import read_predictions
+
+    raw, calibrated = columns
+    pd.DataFrame({"case_id": ["007", "8"], "setting": "D", "repeat": 0, "fold": 0, raw: [0.2, 0.9], "label": [0, 1],
+                  calibrated: [0.1, 0.95], "prediction": [0, 1], "threshold": 0.5}).to_csv(tmp_path / "p.csv", index=False)
+    table = read_predictions(tmp_path / "p.csv")
+    assert table["case_id"].tolist() == ["007", "8"] and table["raw_probability"].tolist() == [0.2, 0.9]
+    assert table["probability"].tolist() == [0.1, 0.95] and "prob" not in table

@@ -23,7 +23,7 @@ def _predictions(n_repeats=2, n_cases=24, n_folds=3, seed=0):
                 label = int(i % 3 == 0)
                 prob = float(np.clip(0.25 + shift * label + rng.normal(0, 0.15), 0, 1))
                 rows.append({"case_id": f"c{i:02d}", "setting": setting, "repeat": repeat, "fold": (i + repeat) % n_folds,
-                             "prob": prob, "label": label, "prob_calibrated": prob, "prediction": int(prob >= 0.45),
+                             "raw_probability": prob, "label": label, "probability": prob, "prediction": int(prob >= 0.45),
                              "threshold": 0.45})  # fmt: skip
     return pd.DataFrame(rows)
 

@@ -112,7 +112,7 @@ def _predictions(n_cases=12, n_folds=3) -> pd.DataFrame:
     labels = [int(i % 3 == 0) for i in range(n_cases)]
     return pd.DataFrame({"case_id": [f"c{i:03d}" for i in range(n_cases)], "setting": "A", "repeat": 0,
                          "fold": [i % n_folds for i in range(n_cases)], "label": labels,
-                         "prob": np.clip(0.3 + 0.3 * np.array(labels) + rng.normal(0, 0.2, n_cases), 0, 1)})  # fmt: skip
+                         "raw_probability": np.clip(0.3 + 0.3 * np.array(labels) + rng.normal(0, 0.2, n_cases), 0, 1)})  # fmt: skip
 
 
 def _texts(paths):
@@ -161,7 +161,7 @@ def test_run_cv_checks_the_bags_once_and_logs_the_warning(tmp_path, monkeypatch,
         run_dir.mkdir(parents=True)
         cases = [i for i in range(6) if i % 2 == f]
         pd.DataFrame({"case_id": [f"case{i}" for i in cases], "setting": "A", "repeat": 0, "fold": f,
-                      "prob": [0.2 + 0.1 * i for i in cases], "label": [labels[i] for i in cases]}
+                      "raw_probability": [0.2 + 0.1 * i for i in cases], "label": [labels[i] for i in cases]}
                      ).to_csv(run_dir / "predictions.csv", index=False)  # fmt: skip
     reads = []
     monkeypatch.setattr(cv_module, "_train", lambda *a, **k: pytest.fail("finished runs must not train"))

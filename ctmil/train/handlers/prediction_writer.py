@@ -1,5 +1,5 @@
-"""Write the predictions of an evaluation run: ``case_id, prob, prediction, label`` per bag (with an operating point
-also ``prob_calibrated`` and ``threshold``), as a CSV."""
+"""Write the predictions of an evaluation run as a CSV, in the column vocabulary of every ctmil output (docs/cli.md):
+``case_id, raw_probability, probability, threshold, prediction, label`` per bag."""
 
 from __future__ import annotations
 
@@ -23,10 +23,11 @@ logger = logging.getLogger(__name__)
 class PredictionWriter:
     """Collect ``case_id, prob, label`` of an evaluation run and write ``output_dir/filename`` at ``EPOCH_COMPLETED``.
 
-    Collect-then-publish like ``ignite.handlers.EpochOutputStore``; columns ``case_id, prob, prediction, label``
-    (``prediction = prob >= threshold``). With an ``operating_point`` (a trained model's calibration map and
-    threshold, :mod:`ctmil.evaluate.operating_point`) the columns are ``case_id, prob, prob_calibrated, threshold,
-    prediction, label`` and ``prediction = prob_calibrated >= threshold`` of the point.
+    Collect-then-publish like ``ignite.handlers.EpochOutputStore``; columns ``case_id, raw_probability, probability,
+    threshold, prediction, label`` with ``prediction = probability >= threshold``. ``raw_probability`` is the network's
+    sigmoid; ``probability`` is it calibrated by the ``operating_point`` (a trained model's calibration map and
+    threshold, :mod:`ctmil.evaluate.operating_point`), and the threshold is the point's; without one,
+    ``probability`` is the raw value and the threshold ``threshold``.
     """
 
     def __init__(self, output_dir: "str | os.PathLike[str]", filename: str = "predictions.csv", threshold: float = 0.5,
@@ -55,16 +56,15 @@ class PredictionWriter:
         outputs, self._outputs = self._outputs, []
         for case_ids, prob, label in outputs:
             for case_id, p, y in zip(case_ids, prob.tolist(), label.tolist()):
-                self.rows.append({"case_id": case_id, "prob": p, "prediction": int(p >= self.threshold), "label": y})
+                self.rows.append({"case_id": case_id, "raw_probability": p, "probability": p, "threshold": self.threshold,
+                                  "prediction": int(p >= self.threshold), "label": y})  # fmt: skip
         if self.operating_point is not None and self.rows:
-            calibrated, decided = apply_operating_point(self.operating_point, np.array([r["prob"] for r in self.rows]))
+            calibrated, decided = apply_operating_point(self.operating_point, np.array([r["raw_probability"] for r in self.rows]))
             for row, c, d in zip(self.rows, calibrated.tolist(), decided.tolist()):
-                row.update(prob_calibrated=c, threshold=self.operating_point["threshold"], prediction=int(d))
+                row.update(probability=c, threshold=self.operating_point["threshold"], prediction=int(d))
 
     def publish(self, engine: Engine) -> None:
         self._make_rows()
-        columns = ["case_id", "prob", "prediction", "label"]
-        if self.operating_point is not None:
-            columns = ["case_id", "prob", "prob_calibrated", "threshold", "prediction", "label"]
+        columns = ["case_id", "raw_probability", "probability", "threshold", "prediction", "label"]
         atomic_write_csv(pd.DataFrame(self.rows, columns=columns), self.path)
         logger.info("%d predictions written to %s", len(self.rows), self.path)
