@@ -261,6 +261,9 @@ def test_quiet_prints_no_info_and_no_third_party_notices(tmp_path):
     (["infer", "{data}", "--model", "{folder}", "--out", "{out}"], ""),
     (["infer", "{data}", "--model", "{junk}", "--out", "{out}"], "cannot read model file"),
     (["export", "--model", "{junk}", "--out", "{out}/m.ts", "--format", "onnx"], "does not match"),
+    (["evaluate", "{data}", "--model", "{junk}", "--out", "{out}", "--set", "optoins#top_slices=5"], "optoins"),
+    (["evaluate", "--datalist", "{data}", "--model", "{junk}", "--out", "{out}", "--set", "options#top_slices=5"],
+     "--config/--set apply to CT inputs"),
 ])
 def test_user_mistakes_are_refused_before_any_output(tmp_path, capsys, argv, message):
     """Exit 2 with one line, and --out left as it was: here, never created."""

@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Callable
 
-from ctmil.cli import EXIT_PARTIAL, UsageError, _existing, _out_dir, auto_device
+from ctmil.cli import EXIT_PARTIAL, UsageError, _configs, _existing, _out_dir, _validated, auto_device, parse_overrides
 
 __all__ = ["add_parser", "cmd_evaluate"]
 
@@ -37,6 +37,9 @@ def add_parser(sub: "argparse._SubParsersAction", common: Callable[..., None]) -
     p.add_argument("--device", help="cpu or cuda[:N] (default: cuda:0 when available, else cpu)")
     p.add_argument("--allow-input-mismatch", action="store_true",
                    help="evaluate inputs of another kind than the model was trained on (HU vs lung-window slice images)")
+    p.add_argument("--config", nargs="*", metavar="JSON", help="CT inputs: more config files merged over the bundle's inference.json")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="CT inputs: overrides of inference.json by MONAI id, e.g. "
+                   "options#top_slices=5")  # fmt: skip
     common(p, training=False)
     p.set_defaults(func=cmd_evaluate)
     return p
@@ -51,10 +54,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     inputs = _existing(args.inputs, "input") if args.inputs else _existing([args.datalist], "datalist")
     model = _existing([args.model], "model file")[0]
     labels = _existing([args.labels], "labels CSV")[0] if args.labels else None
+    config, overrides = _configs(args.config), parse_overrides(args.set)
+    if (config or overrides) and args.datalist:
+        raise UsageError("--config/--set apply to CT inputs (they run through inference.json); a bag datalist is already preprocessed")
+    if config or overrides:
+        _validated(["inference.json", *config], overrides)  # before --out exists
     out = _out_dir(args.out)
     result = evaluate_model(model, inputs, out, labels=labels, threshold=args.threshold, n_resamples=args.n_resamples,
                             seed=args.seed, device=auto_device(args.device), progress=not args.quiet,
-                            allow_input_mismatch=args.allow_input_mismatch)  # fmt: skip
+                            allow_input_mismatch=args.allow_input_mismatch, config=config, overrides=overrides)  # fmt: skip
     print(f"{len(result['predictions'])} held-out cases; threshold {result['threshold']:.4g} ({result['threshold_source']})")
     print(result["table"])
     for row in result["failed"].itertuples():

@@ -130,13 +130,14 @@ def _both_classes_before_inference(sources: Sequence[PathLike], known: Mapping[s
 
 
 def _ct_predictions(inputs: Sequence[PathLike], loaded: Any, out_dir: Path, labels: Mapping[str, float], threshold: float,
-                    progress: bool, save_maps: bool, allow_input_mismatch: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+                    progress: bool, save_maps: bool, allow_input_mismatch: bool = False, config: Sequence[PathLike] = (),
+                    overrides: Mapping[str, Any] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
     """``(predictions, failed)`` of CT inputs by :func:`run_inference` into ``out_dir/inference``."""
     from ctmil.infer.batch import run_inference
 
     frame, _ = run_inference(list(inputs), loaded, out_dir / "inference", threshold=threshold, save_maps=save_maps,
                              save_overlays=save_maps, labels=dict(labels), progress=progress,
-                             allow_input_mismatch=allow_input_mismatch)  # fmt: skip
+                             allow_input_mismatch=allow_input_mismatch, config=list(config), overrides=dict(overrides or {}))  # fmt: skip
     ok = frame["status"] != "failed"
     predictions = pd.DataFrame({"case_id": frame.loc[ok, "case_id"], "probability": frame.loc[ok, "probability"],
                                 "label": frame.loc[ok, "label"].astype(float)})  # fmt: skip
@@ -263,6 +264,8 @@ def evaluate_model(
     progress: bool = False,
     save_maps: bool = False,
     allow_input_mismatch: bool = False,
+    config: Sequence[PathLike] = (),
+    overrides: Mapping[str, Any] | None = None,
 ) -> dict:
     """Predict the held-out cases of ``inputs`` with ``model`` and write the evaluation into ``out_dir``.
 
@@ -275,6 +278,8 @@ def evaluate_model(
         save_maps: attention maps and overlays for CT inputs (in ``out_dir/inference``).
         allow_input_mismatch: evaluate CT inputs of another intensity than the model was trained on
             (:func:`ctmil.infer.run_checks.check_input_intensity`; refused by default).
+        config, overrides: for CT inputs, more config files over the bundle's ``inference.json`` and overrides by
+            MONAI id (as ``ctmil infer --config/--set``).
 
     Returns:
         ``metrics``, ``predictions``, ``failed`` (``case_id, error``) frames; ``table`` (Markdown); ``threshold``,
@@ -298,7 +303,8 @@ def evaluate_model(
     if datalist is not None:
         predicted, failed = _bag_predictions(datalist, loaded, known)
     else:
-        predicted, failed = _ct_predictions(sources, loaded, out, known, t, progress, save_maps, allow_input_mismatch)
+        predicted, failed = _ct_predictions(sources, loaded, out, known, t, progress, save_maps, allow_input_mismatch,
+                                            config, overrides)  # fmt: skip
     kept = _labelled(predicted, len(failed))
     y, p = kept["label"].to_numpy(), kept["probability"].to_numpy(dtype=np.float64)
     predictions = pd.DataFrame({"case_id": kept["case_id"], "probability": p, "prediction": (p >= t).astype(int), "label": y})
