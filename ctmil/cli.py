@@ -12,6 +12,7 @@ import argparse
 import ast
 import json
 import logging
+import os
 import sys
 import traceback
 import warnings
@@ -122,6 +123,23 @@ def _out_dir(path: str) -> Path:
     return out.resolve()
 
 
+def _writable_out(path: str) -> Path:
+    """``--out`` checked as :func:`_out_dir` checks it, leaving nothing behind: an existing folder we may write in,
+    or a path whose nearest existing parent takes a new folder (tried, then removed), for commands that must find
+    their inputs usable before they create anything."""
+    import tempfile
+
+    out = Path(path).resolve()
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        raise UsageError(f"cannot write to --out {path}: not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".ctmil-write-test-", dir=existing))
+    except OSError as err:
+        raise UsageError(f"cannot write to --out {path}: {err.strerror or err}") from None
+    return out
+
+
 def _inputs(args: argparse.Namespace, what: str = "input") -> list[str]:
     """The positional inputs, with ``--datalist`` as one more (every command takes both forms); one line when none."""
     given = [*(getattr(args, "inputs", None) or []), *([args.datalist] if getattr(args, "datalist", None) else [])]
@@ -162,6 +180,16 @@ def refuse_without_ct(cases: list[dict]) -> None:
     reason = no_ct_reason(cases)
     if reason:
         raise UsageError(reason)
+
+
+def _refuse_ct_folders_without_ct(inputs: list[str], args: argparse.Namespace) -> None:
+    """``train`` on CT folders or files (no datalist CSV): one line and exit 2 before any output when they hold no CT
+    (discovery reads headers only)."""
+    if any(str(p).lower().endswith(".csv") for p in inputs):
+        return
+    from ctmil.io.discovery import discover_cases
+
+    refuse_without_ct(discover_cases(inputs, progress=False))
 
 
 def _train_overrides(args: argparse.Namespace, out: Path) -> dict:
@@ -212,6 +240,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = _train_overrides(args, Path(args.out).resolve())
     files = ["train.json", *_configs(args.config)]
     _validated(files, overrides)
+    _writable_out(args.out)
+    _refuse_ct_folders_without_ct(_inputs(args), args)
     out = _out_dir(args.out)
     if getattr(args, "model_dir", None):
         _out_dir(args.model_dir)
@@ -319,8 +349,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard) if args.shard else None
     _validated(["inference.json", *_configs(args.config)], parse_overrides(args.set))  # before --out exists
     loaded = load_model(args.model, device=auto_device(args.device), allow_torchscript=args.allow_torchscript)  # before --out
-    predictions, n_failed = run_inference(
-        inputs, loaded, _out_dir(args.out), threshold=args.threshold, device=auto_device(args.device),
+    predictions, n_failed = run_inference(  # makes --out only once the inputs are known to hold CT
+        inputs, loaded, _writable_out(args.out), threshold=args.threshold, device=auto_device(args.device),
         save_maps=not args.no_maps, save_overlays=not args.no_overlays, save_features=args.features,
         top_slices=args.top_slices, map_mode=args.map_mode, labels=labels,
         min_slices=args.min_slices, min_area_fraction=args.min_area_fraction,

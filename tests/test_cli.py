@@ -41,7 +41,7 @@ def test_cv_preprocesses_a_datalist_of_ct_files(tmp_path, capsys):
     assert len(pd.read_csv(tmp_path / "cv" / "bags" / "datalist.csv")) == 6
     predictions = pd.read_csv(tmp_path / "cv" / "predictions.csv")
     assert sorted(predictions["case_id"]) == sorted(table["case_id"])
-    assert "| (A) MIL only |" in capsys.readouterr().out
+    assert "| (A) MIL only, fused with the lung-density model |" in capsys.readouterr().out  # the default fuses
 
 
 def test_relative_output_folder_gives_a_usable_datalist(tmp_path, monkeypatch):
@@ -316,14 +316,17 @@ def test_no_input_at_all_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "error: no datalist given: name it as the first argument (or with --datalist)"
 
 
+@pytest.mark.parametrize("command", ["preprocess", "train", "infer"])
 @pytest.mark.parametrize("junk", [False, True])
-def test_inputs_without_ct_are_exit_2_before_any_output(tmp_path, capsys, junk):
+def test_inputs_without_ct_are_exit_2_before_any_output(tmp_path, capsys, junk, command, untrained_model):
+    """No --out (not even an empty one), and for train no bags/ either."""
     from ctmil.cli import main
 
     (tmp_path / "empty").mkdir()
     if junk:
         (tmp_path / "empty" / "notes.txt").write_text("not a CT")
-    assert main(["preprocess", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "-q"]) == 2
+    extra = ["--model", str(untrained_model)] if command == "infer" else []
+    assert main([command, str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "-q", *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: no CT found in the inputs (no DICOM images") and not (tmp_path / "o").exists()
 
