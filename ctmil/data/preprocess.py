@@ -147,12 +147,47 @@ def root_cause(err: BaseException) -> BaseException:
     return err
 
 
+def content_fingerprint(bag: Mapping) -> tuple | None:
+    """What a study looks like after preprocessing: its grid, the slices kept and its lung-density features rounded
+    to 1e-4. Two inputs with the same fingerprint are one study given twice (e.g. as DICOM and as NIfTI); ``None``
+    for a bag that records no density."""
+    from ctmil.transforms.density import density_vector
+
+    meta = bag.get("meta") or {}
+    if not meta.get("density"):
+        return None
+    values = tuple(round(float(v), 4) for v in density_vector(meta["density"]) if v == v)  # nan (no volume) left out
+    return (tuple(meta.get("spatial_shape") or ()), int(bag["kept_slices"].numel()), values)
+
+
+def report_same_studies(manifest: pd.DataFrame, fingerprints: Mapping[str, tuple | None]) -> pd.DataFrame:
+    """Cases whose inputs look like one study (:func:`content_fingerprint`) get a warning naming the others, and one
+    log line each group; returns ``manifest`` with those warnings joined to its ``warning`` column."""
+    groups: dict = {}
+    for case_id, fingerprint in fingerprints.items():
+        if fingerprint is not None:
+            groups.setdefault(fingerprint, []).append(case_id)
+    manifest = manifest.copy()
+    kinds = dict(zip(manifest["case_id"].astype(str), manifest["input_kind"].astype(str)))
+    for ids in (g for g in groups.values() if len(g) > 1):
+        named = ", ".join(f"{i} ({kinds.get(i, '?')})" for i in ids)
+        times = "twice" if len(ids) == 2 else f"{len(ids)} times"
+        logger.warning("%s look like one study given %s (the same image after preprocessing): keep one", named, times)
+        for case_id in ids:
+            others = ", ".join(i for i in ids if i != case_id)
+            at = manifest["case_id"].astype(str) == case_id
+            manifest.loc[at, "warning"] = [join_warnings(w if isinstance(w, str) else "", {"warnings": [f"the same study as {others}"]})
+                                           for w in manifest.loc[at, "warning"]]
+    return manifest
+
+
 def _fill_row(row: dict, bag: dict, bag_path: Path, status: str, qc: dict | None = None) -> dict:
     meta = bag["meta"]
     row.update(status=status, error="", warning=join_warnings(row["warning"], meta), input_kind=meta.get("input_kind", ""),
                n_slices=meta["spatial_shape"][0],
                n_slices_kept=int(bag["kept_slices"].numel()), K=int(bag["patches"].shape[0]), bag_path=str(bag_path.resolve()))
     row.update(qc or {})
+    row["_fingerprint"] = content_fingerprint(bag)  # not a manifest column: report_same_studies reads it
     return row
 
 
@@ -191,6 +226,7 @@ def preprocess_cases(cases: list[dict], out_dir: str | os.PathLike, settings: di
             logger.warning("case %s failed: %s", row["case_id"], row["error"])
         rows.append(row)
     manifest = flag_outliers(pd.DataFrame(rows, columns=MANIFEST_COLUMNS))
+    manifest = report_same_studies(manifest, {str(r["case_id"]): r.get("_fingerprint") for r in rows if r["status"] != "failed"})
     atomic_write_csv(manifest, out_dir / "manifest.csv")
     atomic_write_csv(bag_datalist(manifest, relative_to=out_dir), out_dir / "datalist.csv")
     write_qc_report(manifest, out_dir, montages)
