@@ -427,6 +427,8 @@ def quiet_third_parties() -> None:
     on (MONAI's missing GPU DICOM decoder plugin, its fallback UserWarning, tracer warnings of an export); ctmil's
     own warnings stay."""
     logging.getLogger("ignite").setLevel(logging.WARNING)
+    # "Engine run is terminating due to exception": the exception reaches main, which says what happened in one line
+    logging.getLogger("ignite.engine.engine").setLevel(logging.CRITICAL)
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"(monai|torch|ignite|pydicom|nibabel|onnx|onnxscript|skimage)(\.|$)")
     warnings.filterwarnings("ignore", message=r".*(TracerWarning|Converting a tensor to a Python|torch\.jit).*")

@@ -385,3 +385,27 @@ def test_set_before_inputs_never_hands_an_input_to_config(tmp_path):
     args = build_parser().parse_args(_set_before_inputs(["train", "--config", "paper.json", "--set", "max_epochs=1", str(data),
                                                          "--out", "o"]))
     assert args.inputs == [str(data)] and args.config == ["paper.json"] and args.set == ["max_epochs=1"]
+
+
+def test_ctrl_c_during_training_is_one_line_and_exit_130(tmp_path):
+    """As the ``ctmil`` console script runs it: SIGINT once the first epoch is checkpointed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from ctmil.synthetic.phantoms import generate_cohort
+
+    generate_cohort(tmp_path / "p", n=4, seed=0, formats=("nifti",), shape=(10, 64, 64), spacing=(8.0, 5.0, 5.0), progress=False)
+    script = "import sys; from ctmil.cli import main; sys.exit(main())"
+    run = subprocess.Popen([sys.executable, "-c", script, "train", str(tmp_path / "p" / "nifti"), "--labels",
+                            str(tmp_path / "p" / "labels.csv"), "--out", str(tmp_path / "t"), "--epochs", "200", "-q",
+                            "--set", "val_fraction=0", "preprocessing#min_slices=4", *TINY_SETS],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    first = tmp_path / "t" / "checkpoints" / "checkpoint_1.pt"
+    deadline = time.monotonic() + 120
+    while not first.exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130 and err.splitlines() == ["interrupted; run the same command to resume"], err
