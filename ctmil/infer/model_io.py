@@ -229,6 +229,13 @@ def recorded_network(path: "str | os.PathLike") -> dict:
         return _sidecar(path)[0]
 
 
+def network_for(path: "str | os.PathLike", **kwargs: Any) -> MILNet:
+    """A ``MILNet`` shaped like the model at ``path`` (:func:`recorded_network`), with ``kwargs`` over it: the bundle's
+    ``inference.json`` ``network_def``, so that its weights fit whatever settings trained them, while a
+    ``--network_def#<arg>`` override still wins."""
+    return MILNet(**{**recorded_network(path), **kwargs})
+
+
 def recorded_preprocessing(path: "str | os.PathLike") -> dict:
     """The preprocessing settings recorded with a model (``model.json`` beside it, or inside the checkpoint);
     empty (= the defaults) when none were recorded or the file is not there yet."""

@@ -19,7 +19,7 @@ import pandas as pd
 
 from ctmil.io.atomic import atomic_write_csv
 
-__all__ = ["in_shard", "merge_shards", "parse_shard", "shard_table"]
+__all__ = ["in_shard", "merge_shards", "parse_shard", "rank_cases", "shard_table"]
 
 _TABLE = re.compile(r"^predictions\.shard-(\d+)-of-(\d+)\.csv$")
 
@@ -40,6 +40,12 @@ def in_shard(case_id: str, index: int, count: int) -> bool:
 def shard_table(index: int, count: int) -> str:
     """The file name of shard ``index`` of ``count``'s predictions table."""
     return f"predictions.shard-{index}-of-{count}.csv"
+
+
+def rank_cases(cases: list, rank: int, world_size: int) -> list:
+    """The cases of torchrun rank ``rank`` of ``world_size``: shard ``rank`` of ``world_size``, the same split as
+    ``--shard`` (by case id, so a rerun gives every rank the same cases and resume works per rank)."""
+    return [c for c in cases if in_shard(str(c["case_id"]), int(rank), int(world_size))]
 
 
 def merge_shards(out_dir: "str | os.PathLike[str]") -> pd.DataFrame:

@@ -212,15 +212,17 @@ class InferenceWriter:
             gets its record (:data:`CASE_RECORD`), written after its other outputs.
         finished: the rows of cases an earlier run finished under ``run_key`` (:func:`ctmil.infer.run_checks.finished_rows`), which this
             run skips: they head ``predictions.csv`` as they did.
+        table: the table's file name: ``predictions.csv``, or a shard's / torchrun rank's
+            ``predictions.shard-I-of-N.csv`` (:func:`ctmil.infer.shards.shard_table`), merged afterwards.
     """
 
     def __init__(self, output_dir: "str | os.PathLike[str]", options: InferenceOptions | None = None, run_key: str = "",
-                 finished: list[dict] | None = None) -> None:
+                 finished: list[dict] | None = None, table: str = "predictions.csv") -> None:
         self.out_dir = Path(output_dir)
         self.options = options or InferenceOptions()
         self.run_key = str(run_key)
         self.finished = [dict(r) for r in finished or []]  # rows of cases an earlier run finished: not run again
-        self.table = "predictions.csv"  # a shard's run writes shard_table(i, n) instead (ctmil.infer.shards)
+        self.table = str(table)  # a shard's run (or torchrun rank) writes shard_table(i, n) instead (ctmil.infer.shards)
         self.rows: list[dict] = []
 
     def attach(self, engine: Engine) -> None:

@@ -22,7 +22,7 @@ BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "covid19_severity_mil
 CONFIGS = BUNDLE / "configs"
 TRAIN, META = str(CONFIGS / "train.json"), str(CONFIGS / "metadata.json")
 SCHEMA = "configs/schema/meta_schema_20240725.json"
-CONFIG_NAMES = ["train.json", "cv.json", "demo.json", "evaluate.json", "inference.json", "multi_gpu_train.json"]
+CONFIG_NAMES = ["train.json", "cv.json", "demo.json", "evaluate.json", "inference.json", "multi_gpu_train.json", "multi_gpu_inference.json"]
 
 
 # ------------------------------------------------------------------------------------------------ bundle tooling
@@ -85,7 +85,7 @@ def _load(*names: str) -> dict:
 
 
 #: each variant and the configs it is merged over (as ``ctmil`` and the bundle README merge them)
-VARIANTS = {"multi_gpu_train.json": ("train.json",), "evaluate.json": ("train.json",), "cv.json": ("train.json",),
+VARIANTS = {"multi_gpu_train.json": ("train.json",), "multi_gpu_inference.json": ("inference.json",), "evaluate.json": ("train.json",), "cv.json": ("train.json",),
             "demo.json": ("train.json", "cv.json")}
 
 

@@ -79,21 +79,29 @@ def test_a_lock_holding_our_own_pid_is_a_leftover(tmp_path):
 
 @pytest.mark.parametrize("guard", [True, False])
 def test_runs_that_find_the_same_dead_lock_take_it_over_one_at_a_time(tmp_path, guard):
-    """Six processes start together on a folder whose lock names a dead run, each checking the dead pid slowly (0.3 s,
-    which widens the race window): with the guard exactly one holds the folder and the others are told it is in use;
-    without it (the check and the take-over not serialised) several take it over at once."""
+    """Six processes start together on a folder whose lock names a dead run, each checking the dead pid slowly (1 s,
+    which widens the race window), and a holder keeps the folder until every process has answered: with the guard
+    exactly one holds it and the others are told it is in use; without it (the check and the take-over not
+    serialised) several take it over at once."""
     import time
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     hold(tmp_path, int(dead.stdout))
+    release = tmp_path / "release"
     script = ("import sys, time, contextlib\nfrom pathlib import Path\nimport ctmil.infer.lock as L\n"
               + ("" if guard else "L._guarded = lambda p: contextlib.nullcontext()\n")
-              + "alive = L._alive\nL._alive = lambda pid: (time.sleep(0.3), alive(pid))[1]\n"
+              + "alive = L._alive\nL._alive = lambda pid: (time.sleep(1.0), alive(pid))[1]\n"
               "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
-              "try:\n    with L.output_lock(Path(sys.argv[1])):\n        time.sleep(1.5)\n    print('held')\n"
-              "except L.OutputInUse:\n    print('refused')\n")  # fmt: skip
+              "try:\n    with L.output_lock(Path(sys.argv[1])):\n        print('held', flush=True)\n"
+              "        while not Path(sys.argv[3]).exists():\n            time.sleep(0.05)\n"
+              "except L.OutputInUse:\n    print('refused', flush=True)\n")  # fmt: skip
     start = str(time.time() + 5.0)  # every process is past its imports by then (a few 100 ms each)
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), start], stdout=subprocess.PIPE, text=True) for _ in range(6)]
-    held = sorted(p.communicate(timeout=60)[0].strip() for p in procs).count("held")
-    assert held == 1 if guard else held > 1, held
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), start, str(release)], stdout=subprocess.PIPE,
+                              text=True) for _ in range(6)]  # fmt: skip
+    answers = [p.stdout.readline().strip() for p in procs]  # each has held or been refused; holders still hold
+    release.touch()
+    for p in procs:
+        p.communicate(timeout=60)
+    held = answers.count("held")
+    assert held == 1 if guard else held > 1, answers
     assert (tmp_path / ".ctmil-infer.lock.guard").exists() == guard

@@ -97,5 +97,5 @@ def test_each_patch_dtype_runs_end_to_end(tmp_path, cohort, patch_dtype):
     assert json.loads(model.with_suffix(".json").read_text())["preprocessing"]["patch_dtype"] == patch_dtype
     table, n_failed = run_inference([root / "ct1.nii.gz"], model, tmp_path / "out", save_maps=False, save_overlays=False, progress=False)
     assert n_failed == 0 and list(table["status"]) == ["ok"]
-    expected = load_model(model).predict(data[data.index_of("ct1")]["patches"]).probability  # the training bag
+    expected = load_model(model).predict_bag(data[data.index_of("ct1")]).probability  # the training bag (and its density)
     assert float(table["probability"][0]) == pytest.approx(expected, abs=6e-7)  # written rounded to 6 decimals
