@@ -10,7 +10,8 @@ warm-up run. Prints a Markdown table.
 without the background prefetch of the next case, and prints studies per hour. ``--processes 1 2 4`` then runs the
 same N studies as that many ``ctmil infer --shard I/P`` processes at once (each with cores / P torch threads, as a
 SLURM array or ``xargs -P`` would), merged by ``ctmil merge-predictions``, and prints studies per hour in all and per
-core used. ``--slices 50 141 400`` times
+core used. ``--real-batch N`` runs N NIfTI copies of the real thorax series the same way (issue 21's real-data row).
+``--slices 50 141 400`` times
 phantom DICOM series of those slice counts (512², 2 mm) for the scaling table.
 
 Usage::
@@ -74,18 +75,35 @@ def _batch_rate(tmp: Path, model, n: int, options: dict) -> list[str]:
     return lines
 
 
-def _process_rates(tmp: Path, model_path: Path, n: int, counts: list[int]) -> list[str]:
-    """Studies per hour of the batch folder run as P parallel ``ctmil infer --shard`` processes, for each P."""
+def _real_batch(tmp: Path, n: int) -> Path:
+    """A folder of ``n`` NIfTI copies of the real thorax series (HU, its own spacing), different file names."""
+    import shutil
+
+    from ctmil.io.readers import load_dicom_case
+    from ctmil.synthetic.phantoms import write_nifti
+
+    folder = tmp / "real_in"
+    folder.mkdir()
+    volume, _, meta = load_dicom_case(THORAX)
+    first = write_nifti(volume, meta["spacing"], folder / "thorax00.nii.gz")
+    for i in range(1, n):
+        shutil.copyfile(first, folder / f"thorax{i:02d}.nii.gz")
+    return folder
+
+
+def _process_rates(tmp: Path, model_path: Path, n: int, counts: list[int], folder: Path | None = None, tag: str = "") -> list[str]:
+    """Studies per hour of the batch folder (``folder``, default the phantom batch) run as P parallel ``ctmil infer
+    --shard`` processes, for each P."""
     import subprocess
     import sys
 
     cores = os.cpu_count() or 1
     lines = []
     for p in counts:
-        out = tmp / f"shards{p}"
+        out = tmp / f"shards{tag}{p}"
         threads = max(1, cores // p)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        argv = [sys.executable, "-m", "ctmil.cli", "infer", str(tmp / "batch_in"), "--model", str(model_path), "--out", str(out),
+        argv = [sys.executable, "-m", "ctmil.cli", "infer", str(folder or tmp / "batch_in"), "--model", str(model_path), "--out", str(out),
                 "-q", "--device", "cpu", "--no-overlays", "--no-maps"]
         t0 = time.perf_counter()
         procs = [subprocess.Popen([*argv, "--shard", f"{i}/{p}"], env=env) for i in range(p)]
@@ -134,6 +152,8 @@ def main() -> None:
     parser.add_argument("--no-real", action="store_true", help="skip the real thorax series")
     parser.add_argument("--processes", type=int, nargs="*", default=[],
                         help="with --batch: also run the batch as this many parallel shard processes (e.g. 1 2 4)")
+    parser.add_argument("--real-batch", type=int, default=0,
+                        help="with --processes: also run this many copies of the real thorax series (NIfTI) as shard processes")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
@@ -170,6 +190,10 @@ def main() -> None:
             table.append((name, f"{row['n_slices_kept']}/{row['n_slices']}", int(row["K"]), med))
         batch_lines = _batch_rate(tmp, model, args.batch, options) if args.batch else []
         process_lines = _process_rates(tmp, tmp / "model.pt", args.batch, args.processes) if args.batch and args.processes else []
+        real_lines = []
+        if args.real_batch and args.processes and THORAX.exists() and not args.no_real:
+            real = _real_batch(tmp, args.real_batch)
+            real_lines = _process_rates(tmp, tmp / "model.pt", args.real_batch, args.processes, folder=real, tag="real")
         from train_step import matmul_gflops  # bench/train_step.py: best of several trials of the median
 
         peak = matmul_gflops(2048, 10, torch.device("cpu"), trials=3)
@@ -196,6 +220,11 @@ def main() -> None:
               f"({os.cpu_count()} CPUs; per core: over the cores the processes' threads use; maps and overlays off)\n")
         print("| processes | torch threads each | wall s | studies / hour | per core | load at end |\n|---:|---:|---:|---:|---:|---:|")
         print("\n".join(process_lines))
+    if real_lines:
+        print(f"\n{args.real_batch} copies of the real thorax series (141 × 512², NIfTI) as P parallel `ctmil infer --shard I/P` "
+              f"processes + `ctmil merge-predictions` (maps and overlays off)\n")
+        print("| processes | torch threads each | wall s | studies / hour | per core | load at end |\n|---:|---:|---:|---:|---:|---:|")
+        print("\n".join(real_lines))
 
 
 if __name__ == "__main__":

@@ -104,3 +104,16 @@ def test_scripted_fitted_network_matches_eager_and_a_saved_model_predicts_the_sa
 def test_unknown_density_use_is_refused():
     with pytest.raises(ValueError, match="density_use"):
         MILNet(n_density=F, density_use="late")
+
+
+def test_a_model_recorded_before_the_fusion_loads_and_predicts_as_trained(tmp_path):
+    """model.pt + model.json of the paper's network (no fusion parts, no density arguments recorded)."""
+    torch.manual_seed(0)
+    paper = MILNet(**TINY_NET).eval()
+    path = save_model(paper, tmp_path / "old")
+    loaded = load_model(path)
+    assert loaded.module.fusion is None and "density_use" not in loaded.network and "n_density" not in loaded.network
+    x = torch.rand(14, 1, 60, 60)
+    with torch.no_grad():
+        expected = float(paper(x[None]))
+    assert loaded.predict(x, torch.randn(F)).logit == pytest.approx(expected, abs=1e-6)  # a density given is ignored
