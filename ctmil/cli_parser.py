@@ -87,7 +87,7 @@ def add_subcommands(parser: argparse.ArgumentParser, cli: ModuleType) -> None:
     common(p)
     p.set_defaults(func=cli.cmd_merge_predictions)
 
-    from ctmil.evaluate.command import add_parser as add_evaluate
+    from ctmil.cli_evaluate import add_parser as add_evaluate
 
     add_evaluate(sub, common)
     _add_infer(sub, cli, common)

@@ -1,4 +1,5 @@
-"""``ctmil evaluate``: a trained model on held-out cases → metrics with CIs, calibration, ROC and reliability plots.
+"""``ctmil evaluate`` (the command line layer, beside ``ctmil.cli``): a trained model on held-out cases → metrics with CIs,
+calibration, ROC and reliability plots.
 
 The work is :func:`ctmil.evaluate.held_out.evaluate_model`; this module only turns the options into its arguments.
 Exit codes as every ``ctmil`` command: 0, 2 (a usage or input error, e.g. not one labelled case of each class),
