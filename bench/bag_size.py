@@ -31,7 +31,7 @@ import torch
 
 from ctmil.bundle import bag_table
 from ctmil.evaluate.cv import run_cv
-from ctmil.evaluate.metrics import binary_metrics
+from ctmil.stats.metrics import binary_metrics
 
 PERCOVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "percovid_sample"
 PHANTOM_GEOMETRY = {"shape": (64, 112, 112), "spacing": (3.75, 3.0, 3.0)}

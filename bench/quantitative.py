@@ -6,7 +6,7 @@ Per-COVID-19 sample. Prints one Markdown table: per model, the pooled out-of-fol
 whole training folds, and, by ``ctmil cv``'s protocol for Q (20 % of the training folds held back by
 ``split_cases`` with the run's seed, the model fitted on the rest, a Platt map and a Youden threshold learnt on
 the held-back cases), the AUC, accuracy, sensitivity and specificity at the learnt point. Mean ± SD over the
-repeats of all fold seeds. The result is recorded in the docstring of :mod:`ctmil.evaluate.quantitative`.
+repeats of all fold seeds. The result is recorded in the docstring of :mod:`ctmil.stats.quantitative`.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from sklearn.preprocessing import StandardScaler
 
 from ctmil.bundle import load_bag_datalist, split_cases
 from ctmil.data.bags import load_bag
-from ctmil.evaluate.folds import make_folds, run_seed
-from ctmil.evaluate.metrics import binary_metrics, roc_auc
-from ctmil.evaluate.operating_point import apply_operating_point, fit_operating_point
-from ctmil.evaluate.quantitative import DropEmptyColumns, density_features, fit_baseline
+from ctmil.stats.folds import make_folds, run_seed
+from ctmil.stats.metrics import binary_metrics, roc_auc
+from ctmil.stats.operating_point import apply_operating_point, fit_operating_point
+from ctmil.stats.quantitative import DropEmptyColumns, density_features, fit_baseline
 
 
 def _pipeline(model):

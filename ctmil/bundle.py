@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from ctmil.data.bags import BagDataset
-from ctmil.evaluate.folds import stratified_group_folds
+from ctmil.stats.folds import stratified_group_folds
 from ctmil.words import plural
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
     "load_bag_datalist",
     "read_labels",
     "split_cases",
-    "virtual_slots",
 ]
 
 logger = logging.getLogger(__name__)
@@ -232,7 +231,7 @@ def split_cases(cases: pd.DataFrame, val_fraction: float = 0.2, seed: int = 0) -
     """``(train, validation)`` rows of a bag table: a stratified split that keeps each patient's cases together.
 
     ``val_fraction`` 0 puts every case in training; otherwise the validation part is one of
-    ``round(1 / val_fraction)`` folds of :func:`ctmil.evaluate.folds.stratified_group_folds` (0.2 → one of five).
+    ``round(1 / val_fraction)`` folds of :func:`ctmil.stats.folds.stratified_group_folds` (0.2 → one of five).
     A validation part with one class only is a warning: its AUC is undefined.
     """
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
@@ -253,21 +252,3 @@ def bag_dataset(table: pd.DataFrame | None) -> BagDataset | None:
     if table is None or len(table) == 0:
         return None
     return BagDataset(table["bag"].tolist(), labels=table["label"].tolist(), case_ids=table["case_id"].tolist())
-
-
-def virtual_slots(dataset: BagDataset, n_bags: int | None = None, enabled: bool = True, gap_fraction: float = 1.0) -> int:
-    """Virtual-bag capacity per epoch: ``n_bags``, or ``gap_fraction`` of ``n_negative - n_positive`` of ``dataset``
-    when ``None`` (as :class:`~ctmil.train.handlers.VirtualBagHandler` counts them)."""
-    from ctmil.train.handlers.virtual_bags import balancing_count
-
-    if not enabled:
-        return 0
-    return balancing_count(dataset.labels, gap_fraction) if n_bags is None else int(n_bags)
-
-
-def operating_point(model_path: "str | os.PathLike[str]", threshold: float = 0.5) -> dict:
-    """The operating point recorded beside ``model_path`` (``model.json``), or ``threshold`` with no calibration
-    when none is recorded: what the bundle's ``evaluate.json`` scores and writes predictions at."""
-    from ctmil.infer.model_io import recorded_operating_point
-
-    return recorded_operating_point(model_path, default_threshold=threshold)

@@ -109,7 +109,7 @@ def _versus_q(out: Path, folder: Path, setting: str) -> str:
     """ΔAUC of the lever's calibrated out-of-fold predictions minus Q's (lever `q`) on the same cases and folds, with
     its paired bootstrap CI (2000 resamples, stratified, seed 0); empty for Q itself or without Q's run."""
     from ctmil.evaluate.report import read_predictions
-    from ctmil.evaluate.statistics import bootstrap_auc_difference
+    from ctmil.stats.statistics import bootstrap_auc_difference
 
     q_path, own = out / "q" / "predictions.csv", folder / "predictions.csv"
     if setting == "Q" or not q_path.is_file():
@@ -128,7 +128,7 @@ def _fusion(out: Path) -> str:
     from sklearn.metrics import roc_auc_score
 
     from ctmil.evaluate.report import read_predictions
-    from ctmil.evaluate.statistics import delong_auc_ci
+    from ctmil.stats.statistics import delong_auc_ci
 
     paths = [out / "base" / "predictions.csv", out / "q" / "predictions.csv"]
     if not all(p.is_file() for p in paths):

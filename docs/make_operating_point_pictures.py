@@ -14,8 +14,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ctmil.evaluate.calibration import apply_calibration, plot_reliability
-from ctmil.evaluate.operating_point import fit_operating_point
+from ctmil.stats.calibration import apply_calibration, plot_reliability
+from ctmil.stats.operating_point import fit_operating_point
 
 OUT = Path(__file__).resolve().parent / "img"
 

@@ -14,7 +14,7 @@ name       meaning                virtual bags  self-supervised loss
 =========  =====================  ============  ==========================
 
 ``C-rel`` / ``D-rel`` (paper Table VI) run beside ``A``-``D`` in one CV, on the same folds and seeds, so one
-report compares all of them. ``Q`` (:mod:`ctmil.evaluate.quantitative`), the quantitative baseline, needs no
+report compares all of them. ``Q`` (:mod:`ctmil.stats.quantitative`), the quantitative baseline, needs no
 training workflow; it is skipped, with the reason logged, when the bags record no lung density.
 
 Each run (setting, repeat, fold) is the bundle's train workflow (:func:`ctmil.bundle.build_workflow` over
@@ -56,9 +56,9 @@ from tqdm.auto import tqdm
 from ctmil.bundle import bag_table, build_workflow, config_files, split_cases
 from ctmil.data.bags import BagDataset
 from ctmil.io.atomic import atomic_write_csv
-from ctmil.evaluate.folds import make_folds, run_seed
-from ctmil.evaluate.operating_point import apply_operating_point
-from ctmil.evaluate.quantitative import QUANTITATIVE, density_features, point_args, predict_fold
+from ctmil.stats.folds import make_folds, run_seed
+from ctmil.stats.operating_point import apply_operating_point
+from ctmil.stats.quantitative import QUANTITATIVE, density_features, point_args, predict_fold
 from ctmil.evaluate.report import read_predictions, write_report
 from ctmil.evaluate.report_tables import describe
 from ctmil.evaluate.shortcut import logged_shortcut_check

@@ -4,7 +4,7 @@
 
 * ``predictions.csv``: ``case_id, probability, prediction, label`` of every evaluated case;
 * ``metrics.csv``: ``metric, estimate, lower, upper, method``: accuracy, sensitivity, specificity, F1, AUC and
-  PR-AUC with percentile bootstrap CIs (:func:`ctmil.evaluate.statistics.bootstrap_ci`, stratified, seeded),
+  PR-AUC with percentile bootstrap CIs (:func:`ctmil.stats.statistics.bootstrap_ci`, stratified, seeded),
   the AUC with DeLong's CI (``auc_delong``), the Brier score (``brier``), the expected calibration error
   (``ece``) and the operating ``threshold`` (its method says where it came from);
 * ``evaluation.md``: the table and how each number was made; ``roc.png``, ``reliability.png``;
@@ -20,7 +20,7 @@ Labels come from the datalist, else from ``labels`` (a labels CSV or a mapping);
 a warning. A case that cannot be predicted is left out and listed in ``result["failed"]`` with its one-line reason.
 
 Probabilities are calibrated, and the threshold chosen, by the operating point learnt with the model on its
-training data (``model.json``; see :mod:`ctmil.evaluate.operating_point`), never on the evaluated cases.
+training data (``model.json``; see :mod:`ctmil.stats.operating_point`), never on the evaluated cases.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ import pandas as pd
 
 from ctmil.data.preprocess import case_error_text
 from ctmil.io.atomic import atomic_write_csv
-from ctmil.evaluate.calibration import apply_calibration, brier_score, expected_calibration_error, plot_reliability
-from ctmil.evaluate.metrics import roc_curve
+from ctmil.stats.calibration import apply_calibration, brier_score, expected_calibration_error, plot_reliability
+from ctmil.stats.metrics import roc_curve
 from ctmil.evaluate.report_html import write_evaluate_html
-from ctmil.evaluate.statistics import bootstrap_ci, delong_auc_ci
+from ctmil.stats.statistics import bootstrap_ci, delong_auc_ci
 
 __all__ = ["METRIC_LABELS", "evaluate_model", "held_out_metrics", "plot_roc", "resolve_threshold"]
 

@@ -29,11 +29,11 @@ from typing import Dict, List, Mapping, Optional, Union
 import pandas as pd
 
 from ctmil.io.atomic import atomic_write_csv
-from ctmil.evaluate.metrics import METRIC_NAMES, binary_metrics, roc_auc, roc_curve
+from ctmil.stats.metrics import METRIC_NAMES, binary_metrics, roc_auc, roc_curve
 from ctmil.evaluate.report_comparisons import auc_delong, paired_comparisons
 from ctmil.evaluate.report_html import write_cv_html
 from ctmil.evaluate.report_tables import describe, render_markdown
-from ctmil.evaluate.statistics import fold_summary
+from ctmil.stats.statistics import fold_summary
 
 __all__ = ["PREDICTION_COLUMNS", "RENAMED_COLUMNS", "fold_metrics", "read_predictions", "learnt_summary", "metric_table", "plot_roc", "repeat_metrics",
            "summary_table", "write_report"]  # fmt: skip

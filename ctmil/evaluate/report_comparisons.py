@@ -4,13 +4,13 @@ For every pair of settings ``(a, b)`` (:func:`setting_pairs`: ``a`` before ``b``
 baseline ``Q`` is always ``a``, against each deep setting), on the cases both settings predicted in the same
 (repeat, fold), :func:`paired_comparisons` gives, for ``AUC_b - AUC_a``:
 
-* the paired t-test over repeats of the per-repeat pooled AUCs (:func:`~ctmil.evaluate.statistics.paired_ttest`,
+* the paired t-test over repeats of the per-repeat pooled AUCs (:func:`~ctmil.stats.statistics.paired_ttest`,
   ``scipy.stats.ttest_rel``; ``df = R - 1``);
 * the Nadeau-Bengio corrected resampled t-test over folds x repeats of the per-fold AUC differences
-  (:func:`~ctmil.evaluate.statistics.corrected_resampled_ttest`; folds of one class are skipped and counted;
+  (:func:`~ctmil.stats.statistics.corrected_resampled_ttest`; folds of one class are skipped and counted;
   ``n_train, n_test`` are the mean training and test fold sizes, rounded);
 * per repeat, the paired stratified bootstrap CI of the pooled AUC difference
-  (:func:`~ctmil.evaluate.statistics.bootstrap_auc_difference`) and DeLong's test for two correlated ROC curves;
+  (:func:`~ctmil.stats.statistics.bootstrap_auc_difference`) and DeLong's test for two correlated ROC curves;
   the pair's row holds the mean over repeats of the difference and of the bounds.
 
 Statistics need enough cases: a test or interval that cannot be computed is ``nan``, never an error.
@@ -25,10 +25,10 @@ from typing import List, Tuple
 import numpy as np
 import pandas as pd
 
-from ctmil.evaluate.folds import run_seed
-from ctmil.evaluate.metrics import roc_auc
-from ctmil.evaluate.quantitative import QUANTITATIVE
-from ctmil.evaluate.statistics import (
+from ctmil.stats.folds import run_seed
+from ctmil.stats.metrics import roc_auc
+from ctmil.stats.quantitative import QUANTITATIVE
+from ctmil.stats.statistics import (
     AucInterval, bootstrap_auc_difference, corrected_resampled_ttest, delong_auc_ci, delong_test, paired_ttest,
 )  # fmt: skip
 
@@ -53,7 +53,7 @@ def _both_classes(labels: np.ndarray, at_least: int = 1) -> bool:
 
 
 def auc_delong(labels, probs, level: float = 0.95) -> AucInterval:
-    """:func:`~ctmil.evaluate.statistics.delong_auc_ci`, or ``nan`` CI bounds when a class has fewer than 2 cases."""
+    """:func:`~ctmil.stats.statistics.delong_auc_ci`, or ``nan`` CI bounds when a class has fewer than 2 cases."""
     y = np.asarray(labels, dtype=np.float64)
     if not _both_classes(y, 2):
         return AucInterval(roc_auc(probs, y), _NAN, _NAN, _NAN, float(level))

@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from ctmil.evaluate.metrics import METRIC_NAMES
+from ctmil.stats.metrics import METRIC_NAMES
 from ctmil.evaluate.report_tables import (
     PAPER_P_VALUES, PAPER_RESULTS, SHORTCUT_INTRO, SHORTCUT_SKIPPED, canonical_setting, describe, shortcut_rows,
 )  # fmt: skip

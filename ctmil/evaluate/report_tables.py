@@ -14,15 +14,15 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from ctmil.evaluate.metrics import METRIC_NAMES
-from ctmil.evaluate.quantitative import DESCRIPTION as QUANTITATIVE_DESCRIPTION
-from ctmil.evaluate.quantitative import QUANTITATIVE
+from ctmil.stats.metrics import METRIC_NAMES
+from ctmil.stats.quantitative import DESCRIPTION as QUANTITATIVE_DESCRIPTION
+from ctmil.stats.quantitative import QUANTITATIVE
 from ctmil.evaluate.shortcut import measure_name, shortcut_warnings
 
 __all__ = ["DESCRIPTIONS", "PAPER_P_VALUES", "PAPER_RESULTS", "SHORTCUT_INTRO", "SHORTCUT_SKIPPED", "canonical_setting",
            "describe", "render_markdown", "shortcut_rows"]  # fmt: skip
 
-#: Setting -> what it is (paper Sec. IV.E; ``Q``: ctmil's quantitative baseline, :mod:`ctmil.evaluate.quantitative`).
+#: Setting -> what it is (paper Sec. IV.E; ``Q``: ctmil's quantitative baseline, :mod:`ctmil.stats.quantitative`).
 #: A relative-SSL variant is named ``<letter>-rel`` (see :func:`canonical_setting`).
 DESCRIPTIONS = {"A": "MIL only", "B": "MIL + augmentation", "C": "MIL + self-supervision", "D": "MIL + both",
                 QUANTITATIVE: QUANTITATIVE_DESCRIPTION}  # fmt: skip

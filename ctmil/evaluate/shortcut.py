@@ -6,7 +6,7 @@ kept slices). If such a measure separates the classes on its own, a model can le
 was made) instead of the lungs. :func:`shortcut_check` measures that, one row per measure:
 
 * ``auc``: the AUC of the measure as it is (a higher value scores severe), with its DeLong CI
-  (:func:`~ctmil.evaluate.statistics.delong_auc_ci`; ``nan`` bounds with fewer than 2 cases of a class);
+  (:func:`~ctmil.stats.statistics.delong_auc_ci`; ``nan`` bounds with fewer than 2 cases of a class);
   ``separation_auc = max(auc, 1 - auc)`` and ``direction`` (``higher`` / ``lower``: the measure in severe
   cases) say how well it separates either way;
 * ``spearman_rho, spearman_p``: Spearman's correlation of the measure with the 0/1 label;
@@ -29,7 +29,7 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from ctmil.data.qc import CROP_MEASURES
-from ctmil.evaluate.statistics import delong_auc_ci
+from ctmil.stats.statistics import delong_auc_ci
 
 __all__ = ["CROP_KEYS", "CROP_MEASURES", "SHORTCUT_COLUMNS", "logged_shortcut_check", "measure_name", "read_crop_measures",
            "shortcut_check", "shortcut_warnings"]  # fmt: skip

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ctmil.evaluate.calibration import apply_calibration
-from ctmil.evaluate.operating_point import check_operating_point, fixed_operating_point
+from ctmil.stats.calibration import apply_calibration
+from ctmil.stats.operating_point import check_operating_point, fixed_operating_point
 from ctmil.infer.model_files import (ModelError, complete_recorded_preprocessing, infer_network_kwargs, is_torchscript,
                                      strip_prefix, unpack)
 from ctmil.networks import MILNet
@@ -180,7 +180,7 @@ def recorded_intensities(path: "str | os.PathLike") -> tuple:
 
 
 def recorded_operating_point(path: "str | os.PathLike", default_threshold: float = 0.5) -> dict:
-    """The operating point recorded in the ``model.json`` beside ``path`` (:mod:`ctmil.evaluate.operating_point`):
+    """The operating point recorded in the ``model.json`` beside ``path`` (:mod:`ctmil.stats.operating_point`):
     its calibration map and threshold; a recorded plain ``threshold`` alone; else the identity and
     ``default_threshold``.
 

@@ -28,7 +28,7 @@ from ctmil.networks.utils import check_positive_int
 __all__ = ["DensityFusion", "LOGIT_LIMIT"]
 
 #: an infinite density logit (features far outside the training range) is clipped to this magnitude, the logit of
-#: the probability clip [1e-7, 1 - 1e-7] of :func:`ctmil.evaluate.calibration.apply_calibration`
+#: the probability clip [1e-7, 1 - 1e-7] of :func:`ctmil.stats.calibration.apply_calibration`
 LOGIT_LIMIT = 16.118
 
 

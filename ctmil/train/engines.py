@@ -23,9 +23,10 @@ from monai.engines import Evaluator, Trainer
 
 from ctmil.data.bags import BagDataset
 from ctmil.data.epochs import EpochBags
-from ctmil.evaluate.calibration import apply_calibration
-from ctmil.evaluate.metrics import BagMetrics, roc_auc
-from ctmil.evaluate.operating_point import check_operating_point
+from ctmil.stats.calibration import apply_calibration
+from ctmil.stats.metrics import roc_auc
+from ctmil.train.metrics import BagMetrics
+from ctmil.stats.operating_point import check_operating_point
 from ctmil.train.steps import BagInferer, make_eval_step, make_train_step
 
 __all__ = ["StepsRun", "create_evaluator", "create_trainer", "predict"]
@@ -118,7 +119,7 @@ def create_evaluator(
 
     With ``metrics`` (labels known) its key metric is ``val_auc`` and ``state.metrics`` also holds
     accuracy, sensitivity, specificity, F1 and AUC at ``threshold`` (:class:`BagMetrics`). With an
-    ``operating_point`` (:mod:`ctmil.evaluate.operating_point`, e.g. a trained model's) both score the calibrated
+    ``operating_point`` (:mod:`ctmil.stats.operating_point`, e.g. a trained model's) both score the calibrated
     probabilities and the point's threshold replaces ``threshold``. Without a loader (no validation set) there is
     nothing to evaluate and the result is ``None``.
     """

@@ -3,7 +3,7 @@
 What a radiologist's "percentage of infection" measures is how much of the lung is dense. These features
 measure it directly, from the pixels inside the lung mask of the preprocessing chain (no second pass over the
 images): a histogram over fixed bins, the fractions of lung in the ground-glass and consolidation ranges, and the
-lung volume. They feed the quantitative baseline setting ``Q`` of ``ctmil cv`` (:mod:`ctmil.evaluate.quantitative`)
+lung volume. They feed the quantitative baseline setting ``Q`` of ``ctmil cv`` (:mod:`ctmil.stats.quantitative`)
 and are recorded in every bag under ``meta["density"]``.
 
 * HU inputs (DICOM, NIfTI): ``HU_BINS`` histogram bins over [-1000, 100] HU (values outside fall in the end bins);

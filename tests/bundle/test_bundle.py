@@ -27,13 +27,14 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 
 from ctmil import bundle as bu
 from ctmil.data.epochs import EpochBags
-from ctmil.evaluate.metrics import binary_metrics
-from ctmil.evaluate.operating_point import apply_operating_point
+from ctmil.stats.metrics import binary_metrics
+from ctmil.stats.operating_point import apply_operating_point
 from ctmil.infer.model_io import load_model
 from ctmil.networks import MILNet
 from ctmil.synthetic.phantoms import generate_cohort
 from ctmil.train.distributed import DistributedForwardAll, free_port
 from ctmil.train.engines import predict
+from ctmil.train.handlers.virtual_bags import virtual_slots
 from ctmil.transforms import DENSITY_FEATURES
 from tests.bundle._datalist import NET_OVERRIDES, write_bag_datalist
 from tests.train._bags import TINY_NET
@@ -153,7 +154,7 @@ def test_train_workflow(trained, bags):
     # the virtual-bag handler made bags from epoch 1's pools and the epoch data holds them
     data = content("train#dataloader")
     assert isinstance(data, EpochBags) and data.epoch == 2
-    expected = bu.virtual_slots(content("train#dataset"))
+    expected = virtual_slots(content("train#dataset"))
     assert expected > 0 and data.virtual_slots == expected
     assert trainer.state.metrics["n_virtual_bags"] == data.n_virtual == expected
     # validation ran every epoch through MONAI's ValidationHandler and the evaluator's metrics

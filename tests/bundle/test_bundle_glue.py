@@ -18,7 +18,9 @@ from ctmil.data.epochs import EpochBags
 from ctmil.networks import MILNet
 from ctmil.synthetic.phantoms import generate_cohort
 from ctmil.train.engines import create_trainer
+from ctmil.infer.model_io import recorded_operating_point
 from ctmil.train.handlers import PredictionWriter, VirtualBagHandler
+from ctmil.train.handlers.virtual_bags import virtual_slots
 from ctmil.train.losses import MILSSLLoss
 from tests.bundle._datalist import write_bag_datalist
 from tests.train._bags import TINY_NET, make_bags, one_thread  # noqa: F401 (fixture)
@@ -161,9 +163,9 @@ def test_bag_table_preprocesses_ct_inputs(tmp_path, caplog):
 def test_virtual_slots_count_like_the_virtual_bag_handler(labels):
     dataset = BagDataset(make_bags(labels, [1, 2] * 4))  # bags of 12 and 24 patches
     handler = VirtualBagHandler(dataset, sink=lambda bags: None)
-    assert bu.virtual_slots(dataset) == handler.n_bags == max(0, labels.count(0) - labels.count(1))
-    assert bu.virtual_slots(dataset, n_bags=5) == VirtualBagHandler(dataset, sink=lambda bags: None, n_bags=5).n_bags == 5
-    assert bu.virtual_slots(dataset, n_bags=5, enabled=False) == 0
+    assert virtual_slots(dataset) == handler.n_bags == max(0, labels.count(0) - labels.count(1))
+    assert virtual_slots(dataset, n_bags=5) == VirtualBagHandler(dataset, sink=lambda bags: None, n_bags=5).n_bags == 5
+    assert virtual_slots(dataset, n_bags=5, enabled=False) == 0
 
 
 # ------------------------------------------------------------------------------------------------ engines and handlers
@@ -227,9 +229,9 @@ def test_trainer_averages_the_steps_that_ran_and_sets_each_epoch():
 def test_evaluation_operating_point_falls_back_to_the_config_threshold(tmp_path, threshold):
     """evaluate.json scores at the model's recorded point; a checkpoint without model.json gets @threshold, uncalibrated."""
     torch.save({}, tmp_path / "model.pt")
-    point = bu.operating_point(tmp_path / "model.pt", threshold)
+    point = recorded_operating_point(tmp_path / "model.pt", default_threshold=threshold)
     assert point["threshold"] == threshold and point["calibration"] == {"method": "none"}
     recorded = {"calibration": {"method": "platt", "coef": 2.0, "intercept": -1.0}, "threshold": 0.42, "rule": "youden"}
     (tmp_path / "model.json").write_text(json.dumps({"operating_point": recorded}))
-    point = bu.operating_point(tmp_path / "model.pt", threshold)
+    point = recorded_operating_point(tmp_path / "model.pt", default_threshold=threshold)
     assert point["threshold"] == 0.42 and point["calibration"]["method"] == "platt"

@@ -13,7 +13,7 @@ import torch
 import ctmil.evaluate.cv as cv_module
 from ctmil.bundle import load_bag_datalist as load_datalist
 from ctmil.evaluate.cv import CVConfigError, cv_protocol, run_cv
-from ctmil.evaluate.folds import make_folds, stratified_group_folds
+from ctmil.stats.folds import make_folds, stratified_group_folds
 from ctmil.networks import MILNet
 from tests.train._bags import TINY_NET, make_bag, one_thread  # noqa: F401 (fixture)
 

@@ -15,11 +15,11 @@ from sklearn.metrics import (accuracy_score, average_precision_score, brier_scor
 
 from ctmil import cli
 from ctmil.data.bags import BagDataset
-from ctmil.evaluate.calibration import expected_calibration_error
+from ctmil.stats.calibration import expected_calibration_error
 from ctmil.cli_evaluate import add_parser, cmd_evaluate
 from ctmil.evaluate import held_out
 from ctmil.evaluate.held_out import evaluate_model, resolve_threshold
-from ctmil.evaluate.statistics import bootstrap_ci, delong_auc_ci
+from ctmil.stats.statistics import bootstrap_ci, delong_auc_ci
 from ctmil.infer.model_io import load_model
 from ctmil.networks import MILNet
 from ctmil.synthetic.phantoms import generate_cohort

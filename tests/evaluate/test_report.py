@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from ctmil.evaluate.folds import run_seed
-from ctmil.evaluate.metrics import METRIC_NAMES, binary_metrics, roc_auc
+from ctmil.stats.folds import run_seed
+from ctmil.stats.metrics import METRIC_NAMES, binary_metrics, roc_auc
 from ctmil.evaluate.report import write_report
 from ctmil.evaluate.report_comparisons import paired_comparisons
 from ctmil.evaluate.report_tables import PAPER_RESULTS, canonical_setting, describe
-from ctmil.evaluate.statistics import bootstrap_auc_difference, delong_auc_ci
+from ctmil.stats.statistics import bootstrap_auc_difference, delong_auc_ci
 
 N_RESAMPLES = 200  # bootstrap resamples in these tests (the report's default is 2000)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctmil.evaluate.metrics import binary_metrics
+from ctmil.stats.metrics import binary_metrics
 from ctmil.evaluate.report import write_report
 from ctmil.report.html import external_references
 from tests.report._chromium import dom_images, render, screenshot_is_drawn, table_rows

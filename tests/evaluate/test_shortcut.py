@@ -19,7 +19,7 @@ from ctmil.evaluate.cv import run_cv
 from ctmil.evaluate.report import write_report
 from ctmil.evaluate.report_tables import SHORTCUT_SKIPPED
 from ctmil.evaluate.shortcut import CROP_MEASURES, read_crop_measures, shortcut_check, shortcut_warnings
-from ctmil.evaluate.statistics import delong_auc_ci
+from ctmil.stats.statistics import delong_auc_ci
 from tests.train._bags import make_bag
 
 

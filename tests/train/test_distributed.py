@@ -90,7 +90,7 @@ def test_distributed_run_resumes_from_its_checkpoint(tmp_path):
 def _metrics_worker(local_rank, out):
     import ignite.distributed as idist
 
-    from ctmil.evaluate.metrics import BagMetrics
+    from ctmil.train.metrics import BagMetrics
 
     metric = BagMetrics()
     rank = idist.get_rank()
@@ -105,7 +105,7 @@ def _metrics_worker(local_rank, out):
 def test_bag_metrics_gather_every_rank(tmp_path):
     import ignite.distributed as idist
 
-    from ctmil.evaluate.metrics import binary_metrics
+    from ctmil.stats.metrics import binary_metrics
 
     with idist.Parallel(backend="gloo", nproc_per_node=2, master_addr="127.0.0.1", master_port=free_port()) as parallel:
         parallel.run(_metrics_worker, str(tmp_path / "m.pt"))

@@ -11,7 +11,7 @@ import torch
 from ignite.engine import Engine
 
 from ctmil.data.bags import BagDataset
-from ctmil.evaluate.operating_point import apply_operating_point
+from ctmil.stats.operating_point import apply_operating_point
 from ctmil.infer.model_io import ModelError, load_model, recorded_operating_point
 from ctmil.networks import MILNet
 from ctmil.train.engines import predict

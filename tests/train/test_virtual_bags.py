@@ -134,7 +134,7 @@ def test_share_of_the_class_gap(gap_fraction, expected):
     handler = VirtualBagHandler(ds, sink, start_epoch=1, gap_fraction=gap_fraction)
     run(handler, [step_output(ds, 0, 0.9)])
     assert handler.n_bags == expected == len(sink.calls[-1])
-    from ctmil.bundle import virtual_slots
+    from ctmil.train.handlers.virtual_bags import virtual_slots
 
     assert virtual_slots(ds, None, True, gap_fraction) == expected  # the data loader makes room for exactly these
 

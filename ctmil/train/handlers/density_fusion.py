@@ -2,7 +2,7 @@
 
 At ``COMPLETED``, before the :class:`~ctmil.train.handlers.OperatingPointHandler` (attach this one first):
 
-1. the density model is the quantitative baseline's (:func:`ctmil.evaluate.quantitative.fit_baseline`: standardised
+1. the density model is the quantitative baseline's (:func:`ctmil.stats.quantitative.fit_baseline`: standardised
    lung-density features, L2 logistic regression, ``C`` chosen by an inner search) fitted on the *training* bags'
    ``density`` (:func:`ctmil.transforms.density_input`), case ids as groups;
 2. the MIL logit (the part passes it through until fitted) and the density logit each get a Platt map learnt on
@@ -27,8 +27,8 @@ import torch
 from ignite.engine import Engine, Events
 
 from ctmil.data.bags import BagDataset
-from ctmil.evaluate.calibration import fit_calibration
-from ctmil.evaluate.quantitative import fit_baseline
+from ctmil.stats.calibration import fit_calibration
+from ctmil.stats.quantitative import fit_baseline
 
 __all__ = ["DensityFusionHandler"]
 

@@ -3,7 +3,7 @@
 The cases are the inner validation split (``validate#dataset`` of ``train.json``; in cross-validation the
 fold's inner split, never its test fold). The result is put on ``engine.state.operating_point`` before the
 :class:`~ctmil.train.handlers.ModelWriter` runs (attach this handler first), so ``model.json`` records it and
-``ctmil infer`` / ``ctmil evaluate`` apply it. See :mod:`ctmil.evaluate.operating_point` for the dict.
+``ctmil infer`` / ``ctmil evaluate`` apply it. See :mod:`ctmil.stats.operating_point` for the dict.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from ctmil.data.bags import BagDataset
-from ctmil.evaluate.operating_point import fit_operating_point
+from ctmil.stats.operating_point import fit_operating_point
 
 __all__ = ["OperatingPointHandler"]
 

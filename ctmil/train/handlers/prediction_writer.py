@@ -13,7 +13,7 @@ import pandas as pd
 from ignite.engine import Engine, Events
 
 from ctmil.io.atomic import atomic_write_csv
-from ctmil.evaluate.operating_point import apply_operating_point, check_operating_point
+from ctmil.stats.operating_point import apply_operating_point, check_operating_point
 
 __all__ = ["PredictionWriter"]
 
@@ -26,7 +26,7 @@ class PredictionWriter:
     Collect-then-publish like ``ignite.handlers.EpochOutputStore``; columns ``case_id, raw_probability, probability,
     threshold, prediction, label`` with ``prediction = probability >= threshold``. ``raw_probability`` is the network's
     sigmoid; ``probability`` is it calibrated by the ``operating_point`` (a trained model's calibration map and
-    threshold, :mod:`ctmil.evaluate.operating_point`), and the threshold is the point's; without one,
+    threshold, :mod:`ctmil.stats.operating_point`), and the threshold is the point's; without one,
     ``probability`` is the raw value and the threshold ``threshold``.
     """
 

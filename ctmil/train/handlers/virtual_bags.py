@@ -35,7 +35,7 @@ from ignite.engine import Engine, Events
 
 from ctmil.data.bags import BagDataset
 
-__all__ = ["VirtualBagHandler", "balancing_count"]
+__all__ = ["VirtualBagHandler", "balancing_count", "virtual_slots"]
 
 logger = logging.getLogger(__name__)
 
@@ -279,3 +279,11 @@ class VirtualBagHandler:
         self.made_at_epoch = int(state["made_at_epoch"])
         self.generator.set_state(state["rng_state"])
         self.sink(self.virtual)
+
+
+def virtual_slots(dataset: BagDataset, n_bags: int | None = None, enabled: bool = True, gap_fraction: float = 1.0) -> int:
+    """Virtual-bag capacity per epoch: ``n_bags``, or ``gap_fraction`` of ``n_negative - n_positive`` of ``dataset``
+    when ``None`` (as :class:`VirtualBagHandler` counts them): what ``train.json`` gives ``EpochBags`` as its virtual slots."""
+    if not enabled:
+        return 0
+    return balancing_count(dataset.labels, gap_fraction) if n_bags is None else int(n_bags)

@@ -21,7 +21,7 @@ import pandas as pd
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
-from ctmil.evaluate.statistics import as_binary_arrays
+from ctmil.stats.statistics import as_binary_arrays
 
 __all__ = [
     "CALIBRATION_METHODS", "THRESHOLD_RULES", "apply_calibration", "brier_score", "choose_threshold",

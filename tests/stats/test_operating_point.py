@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from ctmil.evaluate.calibration import choose_threshold
-from ctmil.evaluate.operating_point import (
+from ctmil.stats.calibration import choose_threshold
+from ctmil.stats.operating_point import (
     apply_operating_point, check_operating_point, fit_operating_point, fixed_operating_point,
 )  # fmt: skip
 

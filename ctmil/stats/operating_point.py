@@ -3,7 +3,7 @@
 An operating point is a plain JSON-serialisable dict, stored in ``model.json`` and used by ``ctmil infer``,
 ``ctmil evaluate`` and the cross-validation report::
 
-    {"calibration": {"method": "platt", "coef": ..., "intercept": ...},   # see ctmil.evaluate.calibration
+    {"calibration": {"method": "platt", "coef": ..., "intercept": ...},   # see ctmil.stats.calibration
      "threshold": 0.41,        # applied to *calibrated* probabilities: positive when p_cal >= threshold
      "rule": "youden", "target": None,
      "n_cases": 12, "n_positive": 3, "source": "inner validation (12 cases, 3 severe)"}
@@ -15,7 +15,7 @@ ranking is never learnt from a handful of cases), it falls back to the identity 
 and ``source`` says why.
 
 The threshold is placed halfway between the chosen observed probability and the next lower observed one,
-so it makes the same decisions on the fitting cases as :func:`~ctmil.evaluate.calibration.choose_threshold`
+so it makes the same decisions on the fitting cases as :func:`~ctmil.stats.calibration.choose_threshold`
 while leaving a margin on both sides for new cases (with a dozen fitting cases, a threshold exactly on the
 lowest severe case's score would miss about half of the similar severe cases to come).
 """
@@ -26,7 +26,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ctmil.evaluate.calibration import CALIBRATION_METHODS, THRESHOLD_RULES, apply_calibration, choose_threshold, fit_calibration
+from ctmil.stats.calibration import CALIBRATION_METHODS, THRESHOLD_RULES, apply_calibration, choose_threshold, fit_calibration
 
 __all__ = ["apply_operating_point", "check_operating_point", "fit_operating_point", "fixed_operating_point"]
 

@@ -10,8 +10,8 @@ import pytest
 from scipy import stats
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, recall_score, roc_auc_score
 
-import ctmil.evaluate.statistics as st
-from ctmil.evaluate.statistics import (
+import ctmil.stats.statistics as st
+from ctmil.stats.statistics import (
     BOOTSTRAP_METRICS, bootstrap_auc_difference, bootstrap_ci, bootstrap_samples, corrected_resampled_ttest,
     delong_auc_ci, delong_test, fold_summary, paired_ttest,
 )  # fmt: skip

@@ -12,7 +12,7 @@ from sklearn.calibration import _sigmoid_calibration, calibration_curve  # Platt
 from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import brier_score_loss
 
-from ctmil.evaluate.calibration import (
+from ctmil.stats.calibration import (
     apply_calibration, brier_score, choose_threshold, expected_calibration_error, fit_calibration, plot_reliability,
     reliability_curve,
 )  # fmt: skip

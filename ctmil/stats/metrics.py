@@ -4,21 +4,19 @@
   average ranks (a tie between a positive and a negative counts 1/2), i.e. the area under the ROC curve.
 * :func:`binary_metrics` thresholds probabilities (``prob >= threshold`` is positive) and returns
   accuracy, sensitivity, specificity, F1 and AUC. A metric whose denominator is zero is ``nan``.
-* :class:`BagMetrics` wraps :func:`binary_metrics` as an Ignite ``EpochMetric`` (collects the whole epoch).
+
+:class:`ctmil.train.metrics.BagMetrics` wraps :func:`binary_metrics` as an Ignite ``EpochMetric`` for the engines.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 import torch
-import ignite.distributed as idist
-from ignite.exceptions import NotComputableError
-from ignite.metrics import EpochMetric
 from scipy.stats import rankdata
 
-__all__ = ["METRIC_NAMES", "BagMetrics", "binary_metrics", "confusion_counts", "roc_auc", "roc_curve"]
+__all__ = ["METRIC_NAMES", "binary_metrics", "confusion_counts", "roc_auc", "roc_curve"]
 
 METRIC_NAMES = ("accuracy", "sensitivity", "specificity", "f1", "auc")
 
@@ -101,37 +99,3 @@ def binary_metrics(probs, labels, threshold: float = 0.5) -> Dict[str, float]:
         "f1": _ratio(tp, tp + 0.5 * (fp + fn)),
         "auc": roc_auc(probs, labels),
     }
-
-
-class BagMetrics(EpochMetric):
-    """All of :data:`METRIC_NAMES` over an epoch, as an Ignite metric.
-
-    Attached under ``name``, the engine's ``state.metrics`` gets one entry per metric (``accuracy``, ...)
-    plus ``name`` holding the dict. ``output_transform`` must return ``(prob (B,), label (B,))``.
-    """
-
-    def __init__(
-        self,
-        threshold: float = 0.5,
-        output_transform: Callable = lambda out: (out["prob"], out["label"]),
-        device: str | torch.device = "cpu",
-    ) -> None:
-        self.threshold = float(threshold)
-        super().__init__(
-            lambda p, y: binary_metrics(p, y, self.threshold),
-            output_transform=output_transform,
-            check_compute_fn=False,
-            device=device,
-        )
-
-    def compute(self) -> Dict[str, float]:
-        """The metrics over every rank's predictions: gathered, then computed on each rank alike.
-
-        (Ignite's ``EpochMetric.compute`` computes on rank 0 and broadcasts the result, which cannot carry a dict.)
-        """
-        if len(self._predictions) < 1 or len(self._targets) < 1:
-            raise NotComputableError("BagMetrics must have at least one example before it can be computed.")
-        probs, labels = torch.cat(self._predictions, dim=0), torch.cat(self._targets, dim=0)
-        if idist.get_world_size() > 1:
-            probs, labels = idist.all_gather(probs), idist.all_gather(labels)
-        return binary_metrics(probs, labels, self.threshold)

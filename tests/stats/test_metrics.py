@@ -10,7 +10,8 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from ctmil.evaluate.metrics import BagMetrics, binary_metrics, confusion_counts, roc_auc, roc_curve
+from ctmil.stats.metrics import binary_metrics, confusion_counts, roc_auc, roc_curve
+from ctmil.train.metrics import BagMetrics
 
 
 def brute_force_auc(scores, labels):

@@ -13,9 +13,9 @@ import torch
 
 import ctmil.evaluate.cv as cv_module
 from ctmil.evaluate.cv import CVConfigError, cv_protocol, run_cv
-from ctmil.evaluate.folds import make_folds
-from ctmil.evaluate.metrics import roc_auc
-from ctmil.evaluate.quantitative import (
+from ctmil.stats.folds import make_folds
+from ctmil.stats.metrics import roc_auc
+from ctmil.stats.quantitative import (
     C_GRID, FALLBACK_C, DropEmptyColumns, _inner_splits, density_features, fit_baseline, predict_fold,
 )  # fmt: skip
 from ctmil.evaluate.report_comparisons import setting_pairs

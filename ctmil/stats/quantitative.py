@@ -5,15 +5,15 @@ mask, the ground-glass and consolidation fractions, the lung volume) of each bag
 that are ``nan`` in every training case (the volume of slice-image inputs) are dropped, any other ``nan`` is an
 error (nothing is imputed); then ``StandardScaler`` and an L2 ``LogisticRegression`` whose ``C`` is chosen from
 :data:`C_GRID` inside each training set, by ROC AUC over :data:`INNER_FOLDS` stratified, patient-grouped inner
-folds (:func:`ctmil.evaluate.folds.stratified_group_folds`, seeded by the run). Deterministic for a seed.
+folds (:func:`ctmil.stats.folds.stratified_group_folds`, seeded by the run). Deterministic for a seed.
 
 In ``ctmil cv`` (:mod:`ctmil.evaluate.cv`) ``Q`` runs on the deep settings' folds, holds back the same inner
 validation cases of each fold, and learns its operating point on them with
-:func:`ctmil.evaluate.operating_point.fit_operating_point`, as the deep runs' ``OperatingPointHandler`` does.
+:func:`ctmil.stats.operating_point.fit_operating_point`, as the deep runs' ``OperatingPointHandler`` does.
 
 Why a logistic regression and not a random forest (measured 2026-12-07 with ``bench/quantitative.py`` on the
 Per-COVID-19 sample preprocessed by ctmil: 73 patients, 23 severe, lung-window slice images, so no volume;
-3 folds x 5 repeats of :func:`~ctmil.evaluate.folds.make_folds` with fold seeds 0 and 1; per fold, 20 % of the
+3 folds x 5 repeats of :func:`~ctmil.stats.folds.make_folds` with fold seeds 0 and 1; per fold, 20 % of the
 training cases held back by ``split_cases`` with the run's seed, the model fitted on the rest, a Platt map and a
 Youden threshold learnt on the held-back cases). "AUC, all training" is the model fitted on the whole training
 folds; the other columns are at the learnt point. Pooled per repeat, mean ± SD over the 10 repeats:
@@ -50,8 +50,8 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ctmil.evaluate.folds import stratified_group_folds
-from ctmil.evaluate.operating_point import fit_operating_point
+from ctmil.stats.folds import stratified_group_folds
+from ctmil.stats.operating_point import fit_operating_point
 from ctmil.transforms import DENSITY_FEATURES, density_vector
 
 __all__ = ["C_GRID", "DESCRIPTION", "DropEmptyColumns", "INNER_FOLDS", "QUANTITATIVE", "density_features", "point_args",
