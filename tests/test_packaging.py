@@ -81,7 +81,7 @@ def test_wheel_runs_demo_train_and_cv_with_packaged_configs(tmp_path):
 
     report = _run([*ctmil, "cv", "--datalist", "phantoms/labels.csv", "--out", "cv", *common, "--set", *TINY,
                    "cv#n_folds=2", "cv#n_repeats=1", 'cv#settings=["A"]', "cv#final_model=all_data"], work, env)
-    assert "| (A) MIL only |" in report
+    assert "| (A) MIL only, fused with the lung-density model |" in report  # the default fuses
     predictions = pd.read_csv(work / "cv" / "predictions.csv", dtype={"case_id": str})
     assert sorted(predictions["case_id"]) == [f"case_{i:04d}" for i in range(6)]
     assert (work / "cv" / "model.pt").is_file() and (work / "cv" / "report.md").is_file()
