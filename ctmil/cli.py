@@ -291,7 +291,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ctmil.demo import run_demo
 
-    result = run_demo(args.out, overrides=parse_overrides(args.set), progress=not args.quiet)
+    result = run_demo(args.out, overrides=parse_overrides(args.set), progress=not args.quiet, config=_configs(args.config))
     print(Path(result["report"]).read_text())
     print(f"Demo finished in {result['seconds'] / 60:.1f} min. Open {result['html']} (the demo on one page); "
           f"cross-validation report, ROC plot and model: {Path(result['model']).parent}")

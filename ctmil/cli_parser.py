@@ -43,6 +43,8 @@ def add_subcommands(parser: argparse.ArgumentParser, cli: ModuleType) -> None:
     p = sub.add_parser("demo", help="phantoms → short CV of A and D → held-out evaluation, attention hit rate → report.html "
                        "(what `make demo` runs)")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    p.add_argument("--config", nargs="*", metavar="JSON", help="more config files merged over train.json + cv.json + demo.json, "
+                   "e.g. paper.json")  # fmt: skip
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="overrides of the demo config, e.g. max_epochs=2")
     common(p)
     p.set_defaults(func=cli.cmd_demo)

@@ -16,13 +16,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from monai.bundle import ConfigParser
 
-from ctmil.bundle import check_override_ids, config_files
+from ctmil.bundle import check_override_ids, config_files, config_paths
 from ctmil.io.atomic import atomic_write_csv
 from ctmil.evaluate.attention_hits import hit_rates, patch_lesion_fraction
 from ctmil.evaluate.cv import run_cv
@@ -135,18 +136,21 @@ def _report_html(out: Path, cv: pd.DataFrame, comparison: str, held: pd.DataFram
     return page.write(out / "report.html")
 
 
-def run_demo(out_dir: str | os.PathLike, overrides: dict | None = None, progress: bool = True) -> dict:
-    """Run the demo into ``out_dir``; returns the paths of ``summary.md``, ``report.html``, the model, and the seconds."""
+def run_demo(out_dir: str | os.PathLike, overrides: dict | None = None, progress: bool = True,
+             config: "Sequence[str | os.PathLike]" = ()) -> dict:
+    """Run the demo into ``out_dir``; returns the paths of ``summary.md``, ``report.html``, the model, and the seconds.
+    ``config``: more config files (paths, or names of the bundle's) merged over ``train.json + cv.json + demo.json``."""
     start = time.perf_counter()
-    check_override_ids(config_files(*DEMO_FILES), dict(overrides or {}))  # a misspelt key: before any phantom is drawn
-    parser = ConfigParser(ConfigParser.load_config_files(config_files(*DEMO_FILES)))
+    files = [*config_files(*DEMO_FILES), *config_paths(list(config))]
+    check_override_ids(files, dict(overrides or {}))  # a misspelt key: before any phantom is drawn
+    parser = ConfigParser(ConfigParser.load_config_files(files))
     parser.update(dict(overrides or {}))
     demo = parser.get_parsed_content("demo")
     out = Path(out_dir).resolve()
     logger.info("1/4 generating %d phantom CTs", demo["phantoms"]["n"])
     train = _cohort(out / "phantoms", demo["phantoms"], progress)
     logger.info("2/4 preprocessing and cross-validation")
-    run_cv(out / "phantoms" / "labels.csv", out / "cv", files=DEMO_FILES, overrides=dict(overrides or {}), progress=progress)
+    run_cv(out / "phantoms" / "labels.csv", out / "cv", files=files, overrides=dict(overrides or {}), progress=progress)
     logger.info("3/4 evaluating the final model on %d held-out phantoms", demo["held_out"]["n"])
     held_spec = {**demo["phantoms"], **demo["held_out"]}
     held = _cohort(out / "held_out_phantoms", held_spec, progress, masks=True)

@@ -258,6 +258,7 @@ def test_quiet_prints_no_info_and_no_third_party_notices(tmp_path):
     (["train", "{data}", "--out", "{out}", "--set", "max_epoch=1"], "max_epoch"),
     (["cv", "--datalist", "{data}", "--out", "{out}", "--set", "cv#nfolds=2"], "cv#nfolds"),
     (["demo", "--out", "{out}", "--set", "max_epoch=1"], "max_epoch"),
+    (["demo", "--out", "{out}", "--config", "nosuch.json"], "config not found"),
     (["infer", "{data}", "--model", "{folder}", "--out", "{out}"], ""),
     (["infer", "{data}", "--model", "{junk}", "--out", "{out}"], "cannot read model file"),
     (["export", "--model", "{junk}", "--out", "{out}/m.ts", "--format", "onnx"], "does not match"),

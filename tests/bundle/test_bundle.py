@@ -196,7 +196,9 @@ def test_evaluate_workflow(evaluated, trained, cohort):
     np.testing.assert_allclose(evaluated["probability"], calibrated, atol=1e-9)
     assert set(evaluated["threshold"]) == {point["threshold"]}
     np.testing.assert_array_equal(evaluated["prediction"], decided)
-    metrics = pd.read_csv(root / "eval" / "metrics.csv", header=None, index_col=0)[1]
+    table = pd.read_csv(root / "eval" / "metrics.csv")
+    assert table.columns.tolist() == ["metric", "value"]  # a header, as every ctmil table
+    metrics = table.set_index("metric")["value"]
     reference = binary_metrics(calibrated, evaluated["label"].to_numpy(), point["threshold"])
     for name in ("accuracy", "sensitivity", "specificity", "f1"):
         np.testing.assert_allclose(metrics[name], reference[name], equal_nan=True)

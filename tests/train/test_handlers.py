@@ -105,3 +105,22 @@ def test_prediction_writer_collects_one_epoch_and_skips_empty_slots(tmp_path):
     table = pd.read_csv(tmp_path / "predictions.csv", dtype={"case_id": str})
     assert table["case_id"].tolist() == ["a", "b", "c"]
     assert table["prediction"].tolist() == [1, 0, 1] and table["label"].tolist() == [1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("names, expected", [(["val_auc", "f1"], ["val_auc", "f1"]), (["val_auc", "nope"], ["val_auc"])])
+def test_metrics_writer_writes_a_header_and_the_metrics_it_finds(tmp_path, names, expected):
+    import pandas as pd
+
+    from ctmil.train.handlers import MetricsWriter
+
+    engine = Engine(lambda e, b: None)
+    MetricsWriter(tmp_path, names).attach(engine)
+
+    @engine.on(Events.ITERATION_COMPLETED)  # before the writer, at EPOCH_COMPLETED
+    def _metrics(e):
+        e.state.metrics.update(val_auc=0.75, f1=0.5)
+
+    engine.run([0], max_epochs=1)
+    table = pd.read_csv(tmp_path / "metrics.csv")
+    assert table.columns.tolist() == ["metric", "value"] and table["metric"].tolist() == expected
+    assert table.set_index("metric")["value"]["val_auc"] == 0.75
