@@ -9,135 +9,19 @@ success (some cases failed).
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import logging
-import os
 import sys
 import traceback
 import warnings
 from pathlib import Path
 
 from ctmil import __version__
+from ctmil.cli_common import (EXIT_PARTIAL, EXIT_USAGE, UsageError, auto_device, configs, device_override, existing, out_dir,
+                              parse_overrides, refuse_without_ct, set_before_inputs, validated, writable_out)
 from ctmil.words import plural
 
-EXIT_USAGE, EXIT_PARTIAL = 2, 3
 log = logging.getLogger("ctmil")
-
-
-class UsageError(Exception):
-    """A problem with what the user asked for; reported in one line with exit code 2."""
-
-
-def parse_overrides(pairs: list[str] | None) -> dict:
-    """``KEY=VALUE`` pairs → config overrides. A value is read as MONAI's config files and bundle command lines read
-    one: JSON (``false``, ``["A", "D"]``), else a Python literal (``False``, ``['A','D']``, ``None``), else the string
-    itself (``$@x + 1`` expressions, ``@`` references, paths). A malformed pair is a one-line error naming it."""
-    out = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--set {pair!r} is not KEY=VALUE (e.g. --set max_epochs=5 'cv#settings=[\"A\",\"D\"]')")
-        out[key] = _literal(value)
-    return out
-
-
-def _literal(value: str):
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        pass
-    try:
-        return ast.literal_eval(value)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return value
-
-
-def _set_before_inputs(argv: list[str]) -> list[str]:
-    """``argv`` with the words after ``--set`` that are not ``KEY=VALUE`` but name an existing file or folder moved
-    out of its reach (right after the subcommand, where no option can take them), so that
-    ``ctmil train --set max_epochs=1 data.csv`` reads ``data.csv`` as the input it is. Any other word stays, and is
-    then a one-line "not KEY=VALUE" error."""
-    out, moved, in_set = [], [], False
-    for word in argv:
-        if word.startswith("-"):
-            in_set = word == "--set"
-            out.append(word)
-        elif in_set and "=" not in word and Path(word).exists():
-            moved.append(word)
-        else:
-            out.append(word)
-    command = next((i for i, w in enumerate(out) if not w.startswith("-")), len(out) - 1)  # the subcommand
-    return out[: command + 1] + moved + out[command + 1 :]
-
-
-def auto_device(value: str | None) -> str:
-    """``--device`` of every command: the one given, else ``cuda:0`` when CUDA is available, else ``cpu``."""
-    if value:
-        return value
-    import torch
-
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
-
-
-def _device(value: str | None) -> dict:
-    if not value:
-        return {}
-    from ctmil.infer.model_io import check_device
-
-    return {"device": f"$torch.device({str(check_device(value))!r})"}
-
-
-def _existing(paths: list[str], what: str) -> list[str]:
-    missing = [p for p in paths if not Path(p).exists()]
-    if missing:
-        raise UsageError(f"{what} not found: {missing[0]}")
-    return [str(Path(p).resolve()) for p in paths]
-
-
-def _configs(names: list[str] | None) -> list[str]:
-    """``--config`` files: paths, or the names of packaged configs (``paper.json``)."""
-    from ctmil.bundle import config_dir
-
-    out = []
-    for name in names or []:
-        if Path(name).is_file():
-            out.append(str(Path(name).resolve()))
-        elif (config_dir() / name).is_file():
-            out.append(name)
-        else:
-            raise UsageError(f"config not found: {name} (a file, or one of the bundle's: "
-                             f"{', '.join(sorted(p.name for p in config_dir().glob('*.json')))})")
-    return out
-
-
-def _out_dir(path: str) -> Path:
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".ctmil-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise UsageError(f"cannot write to --out {path}: {err.strerror or err}") from None
-    return out.resolve()
-
-
-def _writable_out(path: str) -> Path:
-    """``--out`` checked as :func:`_out_dir` checks it, leaving nothing behind: an existing folder we may write in,
-    or a path whose nearest existing parent takes a new folder (tried, then removed), for commands that must find
-    their inputs usable before they create anything."""
-    import tempfile
-
-    out = Path(path).resolve()
-    existing = next((p for p in (out, *out.parents) if p.exists()), None)
-    if existing is None or not existing.is_dir():
-        raise UsageError(f"cannot write to --out {path}: not a folder")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".ctmil-write-test-", dir=existing))
-    except OSError as err:
-        raise UsageError(f"cannot write to --out {path}: {err.strerror or err}") from None
-    return out
 
 
 def _inputs(args: argparse.Namespace, what: str = "input") -> list[str]:
@@ -147,7 +31,7 @@ def _inputs(args: argparse.Namespace, what: str = "input") -> list[str]:
         given = [args.inputs, *([args.datalist] if args.datalist else [])]
     if not given:
         raise UsageError(f"no {what} given: name it as the first argument (or with --datalist)")
-    return _existing(given, what)
+    return existing(given, what)
 
 
 def _preprocessing_set(args: argparse.Namespace) -> dict:
@@ -160,7 +44,7 @@ def _preprocessing_set(args: argparse.Namespace) -> dict:
     from monai.bundle import ConfigParser
 
     settings: dict = {}
-    for path in config_paths(_configs(getattr(args, "config", None))):  # JSON or YAML, as MONAI reads configs
+    for path in config_paths(configs(getattr(args, "config", None))):  # JSON or YAML, as MONAI reads configs
         settings.update(ConfigParser.load_config_file(path).get("preprocessing") or {})
     settings.update(parse_overrides(getattr(args, "set", None)))
     settings = {k.split("#", 1)[1] if k.startswith("preprocessing#") else k: v for k, v in settings.items()}
@@ -170,16 +54,6 @@ def _preprocessing_set(args: argparse.Namespace) -> dict:
         known = ", ".join(preprocessing_settings())
         raise UsageError(f"not a preprocessing setting: {str(err).split()[-1]} (they are: {known})") from None
     return {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
-
-
-def refuse_without_ct(cases: list[dict]) -> None:
-    """A usage error (exit 2) when the inputs hold no CT at all, rather than a batch of one failed case; inputs where
-    CT was found but is unusable stay failed cases (exit 3)."""
-    from ctmil.io.discovery import no_ct_reason
-
-    reason = no_ct_reason(cases)
-    if reason:
-        raise UsageError(reason)
 
 
 def _refuse_ct_folders_without_ct(inputs: list[str], args: argparse.Namespace) -> None:
@@ -200,13 +74,13 @@ def _train_overrides(args: argparse.Namespace, out: Path) -> dict:
         "progress": not args.quiet, "log_epochs": not args.quiet,
     }
     if getattr(args, "labels", None):
-        overrides["labels"] = _existing([args.labels], "labels CSV")[0]
+        overrides["labels"] = existing([args.labels], "labels CSV")[0]
     if getattr(args, "model_dir", None):
         overrides["ckpt_dir"] = str(Path(args.model_dir).resolve())  # made once everything is validated
     for key, value in (("max_epochs", args.epochs), ("seed", args.seed), ("val_fraction", getattr(args, "val_fraction", None))):
         if value is not None:
             overrides[key] = value
-    return {**overrides, **_implausible(args), **_device(args.device), **parse_overrides(args.set)}
+    return {**overrides, **_implausible(args), **device_override(args.device), **parse_overrides(args.set)}
 
 
 def _implausible(args: argparse.Namespace) -> dict:
@@ -229,22 +103,15 @@ def _check_train_out(out: Path, files: list[str], overrides: dict, restart: bool
     path.write_text(json.dumps(record, indent=2))
 
 
-def _validated(files: list[str], overrides: dict) -> None:
-    """Every override id exists in the configs (one line naming the first that does not), before any output."""
-    from ctmil.bundle import check_override_ids, config_paths
-
-    check_override_ids(config_paths(files), overrides)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     overrides = _train_overrides(args, Path(args.out).resolve())
-    files = ["train.json", *_configs(args.config)]
-    _validated(files, overrides)
-    _writable_out(args.out)
+    files = ["train.json", *configs(args.config)]
+    validated(files, overrides)
+    writable_out(args.out)
     _refuse_ct_folders_without_ct(_inputs(args), args)
-    out = _out_dir(args.out)
+    out = out_dir(args.out)
     if getattr(args, "model_dir", None):
-        _out_dir(args.model_dir)
+        out_dir(args.model_dir)
     _check_train_out(out, files, overrides, args.restart)
     if args.nproc > 1:
         from ctmil.train.distributed import run_distributed
@@ -263,17 +130,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_cv(args: argparse.Namespace) -> int:
     from ctmil.evaluate.cv import run_cv
 
-    overrides = {"progress": False, **_implausible(args), **_device(args.device), **parse_overrides(args.set)}
+    overrides = {"progress": False, **_implausible(args), **device_override(args.device), **parse_overrides(args.set)}
     for key, value in (("max_epochs", args.epochs), ("seed", args.seed)):
         if value is not None:
             overrides[key] = value
-    files = ["train.json", "cv.json", *_configs(args.config)]
+    files = ["train.json", "cv.json", *configs(args.config)]
     datalists = _inputs(args, "datalist")
     if len(datalists) > 1:
         raise UsageError("ctmil cv takes one datalist")
     datalist = datalists[0]
-    _validated(files, overrides)
-    out = _out_dir(args.out)
+    validated(files, overrides)
+    out = out_dir(args.out)
     run_cv(datalist, out, files=files, overrides=overrides, progress=not args.quiet, restart=args.restart)
     print((out / "report.md").read_text())
     manifest = out / "bags" / "manifest.csv"
@@ -291,7 +158,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ctmil.demo import run_demo
 
-    result = run_demo(args.out, overrides=parse_overrides(args.set), progress=not args.quiet, config=_configs(args.config))
+    result = run_demo(args.out, overrides=parse_overrides(args.set), progress=not args.quiet, config=configs(args.config))
     print(Path(result["report"]).read_text())
     print(f"Demo finished in {result['seconds'] / 60:.1f} min. Open {result['html']} (the demo on one page); "
           f"cross-validation report, ROC plot and model: {Path(result['model']).parent}")
@@ -303,13 +170,13 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from ctmil.data.preprocess import preprocess_cases
     from ctmil.io.discovery import discover_cases
 
-    inputs = _existing(args.inputs, "input")
-    labels = read_labels(_existing([args.labels], "labels CSV")[0]) if args.labels else {}
+    inputs = existing(args.inputs, "input")
+    labels = read_labels(existing([args.labels], "labels CSV")[0]) if args.labels else {}
     chosen = _preprocessing_set(args)  # checked before the inputs are read
     cases = discover_cases(inputs, labels=labels, min_slices=chosen.get("min_slices", args.min_slices),
                            progress=not args.quiet, keep_paths=args.keep_paths)
     refuse_without_ct(cases)
-    out = _out_dir(args.out)
+    out = out_dir(args.out)
     if labels and not any(c.get("label") is not None for c in cases):
         print(f"warning: no case matched a label of {args.labels} (DICOM studies are matched by a study_uid column, "
               "other inputs by case_id); datalist.csv will be empty", file=sys.stderr)
@@ -331,7 +198,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 def cmd_phantoms(args: argparse.Namespace) -> int:
     from ctmil.synthetic.phantoms import generate_cohort
 
-    table = generate_cohort(_out_dir(args.out), n=args.n, seed=args.seed)
+    table = generate_cohort(out_dir(args.out), n=args.n, seed=args.seed)
     log.info("wrote %s (%d severe) to %s", plural(len(table), "phantom"), int(table["label"].sum()), args.out)
     return 0
 
@@ -343,19 +210,19 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from ctmil.infer.model_io import load_model
     from ctmil.infer.shards import parse_shard
 
-    inputs = _existing(args.inputs, "input")
-    _existing([args.model], "model file")
-    labels = read_labels(_existing([args.labels], "labels CSV")[0]) if args.labels else {}
+    inputs = existing(args.inputs, "input")
+    existing([args.model], "model file")
+    labels = read_labels(existing([args.labels], "labels CSV")[0]) if args.labels else {}
     shard = parse_shard(args.shard) if args.shard else None
-    _validated(["inference.json", *_configs(args.config)], parse_overrides(args.set))  # before --out exists
+    validated(["inference.json", *configs(args.config)], parse_overrides(args.set))  # before --out exists
     loaded = load_model(args.model, device=auto_device(args.device), allow_torchscript=args.allow_torchscript)  # before --out
     predictions, n_failed = run_inference(  # makes --out only once the inputs are known to hold CT
-        inputs, loaded, _writable_out(args.out), threshold=args.threshold, device=auto_device(args.device),
+        inputs, loaded, writable_out(args.out), threshold=args.threshold, device=auto_device(args.device),
         save_maps=not args.no_maps, save_overlays=not args.no_overlays, save_features=args.features,
         top_slices=args.top_slices, map_mode=args.map_mode, labels=labels,
         min_slices=args.min_slices, min_area_fraction=args.min_area_fraction,
         allow_implausible_lungs=args.allow_implausible_lungs, allow_input_mismatch=args.allow_input_mismatch,
-        shard=shard, config=_configs(args.config), overrides=parse_overrides(args.set), progress=not args.quiet,
+        shard=shard, config=configs(args.config), overrides=parse_overrides(args.set), progress=not args.quiet,
         allow_torchscript=args.allow_torchscript, keep_paths=args.keep_paths, with_study_uid=args.with_study_uid)
     for row in predictions[predictions["status"] == "failed"].itertuples():
         print(f"FAILED {row.case_id}: {row.error}", file=sys.stderr)
@@ -369,7 +236,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 def cmd_merge_predictions(args: argparse.Namespace) -> int:
     from ctmil.infer.shards import merge_shards
 
-    out = _existing([args.out], "--out of the shards")[0]
+    out = existing([args.out], "--out of the shards")[0]
     merged = merge_shards(out)
     failed = merged[merged["status"] == "failed"]
     for row in failed.itertuples():
@@ -381,9 +248,9 @@ def cmd_merge_predictions(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from ctmil.infer.export import export_format, export_model
 
-    model = _existing([args.model], "model file")[0]
+    model = existing([args.model], "model file")[0]
     fmt = export_format(args.out, args.format)  # before any output
-    _out_dir(str(Path(args.out).parent))
+    out_dir(str(Path(args.out).parent))
     diff = export_model(model, args.out, fmt=fmt)
     print(f"{fmt} model written to {args.out} (max logit difference to PyTorch {diff:.1e})")
     return 0
@@ -437,7 +304,7 @@ def quiet_third_parties() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = any(a in ("-v", "--verbose") for a in argv)
-    args = build_parser().parse_args(_set_before_inputs(argv))
+    args = build_parser().parse_args(set_before_inputs(argv))
     quiet = bool(getattr(args, "quiet", False))
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO  # -q: warnings and errors only
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Callable
 
-from ctmil.cli import EXIT_PARTIAL, UsageError, _configs, _existing, _out_dir, _validated, auto_device, parse_overrides
+from ctmil.cli_common import EXIT_PARTIAL, UsageError, auto_device, configs, existing, out_dir, parse_overrides, validated
 
 __all__ = ["add_parser", "cmd_evaluate"]
 
@@ -52,15 +52,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if bool(args.inputs) == bool(args.datalist):
         raise UsageError("give either CT inputs or --datalist CSV" + (", not both" if args.inputs else ""))
-    inputs = _existing(args.inputs, "input") if args.inputs else _existing([args.datalist], "datalist")
-    model = _existing([args.model], "model file")[0]
-    labels = _existing([args.labels], "labels CSV")[0] if args.labels else None
-    config, overrides = _configs(args.config), parse_overrides(args.set)
+    inputs = existing(args.inputs, "input") if args.inputs else existing([args.datalist], "datalist")
+    model = existing([args.model], "model file")[0]
+    labels = existing([args.labels], "labels CSV")[0] if args.labels else None
+    config, overrides = configs(args.config), parse_overrides(args.set)
     if (config or overrides) and args.datalist:
         raise UsageError("--config/--set apply to CT inputs (they run through inference.json); a bag datalist is already preprocessed")
     if config or overrides:
-        _validated(["inference.json", *config], overrides)  # before --out exists
-    out = _out_dir(args.out)
+        validated(["inference.json", *config], overrides)  # before --out exists
+    out = out_dir(args.out)
     result = evaluate_model(model, inputs, out, labels=labels, threshold=args.threshold, n_resamples=args.n_resamples,
                             seed=args.seed, device=auto_device(args.device), progress=not args.quiet,
                             allow_input_mismatch=args.allow_input_mismatch, config=config, overrides=overrides)  # fmt: skip

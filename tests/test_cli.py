@@ -223,11 +223,12 @@ def test_a_malformed_set_pair_is_one_line_naming_it():
     ["train", "--out", "o", "--set", "max_epochs=1", "use_virtual_bags=False", "{data}"],
 ])
 def test_set_never_swallows_the_inputs(tmp_path, argv):
-    from ctmil.cli import _set_before_inputs, build_parser
+    from ctmil.cli import build_parser
+    from ctmil.cli_common import set_before_inputs
 
     data = tmp_path / "data.csv"
     data.write_text("case_id,image,label\n")
-    args = build_parser().parse_args(_set_before_inputs([a.replace("{data}", str(data)) for a in argv]))
+    args = build_parser().parse_args(set_before_inputs([a.replace("{data}", str(data)) for a in argv]))
     assert args.inputs == [str(data)] and args.set == ["max_epochs=1", "use_virtual_bags=False"]
 
 
@@ -379,11 +380,12 @@ def test_infer_takes_set_and_refuses_an_unknown_id_before_any_output(tmp_path, c
 
 
 def test_set_before_inputs_never_hands_an_input_to_config(tmp_path):
-    from ctmil.cli import _set_before_inputs, build_parser
+    from ctmil.cli import build_parser
+    from ctmil.cli_common import set_before_inputs
 
     data = tmp_path / "d.csv"
     data.write_text("case_id,bag,label\n")
-    args = build_parser().parse_args(_set_before_inputs(["train", "--config", "paper.json", "--set", "max_epochs=1", str(data),
+    args = build_parser().parse_args(set_before_inputs(["train", "--config", "paper.json", "--set", "max_epochs=1", str(data),
                                                          "--out", "o"]))
     assert args.inputs == [str(data)] and args.config == ["paper.json"] and args.set == ["max_epochs=1"]
 

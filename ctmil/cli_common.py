@@ -1,0 +1,148 @@
+"""What every ``ctmil`` subcommand shares (the command-line layer's base; issue 20): the usage error and exit codes,
+``--set`` parsing, ``--config`` names, ``--device``, and the checks made before any output (inputs, ``--out``, config
+ids, inputs without CT). ``ctmil.cli`` and ``ctmil.cli_evaluate`` import these; no library package does."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+from pathlib import Path
+
+__all__ = ["EXIT_PARTIAL", "EXIT_USAGE", "UsageError", "auto_device", "configs", "device_override", "existing", "out_dir",
+           "parse_overrides", "refuse_without_ct", "set_before_inputs", "validated", "writable_out"]
+
+
+EXIT_USAGE, EXIT_PARTIAL = 2, 3
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for; reported in one line with exit code 2."""
+
+
+def parse_overrides(pairs: list[str] | None) -> dict:
+    """``KEY=VALUE`` pairs → config overrides. A value is read as MONAI's config files and bundle command lines read
+    one: JSON (``false``, ``["A", "D"]``), else a Python literal (``False``, ``['A','D']``, ``None``), else the string
+    itself (``$@x + 1`` expressions, ``@`` references, paths). A malformed pair is a one-line error naming it."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set {pair!r} is not KEY=VALUE (e.g. --set max_epochs=5 'cv#settings=[\"A\",\"D\"]')")
+        out[key] = _literal(value)
+    return out
+
+
+def _literal(value: str):
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        pass
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return value
+
+
+def set_before_inputs(argv: list[str]) -> list[str]:
+    """``argv`` with the words after ``--set`` that are not ``KEY=VALUE`` but name an existing file or folder moved
+    out of its reach (right after the subcommand, where no option can take them), so that
+    ``ctmil train --set max_epochs=1 data.csv`` reads ``data.csv`` as the input it is. Any other word stays, and is
+    then a one-line "not KEY=VALUE" error."""
+    out, moved, in_set = [], [], False
+    for word in argv:
+        if word.startswith("-"):
+            in_set = word == "--set"
+            out.append(word)
+        elif in_set and "=" not in word and Path(word).exists():
+            moved.append(word)
+        else:
+            out.append(word)
+    command = next((i for i, w in enumerate(out) if not w.startswith("-")), len(out) - 1)  # the subcommand
+    return out[: command + 1] + moved + out[command + 1 :]
+
+
+def auto_device(value: str | None) -> str:
+    """``--device`` of every command: the one given, else ``cuda:0`` when CUDA is available, else ``cpu``."""
+    if value:
+        return value
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def device_override(value: str | None) -> dict:
+    if not value:
+        return {}
+    from ctmil.infer.model_io import check_device
+
+    return {"device": f"$torch.device({str(check_device(value))!r})"}
+
+
+def existing(paths: list[str], what: str) -> list[str]:
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise UsageError(f"{what} not found: {missing[0]}")
+    return [str(Path(p).resolve()) for p in paths]
+
+
+def configs(names: list[str] | None) -> list[str]:
+    """``--config`` files: paths, or the names of packaged configs (``paper.json``)."""
+    from ctmil.bundle import config_dir
+
+    out = []
+    for name in names or []:
+        if Path(name).is_file():
+            out.append(str(Path(name).resolve()))
+        elif (config_dir() / name).is_file():
+            out.append(name)
+        else:
+            raise UsageError(f"config not found: {name} (a file, or one of the bundle's: "
+                             f"{', '.join(sorted(p.name for p in config_dir().glob('*.json')))})")
+    return out
+
+
+def out_dir(path: str) -> Path:
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".ctmil-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UsageError(f"cannot write to --out {path}: {err.strerror or err}") from None
+    return out.resolve()
+
+
+def writable_out(path: str) -> Path:
+    """``--out`` checked as :func:`out_dir` checks it, leaving nothing behind: an existing folder we may write in,
+    or a path whose nearest existing parent takes a new folder (tried, then removed), for commands that must find
+    their inputs usable before they create anything."""
+    import tempfile
+
+    out = Path(path).resolve()
+    parent = next((p for p in (out, *out.parents) if p.exists()), None)
+    if parent is None or not parent.is_dir():
+        raise UsageError(f"cannot write to --out {path}: not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".ctmil-write-test-", dir=parent))
+    except OSError as err:
+        raise UsageError(f"cannot write to --out {path}: {err.strerror or err}") from None
+    return out
+
+
+def refuse_without_ct(cases: list[dict]) -> None:
+    """A usage error (exit 2) when the inputs hold no CT at all, rather than a batch of one failed case; inputs where
+    CT was found but is unusable stay failed cases (exit 3)."""
+    from ctmil.io.discovery import no_ct_reason
+
+    reason = no_ct_reason(cases)
+    if reason:
+        raise UsageError(reason)
+
+
+def validated(files: list[str], overrides: dict) -> None:
+    """Every override id exists in the configs (one line naming the first that does not), before any output."""
+    from ctmil.bundle import check_override_ids, config_paths
+
+    check_override_ids(config_paths(files), overrides)

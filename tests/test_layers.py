@@ -1,0 +1,37 @@
+"""The layers of docs/design.md, kept by the code: import-linter's contract in setup.cfg (issue 20)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytest.importorskip("importlinter", reason="import-linter (the test extra) checks the layers")
+
+
+def _lint(config: Path) -> subprocess.CompletedProcess:
+    script = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
+    return subprocess.run([sys.executable, "-c", script, "--config", str(config), "--no-cache"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def test_no_package_imports_one_above_it():
+    done = _lint(ROOT / "setup.cfg")
+    assert done.returncode == 0 and "1 kept, 0 broken" in done.stdout, done.stdout[-3000:]
+
+
+def test_the_contract_can_break(tmp_path):
+    """The same contract with train drawn above evaluate is broken (evaluate's cross-validation trains): the check
+    is live, not a formality."""
+    text = (ROOT / "setup.cfg").read_text()
+    swapped = re.sub(r"(\n\s+)ctmil\.evaluate(\n\s+)ctmil\.infer(\n\s+)ctmil\.train\n", r"\1ctmil.train\2ctmil.infer\3ctmil.evaluate\n", text)
+    assert swapped != text
+    config = tmp_path / "setup.cfg"
+    config.write_text(swapped)
+    done = _lint(config)
+    assert done.returncode == 1 and "BROKEN" in done.stdout and "ctmil.evaluate" in done.stdout, done.stdout[-3000:]
