@@ -41,6 +41,8 @@ LEVERS = {
     "q": ("the quantitative baseline Q alone (no deep training)", {"cv#settings": ["Q"]}),
     "fusion": ("today's default: the paper's network fused with the lung-density model (ctmil.networks.fusion)", {}),
     "both_fusion": ("min-max and window as two channels, fused with the lung-density model", {"preprocessing#patch_norm": "both"}),
+    "both_fusion_attn": ("both channels + fusion, attention scored on the min-max channel only (a second encoder)",
+                         {"preprocessing#patch_norm": "both", "network_def#attention_channels": 1}),
     "cosine": ("the default + a cosine learning-rate schedule (1e-4 to 1e-6 over the epochs)", {"lr_schedule": "cosine"}),
     "select_best": ("the default + model selection: the epoch with the best inner-validation AUC", {"select_best": True, "val_interval": 1}),
     "augment": ("the default + augmentation: patch flips and intensity jitter (MONAI random transforms)", {"augment": True}),

@@ -54,6 +54,8 @@ def infer_network_kwargs(state: Mapping[str, torch.Tensor]) -> dict:
         kwargs["in_channels"] = shape["encoder.trunk.0.weight"][1]
     if "density.proj.weight" in shape:  # a hybrid: the classifier sees the pooled features and the density branch
         kwargs["density_hidden"], kwargs["n_density"] = shape["density.proj.weight"]
+    if "attention_encoder.trunk.0.weight" in shape:  # attention scored on the first channels only
+        kwargs["attention_channels"] = shape["attention_encoder.trunk.0.weight"][1]
     if "fusion.coef" in shape:  # the late fusion with a linear density model (ctmil.networks.fusion)
         kwargs["n_density"], kwargs["density_use"] = shape["fusion.coef"][0], "fusion"
     if "classifier.weight" in shape:

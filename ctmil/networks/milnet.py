@@ -61,6 +61,12 @@ class MILNet(nn.Module):
             model's, each calibrated (the default of ``train.json``). It passes the MIL logit through until
             :class:`~ctmil.train.handlers.DensityFusionHandler` fits it when training ends; ``self.fusion``.
 
+        attention_channels: ``None`` (the attention scores come from the instance features) or ``c < in_channels``: a
+            second encoder (the same LeNet) on the first ``c`` channels of each patch gives the features the
+            attention scores are computed from (``self.attention_encoder``), while the bag features stay the sum of
+            the full encoder's features. With the two-channel input (per-patch min-max, then the volume-wide window)
+            and ``c = 1``, attention can only look at what the min-max patch shows.
+
     All layers built here are He-initialised with zero biases (paper Sec. IV.D).
     """
 
@@ -80,6 +86,7 @@ class MILNet(nn.Module):
         density_hidden: int = 32,
         density_gain: float = 1.0,
         density_use: str = "branch",
+        attention_channels: Optional[int] = None,
     ) -> None:
         super().__init__()
         self.in_channels = check_positive_int("in_channels", in_channels)
@@ -111,6 +118,12 @@ class MILNet(nn.Module):
         elif n_density:
             self.hparams.update(n_density=n_density, density_use=density_use)
         self.encoder = LeNetEncoder(in_channels, patch_size, feature_dim) if encoder is None else encoder
+        if attention_channels is not None:
+            if isinstance(attention_channels, bool) or not isinstance(attention_channels, int) or not 0 < attention_channels < in_channels:
+                raise ValueError(f"attention_channels must be None or an int in [1, in_channels), got {attention_channels!r}.")
+            self.hparams.update(attention_channels=attention_channels)
+        self.attention_channels = int(attention_channels or 0)  # 0: attention scored on the instance features
+        self.attention_encoder = None if attention_channels is None else LeNetEncoder(attention_channels, patch_size, feature_dim)
         self.pool = GatedAttentionPool(feature_dim, attention_dim, gated=gated)
         self.dropout = nn.Dropout(float(dropout))
         self.density = DensityBranch(n_density, density_hidden, density_gain) if branch else None
@@ -157,7 +170,21 @@ class MILNet(nn.Module):
         x = self._instances(x)
         return self._encode(x, self._check_mask(x, mask))
 
-    def _encode(self, x: torch.Tensor, mask: Optional[torch.Tensor], chunk_size: Optional[int] = None) -> torch.Tensor:
+    def _score_features(self, x: torch.Tensor, mask: Optional[torch.Tensor], feats: torch.Tensor,
+                        chunk_size: Optional[int] = None) -> Optional[torch.Tensor]:  # fmt: skip
+        """The features attention is scored on: ``None`` (= ``feats``) unless ``attention_channels`` is set."""
+        if self.attention_encoder is None:
+            return None
+        return self._encode(x[:, :, : self.attention_channels], mask, chunk_size, True)
+
+    def _apply_encoder(self, flat: torch.Tensor, attention: bool) -> torch.Tensor:
+        if attention:
+            if self.attention_encoder is not None:
+                return self.attention_encoder(flat)
+        return self.encoder(flat)
+
+    def _encode(self, x: torch.Tensor, mask: Optional[torch.Tensor], chunk_size: Optional[int] = None,
+                attention: bool = False) -> torch.Tensor:  # fmt: skip
         """``x: (B, K, C, P, P)`` validated, ``mask: (B, K)`` bool or None -> ``(B, K, M)``.
 
         ``chunk_size`` encodes the instances in equal chunks of at most that many (same result; bounds the
@@ -169,11 +196,11 @@ class MILNet(nn.Module):
             idx = torch.nonzero(mask.reshape(-1)).squeeze(1)  # (R,) real instances
             flat = flat.index_select(0, idx)  # (R, C, P, P): padded instances never reach the encoder
         if chunk_size is None or flat.shape[0] <= chunk_size:
-            feats = self.encoder(flat)  # (R, M)
+            feats = self._apply_encoder(flat, attention)  # (R, M)
         else:
             n_chunks = (flat.shape[0] + chunk_size - 1) // chunk_size
             step = (flat.shape[0] + n_chunks - 1) // n_chunks  # equal chunks of at most chunk_size
-            feats = torch.cat([self.encoder(c) for c in flat.split(step)])  # (R, M)
+            feats = torch.cat([self._apply_encoder(c, attention) for c in flat.split(step)])  # (R, M)
         if feats.dim() != 2 or feats.shape[1] != self.feature_dim:
             raise ValueError("the encoder must map (N, C, H, W) to (N, feature_dim).")
         if mask is not None:
@@ -210,7 +237,8 @@ class MILNet(nn.Module):
         ``density (B, n_density)`` for a hybrid network (ignored otherwise)."""
         x = self._instances(x)
         mask = self._check_mask(x, mask)
-        z, _ = self.pool(self._encode(x, mask), mask)  # (B, M)
+        feats = self._encode(x, mask)
+        z, _ = self.pool(feats, mask, self._score_features(x, mask, feats))  # (B, M)
         return self._classify(z, density)  # (B, 1)
 
     @torch.jit.export
@@ -218,7 +246,8 @@ class MILNet(nn.Module):
         """Attention weights ``(B, K)`` (zero on padded instances, each row sums to 1)."""
         x = self._instances(x)
         mask = self._check_mask(x, mask)
-        _, a = self.pool(self._encode(x, mask), mask)
+        feats = self._encode(x, mask)
+        _, a = self.pool(feats, mask, self._score_features(x, mask, feats))
         return a
 
     @torch.jit.export
@@ -248,7 +277,7 @@ class MILNet(nn.Module):
         x = self._instances(x)
         mask = self._check_mask(x, mask)
         feats = self._encode(x, mask, chunk_size)  # (B, K, M)
-        z, a = self.pool(feats, mask)  # (B, M), (B, K)
+        z, a = self.pool(feats, mask, self._score_features(x, mask, feats, chunk_size))  # (B, M), (B, K)
         ssl_abs = self.ssl_heads["absolute"](feats)  # (B, K, n_positions)
         if mask is not None:
             ssl_abs = ssl_abs.masked_fill(~mask.unsqueeze(-1), 0.0)

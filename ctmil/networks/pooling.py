@@ -61,20 +61,27 @@ class GatedAttentionPool(nn.Module):
             s = s.masked_fill(~mask, float("-inf"))
         return s
 
-    def forward(self, h: torch.Tensor, mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, h: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                g: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Pool instance features into bag features.
 
         Args:
             h: ``(K, M)`` one bag, or ``(B, K, M)`` a padded batch.
             mask: ``(B, K)`` (or ``(K,)`` for one bag) bool, True = real instance; ``None`` = all real.
+            g: features the attention scores are computed from, the shape of ``h`` (``None``: ``h`` itself); the
+                bag features are always the attention-weighted sum of ``h``.
 
         Returns:
             ``(z, a)``: bag features ``(B, M)`` / ``(M,)`` and attention ``(B, K)`` / ``(K,)``
             (non-negative, zero on padded instances, sums to 1 per bag).
         """
         single = h.dim() == 2
+        if g is None:
+            g = h
+        if g.shape != h.shape:
+            raise ValueError(f"g must have h's shape {list(h.shape)}, got {list(g.shape)}.")
         if single:
-            h = h.unsqueeze(0)
+            h, g = h.unsqueeze(0), g.unsqueeze(0)
             if mask is not None:
                 mask = mask.unsqueeze(0)
         if h.dim() != 3:
@@ -87,7 +94,8 @@ class GatedAttentionPool(nn.Module):
                 raise ValueError(f"mask shape {list(mask.shape)} does not match h's (B, K) = {list(h.shape[:2])}.")
             raise_if(~mask.any(dim=1).all(), "every bag needs at least one real instance; got a fully masked-out bag.")
             h = h.masked_fill(~mask.unsqueeze(-1), 0.0)  # padding cannot leak, even if non-finite
-        a = torch.softmax(self.scores(h, mask), dim=1)  # (B, K); exp(-inf) = 0 exactly on padding
+            g = g.masked_fill(~mask.unsqueeze(-1), 0.0)
+        a = torch.softmax(self.scores(g, mask), dim=1)  # (B, K); exp(-inf) = 0 exactly on padding
         z = torch.bmm(a.unsqueeze(1), h).squeeze(1)  # (B, M)
         if single:
             return z.squeeze(0), a.squeeze(0)
