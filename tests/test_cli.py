@@ -267,20 +267,31 @@ def test_quiet_prints_no_info_and_no_third_party_notices(tmp_path):
     (["evaluate", "--datalist", "{data}", "--model", "{junk}", "--out", "{out}", "--set", "options#top_slices=5"],
      "--config/--set apply to CT inputs"),
 ])
-def test_user_mistakes_are_refused_before_any_output(tmp_path, capsys, argv, message):
-    """Exit 2 with one line, and --out left as it was: here, never created."""
+@pytest.mark.parametrize("earlier_run", [False, True])
+def test_user_mistakes_are_refused_before_any_output(tmp_path, capsys, argv, message, earlier_run):
+    """Exit 2 with one line, and --out left as it was, compared file by file: never created, or (an earlier run's
+    folder) the same files with the same bytes."""
     from ctmil.cli import main
 
     data = tmp_path / "data.csv"
     data.write_text("case_id,image,label\nc,x.nii.gz,1\n")
     (tmp_path / "folder").mkdir()
     (tmp_path / "junk.onnx").write_bytes(b"\x08\x07junk")
-    values = {"{data}": str(data), "{out}": str(tmp_path / "out"), "{folder}": str(tmp_path / "folder"),
-              "{junk}": str(tmp_path / "junk.onnx")}
-    code = main([values.get(a, a.replace("{out}", str(tmp_path / "out"))) for a in argv])
+    out = tmp_path / "out"
+    if earlier_run:
+        (out / "cases" / "c").mkdir(parents=True)
+        (out / "predictions.csv").write_text("case_id,probability\nc,0.5\n")
+        (out / "cases" / "c" / "prediction.json").write_text("{}")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} if earlier_run else None
+    values = {"{data}": str(data), "{out}": str(out), "{folder}": str(tmp_path / "folder"), "{junk}": str(tmp_path / "junk.onnx")}
+    code = main([values.get(a, a.replace("{out}", str(out))) for a in argv])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
-    assert not (tmp_path / "out").exists()
+    if earlier_run:
+        assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+        assert sorted(p.relative_to(out) for p in out.rglob("*")) == sorted([*before, Path("cases"), Path("cases/c")])
+    else:
+        assert not out.exists()
 
 
 @pytest.mark.parametrize("command", ["train", "cv", "demo", "preprocess", "phantoms", "export", "evaluate", "infer"])
