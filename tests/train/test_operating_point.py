@@ -33,12 +33,15 @@ def _run(handlers):
     return engine
 
 
-def test_point_is_fitted_on_the_given_cases_and_written_with_the_model(net, tmp_path):
+@pytest.mark.parametrize("writer_first", [False, True])
+def test_point_is_fitted_on_the_given_cases_and_written_with_the_model(net, tmp_path, writer_first):
+    """The writer names the handler it depends on: attached before or after it, it writes the learnt point."""
     calib = BagDataset(make_bags([1, 0, 1, 0, 0, 1, 0, 0]))
     handler = OperatingPointHandler(net, calib, "platt", "youden", fallback_threshold=0.5)
-    engine = _run([handler, ModelWriter(net, tmp_path, {"threshold": 0.5, "setting": "A"})])
-    point = engine.state.operating_point
-    assert point is handler.result and point["n_cases"] == 8 and point["n_positive"] == 3
+    writer = ModelWriter(net, tmp_path, {"threshold": 0.5, "setting": "A"}, operating_point=handler)
+    _run([writer, handler] if writer_first else [handler, writer])
+    point = handler.result
+    assert point["n_cases"] == 8 and point["n_positive"] == 3
     assert point["calibration"]["method"] == "platt" and point["source"].startswith("inner validation")
     raw = np.asarray(predict(net, calib)["prob"])
     _, decision = apply_operating_point(point, raw)
@@ -53,8 +56,9 @@ def test_point_is_fitted_on_the_given_cases_and_written_with_the_model(net, tmp_
 
 
 def test_without_cases_the_fixed_threshold_is_recorded(net, tmp_path):
-    engine = _run([OperatingPointHandler(net, None, fallback_threshold=0.3), ModelWriter(net, tmp_path)])
-    assert engine.state.operating_point["threshold"] == 0.3
+    handler = OperatingPointHandler(net, None, fallback_threshold=0.3)
+    _run([handler, ModelWriter(net, tmp_path, operating_point=handler)])
+    assert handler.result["threshold"] == 0.3
     assert json.loads((tmp_path / "model.json").read_text())["calibration"] == {"method": "none"}
 
 

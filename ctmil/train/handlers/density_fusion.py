@@ -1,6 +1,7 @@
 """Fit the network's late fusion with the lung-density model when training ends (``MILNet(density_use="fusion")``).
 
-At ``COMPLETED``, before the :class:`~ctmil.train.handlers.OperatingPointHandler` (attach this one first):
+At ``COMPLETED``, after model selection (``best_weights``, if any) and before the :class:`~ctmil.train.handlers.OperatingPointHandler`
+(which names this handler):
 
 1. the density model is the quantitative baseline's (:func:`ctmil.stats.quantitative.fit_baseline`: standardised
    lung-density features, L2 logistic regression, ``C`` chosen by an inner search) fitted on the *training* bags'
@@ -9,8 +10,8 @@ At ``COMPLETED``, before the :class:`~ctmil.train.handlers.OperatingPointHandler
    the calibration cases (the inner validation split, never a test fold), so that both are log-odds on one
    scale before they are averaged with equal weights;
 3. the values go into the network's :class:`~ctmil.networks.fusion.DensityFusion` buffers, so that ``model.pt``
-   holds them and every later prediction is the fused one; ``engine.state.density_fusion`` says what was fitted
-   (the :class:`~ctmil.train.handlers.ModelWriter` records it in ``model.json``).
+   holds them and every later prediction is the fused one; ``result`` says what was fitted (the
+   :class:`~ctmil.train.handlers.ModelWriter`, which names this handler, records it in ``model.json``).
 
 Equal weights, fixed before any result was seen: learning them on a dozen inner validation cases would fit noise.
 A component whose Platt slope on those cases is <= 0 ranks them against the labels and gets no weight; with no
@@ -24,11 +25,14 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 
 from ctmil.data.bags import BagDataset
 from ctmil.stats.calibration import fit_calibration
 from ctmil.stats.quantitative import fit_baseline
+from ctmil.train.engines import predict
+from ctmil.train.handlers.best_weights import BestWeights
+from ctmil.train.handlers.end_of_training import EndOfTraining
 
 __all__ = ["DensityFusionHandler"]
 
@@ -50,7 +54,7 @@ def _density_table(dataset: Optional[BagDataset]):
     return (np.stack(rows) if rows else np.zeros((0, 0))), np.asarray(labels, dtype=np.int64), ids
 
 
-class DensityFusionHandler:
+class DensityFusionHandler(EndOfTraining):
     """At ``COMPLETED``: fit ``network.fusion`` (see the module docstring); a network without one is left alone.
 
     Args:
@@ -59,23 +63,21 @@ class DensityFusionHandler:
         dataset: the calibration cases (``None``: no Platt maps, raw logits averaged).
         seed: seeds the density model's inner ``C`` search.
         device: where the network runs.
+        best_weights: model selection, if any: its weights are restored before the fit.
     """
 
     def __init__(self, network: torch.nn.Module, train_dataset: BagDataset, dataset: Optional[BagDataset] = None,
-                 seed: int = 0, device: "str | torch.device" = "cpu") -> None:  # fmt: skip
+                 seed: int = 0, device: "str | torch.device" = "cpu", best_weights: Optional[BestWeights] = None) -> None:  # fmt: skip
+        super().__init__(after=[best_weights])
         self.network, self.train_dataset, self.dataset, self.seed, self.device = network, train_dataset, dataset, int(seed), device
         self.result: Optional[Dict[str, Any]] = None
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
+    def run(self, engine: Engine) -> None:
         fusion = getattr(self.network, "fusion", None)
         if fusion is None:
             return
         fusion.reset_()  # the MIL logit alone while the maps are learnt
         self.result = self._fit(fusion)
-        engine.state.density_fusion = self.result
         logger.info("density fusion: %s", self.result["source"])
 
     def _fit(self, fusion) -> Dict[str, Any]:
@@ -93,8 +95,6 @@ class DensityFusionHandler:
         maps, weights, source = [[1.0, 0.0], [1.0, 0.0]], [1.0, 1.0], "no calibration cases: raw logits averaged"
         calib = _density_table(self.dataset)
         if calib is not None and np.unique(calib[1]).size == 2:
-            from ctmil.train.engines import predict  # engines builds trainers that hold this handler
-
             pred = predict(self.network, self.dataset, device=self.device)
             labelled = [i for i, label in enumerate(pred["label"]) if label in (0.0, 1.0)]
             p_mil, labels = np.asarray(pred["prob"])[labelled], np.asarray(pred["label"])[labelled]

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 
 from ctmil import __version__
 from ctmil.io.atomic import atomic_torch_save, atomic_write_text
+from ctmil.train.handlers.end_of_training import EndOfTraining
 
 __all__ = ["ModelWriter", "save_model", "trained_intensities"]
 
@@ -52,44 +53,51 @@ def trained_intensities(dataset: Any) -> list[str]:
     return sorted(found - {""})
 
 
-class ModelWriter:
-    """At ``COMPLETED`` write ``network`` with :func:`save_model` into ``dirname`` (only where ``save`` is True).
+class ModelWriter(EndOfTraining):
+    """At ``COMPLETED``, after the steps it names: write ``network`` with :func:`save_model` into ``dirname`` (only
+    where ``save`` is True).
 
     Args:
         network: the bare network (not a DDP wrapper).
         dirname: folder of ``model.pt`` / ``model.json``.
         info: extra facts for ``model.json`` (preprocessing settings, SSL task, virtual bags, threshold ...).
-            ``threshold`` and ``calibration`` are replaced by ``engine.state.operating_point`` where an
-            :class:`~ctmil.train.handlers.OperatingPointHandler` learnt one; ``density_fusion`` records what a
-            :class:`~ctmil.train.handlers.DensityFusionHandler` fitted.
         save: False on the ranks that must not write.
         dataset: the training bags; their intensities (HU or lung-window slice images) go to ``model.json``'s
             ``input``, which inference checks its input against.
+        operating_point: the :class:`~ctmil.train.handlers.OperatingPointHandler`, if any: its point replaces
+            ``threshold`` and ``calibration`` and is recorded as ``operating_point``.
+        density_fusion: the :class:`~ctmil.train.handlers.DensityFusionHandler`, if any: what it fitted is
+            recorded as ``density_fusion`` (its values are in the weights).
+        best_weights: the :class:`~ctmil.train.handlers.BestWeights`, if any: the epoch it restored is
+            ``selected_epoch``.
     """
 
     def __init__(self, network: torch.nn.Module, dirname: "str | os.PathLike[str]", info: Optional[Mapping[str, Any]] = None,
-                 save: bool = True, dataset: Any = None) -> None:
+                 save: bool = True, dataset: Any = None, operating_point: Any = None, density_fusion: Any = None,
+                 best_weights: Any = None) -> None:  # fmt: skip
+        super().__init__(after=[best_weights, density_fusion, operating_point])
         self.network = network
         self.dirname = Path(dirname)
         self.info = dict(info or {})
         self.save = bool(save)
         self.dataset = dataset
+        self.operating_point, self.density_fusion, self.best_weights = operating_point, density_fusion, best_weights
 
     def attach(self, engine: Engine) -> None:
         if self.save:
-            engine.add_event_handler(Events.COMPLETED, self)
+            super().attach(engine)
 
-    def __call__(self, engine: Engine) -> None:
+    def run(self, engine: Engine) -> None:
         info = {**self.info, "epochs": engine.state.epoch}
         if self.dataset is not None:  # what the model was trained on, so that inference can refuse other input
             info["input"] = {"intensity": trained_intensities(self.dataset)}
-        point = getattr(engine.state, "operating_point", None)  # from an OperatingPointHandler attached before
+        point = getattr(self.operating_point, "result", None)
         if point is not None:
             info.update(threshold=point["threshold"], calibration=point["calibration"], operating_point=point)
-        selected = getattr(engine.state, "selected_epoch", None)  # from a BestWeights handler (model selection)
+        selected = getattr(self.best_weights, "epoch", None) if getattr(self.best_weights, "weights", None) is not None else None
         if selected is not None:
             info["selected_epoch"] = selected
-        fusion = getattr(engine.state, "density_fusion", None)  # from a DensityFusionHandler attached before
+        fusion = getattr(self.density_fusion, "result", None)
         if fusion is not None:
             info["density_fusion"] = fusion
         path = save_model(self.network, self.dirname, info)

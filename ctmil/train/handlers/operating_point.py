@@ -1,9 +1,8 @@
 """Learn the model's operating point (calibration map + threshold) on held-back training cases when training ends.
 
 The cases are the inner validation split (``validate#dataset`` of ``train.json``; in cross-validation the
-fold's inner split, never its test fold). The result is put on ``engine.state.operating_point`` before the
-:class:`~ctmil.train.handlers.ModelWriter` runs (attach this handler first), so ``model.json`` records it and
-``ctmil infer`` / ``ctmil evaluate`` apply it. See :mod:`ctmil.stats.operating_point` for the dict.
+fold's inner split, never its test fold). The result is ``result``; the :class:`~ctmil.train.handlers.ModelWriter`
+names this handler and records it in ``model.json``, which ``ctmil infer`` / ``ctmil evaluate`` apply. See :mod:`ctmil.stats.operating_point` for the dict.
 """
 
 from __future__ import annotations
@@ -12,18 +11,22 @@ import logging
 from typing import Any, Dict, Optional
 
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 
 from ctmil.data.bags import BagDataset
 from ctmil.stats.operating_point import fit_operating_point
+from ctmil.train.engines import predict
+from ctmil.train.handlers.density_fusion import DensityFusionHandler
+from ctmil.train.handlers.end_of_training import EndOfTraining
 
 __all__ = ["OperatingPointHandler"]
 
 logger = logging.getLogger(__name__)
 
 
-class OperatingPointHandler:
-    """At ``COMPLETED``: predict ``dataset`` with ``network``, fit the operating point, store it on the engine.
+class OperatingPointHandler(EndOfTraining):
+    """At ``COMPLETED`` (after the density fusion it names): predict ``dataset`` with ``network``, fit the operating
+    point into ``result``.
 
     Args:
         network: the bare trained network.
@@ -33,27 +36,23 @@ class OperatingPointHandler:
         target: the target sensitivity of ``rule="sensitivity"`` (or the threshold of ``"fixed"``).
         fallback_threshold: used when ``dataset`` is missing or holds one class.
         device: where the network runs.
+        density_fusion: the network's density fusion, if any: fitted first, so the point is learnt on the fused score.
     """
 
     def __init__(self, network: torch.nn.Module, dataset: Optional[BagDataset], calibration: str = "platt",
                  rule: str = "youden", target: Optional[float] = None, fallback_threshold: float = 0.5,
-                 device: "str | torch.device" = "cpu") -> None:  # fmt: skip
+                 device: "str | torch.device" = "cpu", density_fusion: Optional[DensityFusionHandler] = None) -> None:  # fmt: skip
+        super().__init__(after=[density_fusion])
         fit_operating_point([], [], calibration, rule, target, fallback_threshold)  # validates the arguments now
         self.network, self.dataset, self.device = network, dataset, device
         self.calibration, self.rule, self.target, self.fallback = calibration, rule, target, float(fallback_threshold)
         self.result: Optional[Dict[str, Any]] = None
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        from ctmil.train.engines import predict  # engines builds trainers that hold this handler
-
+    def run(self, engine: Engine) -> None:
         probs, labels = [], []
         if self.dataset is not None and len(self.dataset):
             pred = predict(self.network, self.dataset, device=self.device)
             probs, labels = pred["prob"], pred["label"]
         self.result = fit_operating_point(probs, labels, self.calibration, self.rule, self.target, self.fallback,
                                           source="inner validation")  # fmt: skip
-        engine.state.operating_point = self.result
         logger.info("operating point: threshold %.3f (%s, %s)", self.result["threshold"], self.result["rule"], self.result["source"])
