@@ -76,7 +76,7 @@ def device_override(value: str | None) -> dict:
         return {}
     from ctmil.infer.model_io import check_device
 
-    return {"device": f"$torch.device({str(check_device(value))!r})"}
+    return {"device": check_device(value)}  # the torch.device itself: the workflow builder takes objects
 
 
 def existing(paths: list[str], what: str) -> list[str]:

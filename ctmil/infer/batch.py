@@ -300,12 +300,12 @@ def run_inference(
     user = dict(overrides or {})
     overrides = {
         "inputs": [str(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)],
-        "output_dir": str(out_dir), "device": f"$torch.device({str(loaded.device)!r})", "network": loaded,
+        "output_dir": str(out_dir), "device": loaded.device, "network": loaded,
         "load_weights": False, "preprocessing_args": settings, "threshold": float(threshold), "labels": dict(labels or {}),
         "options#save_maps": bool(save_maps), "options#save_overlays": bool(save_overlays),
         "options#save_features": bool(save_features), "options#top_slices": int(top_slices), "options#map_mode": map_mode,
         "progress": bool(progress), "cases#keep_paths": bool(keep_paths), "options#with_study_uid": bool(with_study_uid),
-        "dataloader": f"$ctmil.infer.batch.case_loader(@dataset, prefetch={int(prefetch)})",
+        "dataloader#prefetch": int(prefetch),
         "trained_on": list(loaded.intensities), "allow_input_mismatch": bool(allow_input_mismatch),
         **user,
     }

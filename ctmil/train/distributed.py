@@ -99,7 +99,7 @@ def run_distributed(files: Sequence[str], overrides: Mapping[str, Any], nproc: i
     backend = backend or ("nccl" if cuda else "gloo")
     run = {**dict(overrides), "dist_backend": backend, "finalize": []}  # idist.Parallel owns the process group
     if backend == "gloo":
-        run["device"] = "$torch.device('cpu')"
+        run["device"] = torch.device("cpu")
     else:
         run.pop("device", None)  # multi_gpu_train.json: cuda:LOCAL_RANK
     files = [*files, "multi_gpu_train.json"]
