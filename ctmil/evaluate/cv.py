@@ -1,17 +1,7 @@
 """Repeated stratified, patient-grouped k-fold cross-validation of the ablation settings (paper Sec. IV.C, IV.E).
 
-Settings (paper Table IV):
-
-=========  =====================  ============  ==========================
-name       meaning                virtual bags  self-supervised loss
-=========  =====================  ============  ==========================
-``A``      MIL only               no            no
-``B``      MIL + augmentation     yes           no
-``C``      MIL + self-supervised  no            ``cv#ssl_task``
-``D``      MIL + both             yes           ``cv#ssl_task``
-``C-rel``  C, relative task       no            relative patch location
-``D-rel``  D, relative task       yes           relative patch location
-=========  =====================  ============  ==========================
+The settings are :data:`ctmil.train.settings.SETTINGS` (paper Table IV: ``A`` MIL only, ``B`` + virtual bags, ``C`` +
+self-supervision, ``D`` both), defined there once.
 
 ``C-rel`` / ``D-rel`` (paper Table VI) run beside ``A``-``D`` in one CV, on the same folds and seeds, so one
 report compares all of them. ``Q`` (:mod:`ctmil.stats.quantitative`), the quantitative baseline, needs no
@@ -61,6 +51,7 @@ from ctmil.stats.operating_point import apply_operating_point
 from ctmil.stats.quantitative import QUANTITATIVE, density_features, point_args, predict_fold
 from ctmil.evaluate.report import read_predictions, write_report
 from ctmil.evaluate.report_tables import describe
+from ctmil.train.settings import SETTINGS
 from ctmil.evaluate.shortcut import logged_shortcut_check
 from ctmil.train.engines import predict
 
@@ -68,15 +59,6 @@ __all__ = ["SETTINGS", "CVConfigError", "cv_protocol", "fused_descriptions", "ru
 
 logger = logging.getLogger(__name__)
 
-#: setting -> (description, uses virtual bags, SSL task: None = none, "cv" = ``cv#ssl_task``, or the task)
-SETTINGS: Dict[str, tuple] = {
-    "A": ("MIL only", False, None),
-    "B": ("MIL + augmentation", True, None),
-    "C": ("MIL + self-supervision", False, "cv"),
-    "D": ("MIL + both", True, "cv"),
-    "C-rel": ("MIL + self-supervision (relative patch location)", False, "relative"),
-    "D-rel": ("MIL + both (relative patch location)", True, "relative"),
-}
 _FINAL_MODEL = ("all_data", "last_fold", "none")
 DEFAULT_FILES = ("train.json", "cv.json")
 _COLUMNS = ("case_id", "setting", "repeat", "fold", "raw_probability", "label", "probability", "prediction", "threshold")

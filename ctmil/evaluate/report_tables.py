@@ -18,14 +18,15 @@ from ctmil.stats.metrics import METRIC_NAMES
 from ctmil.stats.quantitative import DESCRIPTION as QUANTITATIVE_DESCRIPTION
 from ctmil.stats.quantitative import QUANTITATIVE
 from ctmil.evaluate.shortcut import measure_name, shortcut_warnings
+from ctmil.train.settings import SETTINGS
 
 __all__ = ["DESCRIPTIONS", "PAPER_P_VALUES", "PAPER_RESULTS", "SHORTCUT_INTRO", "SHORTCUT_SKIPPED", "canonical_setting",
            "describe", "render_markdown", "shortcut_rows"]  # fmt: skip
 
 #: Setting -> what it is (paper Sec. IV.E; ``Q``: ctmil's quantitative baseline, :mod:`ctmil.stats.quantitative`).
 #: A relative-SSL variant is named ``<letter>-rel`` (see :func:`canonical_setting`).
-DESCRIPTIONS = {"A": "MIL only", "B": "MIL + augmentation", "C": "MIL + self-supervision", "D": "MIL + both",
-                QUANTITATIVE: QUANTITATIVE_DESCRIPTION}  # fmt: skip
+#: what each setting is, as the reports name it: the training settings' table and the quantitative baseline
+DESCRIPTIONS = {**{k: s.description for k, s in SETTINGS.items() if "-" not in k}, QUANTITATIVE: QUANTITATIVE_DESCRIPTION}
 
 #: The paper's results, mean ± SD of (accuracy, sensitivity, specificity, F1, AUC), 10-fold CV repeated 5 times on
 #: 229 patients. A-D: Table IV ("The results of the ablation study"); C-rel: Table VI ("Performance of different
