@@ -24,6 +24,8 @@ import torch
 from ctmil.data.bags import BagDataset
 from ctmil.stats.folds import stratified_group_folds
 from ctmil.words import plural
+from ctmil.data.preprocess import bag_datalist, preprocess_cases
+from ctmil.io.discovery import discover_cases, parse_label, read_table
 
 __all__ = [
     "bag_dataset",
@@ -128,8 +130,6 @@ def read_labels(labels: "str | os.PathLike[str] | Mapping[str, float] | None") -
     Raises:
         ValueError: one line, for a CSV without the columns or with a label other than 0/1/blank.
     """
-    from ctmil.io.discovery import parse_label, read_table
-
     if labels is None:
         return {}
     if isinstance(labels, Mapping):
@@ -210,9 +210,6 @@ def bag_table(
 
 
 def _preprocessed(datalist, cache_dir, preprocessing, labels, progress) -> pd.DataFrame:
-    from ctmil.data.preprocess import bag_datalist, preprocess_cases
-    from ctmil.io.discovery import discover_cases
-
     inputs = [datalist] if isinstance(datalist, (str, os.PathLike)) else list(datalist)
     settings = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(preprocessing or {}).items()}
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()

@@ -30,6 +30,7 @@ from ctmil.io.atomic import atomic_torch_save, atomic_write_csv  # noqa: F401  (
 from ctmil.io.dicom_series import DicomError
 from ctmil.io.paths import inside, safe_case_name
 from ctmil.io.readers import CaseError
+from ctmil.transforms.density import density_vector
 
 logger = logging.getLogger(__name__)
 MANIFEST_COLUMNS = [
@@ -151,8 +152,6 @@ def content_fingerprint(bag: Mapping) -> tuple | None:
     """What a study looks like after preprocessing: its grid, the slices kept and its lung-density features rounded
     to 1e-4. Two inputs with the same fingerprint are one study given twice (e.g. as DICOM and as NIfTI); ``None``
     for a bag that records no density."""
-    from ctmil.transforms.density import density_vector
-
     meta = bag.get("meta") or {}
     if not meta.get("density"):
         return None

@@ -40,6 +40,13 @@ from ctmil.stats.calibration import apply_calibration, brier_score, expected_cal
 from ctmil.stats.metrics import roc_curve
 from ctmil.evaluate.report_html import write_evaluate_html
 from ctmil.stats.statistics import bootstrap_ci, delong_auc_ci
+from ctmil.bundle import load_bag_datalist, read_labels
+from ctmil.data.bags import BagDataset, load_bag
+from ctmil.infer.batch import run_inference
+from ctmil.infer.model_io import load_model, recorded_operating_point
+from ctmil.io.discovery import discover_cases, read_table
+from ctmil.train.engines import predict
+from ctmil.train.steps import BagInferer
 
 __all__ = ["METRIC_LABELS", "evaluate_model", "held_out_metrics", "plot_roc", "resolve_threshold"]
 
@@ -56,8 +63,6 @@ PathLike = "str | os.PathLike[str]"
 def resolve_threshold(threshold: float | None, model: PathLike) -> tuple[float, str]:
     """``(threshold, where it came from)``: the given one, else the operating point recorded in ``model.json``
     beside the model (learnt on training data, :func:`~ctmil.infer.model_io.recorded_operating_point`), else 0.5."""
-    from ctmil.infer.model_io import recorded_operating_point
-
     source = "given (--threshold)"
     if threshold is None:
         point = recorded_operating_point(model)
@@ -70,8 +75,6 @@ def resolve_threshold(threshold: float | None, model: PathLike) -> tuple[float, 
 
 def _bag_datalist(inputs: Sequence[PathLike]) -> Path | None:
     """The one bag datalist among ``inputs`` (a CSV with a ``bag`` column), or ``None`` for CT inputs."""
-    from ctmil.io.discovery import read_table
-
     bags = [Path(p) for p in inputs if str(p).endswith(".csv") and Path(p).is_file() and "bag" in read_table(p).columns]
     if bags and len(inputs) > 1:
         raise ValueError(f"a bag datalist ({bags[0].name}) is evaluated on its own, not with other inputs.")
@@ -81,12 +84,6 @@ def _bag_datalist(inputs: Sequence[PathLike]) -> Path | None:
 def _bag_predictions(datalist: Path, loaded: Any, labels: Mapping[str, float]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(predictions [case_id, probability, label], failed [case_id, error])`` of a bag datalist, by ``predict``;
     rows without a 0/1 label (in the datalist or ``labels``) are not predicted and have ``nan`` label and probability."""
-    from ctmil.bundle import load_bag_datalist
-    from ctmil.data.bags import BagDataset, load_bag
-    from ctmil.io.discovery import read_table
-    from ctmil.train.engines import predict
-    from ctmil.train.steps import BagInferer
-
     if loaded.strategy != "parts":
         raise ValueError(f"a bag datalist needs a MILNet state dict (model.pt), not a {loaded.kind} model.")
     table = read_table(datalist)
@@ -119,8 +116,6 @@ def _bag_predictions(datalist: Path, loaded: Any, labels: Mapping[str, float]) -
 def _both_classes_before_inference(sources: Sequence[PathLike], known: Mapping[str, float]) -> None:
     """Refuse, before any study is read, CT inputs whose labels cannot give both classes (discovery reads headers
     only); one line."""
-    from ctmil.io.discovery import discover_cases
-
     labels = [float(c["label"]) for c in discover_cases(list(sources), labels=dict(known), progress=False)
               if c.get("label") is not None and c["label"] == c["label"]]
     n_pos, n_neg = sum(v == 1 for v in labels), sum(v == 0 for v in labels)
@@ -133,8 +128,6 @@ def _ct_predictions(inputs: Sequence[PathLike], loaded: Any, out_dir: Path, labe
                     progress: bool, save_maps: bool, allow_input_mismatch: bool = False, config: Sequence[PathLike] = (),
                     overrides: Mapping[str, Any] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
     """``(predictions, failed)`` of CT inputs by :func:`run_inference` into ``out_dir/inference``."""
-    from ctmil.infer.batch import run_inference
-
     frame, _ = run_inference(list(inputs), loaded, out_dir / "inference", threshold=threshold, save_maps=save_maps,
                              save_overlays=save_maps, labels=dict(labels), progress=progress,
                              allow_input_mismatch=allow_input_mismatch, config=list(config), overrides=dict(overrides or {}))  # fmt: skip
@@ -288,9 +281,6 @@ def evaluate_model(
     Raises:
         ModelError: the model cannot be loaded. ValueError: bad options, or not one labelled case of each class.
     """
-    from ctmil.bundle import read_labels
-    from ctmil.infer.model_io import load_model
-
     sources = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     if not sources:
         raise ValueError("no inputs to evaluate.")

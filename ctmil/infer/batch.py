@@ -29,15 +29,16 @@ from monai.transforms import Compose
 from torch.utils.data import DataLoader, Dataset
 
 from ctmil.data.preprocess import case_error_text, join_warnings
-from ctmil.infer.model_io import InferenceModel
+from ctmil.infer.model_io import InferenceModel, load_model
 from ctmil.infer.lock import output_lock
 from ctmil.infer.shards import in_shard, shard_table
 from ctmil.infer.run_checks import check_input_intensity, finished_rows, run_key
-from ctmil.infer.writer import InferenceWriter, empty_row
+from ctmil.infer.writer import InferenceOptions, InferenceWriter, empty_row
 from ctmil.io.discovery import no_ct_reason
 from ctmil.transforms.compose import preprocessing_transforms
 from ctmil.transforms.load import LoadCTd
 from ctmil.words import plural
+from ctmil.bundle import build_workflow, config_paths
 
 __all__ = ["CaseDataset", "CasePipeline", "PrefetchLoader", "case_loader", "create_inference_evaluator", "make_case_step",
            "run_inference"]
@@ -286,10 +287,6 @@ def run_inference(
     Raises:
         ModelError: the model cannot be loaded. ValueError: invalid options, or no case in ``inputs``.
     """
-    from ctmil.bundle import build_workflow
-    from ctmil.infer.model_io import load_model
-    from ctmil.infer.writer import InferenceOptions
-
     InferenceOptions(threshold=0.5 if threshold is None else float(threshold), top_slices=int(top_slices), map_mode=map_mode)
     loaded = model if isinstance(model, InferenceModel) else load_model(model, device=device, allow_torchscript=allow_torchscript)
     threshold = loaded.threshold if threshold is None else float(threshold)
@@ -329,8 +326,6 @@ def run_inference(
 def _run_cases(workflow, loaded: InferenceModel, settings: Mapping[str, Any], overrides: Mapping[str, Any], cases: list,
                out_dir: Path, shard: "tuple[int, int] | None", workflow_configs: Sequence[str] = ()) -> tuple[pd.DataFrame, int]:
     """:func:`run_inference` once the run holds its output folder: resume, run what is left, summarise."""
-    from ctmil.bundle import config_paths
-
     key = run_key(loaded, settings, overrides, [Path(c).read_text() for c in config_paths(workflow_configs)])
     finished = finished_rows(out_dir, cases, key) if key else {}
     if finished:  # a resumed run: the cases an earlier run finished under the same key are not run again

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from ctmil.io.atomic import atomic_write_csv
+from ctmil.infer.writer import InferenceOptions, predictions_frame, write_report
 
 __all__ = ["in_shard", "merge_shards", "parse_shard", "rank_cases", "shard_table"]
 
@@ -81,7 +82,6 @@ def merge_shards(out_dir: "str | os.PathLike[str]") -> pd.DataFrame:
         parts = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in features if p.is_file()]
         joined = pd.concat(parts, ignore_index=True).sort_values("case_id", kind="stable")
         atomic_write_csv(joined, out_dir / "features.csv")
-    from ctmil.infer.writer import InferenceOptions, predictions_frame, write_report
 
     typed = predictions_frame(merged.to_dict("records"), with_study_uid="study_uid" in merged.columns)
     write_report(typed, out_dir, InferenceOptions())

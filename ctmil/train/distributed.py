@@ -19,6 +19,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
+from ctmil.bundle import build_workflow
 
 __all__ = ["DistributedForwardAll", "free_port", "run_distributed"]
 
@@ -65,8 +66,6 @@ def free_port() -> int:
 
 
 def _worker(local_rank: int, files: Sequence[str], overrides: Mapping[str, Any], threads: int) -> None:
-    from ctmil.bundle import build_workflow
-
     torch.set_num_threads(threads)  # the processes share the machine's cores
 
     import ignite.distributed as idist
