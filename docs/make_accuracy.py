@@ -146,6 +146,47 @@ def _fusion(out: Path) -> str:
             "(no threshold learnt) | | 0 |")
 
 
+#: the levers drawn in docs/img/accuracy_roc.png (when their runs exist), with their labels
+FIGURE_LEVERS = {"q": "Q: density histogram + logistic regression", "base": "the paper's network alone",
+                 "fusion": "default: network fused with the density model", "both_fusion": "two channels + fusion"}
+
+
+def figure(out: Path, path: Path) -> bool:
+    """ROC curves of the pooled, calibrated out-of-fold predictions of :data:`FIGURE_LEVERS` into ``path``; ``False``
+    when none of their runs exists."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from ctmil.evaluate.report import read_predictions
+
+    drawn = 0
+    fig, ax = plt.subplots(figsize=(5.2, 5.0))
+    for name, label in FIGURE_LEVERS.items():
+        file = out / name / "predictions.csv"
+        if not file.is_file():
+            continue
+        pred = read_predictions(file)
+        fpr, tpr, _ = roc_curve(pred["label"], pred["probability"])
+        ax.plot(fpr, tpr, label=f"{label} (AUC {roc_auc_score(pred['label'], pred['probability']):.3f})")
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return False
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title("Per-COVID-19 sample, 73 patients, same 3 folds", fontsize=10)
+    ax.legend(loc="lower right", fontsize=7.5)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "percovid_sample"), help="the Per-COVID-19 sample")
@@ -160,6 +201,8 @@ def main(argv=None) -> int:
         for name in args.only or LEVERS:
             run(name, out, data)
     print(table(out))
+    if figure(out, ROOT / "docs" / "img" / "accuracy_roc.png"):
+        print("wrote docs/img/accuracy_roc.png")
     return 0
 
 
