@@ -43,6 +43,8 @@ LEVERS = {
     "both_fusion": ("min-max and window as two channels, fused with the lung-density model", {"preprocessing#patch_norm": "both"}),
     "both_fusion_attn": ("both channels + fusion, attention scored on the min-max channel only (a second encoder)",
                          {"preprocessing#patch_norm": "both", "network_def#attention_channels": 1}),
+    "fusion_r2": ("today's default and Q, 2 repeats of 3 folds (the second repeat on fresh folds)",
+                  {"cv#n_repeats": 2, "cv#settings": ["D", "Q"]}),
     "cosine": ("the default + a cosine learning-rate schedule (1e-4 to 1e-6 over the epochs)", {"lr_schedule": "cosine"}),
     "select_best": ("the default + model selection: the epoch with the best inner-validation AUC", {"select_best": True, "val_interval": 1}),
     "augment": ("the default + augmentation: patch flips and intensity jitter (MONAI random transforms)", {"augment": True}),
@@ -117,6 +119,14 @@ def _versus_q(out: Path, folder: Path, setting: str) -> str:
     if setting == "Q" or not q_path.is_file():
         return ""
     d, q = (read_predictions(p) for p in (own, q_path))
+    if (d["setting"] == "Q").any():  # the lever ran its own Q: compare within it, repeat by repeat
+        parts = []
+        for r, rows in d.groupby("repeat"):
+            a, b = rows[rows["setting"] == setting].set_index("case_id"), rows[rows["setting"] == "Q"].set_index("case_id")
+            b = b.loc[a.index]
+            diff = bootstrap_auc_difference(a["label"].to_numpy(), a["probability"].to_numpy(), b["probability"].to_numpy())
+            parts.append(f"repeat {r}: {diff.difference:+.3f} [{diff.lower:+.3f}, {diff.upper:+.3f}]")
+        return "; ".join(parts)
     d = d[d["setting"] == setting].set_index("case_id")
     q = q[q["setting"] == "Q"].set_index("case_id").reindex(d.index)
     if q["fold"].isna().any() or not (d["fold"] == q["fold"]).all():
