@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from ctmil.data.preprocess import case_error_text, join_warnings
 from ctmil.infer.model_io import InferenceModel, load_model
 from ctmil.infer.lock import output_lock
-from ctmil.infer.shards import in_shard, shard_table
+from ctmil.infer.shards import rank_cases, shard_table
 from ctmil.infer.run_checks import check_input_intensity, finished_rows, run_key
 from ctmil.infer.writer import InferenceOptions, InferenceWriter, empty_row
 from ctmil.io.discovery import no_ct_reason
@@ -315,7 +315,7 @@ def run_inference(
     check_input_intensity(cases, loaded.intensities, allow_input_mismatch)  # before any work; the config's own
     # check (checked_cases) then finds the same cases, with the same warnings
     if shard is not None:  # this process's part of the batch; the split is the same on every machine
-        cases[:] = [c for c in cases if in_shard(str(c["case_id"]), *shard)]
+        cases[:] = rank_cases(cases, *shard)
         logger.info("shard %d of %d: %s", shard[0], shard[1], plural(len(cases), "case"))
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = "infer" if shard is None else f"infer.shard-{shard[0]}-of-{shard[1]}"

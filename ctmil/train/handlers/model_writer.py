@@ -94,9 +94,8 @@ class ModelWriter(EndOfTraining):
         point = getattr(self.operating_point, "result", None)
         if point is not None:
             info.update(threshold=point["threshold"], calibration=point["calibration"], operating_point=point)
-        selected = getattr(self.best_weights, "epoch", None) if getattr(self.best_weights, "weights", None) is not None else None
-        if selected is not None:
-            info["selected_epoch"] = selected
+        if self.best_weights is not None and self.best_weights.weights is not None:  # model selection restored an epoch
+            info["selected_epoch"] = self.best_weights.epoch
         fusion = getattr(self.density_fusion, "result", None)
         if fusion is not None:
             info["density_fusion"] = fusion
