@@ -38,6 +38,7 @@ pictures: demo
 	$(PY) docs/make_mask_pictures.py --before bf1af3b
 	$(PY) docs/make_report_pictures.py
 	$(PY) docs/make_demo_pictures.py $(OUT)
+	$(PY) docs/make_pacs_pictures.py --model $(OUT)/cv/model.pt
 
 # Settings A-D on the real Per-COVID-19 sample in ../shared/data (about an hour on 2 cores) -> docs/results.md
 results: $(STAMP)

@@ -211,11 +211,20 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from ctmil.infer.shards import parse_shard
 
     inputs = existing(args.inputs, "input")
+    pull, push = _pacs_options(args)  # before any work
     existing([args.model], "model file")
     labels = read_labels(existing([args.labels], "labels CSV")[0]) if args.labels else {}
     shard = parse_shard(args.shard) if args.shard else None
     validated(["inference.json", *configs(args.config)], parse_overrides(args.set))  # before --out exists
     loaded = load_model(args.model, device=auto_device(args.device), allow_torchscript=args.allow_torchscript)  # before --out
+    transfers = []
+    if pull is not None:
+        from ctmil.pacs import pull_studies
+
+        pulled, transfers = pull_studies(pull, args.study, writable_out(args.out) / "pulled", progress=not args.quiet)
+        inputs = [*inputs, *(str(p) for p in pulled)]
+        if not inputs:
+            return _pacs_report(transfers, args.out, predictions_failed=0)
     predictions, n_failed = run_inference(  # makes --out only once the inputs are known to hold CT
         inputs, loaded, writable_out(args.out), threshold=args.threshold, device=auto_device(args.device),
         save_maps=not args.no_maps, save_overlays=not args.no_overlays, save_features=args.features,
@@ -223,14 +232,63 @@ def cmd_infer(args: argparse.Namespace) -> int:
         min_slices=args.min_slices, min_area_fraction=args.min_area_fraction,
         allow_implausible_lungs=args.allow_implausible_lungs, allow_input_mismatch=args.allow_input_mismatch,
         shard=shard, config=configs(args.config), overrides=parse_overrides(args.set), progress=not args.quiet,
-        allow_torchscript=args.allow_torchscript, keep_paths=args.keep_paths, with_study_uid=args.with_study_uid)
+        allow_torchscript=args.allow_torchscript, keep_paths=args.keep_paths, with_study_uid=args.with_study_uid,
+        dicom=args.dicom or push is not None)
     for row in predictions[predictions["status"] == "failed"].itertuples():
         print(f"FAILED {row.case_id}: {row.error}", file=sys.stderr)
+    if push is not None:
+        from ctmil.pacs import push_files
+
+        out = Path(args.out)
+        files = {str(r.case_id): [out / p for p in str(r.dicom_paths).split(";")]
+                 for r in predictions[predictions["status"] == "ok"].itertuples() if isinstance(r.dicom_paths, str) and r.dicom_paths}
+        transfers += push_files(push, files, progress=not args.quiet)
+    if pull is not None or push is not None:
+        return _pacs_report(transfers, args.out, predictions_failed=n_failed)
     if len(predictions) == 1 and not n_failed:  # one study: the answer on stdout
         row = predictions.iloc[0]
         label = "severe" if row["prediction"] == 1 else "non-severe"
         print(f"{row['case_id']}: probability of severe {row['probability']:.3f} -> {label} (threshold {row['threshold']:g})")
     return EXIT_PARTIAL if n_failed else 0
+
+
+def _pacs_options(args: argparse.Namespace):
+    """``(pull, push)`` PACS clients of ``--from``/``--push`` (``None`` when not given), checked before any work:
+    addresses, credentials, and that there is something to predict."""
+    from ctmil.pacs import connect, dicomweb_credentials, parse_address
+
+    if args.study and not args.pull:
+        raise UsageError("--study needs --from PROTOCOL ADDRESS (the PACS to pull the studies from)")
+    clients = []
+    for option, given in (("--from", args.pull), ("--push", args.push)):
+        if not given:
+            clients.append(None)
+            continue
+        try:
+            address = parse_address(*given)
+            credentials = dicomweb_credentials(args.credentials) if address.kind == "dicomweb" else None
+        except ValueError as err:
+            raise UsageError(f"{option}: {err}") from None
+        clients.append(connect(address, credentials, ae_title=args.ae_title))
+    if not args.inputs and not args.pull:
+        raise UsageError("give the CT to predict: input paths, or --from dicomweb URL / --from dimse AE@host:port")
+    return clients[0], clients[1]
+
+
+def _pacs_report(transfers: list, out: str, predictions_failed: int) -> int:
+    """Write ``OUT/pacs.csv``, say each failed transfer in one line; exit 3 when anything failed."""
+    from ctmil.pacs import write_transfer_table
+
+    table = write_transfer_table(transfers, out_dir(out))
+    failed = [t for t in transfers if t.status == "failed"]
+    for t in failed:
+        print(f"FAILED {t.case_id} ({t.direction}): {t.error}", file=sys.stderr)
+    sent = sum(t.n_sent for t in transfers if t.direction == "push")
+    held = sum(t.n_present for t in transfers if t.direction == "push")
+    log.info("PACS: %s pulled, %s pushed (%d objects sent, %d already held), %d failed; %s",
+             plural(sum(t.direction == "pull" and t.status != "failed" for t in transfers), "study", "studies"),
+             plural(sum(t.direction == "push" and t.status == "ok" for t in transfers), "case"), sent, held, len(failed), table)
+    return EXIT_PARTIAL if failed or predictions_failed else 0
 
 
 def cmd_merge_predictions(args: argparse.Namespace) -> int:
@@ -297,6 +355,8 @@ def quiet_third_parties() -> None:
     # "Engine run is terminating due to exception": the exception reaches main, which says what happened in one line
     logging.getLogger("ignite.engine.engine").setLevel(logging.CRITICAL)
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    for name in ("dicomweb_client", "pynetdicom", "highdicom"):  # a line per request or association: ctmil says what matters
+        logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module=r"(monai|torch|ignite|pydicom|nibabel|onnx|onnxscript|skimage)(\.|$)")
     warnings.filterwarnings("ignore", message=r".*(TracerWarning|Converting a tensor to a Python|torch\.jit).*")
 
@@ -312,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         quiet_third_parties()
     from ctmil.evaluate.cv import CVConfigError
     from ctmil.infer.model_io import ModelError
+    from ctmil.pacs import PacsError
 
     try:
         return int(args.func(args) or 0)
@@ -321,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
         if not str(err).startswith(("Failed to instantiate component", "Failed to evaluate ConfigExpression")):
             raise
         return _user_error(err, verbose)
+    except PacsError as err:  # the PACS could not be searched at all: nothing was done
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; run the same command to resume", file=sys.stderr)
         return 130

@@ -121,7 +121,7 @@ class _DefaultsFormatter(argparse.HelpFormatter):
 
 def _add_infer(sub: "argparse._SubParsersAction", cli: ModuleType, common) -> None:
     p = sub.add_parser("infer", help="CT studies → predictions.csv, attention maps (NIfTI) and overlays (PNG)")
-    p.add_argument("inputs", nargs="+", help="export folders, NIfTI files, slice-image folders or datalist CSVs")
+    p.add_argument("inputs", nargs="*", help="export folders, NIfTI files, slice-image folders or datalist CSVs (or --from a PACS)")
     p.add_argument("--model", required=True, help="model.pt (state dict or checkpoint, loaded weights-only)")
     p.add_argument("--allow-torchscript", action="store_true", help="also accept TorchScript models (programs: only ones you trust)")
     p.add_argument("--out", required=True, help="output folder (predictions.csv, cases/<case_id>/...)")
@@ -149,5 +149,19 @@ def _add_infer(sub: "argparse._SubParsersAction", cli: ModuleType, common) -> No
                    "their table is predictions.shard-I-of-N.csv, joined by ctmil merge-predictions")
     p.add_argument("--with-study-uid", action="store_true",
                    help="add the StudyInstanceUID to predictions.csv, to join with clinical data (an identifier: off by default)")
+    p.add_argument("--dicom", action="store_true",
+                   help="also write each DICOM study's results as DICOM in that study: an SR (TID 1500), the attention "
+                   "map as a Parametric Map and Secondary Capture overlays, under cases/<case>/dicom/ (docs/pacs.md)")
+    p.add_argument("--from", dest="pull", nargs=2, metavar=("PROTOCOL", "ADDRESS"),
+                   help="pull the studies from a PACS: 'dicomweb URL' or 'dimse AE@host:port' (into OUT/pulled/)")
+    p.add_argument("--study", nargs="+", action="extend", default=[], metavar="UID",
+                   help="with --from: only these StudyInstanceUIDs (default: every study with CT)")
+    p.add_argument("--push", nargs=2, metavar=("PROTOCOL", "ADDRESS"),
+                   help="store the DICOM results in the PACS, in each source study (implies --dicom): 'dicomweb URL' or "
+                   "'dimse AE@host:port'; only what the PACS does not hold yet is sent")
+    p.add_argument("--credentials", metavar="FILE",
+                   help="DICOMweb credentials: a JSON file with user and password, or token (default: the environment's "
+                   "CTMIL_DICOMWEB_USER/CTMIL_DICOMWEB_PASSWORD or CTMIL_DICOMWEB_TOKEN); never on the command line")
+    p.add_argument("--ae-title", default="CTMIL", help="this end's AE title for DIMSE")
     common(p)
     p.set_defaults(func=cli.cmd_infer)

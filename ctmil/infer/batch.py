@@ -254,6 +254,7 @@ def run_inference(
     keep_paths: bool = False,
     with_study_uid: bool = False,
     prefetch: int = 1,
+    dicom: bool = False,
 ) -> tuple[pd.DataFrame, int]:
     """Predict every study of ``inputs`` with the bundle's infer workflow (``inference.json``), writing
     ``out_dir/predictions.csv`` and per-case outputs (:mod:`ctmil.infer.writer`).
@@ -280,6 +281,8 @@ def run_inference(
         keep_paths: absolute source paths in the outputs (default: relative to the input).
         with_study_uid: a ``study_uid`` column (DICOM StudyInstanceUID) to join with clinical data; an identifier.
         prefetch: cases read and preprocessed ahead in a background thread while one predicts (0: one at a time).
+        dicom: write each DICOM study's results as DICOM objects (SR, Parametric Map, Secondary Capture) into
+            ``cases/<case>/dicom/`` (:mod:`ctmil.infer.dicom_results`).
 
     Returns:
         ``(predictions, n_failed)``.
@@ -302,7 +305,7 @@ def run_inference(
         "options#save_maps": bool(save_maps), "options#save_overlays": bool(save_overlays),
         "options#save_features": bool(save_features), "options#top_slices": int(top_slices), "options#map_mode": map_mode,
         "progress": bool(progress), "cases#keep_paths": bool(keep_paths), "options#with_study_uid": bool(with_study_uid),
-        "dataloader#prefetch": int(prefetch),
+        "dataloader#prefetch": int(prefetch), "options#dicom": bool(dicom), "model_identity": loaded.identity,
         "trained_on": list(loaded.intensities), "allow_input_mismatch": bool(allow_input_mismatch),
         **user,
     }

@@ -19,6 +19,7 @@ on load. Without recorded constructor arguments they are inferred from the weigh
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ import torch
 
 from ctmil.stats.calibration import apply_calibration
 from ctmil.stats.operating_point import check_operating_point, fixed_operating_point
+from ctmil.infer.dicom_results import ModelIdentity
 from ctmil.infer.model_files import (ModelError, complete_recorded_preprocessing, infer_network_kwargs, is_torchscript,
                                      strip_prefix, unpack)
 from ctmil.networks import MILNet
@@ -91,6 +93,14 @@ class InferenceModel:
     @property
     def has_attention(self) -> bool:
         return self.strategy != "logits"
+
+    @property
+    def identity(self) -> ModelIdentity:
+        """Which model this is (file name and SHA-256), as the DICOM results record it (:func:`model_identity`)."""
+        if "_identity" not in self.__dict__:
+            self.__dict__["_identity"] = model_identity(self.path) if self.path and Path(self.path).is_file() \
+                else ModelIdentity("in-memory model", _state_sha256(self.module))
+        return self.__dict__["_identity"]
 
     @property
     def has_features(self) -> bool:
@@ -324,3 +334,21 @@ def load_model(
     module.eval().to(dev)
     return InferenceModel(module, "state_dict", str(path), "parts", dev, network=kwargs, preprocessing=preprocessing,
                           chunk_size=chunk_size, operating_point=recorded_operating_point(path), intensities=recorded_intensities(path))
+
+
+def model_identity(path: "str | os.PathLike[str]") -> ModelIdentity:
+    """The identity of the model file at ``path``: its name and the SHA-256 of its bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return ModelIdentity(Path(path).name, digest.hexdigest())
+
+
+def _state_sha256(module: torch.nn.Module) -> str:
+    """The SHA-256 of a module's weights (for a model held only in memory)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().to(torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -11,6 +11,8 @@ Output layout (``out_dir``)::
     cases/<case_id>/attention.nii.gz     attention painted on the CT grid, aligned with the input series
     cases/<case_id>/overlay_s<NNN>.png   the most attended slices (NNN = slice index in the CT stack)
     cases/<case_id>/features.npy         with save_features: the bag feature vector (M,)
+    cases/<case_id>/dicom/*.dcm          with dicom (DICOM inputs): the SR, the attention Parametric Map and the
+                                         Secondary Capture overlays in the source study (ctmil.infer.dicom_results)
     cases/<case_id>/prediction.json      the case's row and the run key it was made under, written last: a case
                                          with this record is complete, and a rerun with the same key skips it
 """
@@ -34,6 +36,7 @@ from ignite.engine import Engine, Events
 
 from ctmil.io.atomic import atomic_open, atomic_write_csv, atomic_write_text
 from ctmil.io.paths import safe_case_name
+from ctmil.infer.dicom_results import DICOM_DIR, ModelIdentity, dicom_results_reason, write_dicom_results
 from ctmil.infer.attention_maps import paint_attention, save_attention_nifti, slice_attention, top_attended_slices
 from ctmil.infer.overlays import save_overlay
 from ctmil.infer.run_checks import CASE_RECORD
@@ -46,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = [
     "case_id", "status", "probability", "prediction", "threshold", "label", "source", "input_kind", "series",
-    "n_slices", "n_slices_kept", "K", "top_slices", "attention_path", "overlay_paths", "features_path", "error", "warning",
+    "n_slices", "n_slices_kept", "K", "top_slices", "attention_path", "overlay_paths", "features_path", "dicom_paths", "error", "warning",
     "t_load_s", "t_preprocess_s", "t_predict_s", "t_write_s",
 ]
 
@@ -66,6 +69,9 @@ class InferenceOptions:
         write_report: write ``report.html`` at the end (:func:`write_report`).
         report_max_overlays: most overlay cards in ``report.html`` (each inlines its PNG, ~50-300 KB); the most
             probable cases come first, every overlay stays under ``cases/``.
+        dicom: write each DICOM study's results as DICOM objects in that study (``cases/<case>/dicom/``: the SR,
+            the attention Parametric Map, ``top_slices`` Secondary Capture overlays; :mod:`ctmil.infer.dicom_results`).
+            Other inputs get none and the reason in their ``warning``.
     """
 
     threshold: float = 0.5
@@ -77,6 +83,7 @@ class InferenceOptions:
     with_study_uid: bool = False
     write_report: bool = True
     report_max_overlays: int = 300
+    dicom: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
@@ -115,12 +122,15 @@ def _clear_case_dir(folder: Path) -> None:
     for f in folder.iterdir():
         if f.is_file() and (f.name in ("attention.nii.gz", "features.npy") or (f.name.startswith("overlay_") and f.suffix == ".png")):
             f.unlink(missing_ok=True)
+    for f in (folder / DICOM_DIR).glob("*.dcm"):
+        f.unlink(missing_ok=True)
 
 
 def write_case_outputs(bag: dict, attention: np.ndarray | None, features: np.ndarray | None, folder: Path, out_dir: Path,
-                       options: InferenceOptions) -> dict:
-    """Write one case's maps, overlays and features into ``folder``; returns the row fields (paths relative to ``out_dir``)."""
-    fields = {"attention_path": "", "overlay_paths": "", "features_path": "", "top_slices": ""}
+                       options: InferenceOptions, row: Mapping | None = None, model: ModelIdentity | None = None) -> dict:
+    """Write one case's maps, overlays, features and (``options.dicom``) DICOM results into ``folder``; returns the
+    row fields (paths relative to ``out_dir``). The DICOM results need the case's ``row`` and the ``model``."""
+    fields = {"attention_path": "", "overlay_paths": "", "features_path": "", "dicom_paths": "", "top_slices": ""}
     _clear_case_dir(folder)
     meta = bag["meta"]
     if options.save_features and features is not None:
@@ -129,12 +139,23 @@ def write_case_outputs(bag: dict, attention: np.ndarray | None, features: np.nda
         np.save(tmp, features.astype(np.float32))
         os.replace(tmp, folder / "features.npy")
         fields["features_path"] = (folder / "features.npy").relative_to(out_dir).as_posix()
-    if attention is None or not (options.save_maps or options.save_overlays):
+    dicom = options.dicom and not dicom_results_reason(meta)
+    if dicom and (row is None or model is None):
+        raise ValueError("DICOM results need the case's row and the model's identity")
+    if dicom and attention is None:  # a model without attention: the SR alone
+        written = write_dicom_results(bag, None, [], row, model, folder / DICOM_DIR, options.map_mode)
+        fields["dicom_paths"] = ";".join(p.relative_to(out_dir).as_posix() for p in written)
+    if attention is None or not (options.save_maps or options.save_overlays or dicom):
         return fields
     top = top_attended_slices(attention, bag["slice_index"], options.top_slices)
     fields["top_slices"] = ";".join(str(int(s)) for s in top)
     painted = paint_attention(attention, bag["slice_index"], bag["position"], bag["boxes"], bag["kept_slices"],
                               meta["spatial_shape"], mode=options.map_mode)  # (S, H, W)
+    if dicom:
+        written = write_dicom_results(bag, painted, top, row, model, folder / DICOM_DIR, options.map_mode)
+        fields["dicom_paths"] = ";".join(p.relative_to(out_dir).as_posix() for p in written)
+    if not (options.save_maps or options.save_overlays):
+        return fields
     with ThreadPoolExecutor(max_workers=1) as pool:  # the NIfTI is gzipped (zlib frees the GIL) while PNGs are drawn
         nifti = pool.submit(save_attention_nifti, painted, meta, folder / "attention.nii.gz") if options.save_maps else None
         if options.save_overlays and top.size:
@@ -214,16 +235,20 @@ class InferenceWriter:
             run skips: they head ``predictions.csv`` as they did.
         table: the table's file name: ``predictions.csv``, or a shard's / torchrun rank's
             ``predictions.shard-I-of-N.csv`` (:func:`ctmil.infer.shards.shard_table`), merged afterwards.
+        model: which model makes the predictions (recorded in the DICOM results; needed with ``options.dicom``).
     """
 
     def __init__(self, output_dir: "str | os.PathLike[str]", options: InferenceOptions | None = None, run_key: str = "",
-                 finished: list[dict] | None = None, table: str = "predictions.csv") -> None:
+                 finished: list[dict] | None = None, table: str = "predictions.csv", model: ModelIdentity | None = None) -> None:
         self.out_dir = Path(output_dir)
         self.options = options or InferenceOptions()
         self.run_key = str(run_key)
         self.finished = [dict(r) for r in finished or []]  # rows of cases an earlier run finished: not run again
         self.table = str(table)  # a shard's run (or torchrun rank) writes shard_table(i, n) instead (ctmil.infer.shards)
         self.rows: list[dict] = []
+        self.model = model
+        if self.options.dicom and model is None:
+            raise ValueError("InferenceWriter: options.dicom needs the model's identity (model=)")
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
@@ -246,7 +271,10 @@ class InferenceWriter:
         if row["status"] != "failed":
             t0 = time.perf_counter()
             try:
-                fields = write_case_outputs(out["bag"], out["attention"], out["features"], folder, self.out_dir, self.options)
+                if self.options.dicom and dicom_results_reason(out["bag"]["meta"]):
+                    row["warning"] = "; ".join(w for w in (row.get("warning"), dicom_results_reason(out["bag"]["meta"])) if w)
+                fields = write_case_outputs(out["bag"], out["attention"], out["features"], folder, self.out_dir, self.options,
+                                            row, self.model)
                 row.update(fields, t_write_s=round(time.perf_counter() - t0, 4))
             except Exception as raised:  # one case must never stop the batch
                 from ctmil.data.preprocess import case_error_text

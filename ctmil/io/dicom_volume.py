@@ -125,7 +125,8 @@ def load_dicom_series(
         ``(volume, affine, meta)``: ``volume`` ``(S, H, W)`` in HU (int16, or float32 for fractional
         rescaling), slices ordered by position along the slice normal; ``affine`` 4×4 mapping ``(s, r, c, 1)``
         to RAS mm; ``meta`` with ``spacing`` ``(dz, dy, dx)`` mm, ``n_slices``, the series description,
-        ``transfer_syntax`` and ``warnings`` (dropped slices, gaps; no patient identifiers).
+        ``transfer_syntax``, ``warnings`` (dropped slices, gaps; no patient identifiers) and ``slice_files`` (each
+        slice's file, in slice order).
 
     Raises:
         DicomError: too many damaged slices (naming the first), missing or invalid geometry, duplicate or
@@ -175,6 +176,7 @@ def load_dicom_series(
         "series_description": str(items[0].get("SeriesDescription", "")),
         "transfer_syntax": syntax_name(items[0].transfer_syntax),
         "warnings": warnings + ([gap] if gap else []),
+        "slice_files": [str(it.path) for it in items],  # slice order: what DICOM results reference (ctmil.infer.dicom_results)
     }
     return volume, affine, meta
 
