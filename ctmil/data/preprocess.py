@@ -93,6 +93,8 @@ def preprocess_case(case: dict, transform, settings: dict, bag_dir: Path, qc_dir
         bag["meta"]["preprocessing"] = {**json.loads(json.dumps(preprocessing_settings(**settings), default=str)),
                                         "revision": PREPROCESSING_REVISION}  # how it was made, beside the hash
         bag["meta"]["source"] = row["source"]  # as discovery shows it (relative to the input unless keep_paths)
+        if isinstance(bag["meta"].get("series"), dict):  # the slices' file paths serve DICOM results, not a stored bag
+            bag["meta"]["series"].pop("slice_files", None)
         atomic_torch_save(bag, bag_path)
         return _fill_row(row, bag, bag_path, "ok", _case_qc(bag, trace, qc_dir, key, montages))
     except Exception as raised:  # one case must never stop the batch

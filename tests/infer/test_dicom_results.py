@@ -195,3 +195,25 @@ def test_run_inference_writes_dicom_for_dicom_studies_only(study, untrained_mode
     assert got["probability"] == pytest.approx(float(dicom["probability"]), abs=1e-6)
     assert got["threshold"] == pytest.approx(float(dicom["threshold"]))
     assert got["prediction"] == int(dicom["prediction"])
+
+
+def test_the_docs_files_only_command(study, untrained_model, tmp_path, capsys):
+    """docs/pacs.md's ``ctmil infer export/ --dicom ...`` as written, on a phantom export; every object passes dciodvfy."""
+    import shlex
+    from pathlib import Path
+
+    from ctmil.cli import main
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "pacs.md"
+    line = next(line for line in docs.read_text().splitlines() if line.startswith("ctmil infer export/ --dicom"))
+    shutil.copytree(study["root"] / "study", tmp_path / "export" / "study")
+    argv = [w.replace("export/", str(tmp_path / "export")).replace("model.pt", str(untrained_model))
+            for w in shlex.split(line)[1:]]
+    argv[argv.index("--out") + 1] = str(tmp_path / "results")
+    assert main(argv) == 0, capsys.readouterr().err
+    written = sorted((tmp_path / "results" / "cases").glob("*/dicom/*.dcm"))
+    assert [p.name for p in written][-1] == "sr.dcm" and len(written) == 5  # SR, map, 3 overlays (--top-slices 3)
+    if shutil.which("dciodvfy"):
+        for path in written:
+            result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+            assert not [x for x in (result.stdout + result.stderr).splitlines() if x.startswith("Error")], path.name
