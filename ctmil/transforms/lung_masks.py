@@ -19,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from ctmil.transforms.chest_wall import extend_to_chest_wall
+from ctmil.transforms.chest_wall import bool_filter, extend_to_chest_wall
+from ctmil.io.slabs import per_slab
 
 _INPLANE_6 = np.zeros((3, 3, 3), bool)
 _INPLANE_6[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]  # 4-connectivity within each slice only
@@ -59,23 +60,23 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     """Per-slice dilation with a (2·radius+1)² square."""
     if radius <= 0:
         return mask
-    m = mask.view(np.uint8)
     for axis in (1, 2):
-        m = ndi.maximum_filter1d(m, 2 * radius + 1, axis=axis)
-    return m.astype(bool)
+        mask = bool_filter(mask, radius, axis, "max")
+    return mask
 
 
 def _fill_and_close(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Per slice: fill holes, close with a (2·radius+1)² square (separable min/max filters), fill again."""
+    """Per slice: fill holes, close with a (2·radius+1)² square (separable max then min filters, on the slice padded
+    by the square's size so that the closing sees no image edge), fill again."""
     mask = _fill_holes(mask)
     if radius > 0:
         size = 2 * radius + 1
-        m = np.pad(mask, ((0, 0), (size, size), (size, size))).view(np.uint8)
+        m = np.pad(mask, ((0, 0), (size, size), (size, size)))
         for axis in (1, 2):
-            m = ndi.maximum_filter1d(m, size, axis=axis)
+            m = bool_filter(m, radius, axis, "max")
         for axis in (1, 2):
-            m = ndi.minimum_filter1d(m, size, axis=axis)
-        mask = _fill_holes(m[:, size:-size, size:-size].astype(bool))
+            m = bool_filter(m, radius, axis, "min")
+        mask = _fill_holes(m[:, size:-size, size:-size])
     return mask
 
 
@@ -198,8 +199,11 @@ def _outside_air(rows: np.ndarray, cols: np.ndarray, stride: int, shape: tuple[i
     are outside air.
     """
     h, w = shape[1], shape[2]
-    clear = ~_segments_with(rows, stride, w)
-    clear &= ~_segments_with(cols.transpose(0, 2, 1), stride, h).transpose(0, 2, 1)
+
+    def clear_of(r: np.ndarray, c: np.ndarray) -> np.ndarray:  # per working slice
+        return ~_segments_with(r, stride, w) & ~_segments_with(c.transpose(0, 2, 1), stride, h).transpose(0, 2, 1)
+
+    clear = per_slab(clear_of, [rows, cols])
     labels, n = ndi.label(clear, structure=_FULL_6)
     is_border = np.zeros(n + 1, bool)
     is_border[_border_labels(labels)] = True
@@ -264,7 +268,8 @@ def lung_mask_hu(
     pixel = min(spacing[1:]) if spacing else 1.0
     stride = max(1, int(round(working_mm / pixel)))
     z_stride = max(1, int(round(working_mm / spacing[0]))) if spacing and spacing[0] > 0 else 1
-    dark, bone, rows, cols = _sample_grid(volume, _level(volume, threshold_hu), _level(volume, bone_hu), stride, z_stride)
+    threshold, bone_level = _level(volume, threshold_hu), _level(volume, bone_hu)
+    dark, bone, rows, cols = per_slab(lambda v: _sample_grid(v, threshold, bone_level, stride, z_stride), [volume], align=z_stride)
     # Sampling that generously lets air cross skin thinner than the grid (a lung apex under the skin of the neck), so
     # the lungs would join the air outside the body and be discarded with it, and bowel gas taken for lung. What is
     # outside is therefore decided at full resolution (_outside_air), and the voxels next to it are no candidates.
@@ -293,7 +298,7 @@ def lung_mask_hu(
         mask = extend_to_chest_wall(mask, bone[box], (dark & near_outside) | is_border[labels],
                                     spike_radius=max(1, int(round(spike_mm / (pixel * stride)))))
     lung_box = _body_box(~mask, closing + dilation + 1)  # the closing and dilation reach no further than this
-    mask[lung_box] = _dilate(_fill_and_close(mask[lung_box], closing), dilation)
+    mask[lung_box] = per_slab(lambda m: _dilate(_fill_and_close(m, closing), dilation), [mask[lung_box]])  # per slice
     full[box] = mask
     if z_stride > 1:  # working slice k was built from slices k*z_stride .. k*z_stride+z_stride-1
         full = full[np.arange(volume.shape[0]) // z_stride]
@@ -352,4 +357,4 @@ def lung_mask_windowed(
         spikes = max(1, int(round(spike_fraction * max(volume.shape[1:]))))
         mask = extend_to_chest_wall(mask, volume >= bone_level, dark & (inner == 0), spike_radius=spikes)
     radius = int(round(closing_fraction * max(volume.shape[1:])))
-    return _fill_and_close(mask, radius)
+    return per_slab(lambda m: _fill_and_close(m, radius), [mask])  # per slice
