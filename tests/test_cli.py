@@ -224,7 +224,7 @@ def test_a_malformed_set_pair_is_one_line_naming_it():
 ])
 def test_set_never_swallows_the_inputs(tmp_path, argv):
     from ctmil.cli import build_parser
-    from ctmil.cli_common import set_before_inputs
+    from ctmil.cli.common import set_before_inputs
 
     data = tmp_path / "data.csv"
     data.write_text("case_id,image,label\n")
@@ -314,12 +314,13 @@ def test_every_subcommand_help_has_a_description_and_the_defaults(command, capsy
 @pytest.mark.parametrize("argv", [["cv", "{d}", "--out", "o"], ["cv", "--datalist", "{d}", "--out", "o"],
                                   ["train", "{d}", "--out", "o"], ["train", "--datalist", "{d}", "--out", "o"]])
 def test_inputs_are_positional_everywhere_with_datalist_as_a_synonym(tmp_path, argv):
-    from ctmil.cli import _inputs, build_parser
+    from ctmil.cli import build_parser
+    from ctmil.cli.common import given_inputs
 
     data = tmp_path / "d.csv"
     data.write_text("case_id,bag,label\n")
     args = build_parser().parse_args([a.replace("{d}", str(data)) for a in argv])
-    assert _inputs(args) == [str(data.resolve())]
+    assert given_inputs(args) == [str(data.resolve())]
 
 
 def test_no_input_at_all_is_one_line(tmp_path, capsys):
@@ -392,7 +393,7 @@ def test_infer_takes_set_and_refuses_an_unknown_id_before_any_output(tmp_path, c
 
 def test_set_before_inputs_never_hands_an_input_to_config(tmp_path):
     from ctmil.cli import build_parser
-    from ctmil.cli_common import set_before_inputs
+    from ctmil.cli.common import set_before_inputs
 
     data = tmp_path / "d.csv"
     data.write_text("case_id,bag,label\n")

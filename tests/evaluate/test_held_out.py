@@ -16,7 +16,7 @@ from sklearn.metrics import (accuracy_score, average_precision_score, brier_scor
 from ctmil import cli
 from ctmil.data.bags import BagDataset
 from ctmil.stats.calibration import expected_calibration_error
-from ctmil.cli_evaluate import add_parser, cmd_evaluate
+from ctmil.cli.evaluate import add_parser, run as cmd_evaluate
 from ctmil.evaluate import held_out
 from ctmil.evaluate.held_out import evaluate_model, resolve_threshold
 from ctmil.stats.statistics import bootstrap_ci, delong_auc_ci
@@ -77,18 +77,9 @@ def result(model, datalist, tmp_path_factory):
 
 
 @pytest.fixture
-def main(monkeypatch):
-    """``ctmil.cli.main`` with ``evaluate`` registered (as the lead wires it into cli_parser)."""
-    build = cli.build_parser
-
-    def with_evaluate():
-        parser = build()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        if "evaluate" not in sub.choices:
-            add_parser(sub, cli._common)
-        return parser
-
-    monkeypatch.setattr(cli, "build_parser", with_evaluate)
+def main():
+    """``ctmil.cli.main``, with ``evaluate`` among its commands."""
+    assert "evaluate" in cli.build_parser()._subparsers._group_actions[0].choices
     return cli.main
 
 
@@ -178,7 +169,7 @@ def test_unlabelled_cases_are_left_out_and_labels_fill_blanks(model, datalist, t
 
 def test_command_through_its_own_parser(model, datalist, recorded, tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="ctmil")
-    add_parser(parser.add_subparsers(dest="command", required=True), cli._common)
+    add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["evaluate", "--model", str(model), "--datalist", str(datalist), "--out", str(tmp_path / "o"),
                               "--n-resamples", "50", "-q"])  # fmt: skip
     assert args.func is cmd_evaluate and cmd_evaluate(args) == 0

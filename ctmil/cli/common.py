@@ -1,16 +1,23 @@
-"""What every ``ctmil`` subcommand shares (the command-line layer's base; issue 20): the usage error and exit codes,
-``--set`` parsing, ``--config`` names, ``--device``, and the checks made before any output (inputs, ``--out``, config
-ids, inputs without CT). ``ctmil.cli`` and ``ctmil.cli_evaluate`` import these; no library package does."""
+"""What every ``ctmil`` subcommand shares: the usage error and exit codes, the options every command has
+(:func:`add_common`), ``--set`` parsing, ``--config`` names, ``--device``, the inputs (:func:`given_inputs`), and the
+checks made before any output (inputs, ``--out``, config ids, inputs without CT). The command modules of
+:mod:`ctmil.cli` import these; no library package does."""
 
 from __future__ import annotations
 
+import argparse
 import ast
 import json
+import logging
 import os
 from pathlib import Path
 
-__all__ = ["EXIT_PARTIAL", "EXIT_USAGE", "UsageError", "auto_device", "configs", "device_override", "existing", "out_dir",
-           "parse_overrides", "refuse_without_ct", "set_before_inputs", "validated", "writable_out"]
+__all__ = ["EXIT_PARTIAL", "EXIT_USAGE", "UsageError", "add_common", "auto_device", "configs", "device_override", "existing",
+           "given_inputs", "implausible", "log", "out_dir", "parse_overrides", "refuse_without_ct", "set_before_inputs", "validated",
+           "writable_out"]
+
+#: The command line's logger (what a command says about its outcome).
+log = logging.getLogger("ctmil")
 
 
 EXIT_USAGE, EXIT_PARTIAL = 2, 3
@@ -146,3 +153,30 @@ def validated(files: list[str], overrides: dict) -> None:
     from ctmil.bundle import check_override_ids, config_paths
 
     check_override_ids(config_paths(files), overrides)
+
+
+def add_common(p: argparse.ArgumentParser, training: bool = False) -> None:
+    """The options of every subcommand (``-q``, ``-v``), and of the training ones (``--epochs``, ``--device``,
+    ``--config``, ``--set``)."""
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging, tracebacks")
+    if training:
+        p.add_argument("--epochs", type=int, help="override max_epochs")
+        p.add_argument("--device", help="cpu or cuda[:N] (default: cuda:0 when available, else cpu)")
+        p.add_argument("--config", nargs="*", metavar="JSON", help="more config files merged over the bundle's (MONAI ConfigParser)")
+        p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides by MONAI id, e.g. max_epochs=5 'cv#n_folds=3'")
+
+
+def given_inputs(args: argparse.Namespace, what: str = "input") -> list[str]:
+    """The positional inputs, with ``--datalist`` as one more (every command takes both forms); one line when none."""
+    given = [*(getattr(args, "inputs", None) or []), *([args.datalist] if getattr(args, "datalist", None) else [])]
+    if isinstance(getattr(args, "inputs", None), str):  # cv: one optional DATALIST
+        given = [args.inputs, *([args.datalist] if args.datalist else [])]
+    if not given:
+        raise UsageError(f"no {what} given: name it as the first argument (or with --datalist)")
+    return existing(given, what)
+
+
+def implausible(args: argparse.Namespace) -> dict:
+    """The bundle override of ``--allow-implausible-lungs`` (nothing when not given: the config decides)."""
+    return {"preprocessing#allow_implausible_lungs": True} if getattr(args, "allow_implausible_lungs", False) else {}

@@ -1,4 +1,4 @@
-"""``ctmil evaluate`` (the command line layer, beside ``ctmil.cli``): a trained model on held-out cases → metrics with CIs,
+"""``ctmil evaluate``: a trained model on held-out cases → metrics with CIs,
 calibration, ROC and reliability plots.
 
 The work is :func:`ctmil.evaluate.held_out.evaluate_model`; this module only turns the options into its arguments.
@@ -9,19 +9,15 @@ Exit codes as every ``ctmil`` command: 0, 2 (a usage or input error, e.g. not on
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-from typing import Callable
 
-from ctmil.cli_common import EXIT_PARTIAL, UsageError, auto_device, configs, existing, out_dir, parse_overrides, validated
+from ctmil.cli.common import EXIT_PARTIAL, UsageError, add_common, auto_device, configs, existing, log, out_dir, parse_overrides, validated
 
-__all__ = ["add_parser", "cmd_evaluate"]
-
-log = logging.getLogger("ctmil")
+__all__ = ["add_parser", "run"]
 
 
-def add_parser(sub: "argparse._SubParsersAction", common: Callable[..., None]) -> argparse.ArgumentParser:
-    """Register ``evaluate`` on the ``ctmil`` subcommands ``sub``; ``common`` is :func:`ctmil.cli._common`."""
+def add_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
+    """Register ``evaluate`` on the ``ctmil`` subcommands ``sub``."""
     p = sub.add_parser("evaluate", help="a trained model on held-out cases → metrics with 95%% CIs, calibration, ROC and "
                        "reliability plots")  # fmt: skip
     p.add_argument("inputs", nargs="*", metavar="INPUT",
@@ -41,12 +37,12 @@ def add_parser(sub: "argparse._SubParsersAction", common: Callable[..., None]) -
     p.add_argument("--config", nargs="*", metavar="JSON", help="CT inputs: more config files merged over the bundle's inference.json")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="CT inputs: overrides of inference.json by MONAI id, e.g. "
                    "options#top_slices=5")  # fmt: skip
-    common(p, training=False)
-    p.set_defaults(func=cmd_evaluate)
+    add_common(p, training=False)
+    p.set_defaults(func=run)
     return p
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run the evaluation; print the metrics table; list failed cases on stderr (exit 3 when there are any)."""
     from ctmil.evaluate.held_out import evaluate_model
 
