@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         files = {str(r.case_id): [out / p for p in str(r.dicom_paths).split(";")]
                  for r in predictions[predictions["status"] == "ok"].itertuples() if isinstance(r.dicom_paths, str) and r.dicom_paths}
         transfers += push_files(push, files, progress=not args.quiet)
+        transfers += _not_pushed(predictions)
     if pull is not None or push is not None:
         return _pacs_report(transfers, args.out, predictions_failed=n_failed)
     if len(predictions) == 1 and not n_failed:  # one study: the answer on stdout
@@ -115,9 +116,17 @@ def _pacs_options(args: argparse.Namespace):
     """``(pull, push)`` PACS clients of ``--from``/``--push`` (``None`` when not given), checked before any work:
     addresses, credentials, and that there is something to predict."""
     from ctmil.pacs import connect, dicomweb_credentials, parse_address
+    from ctmil.pacs.address import check_ae_title
 
     if args.study and not args.pull:
         raise UsageError("--study needs --from PROTOCOL ADDRESS (the PACS to pull the studies from)")
+    if args.credentials and not Path(args.credentials).is_file():
+        raise UsageError(f"credentials file not found: {args.credentials}")
+    if any(given and given[0] == "dimse" for given in (args.pull, args.push)):
+        try:
+            check_ae_title(args.ae_title)
+        except ValueError as err:
+            raise UsageError(f"--ae-title: {err}") from None
     clients = []
     for option, given in (("--from", args.pull), ("--push", args.push)):
         if not given:
@@ -132,6 +141,20 @@ def _pacs_options(args: argparse.Namespace):
     if not args.inputs and not args.pull:
         raise UsageError("give the CT to predict: input paths, or --from dicomweb URL / --from dimse AE@host:port")
     return clients[0], clients[1]
+
+
+def _not_pushed(predictions) -> list:
+    """A failed push row for each DICOM study that was predicted but got no DICOM results (the reason is its warning)."""
+    from ctmil.pacs import Transfer
+
+    rows = []
+    lacking = predictions[(predictions["status"] == "ok") & (predictions["input_kind"] == "dicom")]
+    for r in lacking.itertuples():
+        if not (isinstance(r.dicom_paths, str) and r.dicom_paths):
+            reason = next((w.strip() for w in str(r.warning).split(";") if w.strip().startswith("no DICOM results")),
+                          "no DICOM results were written")
+            rows.append(Transfer(str(r.case_id), "push", "failed", error=reason))
+    return rows
 
 
 def _pacs_report(transfers: list, out: str, predictions_failed: int) -> int:

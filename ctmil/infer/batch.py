@@ -305,7 +305,7 @@ def run_inference(
         "options#save_maps": bool(save_maps), "options#save_overlays": bool(save_overlays),
         "options#save_features": bool(save_features), "options#top_slices": int(top_slices), "options#map_mode": map_mode,
         "progress": bool(progress), "cases#keep_paths": bool(keep_paths), "options#with_study_uid": bool(with_study_uid),
-        "dataloader#prefetch": int(prefetch), "options#dicom": bool(dicom), "model_identity": loaded.identity,
+        "dataloader#prefetch": int(prefetch), "options#dicom": bool(dicom), "model_identity": loaded.identity if dicom else None,
         "trained_on": list(loaded.intensities), "allow_input_mismatch": bool(allow_input_mismatch),
         **user,
     }

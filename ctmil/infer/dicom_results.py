@@ -21,6 +21,7 @@ severity result needs is this module's choice.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Mapping, Sequence
@@ -97,11 +98,21 @@ def dicom_results_reason(meta: Mapping) -> str:
     return ""
 
 
+#: Type 2 patient and study attributes the results copy from the source (highdicom needs them present).
+TYPE2_COPIED = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyID", "StudyDate", "StudyTime",
+                "ReferringPhysicianName", "AccessionNumber")
+
+
 def source_headers(meta: Mapping) -> list:
     """The source series' headers (pydicom datasets without pixels), in the volume's slice order."""
     import pydicom
 
-    return [pydicom.dcmread(str(f), stop_before_pixels=True) for f in meta["series"]["slice_files"]]
+    headers = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in meta["series"]["slice_files"]]
+    for header in headers:  # Type 2 attributes a de-identified export may have dropped: present and empty, as allowed
+        for keyword in TYPE2_COPIED:
+            if keyword not in header:
+                setattr(header, keyword, "")
+    return headers
 
 
 def _orientation_letters(vector: Sequence[float]) -> str:
@@ -202,9 +213,12 @@ def build_overlay(source, ct_slice: np.ndarray, painted_slice: np.ndarray, box: 
     return sc
 
 
-def result_uids(sources: list, model: ModelIdentity) -> dict[str, str]:
-    """The objects' UIDs, derived from the study, the source series and the model (:func:`result_uid`)."""
-    base = (sources[0].StudyInstanceUID, sources[0].SeriesInstanceUID, model.sha256)
+def result_uids(sources: list, model: ModelIdentity, settings: Mapping | None = None) -> dict[str, str]:
+    """The objects' UIDs, derived from the study, the source series, the model and the ``settings`` that shape what
+    the objects say (:func:`result_uid`): the same inputs give the same UIDs (a PACS keeps one copy), a result made
+    otherwise (another threshold, map mode, number of overlays, ctmil version) gets new ones."""
+    shaped = json.dumps({"version": model.version, **dict(settings or {})}, sort_keys=True, default=str)
+    base = (sources[0].StudyInstanceUID, sources[0].SeriesInstanceUID, model.sha256, shaped)
     names = ("sr_series", "sr", "tracking", "map_series", "map", "overlay_series")
     return {name: result_uid(*base, name) for name in names}
 
@@ -223,7 +237,8 @@ def write_dicom_results(bag: Mapping, painted: "np.ndarray | None", top: Sequenc
     if len(sources) != int(meta["spatial_shape"][0]):
         raise ValueError(f"{len(sources)} source files for {meta['spatial_shape'][0]} slices")
     kept = [int(s) for s in np.asarray(bag["kept_slices"]).tolist()]
-    uids = result_uids(sources, model)
+    uids = result_uids(sources, model, {"threshold": round(float(row["threshold"]), 6), "map_mode": mode,
+                                        "top_slices": len(list(top)), "attention": painted is not None})
     objects = [("sr.dcm", build_sr(sources, kept, row, model, uids))]
     if painted is not None:
         objects.append(("attention_map.dcm", build_parametric_map(sources, kept, painted, model, uids, mode)))

@@ -337,11 +337,14 @@ def load_model(
 
 
 def model_identity(path: "str | os.PathLike[str]") -> ModelIdentity:
-    """The identity of the model file at ``path``: its name and the SHA-256 of its bytes."""
+    """The identity of the model at ``path``: its file name and the SHA-256 of its bytes and of its ``model.json``
+    beside it (the calibration and threshold are part of what the model says)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+    card = Path(path).with_name("model.json")
+    for part in (Path(path), *([card] if card.is_file() else [])):
+        with open(part, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
     return ModelIdentity(Path(path).name, digest.hexdigest())
 
 

@@ -143,8 +143,7 @@ def write_case_outputs(bag: dict, attention: np.ndarray | None, features: np.nda
     if dicom and (row is None or model is None):
         raise ValueError("DICOM results need the case's row and the model's identity")
     if dicom and attention is None:  # a model without attention: the SR alone
-        written = write_dicom_results(bag, None, [], row, model, folder / DICOM_DIR, options.map_mode)
-        fields["dicom_paths"] = ";".join(p.relative_to(out_dir).as_posix() for p in written)
+        _write_dicom(fields, bag, None, [], row, model, folder, out_dir, options)
     if attention is None or not (options.save_maps or options.save_overlays or dicom):
         return fields
     top = top_attended_slices(attention, bag["slice_index"], options.top_slices)
@@ -152,8 +151,7 @@ def write_case_outputs(bag: dict, attention: np.ndarray | None, features: np.nda
     painted = paint_attention(attention, bag["slice_index"], bag["position"], bag["boxes"], bag["kept_slices"],
                               meta["spatial_shape"], mode=options.map_mode)  # (S, H, W)
     if dicom:
-        written = write_dicom_results(bag, painted, top, row, model, folder / DICOM_DIR, options.map_mode)
-        fields["dicom_paths"] = ";".join(p.relative_to(out_dir).as_posix() for p in written)
+        _write_dicom(fields, bag, painted, top, row, model, folder, out_dir, options)
     if not (options.save_maps or options.save_overlays):
         return fields
     with ThreadPoolExecutor(max_workers=1) as pool:  # the NIfTI is gzipped (zlib frees the GIL) while PNGs are drawn
@@ -163,6 +161,21 @@ def write_case_outputs(bag: dict, attention: np.ndarray | None, features: np.nda
         if nifti is not None:
             fields["attention_path"] = nifti.result().relative_to(out_dir).as_posix()
     return fields
+
+
+def _write_dicom(fields: dict, bag: dict, painted, top, row: Mapping, model: ModelIdentity, folder: Path, out_dir: Path,
+                 options: InferenceOptions) -> None:
+    """The case's DICOM results into ``fields["dicom_paths"]``; a study they cannot be made for (no frame of reference,
+    a header highdicom refuses) keeps its prediction and gets the reason in ``fields["dicom_warning"]``."""
+    try:
+        written = write_dicom_results(bag, painted, top, row, model, folder / DICOM_DIR, options.map_mode)
+    except Exception as raised:  # noqa: BLE001 - the prediction stands without its DICOM copy
+        for f in (folder / DICOM_DIR).glob("*.dcm"):
+            f.unlink(missing_ok=True)
+        text = " ".join(str(raised).split())[:160] or type(raised).__name__
+        fields["dicom_warning"] = f"no DICOM results: {type(raised).__name__}: {text}"
+        return
+    fields["dicom_paths"] = ";".join(p.relative_to(out_dir).as_posix() for p in written)
 
 
 def _write_overlays(bag: dict, attention: np.ndarray, painted: np.ndarray, top: np.ndarray, folder: Path, out_dir: Path) -> list[str]:
@@ -275,6 +288,9 @@ class InferenceWriter:
                     row["warning"] = "; ".join(w for w in (row.get("warning"), dicom_results_reason(out["bag"]["meta"])) if w)
                 fields = write_case_outputs(out["bag"], out["attention"], out["features"], folder, self.out_dir, self.options,
                                             row, self.model)
+                if fields.get("dicom_warning"):
+                    row["warning"] = "; ".join(w for w in (row.get("warning"), fields["dicom_warning"]) if w)
+                fields.pop("dicom_warning", None)
                 row.update(fields, t_write_s=round(time.perf_counter() - t0, 4))
             except Exception as raised:  # one case must never stop the batch
                 from ctmil.data.preprocess import case_error_text

@@ -1,15 +1,16 @@
 """Where a PACS is and how to log in: ``dicomweb URL`` or ``dimse AE@host:port``, and DICOMweb credentials from the
 environment or a file, never from the command line.
 
-Credentials, in this order:
+Credentials, the first that is given:
 
-1. ``CTMIL_DICOMWEB_TOKEN``: a bearer token;
-2. ``CTMIL_DICOMWEB_USER`` and ``CTMIL_DICOMWEB_PASSWORD``: HTTP basic authentication;
-3. a credentials file (``--credentials FILE``, or ``CTMIL_DICOMWEB_CREDENTIALS`` naming one): JSON with ``"token"``,
-   or ``"user"`` and ``"password"``. It should be readable by its owner only; ctmil warns when others can read it.
+1. a credentials file named on the command line (``--credentials FILE``): JSON with ``"token"``, or ``"user"`` and
+   ``"password"``. It should be readable by its owner only; ctmil warns when others can read it;
+2. ``CTMIL_DICOMWEB_TOKEN``: a bearer token;
+3. ``CTMIL_DICOMWEB_USER`` and ``CTMIL_DICOMWEB_PASSWORD``: HTTP basic authentication;
+4. ``CTMIL_DICOMWEB_CREDENTIALS`` naming a credentials file.
 
-A URL with a user or password in it is refused (it would land in shell history and process lists). No credential is
-ever logged or written to an output.
+The same credentials serve ``--from`` and ``--push``. A URL with a user, a password or a query in it is refused (it
+would land in shell history, process lists and error messages). No credential is ever logged or written to an output.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-__all__ = ["KINDS", "Credentials", "PacsAddress", "PacsError", "dicomweb_credentials", "parse_address"]
+__all__ = ["KINDS", "Credentials", "PacsAddress", "PacsError", "check_ae_title", "dicomweb_credentials", "parse_address"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +78,21 @@ def parse_address(kind: str, text: str) -> PacsAddress:
         if parts.username or parts.password:
             raise ValueError("a DICOMweb URL must not carry a user or password: put them in CTMIL_DICOMWEB_USER and "
                              "CTMIL_DICOMWEB_PASSWORD, CTMIL_DICOMWEB_TOKEN or a --credentials file")
+        if parts.query or parts.fragment:
+            raise ValueError("a DICOMweb URL must be the service's root, without a query (a token in it would be shown "
+                             "in messages): put a token in CTMIL_DICOMWEB_TOKEN or a --credentials file")
         return PacsAddress("dicomweb", url=text.rstrip("/"))
     match = _AE.match(text)
     if not match or not 0 < int(match["port"]) < 65536:
         raise ValueError(f"{text!r} is not a DIMSE address AE@host:port (e.g. PACS@10.1.2.3:104)")
     return PacsAddress("dimse", ae_title=match["ae"], host=match["host"].strip("[]"), port=int(match["port"]))
+
+
+def check_ae_title(title: str) -> str:
+    """``title`` when it is a valid calling AE title (1 to 16 characters, no backslash or control character)."""
+    if not 0 < len(title.strip()) <= 16 or "\\" in title or any(ord(c) < 32 or ord(c) > 126 for c in title):
+        raise ValueError(f"{title!r} is not an AE title (1 to 16 printable ASCII characters, no backslash)")
+    return title.strip()
 
 
 def _no_userinfo(text: str) -> str:
@@ -95,15 +106,19 @@ def dicomweb_credentials(path: "str | os.PathLike[str] | None" = None, environ: 
         ValueError: a credentials file that cannot be read, is not JSON, or has neither a token nor a user.
     """
     env = os.environ if environ is None else environ
+    if path:
+        return _credentials_file(Path(path))
     if env.get("CTMIL_DICOMWEB_TOKEN"):
         return Credentials(token=env["CTMIL_DICOMWEB_TOKEN"], origin="CTMIL_DICOMWEB_TOKEN")
     if env.get("CTMIL_DICOMWEB_USER"):
         return Credentials(user=env["CTMIL_DICOMWEB_USER"], password=env.get("CTMIL_DICOMWEB_PASSWORD", ""),
                            origin="CTMIL_DICOMWEB_USER")
-    path = path or env.get("CTMIL_DICOMWEB_CREDENTIALS")
-    if not path:
-        return Credentials()
-    path = Path(path)
+    if env.get("CTMIL_DICOMWEB_CREDENTIALS"):
+        return _credentials_file(Path(env["CTMIL_DICOMWEB_CREDENTIALS"]))
+    return Credentials()
+
+
+def _credentials_file(path: Path) -> Credentials:
     try:
         record = json.loads(path.read_text())
     except OSError as err:

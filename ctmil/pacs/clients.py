@@ -52,6 +52,15 @@ class Pacs(Protocol):
         """Store DICOM files; raises :class:`PacsError` unless every one was accepted."""
 
 
+def ca_bundle() -> str:
+    """The certificate authorities to trust for HTTPS: ``CTMIL_DICOMWEB_CA_BUNDLE``, else ``REQUESTS_CA_BUNDLE`` or
+    ``CURL_CA_BUNDLE`` (as requests reads them), else ``""`` (the system's)."""
+    for name in ("CTMIL_DICOMWEB_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        if os.environ.get(name):
+            return os.environ[name]
+    return ""
+
+
 def connect(address: PacsAddress, credentials: Credentials | None = None, ae_title: str = "CTMIL") -> Pacs:
     """The client of ``address``: :class:`DicomWebPacs` (with ``credentials``) or :class:`DimsePacs` (calling as
     ``ae_title``)."""
@@ -82,7 +91,8 @@ class DicomWebPacs:
 
         self.address = address
         session = requests.Session()
-        session.trust_env = False  # no proxy or .netrc from the environment: exactly the credentials given
+        session.trust_env = False  # no proxy or .netrc from the environment: exactly the credentials given ...
+        session.verify = ca_bundle() or True  # ... but a site's own certificate authority, where one is named
         if credentials.token:
             session.headers["Authorization"] = f"Bearer {credentials.token}"
         elif credentials.user:
@@ -92,13 +102,17 @@ class DicomWebPacs:
         # about 3 s ride out a blip without making a PACS that went away cost a minute per case
         self.client.set_http_retry_params(retry=True, max_attempts=RETRIES, wait_exponential_multiplier=RETRY_WAIT_MS)
 
-    def _call(self, what: str, fn, *args, **kwargs):
+    def _call(self, what: str, fn, *args, missing=None, **kwargs):
+        """``fn(...)`` with its failures as one-line :class:`PacsError`; ``missing``: what an HTTP 404 means
+        (some servers answer a search in a series they do not hold yet with 404, not an empty list)."""
         import requests
 
         try:
             return fn(*args, **kwargs)
         except requests.HTTPError as err:
             code = getattr(err.response, "status_code", "?")
+            if code == 404 and missing is not None:
+                return missing
             hint = " (check the credentials)" if code in (401, 403) else ""
             raise PacsError(f"{self.address}: {what} refused with HTTP {code}{hint}") from None
         except requests.RequestException as err:
@@ -109,7 +123,7 @@ class DicomWebPacs:
         that brings nothing new (a server that ignores ``offset``)."""
         found, seen = [], set()
         while True:
-            page = self._call(what, fn, limit=PAGE, offset=len(found), **kwargs)
+            page = self._call(what, fn, limit=PAGE, offset=len(found), missing=[], **kwargs)
             new = [item for item in page if repr(sorted(item.items())) not in seen]
             seen.update(repr(sorted(item.items())) for item in new)
             found += new
@@ -176,6 +190,17 @@ class DimsePacs:
         ae.connection_timeout = TIMEOUT_S
         return ae
 
+    def _guard(self, what: str, fn, *args, **kwargs):
+        """``fn(...)``, with what pynetdicom raises when the connection breaks or a context was refused (RuntimeError,
+        ValueError, OSError) as a one-line :class:`PacsError`."""
+        try:
+            return fn(*args, **kwargs)
+        except PacsError:
+            raise
+        except (RuntimeError, ValueError, OSError) as err:
+            text = " ".join(str(err).split())[:120]
+            raise PacsError(f"{self.address}: {what} failed ({type(err).__name__}: {text})") from None
+
     def _associate(self, ae, what: str, **kwargs):
         assoc = ae.associate(self.address.host, self.address.port, ae_title=self.address.ae_title, **kwargs)
         if not assoc.is_established:
@@ -195,7 +220,7 @@ class DimsePacs:
         assoc = self._associate(ae, f"{level.lower()} search")
         found = []
         try:
-            for status, answer in assoc.send_c_find(identifier, FIND):
+            for status, answer in self._guard(f"{level.lower()} search", lambda: list(assoc.send_c_find(identifier, FIND))):
                 code = getattr(status, "Status", None)
                 if code is None:
                     raise PacsError(f"{self.address}: {level.lower()} search failed, the connection was lost")
@@ -204,7 +229,8 @@ class DimsePacs:
                 elif code != 0x0000:
                     raise PacsError(f"{self.address}: {level.lower()} search refused (status 0x{code:04X})")
         finally:
-            assoc.release()
+            if assoc.is_established:
+                assoc.release()
         return found
 
     def find_studies(self, study_uids: Sequence[str] = ()) -> list[str]:
@@ -250,7 +276,7 @@ class DimsePacs:
         assoc = self._associate(ae, "retrieval", ext_neg=[build_role(c, scp_role=True) for c in storage],
                                 evt_handlers=[(evt.EVT_C_STORE, on_store)])
         try:
-            for status, _ in assoc.send_c_get(identifier, GET):
+            for status, _ in self._guard("retrieval", lambda: list(assoc.send_c_get(identifier, GET))):
                 code = getattr(status, "Status", None)
                 if code is None:
                     raise PacsError(f"{self.address}: retrieval failed, the connection was lost")
@@ -259,7 +285,8 @@ class DimsePacs:
                 if code == 0xB000:
                     raise PacsError(f"{self.address}: retrieval incomplete, some images were not sent")
         finally:
-            assoc.release()
+            if assoc.is_established:
+                assoc.release()
         return len(written)
 
     def store(self, files: Sequence[Path]) -> None:
@@ -271,8 +298,12 @@ class DimsePacs:
             ae.add_requested_context(sop_class, syntax)
         assoc = self._associate(ae, "storage")
         try:
+            accepted = {str(c.abstract_syntax) for c in assoc.accepted_contexts}
+            refused = sorted({d.SOPClassUID.name for d in datasets if str(d.SOPClassUID) not in accepted})
+            if refused:
+                raise PacsError(f"{self.address}: the PACS does not accept {', '.join(refused)}")
             for dataset in datasets:
-                status = assoc.send_c_store(dataset)
+                status = self._guard("storage", assoc.send_c_store, dataset)
                 code = getattr(status, "Status", None)
                 if code is None:
                     raise PacsError(f"{self.address}: storage failed, the connection was lost")

@@ -217,3 +217,47 @@ def test_the_docs_files_only_command(study, untrained_model, tmp_path, capsys):
         for path in written:
             result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
             assert not [x for x in (result.stdout + result.stderr).splitlines() if x.startswith("Error")], path.name
+
+
+@pytest.mark.parametrize("change", [{"threshold": 0.42}, {"mode": "slice"}, {"top": 1}, {"model": "e" * 64}])
+def test_a_result_made_otherwise_gets_new_uids(study, written, tmp_path, change):
+    """Same study and model, but another threshold, map mode, number of overlays or model: new objects, never the old
+    UIDs with new content (a PACS would keep the stale one)."""
+    row = {**written["row"], "threshold": change.get("threshold", written["row"]["threshold"])}
+    model = ModelIdentity("model.pt", change["model"]) if "model" in change else MODEL
+    top = written["top"][: change.get("top", len(written["top"]))]
+    paths = write_dicom_results(study["bag"], written["painted"], top, row, model, tmp_path / "d", change.get("mode", "bag"))
+    before = {str(pydicom.dcmread(p).SOPInstanceUID) for p in written["paths"]}
+    assert not before & {str(pydicom.dcmread(p).SOPInstanceUID) for p in paths}
+
+
+def _stripped_study(study, tmp_path, drop):
+    folder = tmp_path / "in" / "study"
+    folder.mkdir(parents=True)
+    for f in study["files"]:
+        ds = pydicom.dcmread(f)
+        for keyword in drop:
+            if keyword in ds:
+                delattr(ds, keyword)
+        ds.save_as(folder / f.name)
+    return tmp_path / "in"
+
+
+def test_a_de_identified_study_still_gets_its_results(study, untrained_model, tmp_path):
+    """Type 2 attributes an anonymiser dropped (PatientID, PatientName, StudyID ...) are written empty."""
+    export = _stripped_study(study, tmp_path, ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyID",
+                                               "AccessionNumber", "ReferringPhysicianName"))
+    predictions, n_failed = run_inference([export], untrained_model, tmp_path / "out", top_slices=1, progress=False, dicom=True)
+    row = predictions.iloc[0]
+    assert n_failed == 0 and len(row["dicom_paths"].split(";")) == 3 and "no DICOM results" not in row["warning"]
+    sr = pydicom.dcmread(tmp_path / "out" / row["dicom_paths"].split(";")[0])
+    assert sr.PatientID == "" and sr.PatientName == ""
+
+
+def test_a_study_the_objects_cannot_be_made_for_keeps_its_prediction(study, untrained_model, tmp_path):
+    export = _stripped_study(study, tmp_path, ("FrameOfReferenceUID",))
+    predictions, n_failed = run_inference([export], untrained_model, tmp_path / "out", top_slices=1, progress=False, dicom=True)
+    row = predictions.iloc[0]
+    assert n_failed == 0 and row["status"] == "ok" and 0.0 <= row["probability"] <= 1.0
+    assert row["dicom_paths"] == "" and "no DICOM results: " in row["warning"]
+    assert not list((tmp_path / "out" / "cases").glob("*/dicom/*.dcm"))  # no half set of objects

@@ -34,6 +34,8 @@ def test_addresses(kind, text, expected):
     ("dicomweb", "ftp://pacs/dicom-web", "not an http(s) DICOMweb URL"),
     ("dicomweb", "https://alice:hunter2@pacs/dicom-web", "must not carry a user or password"),
     ("dicomweb", "https://alice@pacs/dicom-web", "must not carry a user or password"),
+    ("dicomweb", "https://pacs/dicom-web?access_token=hunter2", "without a query"),
+    ("dicomweb", "https://pacs/dicom-web#hunter2", "without a query"),
     ("dimse", "pacs.example.org:104", "not a DIMSE address"),
     ("dimse", "PACS@host:0", "not a DIMSE address"),
     ("dimse", "PACS@host:70000", "not a DIMSE address"),
@@ -92,6 +94,26 @@ def test_credentials_file(tmp_path, caplog, content, message):
         dicomweb_credentials(path, environ={})
         assert "chmod 600" in caplog.text
     assert dicomweb_credentials(environ={"CTMIL_DICOMWEB_CREDENTIALS": str(path)}).origin == f"the file {path}"
+
+
+def test_a_file_named_on_the_command_line_comes_first(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"user": "from-file", "password": "p"}))
+    os.chmod(path, 0o600)
+    got = dicomweb_credentials(path, environ={"CTMIL_DICOMWEB_TOKEN": "tok", "CTMIL_DICOMWEB_USER": "env"})
+    assert got.user == "from-file" and not got.token
+
+
+@pytest.mark.parametrize("title, ok", [("CTMIL", True), ("A" * 16, True), ("A" * 17, False), ("", False), ("BAD\\AE", False),
+                                       ("TAB\tAE", False), ("ÉCOLE", False)])
+def test_ae_titles(title, ok):
+    from ctmil.pacs.address import check_ae_title
+
+    if ok:
+        assert check_ae_title(title) == title
+    else:
+        with pytest.raises(ValueError, match="is not an AE title"):
+            check_ae_title(title)
 
 
 def test_missing_credentials_file(tmp_path):

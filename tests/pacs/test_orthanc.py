@@ -101,8 +101,8 @@ def test_dicomweb_round_trip_as_in_the_docs(orthanc, studies, untrained_model, t
     for study in studies[:2]:
         orthanc.upload(study["files"])
     out = tmp_path / "results"
-    with caplog.at_level(logging.DEBUG):
-        code = main(docs_command("dicomweb", orthanc, untrained_model, out))
+    with caplog.at_level(logging.DEBUG):  # -v: every library's debug records too, none of them with a credential
+        code = main([*docs_command("dicomweb", orthanc, untrained_model, out), "-v"])
     err = capsys.readouterr().err
     assert code == 0, err
     predictions = pd.read_csv(out / "predictions.csv", keep_default_na=False)
@@ -169,12 +169,45 @@ def test_pacs_gone_mid_batch_then_rerun_sends_only_what_is_missing(orthanc, stud
     assert len(predictions) == 3 and set(predictions["status"]) == {"ok"}
 
 
+def test_dimse_pacs_gone_mid_batch_is_one_line_per_case(orthanc, studies, untrained_model, tmp_path, capsys, monkeypatch):
+    """Over DIMSE too: the PACS stops after the first case's C-STORE; the others fail in one line each, exit 3, and the
+    rerun sends only what is missing."""
+    from ctmil.pacs.clients import DimsePacs
+
+    for study in studies[:2]:
+        orthanc.upload(study["files"])
+    out = tmp_path / "results"
+    argv = ["infer", "--from", "dimse", orthanc.dimse, "--push", "dimse", orthanc.dimse, "--model", str(untrained_model),
+            "--out", str(out), "--top-slices", "1", "-q"]
+    store = DimsePacs.store
+
+    def store_then_fail(self, files):
+        store(self, files)
+        orthanc.stop()
+
+    monkeypatch.setattr(DimsePacs, "store", store_then_fail)
+    assert main(argv) == 3
+    failed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1 and "(push): " in failed[0] and "ORTHANC@127.0.0.1" in failed[0]
+    monkeypatch.setattr(DimsePacs, "store", store)
+    orthanc.start()
+    assert main(argv) == 0
+    pushed = pd.read_csv(out / "pacs.csv", keep_default_na=False).query("direction == 'push'")
+    assert sorted(pushed["n_sent"]) == [0, 3] and sorted(pushed["n_present"]) == [0, 3]
+    for study in studies[:2]:
+        found = _results(orthanc, study["uid"])
+        assert [s["n"] for s in found[SR]] == [1] and [s["n"] for s in found[SC]] == [1]
+
+
 @pytest.mark.parametrize("argv_tail, message", [
     (["--from", "dicomweb", "https://alice:hunter2@pacs/dicom-web"], "--from: a DICOMweb URL must not carry a user or password"),
     (["--from", "dimse", "pacs:104"], "--from: 'pacs:104' is not a DIMSE address AE@host:port"),
     (["--push", "smb", "x"], "--push: unknown PACS protocol 'smb'"),
     (["--study", "1.2.3"], "--study needs --from PROTOCOL ADDRESS"),
     ([], "give the CT to predict: input paths, or --from"),
+    (["--from", "dicomweb", "https://pacs/dicom-web?token=hunter2"], "--from: a DICOMweb URL must be the service's root"),
+    (["--from", "dimse", "PACS@host:104", "--ae-title", "A_TITLE_FAR_TOO_LONG"], "--ae-title: 'A_TITLE_FAR_TOO_LONG' is not an AE title"),
+    (["--from", "dicomweb", "https://pacs/dicom-web", "--credentials", "/nonexistent.json"], "credentials file not found"),
 ])
 def test_pacs_usage_errors_come_before_any_work(untrained_model, tmp_path, capsys, argv_tail, message):
     out = tmp_path / "out"
