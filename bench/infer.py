@@ -34,6 +34,7 @@ import torch
 
 from ctmil.networks import MILNet
 from ctmil.infer.batch import run_inference
+from ctmil.infer.writer import InferenceOptions
 from ctmil.infer.model_io import load_model
 
 THORAX = Path(__file__).resolve().parents[2] / "shared" / "data" / "thorax_ct_dicom"
@@ -163,7 +164,7 @@ def main() -> None:
         torch.manual_seed(0)
         torch.save(MILNet().state_dict(), tmp / "model.pt")
         model = load_model(tmp / "model.pt")
-        options = dict(save_overlays=not args.no_overlays, top_slices=args.top_slices, progress=False)
+        options = dict(options=InferenceOptions(save_overlays=not args.no_overlays, top_slices=args.top_slices), progress=False)
         table = []
         inputs = _slice_rows(tmp, args.slices) if args.slices else _inputs(tmp, args.quick)
         if args.no_real:

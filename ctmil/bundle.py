@@ -67,13 +67,18 @@ class _NoLoggingNotice(logging.Filter):
 
 
 def build_workflow(files: Sequence[str | os.PathLike], overrides: Mapping[str, Any] | None = None,
-                   workflow_type: str = "train"):
-    """A MONAI ``ConfigWorkflow`` over ``files`` (merged in order) with ``#``-id ``overrides``, initialised.
+                   workflow_type: str = "train", properties: Mapping[str, Any] | None = None):
+    """A MONAI ``ConfigWorkflow`` over ``files`` (merged in order) with ``overrides`` of its ids, initialised.
 
     Plain names are packaged configs (``"train.json"``); paths are used as they are. Override values may be
-    Python objects (a ``BagDataset`` for a fold, say). This is exactly what ``python -m monai.bundle run``
-    builds, so every entry point trains the same way. Logging is left as the caller configured it (the bundle's
-    ``logging.conf`` is for ``python -m monai.bundle run``; it would send ctmil's logs to stdout).
+    Python objects. ``properties`` are set by MONAI's bundle property names through the workflow's own setters
+    (``{"train_dataset": fold_bags, "val_dataset": None}``): how a driver hands the workflow objects without naming
+    where the configs keep them. This is exactly what ``python -m monai.bundle run`` builds, so every entry point
+    trains the same way. Logging is left as the caller configured it (the bundle's ``logging.conf`` is for
+    ``python -m monai.bundle run``; it would send ctmil's logs to stdout).
+
+    Raises:
+        ValueError: an override id the configs do not have, or a name that is not a property of the workflow.
     """
     from monai.bundle import ConfigWorkflow
 
@@ -85,6 +90,10 @@ def build_workflow(files: Sequence[str | os.PathLike], overrides: Mapping[str, A
     check_override_ids(paths, overrides or {})
     workflow = ConfigWorkflow(config_file=paths, meta_file=config_files("metadata.json")[0], logging_file=False,
                               workflow_type=workflow_type, **dict(overrides or {}))
+    for name, value in dict(properties or {}).items():
+        if name not in (workflow.properties or {}):
+            raise ValueError(f"{name!r} is not a property of the {workflow_type} workflow (they are: {', '.join(sorted(workflow.properties))})")
+        setattr(workflow, name, value)  # MONAI's setter writes the config item the property names
     workflow.initialize()
     return workflow
 

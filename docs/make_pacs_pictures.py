@@ -25,6 +25,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ctmil.infer.batch import run_inference  # noqa: E402
+
+from ctmil.infer.writer import InferenceOptions  # noqa: E402
 from ctmil.infer.dicom_results import sr_content_tree  # noqa: E402
 from ctmil.networks import MILNet  # noqa: E402
 from ctmil.synthetic.chest import make_phantom  # noqa: E402
@@ -47,7 +49,7 @@ def main() -> None:
         vol, _, info = make_phantom(3, shape=(48, 128, 128), spacing=SPACING, severe=True, involvement=0.55)
         write_dicom_series(vol, SPACING, tmp / "export" / "study", rng=0, patient_name="PHANTOM^DOCS", patient_id="DOCS0001",
                            origin=info["origin_lps"])
-        predictions, _ = run_inference([tmp / "export"], model, tmp / "out", top_slices=1, progress=False, dicom=True)
+        predictions, _ = run_inference([tmp / "export"], model, tmp / "out", InferenceOptions(top_slices=1, dicom=True), progress=False)
         row = predictions.iloc[0]
         paths = [tmp / "out" / p for p in str(row["dicom_paths"]).split(";")]
         overlay = next(p for p in paths if p.name.startswith("overlay_"))

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ctmil.data.preprocess import preprocess_cases  # noqa: E402
 from ctmil.infer.batch import run_inference  # noqa: E402
+from ctmil.infer.writer import InferenceOptions  # noqa: E402
 from ctmil.networks import MILNet  # noqa: E402
 from ctmil.synthetic.phantoms import make_phantom, write_nifti  # noqa: E402
 
@@ -82,7 +83,7 @@ def main() -> list[Path]:
                       "label": ["1", "1", ""]}).to_csv(root / "in" / "infer.csv", index=False)
         torch.manual_seed(0)
         torch.save(MILNet().state_dict(), root / "model.pt")
-        run_inference([root / "in" / "infer.csv"], root / "model.pt", root / "infer", top_slices=2, progress=False)
+        run_inference([root / "in" / "infer.csv"], root / "model.pt", root / "infer", InferenceOptions(top_slices=2), progress=False)
         made.append(screenshot(root / "infer" / "report.html", IMG / "report_infer.png"))
     made = [p for p in made if p is not None]
     for p in made:

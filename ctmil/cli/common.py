@@ -179,4 +179,4 @@ def given_inputs(args: argparse.Namespace, what: str = "input") -> list[str]:
 
 def implausible(args: argparse.Namespace) -> dict:
     """The bundle override of ``--allow-implausible-lungs`` (nothing when not given: the config decides)."""
-    return {"preprocessing#allow_implausible_lungs": True} if getattr(args, "allow_implausible_lungs", False) else {}
+    return {"allow_implausible_lungs": True} if getattr(args, "allow_implausible_lungs", False) else {}

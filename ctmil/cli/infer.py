@@ -65,6 +65,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ctmil.bundle import read_labels
     from ctmil.infer.batch import run_inference
+    from ctmil.infer.writer import InferenceOptions
 
     from ctmil.infer.model_io import load_model
     from ctmil.infer.shards import parse_shard
@@ -84,15 +85,15 @@ def run(args: argparse.Namespace) -> int:
         inputs = [*inputs, *(str(p) for p in pulled)]
         if not inputs:
             return _pacs_report(transfers, args.out, predictions_failed=0)
+    options = InferenceOptions(threshold=args.threshold, save_maps=not args.no_maps, save_overlays=not args.no_overlays,
+                               save_features=args.features, top_slices=args.top_slices, map_mode=args.map_mode,
+                               with_study_uid=args.with_study_uid, dicom=args.dicom or push is not None)
     predictions, n_failed = run_inference(  # makes --out only once the inputs are known to hold CT
-        inputs, loaded, writable_out(args.out), threshold=args.threshold, device=auto_device(args.device),
-        save_maps=not args.no_maps, save_overlays=not args.no_overlays, save_features=args.features,
-        top_slices=args.top_slices, map_mode=args.map_mode, labels=labels,
+        inputs, loaded, writable_out(args.out), options, device=auto_device(args.device), labels=labels,
         min_slices=args.min_slices, min_area_fraction=args.min_area_fraction,
         allow_implausible_lungs=args.allow_implausible_lungs, allow_input_mismatch=args.allow_input_mismatch,
         shard=shard, config=configs(args.config), overrides=parse_overrides(args.set), progress=not args.quiet,
-        allow_torchscript=args.allow_torchscript, keep_paths=args.keep_paths, with_study_uid=args.with_study_uid,
-        dicom=args.dicom or push is not None)
+        allow_torchscript=args.allow_torchscript, keep_paths=args.keep_paths)
     for row in predictions[predictions["status"] == "failed"].itertuples():
         print(f"FAILED {row.case_id}: {row.error}", file=sys.stderr)
     if push is not None:

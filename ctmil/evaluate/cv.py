@@ -155,14 +155,13 @@ def _train(files, overrides: Mapping[str, Any], setting: str, ssl_task: str, tra
     (the validation set of the workflow; never a test fold); returns the network, its device and the point."""
     _, use_virtual, task = SETTINGS[setting]
     ssl = "none" if task is None else (ssl_task if task == "cv" else task)
-    run = {**dict(overrides), "seed": seed, "ssl": ssl, "use_virtual_bags": use_virtual,
-           "train#dataset": train_ds, "validate#dataset": calibration_ds, "output_dir": str(run_dir),
+    run = {**dict(overrides), "seed": seed, "ssl": ssl, "use_virtual_bags": use_virtual, "output_dir": str(run_dir),
            "save_model": model_dir is not None, "ckpt_dir": str(model_dir or run_dir)}
-    workflow = build_workflow([_path(f) for f in files], run)
+    workflow = build_workflow([_path(f) for f in files], run,
+                              properties={"train_dataset": train_ds, "val_dataset": calibration_ds})  # MONAI's property names
     workflow.run()
-    network = workflow.parser.get_parsed_content("network_def")
-    device = workflow.parser.get_parsed_content("device")
-    point = workflow.parser.get_parsed_content("train#operating_point").result
+    network, device = workflow.network_def, workflow.device
+    point = workflow.trainer.state.operating_point  # what the operating-point handler learnt (it records it there)
     workflow.finalize()
     return network, device, point
 

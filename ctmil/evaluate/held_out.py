@@ -43,6 +43,7 @@ from ctmil.stats.statistics import bootstrap_ci, delong_auc_ci
 from ctmil.bundle import load_bag_datalist, read_labels
 from ctmil.data.bags import BagDataset, load_bag
 from ctmil.infer.batch import run_inference
+from ctmil.infer.writer import InferenceOptions
 from ctmil.infer.model_io import load_model, recorded_operating_point
 from ctmil.io.discovery import discover_cases, read_table
 from ctmil.train.engines import predict
@@ -128,8 +129,8 @@ def _ct_predictions(inputs: Sequence[PathLike], loaded: Any, out_dir: Path, labe
                     progress: bool, save_maps: bool, allow_input_mismatch: bool = False, config: Sequence[PathLike] = (),
                     overrides: Mapping[str, Any] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
     """``(predictions, failed)`` of CT inputs by :func:`run_inference` into ``out_dir/inference``."""
-    frame, _ = run_inference(list(inputs), loaded, out_dir / "inference", threshold=threshold, save_maps=save_maps,
-                             save_overlays=save_maps, labels=dict(labels), progress=progress,
+    options = InferenceOptions(threshold=threshold, save_maps=save_maps, save_overlays=save_maps)
+    frame, _ = run_inference(list(inputs), loaded, out_dir / "inference", options, labels=dict(labels), progress=progress,
                              allow_input_mismatch=allow_input_mismatch, config=list(config), overrides=dict(overrides or {}))  # fmt: skip
     ok = frame["status"] != "failed"
     predictions = pd.DataFrame({"case_id": frame.loc[ok, "case_id"], "probability": frame.loc[ok, "probability"],

@@ -18,6 +18,7 @@ import os
 import queue
 import threading
 import time
+from dataclasses import fields as dataclass_fields, replace
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -233,14 +234,9 @@ def run_inference(
     inputs: "str | os.PathLike | Iterable[str | os.PathLike]",
     model: "str | os.PathLike | InferenceModel",
     out_dir: "str | os.PathLike",
+    options: InferenceOptions | None = None,
     *,
-    threshold: float | None = None,
     device: str = "cpu",
-    save_maps: bool = True,
-    save_overlays: bool = True,
-    save_features: bool = False,
-    top_slices: int = 3,
-    map_mode: str = "bag",
     labels: Mapping[str, float] | None = None,
     min_slices: int | None = None,
     min_area_fraction: float | None = None,
@@ -252,9 +248,7 @@ def run_inference(
     progress: bool = True,
     allow_torchscript: bool = False,
     keep_paths: bool = False,
-    with_study_uid: bool = False,
     prefetch: int = 1,
-    dicom: bool = False,
 ) -> tuple[pd.DataFrame, int]:
     """Predict every study of ``inputs`` with the bundle's infer workflow (``inference.json``), writing
     ``out_dir/predictions.csv`` and per-case outputs (:mod:`ctmil.infer.writer`).
@@ -262,8 +256,10 @@ def run_inference(
     Args:
         inputs: export folders, NIfTI files, slice-image folders or datalist CSVs (one path or several).
         model: a model file (:func:`ctmil.infer.model_io.load_model`, weights only) or an already loaded model.
-        threshold: on the calibrated probability; ``None``: the model's learnt one (``model.json``), else 0.5.
-        save_maps, save_overlays, save_features, top_slices, map_mode: see :class:`InferenceOptions`.
+        options: what to write per case (:class:`~ctmil.infer.writer.InferenceOptions`: maps, overlays, features,
+            DICOM results, the threshold; its ``threshold`` ``None`` is the model's learnt one, else 0.5). The workflow
+            gets this object as its ``options``; ``overrides`` of ``options#<field>`` (``ctmil infer --set``) change
+            its fields.
         device: ``"cpu"`` or ``"cuda[:i]"``.
         labels: optional reference labels by case id (or StudyInstanceUID), copied to the ``label`` column.
         min_slices, min_area_fraction: preprocessing settings; ``None`` = those recorded with the model
@@ -279,10 +275,7 @@ def run_inference(
         overrides: ``#``-id overrides of that config (``ctmil infer --set``), applied last; every id must exist.
         allow_torchscript: accept TorchScript model files (programs, not weights).
         keep_paths: absolute source paths in the outputs (default: relative to the input).
-        with_study_uid: a ``study_uid`` column (DICOM StudyInstanceUID) to join with clinical data; an identifier.
         prefetch: cases read and preprocessed ahead in a background thread while one predicts (0: one at a time).
-        dicom: write each DICOM study's results as DICOM objects (SR, Parametric Map, Secondary Capture) into
-            ``cases/<case>/dicom/`` (:mod:`ctmil.infer.dicom_results`).
 
     Returns:
         ``(predictions, n_failed)``.
@@ -290,23 +283,21 @@ def run_inference(
     Raises:
         ModelError: the model cannot be loaded. ValueError: invalid options, or no case in ``inputs``.
     """
-    InferenceOptions(threshold=0.5 if threshold is None else float(threshold), top_slices=int(top_slices), map_mode=map_mode)
+    user = dict(overrides or {})
+    options = with_overrides(options or InferenceOptions(), user)  # --set options#<field> changes the object
     loaded = model if isinstance(model, InferenceModel) else load_model(model, device=device, allow_torchscript=allow_torchscript)
-    threshold = loaded.threshold if threshold is None else float(threshold)
-    if not loaded.has_attention and (save_maps or save_overlays):
+    options = replace(options, threshold=loaded.threshold if options.threshold is None else float(options.threshold))
+    if not loaded.has_attention and (options.save_maps or options.save_overlays):
         logger.warning("the model gives no attention: attention maps and overlays are skipped")
     settings = _preprocessing_settings(loaded, min_slices, min_area_fraction, allow_implausible_lungs)
     out_dir = Path(out_dir)
-    user = dict(overrides or {})
     overrides = {
         "inputs": [str(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)],
         "output_dir": str(out_dir), "device": loaded.device, "network": loaded,
-        "load_weights": False, "preprocessing_args": settings, "threshold": float(threshold), "labels": dict(labels or {}),
-        "options#save_maps": bool(save_maps), "options#save_overlays": bool(save_overlays),
-        "options#save_features": bool(save_features), "options#top_slices": int(top_slices), "options#map_mode": map_mode,
-        "progress": bool(progress), "cases#keep_paths": bool(keep_paths), "options#with_study_uid": bool(with_study_uid),
-        "dataloader#prefetch": int(prefetch), "options#dicom": bool(dicom), "model_identity": loaded.identity if dicom else None,
+        "load_weights": False, "preprocessing_args": settings, "threshold": options.threshold, "labels": dict(labels or {}),
+        "options": options, "progress": bool(progress), "keep_paths": bool(keep_paths), "prefetch": int(prefetch),
         "trained_on": list(loaded.intensities), "allow_input_mismatch": bool(allow_input_mismatch),
+        "model_identity": loaded.identity if options.dicom else None,
         **user,
     }
     workflow_configs = [str(c) for c in config or []]
@@ -324,6 +315,19 @@ def run_inference(
     lock = "infer" if shard is None else f"infer.shard-{shard[0]}-of-{shard[1]}"
     with output_lock(out_dir, lock):  # one live run per --out (per shard): a second refuses with one line
         return _run_cases(workflow, loaded, settings, overrides, cases, out_dir, shard, workflow_configs)
+
+
+def with_overrides(options: InferenceOptions, overrides: dict) -> InferenceOptions:
+    """``options`` with the ``options#<field>`` entries of ``overrides`` (removed from it) as its fields: how
+    ``ctmil infer --set options#top_slices=5`` reaches the options object the workflow is given."""
+    fields = {f.name for f in dataclass_fields(InferenceOptions)}
+    changes = {}
+    for key in [k for k in overrides if str(k).startswith("options#")]:
+        name = str(key).split("#", 1)[1]
+        if name not in fields:
+            raise ValueError(f"unknown config id {key!r}: InferenceOptions has no field {name!r} (it has {', '.join(sorted(fields))})")
+        changes[name] = overrides.pop(key)
+    return replace(options, **changes) if changes else options
 
 
 def _run_cases(workflow, loaded: InferenceModel, settings: Mapping[str, Any], overrides: Mapping[str, Any], cases: list,

@@ -59,7 +59,8 @@ class InferenceOptions:
     """What to write per case.
 
     Args:
-        threshold: probability at or above which a case is predicted severe (``prediction = 1``).
+        threshold: probability at or above which a case is predicted severe (``prediction = 1``); ``None``: the one
+            learnt with the model (:func:`ctmil.infer.batch.run_inference` puts it in before any case is written).
         save_maps: write ``attention.nii.gz``.
         save_overlays: write PNG overlays of the ``top_slices`` most attended slices.
         save_features: write the bag feature vector (``features.npy`` and, at the end, ``features.csv``).
@@ -74,7 +75,7 @@ class InferenceOptions:
             Other inputs get none and the reason in their ``warning``.
     """
 
-    threshold: float = 0.5
+    threshold: float | None = None
     save_maps: bool = True
     save_overlays: bool = True
     save_features: bool = False
@@ -86,7 +87,7 @@ class InferenceOptions:
     dicom: bool = False
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
         if self.report_max_overlays < 0:
             raise ValueError(f"report_max_overlays must be >= 0, got {self.report_max_overlays}")
@@ -323,6 +324,14 @@ class InferenceWriter:
 REPORT_COLUMNS = ["case_id", "status", "probability", "prediction", "label", "n_slices_kept", "top_slices", "warning"]
 
 
+def _threshold_text(options: InferenceOptions, predictions: pd.DataFrame) -> str:
+    """The threshold the predictions were made at: the options', else the one in the table (learnt with the model)."""
+    if options.threshold is not None:
+        return f"{options.threshold:g}"
+    used = predictions["threshold"].dropna().unique() if "threshold" in predictions else []
+    return f"{float(used[0]):g}" if len(used) == 1 else "learnt with the model"
+
+
 def write_report(predictions: pd.DataFrame, out_dir: "str | os.PathLike[str]", options: InferenceOptions) -> Path:
     """``out_dir/report.html``: the predictions table (``id="predictions"``), the failed cases (``id="failed"``) and
     a gallery (``id="overlays"``) of every overlay of the usable cases, most probable case first, each card with
@@ -333,7 +342,7 @@ def write_report(predictions: pd.DataFrame, out_dir: "str | os.PathLike[str]", o
     report = HtmlReport("ctmil infer: predictions")
     report.paragraph(f"{len(predictions)} cases: {len(ok)} predicted, {len(failed)} failed. probability: the model's "
                      f"probability that the case is severe; prediction = 1 when it is at least the threshold "
-                     f"{options.threshold:g}; label: the reference label when one was given.")
+                     f"{_threshold_text(options, predictions)}; label: the reference label when one was given.")
     report.heading("Predictions", id="predictions-heading")
     report.table(predictions[[c for c in REPORT_COLUMNS if c in predictions]], id="predictions", caption="one row per case")
     report.heading("Failed cases", id="failed-heading")

@@ -182,4 +182,7 @@ def test_train_json_lists_every_preprocessing_setting_at_its_default():
     ``preprocessing_transforms`` (``patch_dtype`` included), with the signature's default."""
     from ctmil.transforms import preprocessing_settings
 
-    assert json.loads(Path(TRAIN).read_text())["preprocessing"] == preprocessing_settings()
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(ConfigParser.load_config_file(TRAIN))
+    assert parser.get_parsed_content("preprocessing") == preprocessing_settings()

@@ -163,20 +163,20 @@ def test_cv_runs_are_the_bundle_train_workflow(datalist, tmp_path, monkeypatch):
     seen = []
     real = cv_module.build_workflow
 
-    def spy(files, overrides):
-        seen.append((list(files), dict(overrides)))
-        return real(files, overrides)
+    def spy(files, overrides, properties=None):
+        seen.append((list(files), {**dict(overrides), **dict(properties or {})}))
+        return real(files, overrides, properties=properties)
 
     monkeypatch.setattr(cv_module, "build_workflow", spy)
     run_cv(datalist, tmp_path, files=DEMO, overrides={**TINY, "cv#settings": ["C"], "cv#final_model": "all_data",
                                                         "max_epochs": 1}, progress=False)
     assert len(seen) == 3 and all(Path(f[0][0]).name == "train.json" for f in seen)
     # two folds of 3 training cases (too few for an inner split: all train), then all 6 cases: 4 train, 2 calibrate
-    assert [len(o["train#dataset"]) for _, o in seen] == [3, 3, 4]
-    assert [o["validate#dataset"] is None for _, o in seen] == [True, True, False]
+    assert [len(o["train_dataset"]) for _, o in seen] == [3, 3, 4]
+    assert [o["val_dataset"] is None for _, o in seen] == [True, True, False]
     assert {o["ssl"] for _, o in seen} == {"absolute"} and not any(o["use_virtual_bags"] for _, o in seen)
     assert seen[-1][1]["seed"] == 0  # the final model: root seed
-    final_ids = [ds[i]["case_id"] for ds in (seen[-1][1]["train#dataset"], seen[-1][1]["validate#dataset"]) for i in range(len(ds))]
+    final_ids = [ds[i]["case_id"] for ds in (seen[-1][1]["train_dataset"], seen[-1][1]["val_dataset"]) for i in range(len(ds))]
     assert sorted(final_ids) == [f"case{i}" for i in range(6)]
     assert (tmp_path / "model.pt").is_file() and not (tmp_path / "runs" / "C" / "all_data").exists()  # no empty folder left
 
@@ -195,13 +195,14 @@ def test_operating_point_is_learnt_on_inner_cases_never_the_test_fold(tmp_path, 
                   "label": [i % 2 for i in range(12)]}).to_csv(datalist, index=False)  # fmt: skip
     seen = []
     real = cv_module.build_workflow
-    monkeypatch.setattr(cv_module, "build_workflow", lambda files, o: seen.append(dict(o)) or real(files, o))
+    monkeypatch.setattr(cv_module, "build_workflow",
+                        lambda files, o, properties=None: seen.append({**o, **properties}) or real(files, o, properties=properties))
     out = tmp_path / "out"
     pred = run_cv(datalist, out, files=DEMO, overrides={**TINY, "cv#settings": ["A"], "cv#final_model": "all_data",
                                                           "max_epochs": 1, "threshold": 0.5, "cv#calibration_fraction": 0.34},
                  progress=False)  # fmt: skip
     for o, (_, test) in zip(seen, pred.groupby("fold")):
-        fit, calib, tested = _ids(o["train#dataset"]), _ids(o["validate#dataset"]), set(test["case_id"])
+        fit, calib, tested = _ids(o["train_dataset"]), _ids(o["val_dataset"]), set(test["case_id"])
         assert len(fit) == 4 and len(calib) == 2 and not (fit | calib) & tested and len(fit | calib | tested) == 12
         point = json.loads((out / "runs" / "A" / f"r0_f{test['fold'].iloc[0]}" / "operating_point.json").read_text())
         assert set(point["calibration_cases"]) == calib and point["n_cases"] == 2 and point["n_positive"] == 1
@@ -209,7 +210,7 @@ def test_operating_point_is_learnt_on_inner_cases_never_the_test_fold(tmp_path, 
         # a Platt map, or (a 1-epoch tiny net may rank the 2 cases wrongly) the fixed threshold, saying why
         assert point["calibration"]["method"] == "platt" or ("rank against" in point["source"] and point["threshold"] == 0.5)
         assert ((test["probability"] >= point["threshold"]).astype(int) == test["prediction"]).all()
-    assert len(seen) == 3 and len(_ids(seen[-1]["validate#dataset"])) >= 2
+    assert len(seen) == 3 and len(_ids(seen[-1]["val_dataset"])) >= 2
     info = json.loads((out / "model.json").read_text())
     assert info["calibration"] == info["operating_point"]["calibration"] and 0.0 <= info["threshold"] <= 1.0
     assert "inner validation" in info["operating_point"]["source"]
@@ -222,7 +223,8 @@ def test_relative_ssl_variants_run_beside_the_settings(datalist, tmp_path, monke
     """C and C-rel in one CV: same folds and seeds, the absolute and the relative task; the report names both."""
     seen = []
     real = cv_module.build_workflow
-    monkeypatch.setattr(cv_module, "build_workflow", lambda files, o: seen.append(dict(o)) or real(files, o))
+    monkeypatch.setattr(cv_module, "build_workflow",
+                        lambda files, o, properties=None: seen.append({**o, **properties}) or real(files, o, properties=properties))
     pred = run_cv(datalist, tmp_path, files=DEMO, overrides={**TINY, "cv#settings": ["C", "C-rel"], "max_epochs": 1,
                                                              "cv#final_model": "last_fold"}, progress=False)  # fmt: skip
     assert [o["ssl"] for o in seen] == ["absolute", "absolute", "relative", "relative"]

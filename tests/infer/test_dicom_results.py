@@ -14,6 +14,7 @@ import pytest
 
 from ctmil.infer.attention_maps import paint_attention, top_attended_slices
 from ctmil.infer.batch import CasePipeline, run_inference
+from ctmil.infer.writer import InferenceOptions
 from ctmil.infer.dicom_results import (CODES, LEVELS, ModelIdentity, dicom_results_reason, read_sr_result, result_uid,
                                        write_dicom_results)
 from ctmil.synthetic.chest import make_phantom
@@ -183,8 +184,7 @@ def test_run_inference_writes_dicom_for_dicom_studies_only(study, untrained_mode
     vol, _, info = make_phantom(1, shape=SHAPE, spacing=SPACING)
     write_nifti(vol, SPACING, tmp_path / "in" / "case_n.nii.gz", origin=info["origin_lps"])
     shutil.copytree(study["root"] / "study", tmp_path / "in" / "study")
-    predictions, n_failed = run_inference([tmp_path / "in"], untrained_model, tmp_path / "out", top_slices=2, progress=False,
-                                          dicom=True)
+    predictions, n_failed = run_inference([tmp_path / "in"], untrained_model, tmp_path / "out", InferenceOptions(top_slices=2, dicom=True), progress=False)
     assert n_failed == 0
     table = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False).set_index("input_kind")
     dicom, nifti = table.loc["dicom"], table.loc["nifti"]
@@ -247,7 +247,7 @@ def test_a_de_identified_study_still_gets_its_results(study, untrained_model, tm
     """Type 2 attributes an anonymiser dropped (PatientID, PatientName, StudyID ...) are written empty."""
     export = _stripped_study(study, tmp_path, ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyID",
                                                "AccessionNumber", "ReferringPhysicianName"))
-    predictions, n_failed = run_inference([export], untrained_model, tmp_path / "out", top_slices=1, progress=False, dicom=True)
+    predictions, n_failed = run_inference([export], untrained_model, tmp_path / "out", InferenceOptions(top_slices=1, dicom=True), progress=False)
     row = predictions.iloc[0]
     assert n_failed == 0 and len(row["dicom_paths"].split(";")) == 3 and "no DICOM results" not in row["warning"]
     sr = pydicom.dcmread(tmp_path / "out" / row["dicom_paths"].split(";")[0])
@@ -256,7 +256,7 @@ def test_a_de_identified_study_still_gets_its_results(study, untrained_model, tm
 
 def test_a_study_the_objects_cannot_be_made_for_keeps_its_prediction(study, untrained_model, tmp_path):
     export = _stripped_study(study, tmp_path, ("FrameOfReferenceUID",))
-    predictions, n_failed = run_inference([export], untrained_model, tmp_path / "out", top_slices=1, progress=False, dicom=True)
+    predictions, n_failed = run_inference([export], untrained_model, tmp_path / "out", InferenceOptions(top_slices=1, dicom=True), progress=False)
     row = predictions.iloc[0]
     assert n_failed == 0 and row["status"] == "ok" and 0.0 <= row["probability"] <= 1.0
     assert row["dicom_paths"] == "" and "no DICOM results: " in row["warning"]

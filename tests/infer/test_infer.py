@@ -66,7 +66,7 @@ def batch(tmp_path_factory, phantom, model_path):
     root_logger.addHandler(handler)
     root_logger.setLevel(logging.DEBUG)
     try:
-        predictions, n_failed = run_inference([export], model_path, root / "out", top_slices=1, save_features=True, progress=False)
+        predictions, n_failed = run_inference([export], model_path, root / "out", InferenceOptions(top_slices=1, save_features=True), progress=False)
     finally:
         root_logger.removeHandler(handler)
         root_logger.setLevel(old_level)
@@ -215,7 +215,7 @@ def test_memory_stays_flat_over_many_cases(batch, model_path, tmp_path):
     for i in range(6):
         shutil.copy(source, six / f"c{i}.nii.gz")
     model = load_model(model_path)
-    kwargs = dict(save_overlays=False, progress=False)  # imports and caches were warmed by the `batch` fixture
+    kwargs = dict(options=InferenceOptions(save_overlays=False), progress=False)  # imports and caches were warmed by `batch`
     peaks = []
     for folder in (one, six):
         tracemalloc.start()
@@ -247,7 +247,7 @@ def test_interrupted_batch_keeps_the_finished_rows(batch, model_path, tmp_path):
 
     model.predict = interrupted
     with pytest.raises(KeyboardInterrupt):
-        run_inference([folder], model, tmp_path / "out", save_overlays=False, progress=False)
+        run_inference([folder], model, tmp_path / "out", InferenceOptions(save_overlays=False), progress=False)
     table = pd.read_csv(tmp_path / "out" / "predictions.csv")
     assert table["case_id"].tolist() == ["c0"] and table["status"].tolist() == ["ok"]
     assert not list((tmp_path / "out").glob(".*.tmp"))
@@ -292,9 +292,34 @@ def test_usage_errors(tmp_path, model_path):
     with pytest.raises(ModelError, match="not found"):
         run_inference(tmp_path, tmp_path / "missing.pt", tmp_path / "out", progress=False)
     with pytest.raises(ValueError, match="threshold"):
-        run_inference(tmp_path, model_path, tmp_path / "out", threshold=1.5, progress=False)
+        run_inference(tmp_path, model_path, tmp_path / "out", InferenceOptions(threshold=1.5), progress=False)
     with pytest.raises(ValueError, match="no CT found in the inputs"):
         run_inference([], model_path, tmp_path / "out", progress=False)
     (tmp_path / "empty").mkdir()  # inputs without any CT: a usage error (issue 25), not a batch of one failed case
     with pytest.raises(ValueError, match=r"no CT found in the inputs \(no DICOM images"):
         run_inference(tmp_path / "empty", model_path, tmp_path / "out", progress=False)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({}, {}),
+    ({"options#top_slices": 5, "output_dir": "x"}, {"top_slices": 5}),
+    ({"options#save_maps": False, "options#map_mode": "slice"}, {"save_maps": False, "map_mode": "slice"}),
+])
+def test_set_options_fields_reach_the_options_object(overrides, expected):
+    """``ctmil infer --set options#<field>=...`` changes the options object run_inference hands the workflow (and is
+    taken out of the overrides, which no longer hold a '#' path into it)."""
+    from dataclasses import asdict
+
+    from ctmil.infer.batch import with_overrides
+
+    given = dict(overrides)
+    got = with_overrides(InferenceOptions(dicom=True), given)
+    assert {k: v for k, v in asdict(got).items() if v != asdict(InferenceOptions(dicom=True))[k]} == expected
+    assert not any(k.startswith("options#") for k in given) and got.dicom
+
+
+def test_unknown_options_field_is_one_line():
+    from ctmil.infer.batch import with_overrides
+
+    with pytest.raises(ValueError, match="InferenceOptions has no field 'top_slice'"):
+        with_overrides(InferenceOptions(), {"options#top_slice": 5})

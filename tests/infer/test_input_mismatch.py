@@ -12,6 +12,7 @@ from PIL import Image
 from ctmil.cli import main
 from ctmil.data.bags import BagDataset
 from ctmil.infer.batch import run_inference
+from ctmil.infer.writer import InferenceOptions
 from ctmil.infer.run_checks import check_input_intensity
 from ctmil.networks import MILNet
 from ctmil.synthetic.phantoms import make_phantom, write_nifti
@@ -79,8 +80,8 @@ def test_infer_refuses_hu_for_a_slice_image_model_before_work(tmp_path, inputs, 
 
 
 def test_allow_input_mismatch_predicts_with_the_warning(tmp_path, inputs, windowed_model):
-    predictions, n_failed = run_inference([inputs / "ct.nii.gz"], windowed_model, tmp_path / "o", save_maps=False,
-                                          save_overlays=False, progress=False, allow_input_mismatch=True)
+    predictions, n_failed = run_inference([inputs / "ct.nii.gz"], windowed_model, tmp_path / "o", InferenceOptions(save_maps=False, save_overlays=False),
+                                          progress=False, allow_input_mismatch=True)
     row = predictions.iloc[0]
     assert n_failed == 0 and row["status"] == "ok" and row["warning"].count("input is Hounsfield units") == 1
 

@@ -12,6 +12,7 @@ import torch.nn as nn
 from ctmil.data.bags import BagDataset
 from ctmil.data.preprocess import preprocess_cases
 from ctmil.infer.batch import run_inference
+from ctmil.infer.writer import InferenceOptions
 from ctmil.infer.model_io import InferenceModel, load_model, recorded_preprocessing
 from ctmil.io.discovery import discover_cases
 from ctmil.networks import MILNet
@@ -95,7 +96,7 @@ def test_each_patch_dtype_runs_end_to_end(tmp_path, cohort, patch_dtype):
     train_tiny(tmp_path / "model", data, **{"preprocessing#patch_dtype": patch_dtype})
     model = tmp_path / "model" / "model.pt"
     assert json.loads(model.with_suffix(".json").read_text())["preprocessing"]["patch_dtype"] == patch_dtype
-    table, n_failed = run_inference([root / "ct1.nii.gz"], model, tmp_path / "out", save_maps=False, save_overlays=False, progress=False)
+    table, n_failed = run_inference([root / "ct1.nii.gz"], model, tmp_path / "out", InferenceOptions(save_maps=False, save_overlays=False), progress=False)
     assert n_failed == 0 and list(table["status"]) == ["ok"]
     expected = load_model(model).predict_bag(data[data.index_of("ct1")]).probability  # the training bag (and its density)
     assert float(table["probability"][0]) == pytest.approx(expected, abs=6e-7)  # written rounded to 6 decimals

@@ -32,7 +32,7 @@ def inferred(tmp_path_factory):
         root / "in" / "list.csv", index=False)
     torch.manual_seed(0)
     torch.save(MILNet().state_dict(), root / "model.pt")
-    predictions, n_failed = run_inference([root / "in" / "list.csv"], root / "model.pt", root / "out", top_slices=2, progress=False)
+    predictions, n_failed = run_inference([root / "in" / "list.csv"], root / "model.pt", root / "out", InferenceOptions(top_slices=2), progress=False)
     return {"out": root / "out", "predictions": predictions, "n_failed": n_failed}
 
 

@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from ctmil.infer.batch import run_inference
+
+from ctmil.infer.writer import InferenceOptions
 from ctmil.infer.run_checks import CASE_RECORD
 from ctmil.networks import MILNet
 from ctmil.synthetic.phantoms import make_phantom, write_nifti
@@ -67,9 +69,9 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(batch, tmp_path):
 
 def test_a_finished_run_is_not_run_again_and_another_model_is(batch, tmp_path, caplog):
     root, model = batch
-    first, _ = run_inference([root / "in"], model, tmp_path / "o", save_maps=False, save_overlays=False, progress=False)
+    first, _ = run_inference([root / "in"], model, tmp_path / "o", InferenceOptions(save_maps=False, save_overlays=False), progress=False)
     with caplog.at_level("INFO", logger="ctmil.infer.batch"):
-        second, _ = run_inference([root / "in"], model, tmp_path / "o", save_maps=False, save_overlays=False, progress=False)
+        second, _ = run_inference([root / "in"], model, tmp_path / "o", InferenceOptions(save_maps=False, save_overlays=False), progress=False)
     assert any("all finished before" in r.getMessage() for r in caplog.records)
     keep = [c for c in first.columns if not c.startswith("t_")]
     pd.testing.assert_frame_equal(first[keep], second[keep])
@@ -77,16 +79,16 @@ def test_a_finished_run_is_not_run_again_and_another_model_is(batch, tmp_path, c
     other = save_model(MILNet(**TINY_NET), tmp_path / "other")  # another model: every case runs again
     caplog.clear()
     with caplog.at_level("INFO", logger="ctmil.infer.batch"):
-        third, _ = run_inference([root / "in"], other, tmp_path / "o", save_maps=False, save_overlays=False, progress=False)
+        third, _ = run_inference([root / "in"], other, tmp_path / "o", InferenceOptions(save_maps=False, save_overlays=False), progress=False)
     assert not any("finished before" in r.getMessage() or "resuming" in r.getMessage() for r in caplog.records)
     assert not third["probability"].equals(first["probability"])
 
 
 def test_new_labels_are_not_resumed_from_the_old_rows(batch, tmp_path):
     root, model = batch
-    first, _ = run_inference([root / "in"], model, tmp_path / "o", save_maps=False, save_overlays=False, progress=False)
+    first, _ = run_inference([root / "in"], model, tmp_path / "o", InferenceOptions(save_maps=False, save_overlays=False), progress=False)
     assert (first["label"].isna()).all()
     labels = {f"c{i}": i % 2 for i in range(N_CASES)}
-    second, _ = run_inference([root / "in"], model, tmp_path / "o", save_maps=False, save_overlays=False, progress=False,
+    second, _ = run_inference([root / "in"], model, tmp_path / "o", InferenceOptions(save_maps=False, save_overlays=False), progress=False,
                               labels=labels)
     assert second.set_index("case_id")["label"].to_dict() == labels  # another run key: every case ran again

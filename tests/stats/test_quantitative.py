@@ -184,7 +184,8 @@ def test_q_runs_on_the_deep_folds_with_the_same_inner_cases(tmp_path, monkeypatc
     tests it in, learns its point on the very cases A's run held back, and is a row of every report table."""
     seen = []
     real = cv_module.build_workflow
-    monkeypatch.setattr(cv_module, "build_workflow", lambda files, o: seen.append(dict(o)) or real(files, o))
+    monkeypatch.setattr(cv_module, "build_workflow",
+                        lambda files, o, properties=None: seen.append(dict(o)) or real(files, o, properties=properties))
     out = tmp_path / "out"
     pred = run_cv(_datalist(tmp_path, 12, True), out, files=DEMO, overrides={**TINY, "cv#settings": ["A", "Q"]}, progress=False)
     assert len(seen) == 4 and {o["ssl"] for o in seen} == {"none"}  # A's four runs only

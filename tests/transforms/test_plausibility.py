@@ -15,6 +15,7 @@ from PIL import Image
 from ctmil.cli import main
 from ctmil.data.preprocess import preprocess_cases
 from ctmil.infer.batch import run_inference
+from ctmil.infer.writer import InferenceOptions
 from ctmil.synthetic.phantoms import make_phantom, write_nifti
 from ctmil.transforms import CheckLungs, ImplausibleLungs, preprocessing_transforms
 from ctmil.transforms.plausibility import MIN_AREA_FRACTION, MIN_LUNG_SHARE
@@ -118,8 +119,8 @@ def model_path(untrained_model):
 
 @pytest.mark.parametrize("allow", [False, True])
 def test_infer_writes_no_probability_for_implausible_lungs_unless_allowed(tmp_path, inputs, model_path, allow):
-    predictions, n_failed = run_inference([inputs / "abdomen.nii.gz", inputs / "chest.nii.gz"], model_path, tmp_path / "out",
-                                          save_maps=False, save_overlays=False, progress=False, allow_implausible_lungs=allow)
+    predictions, n_failed = run_inference([inputs / "abdomen.nii.gz", inputs / "chest.nii.gz"], model_path, tmp_path / "out", InferenceOptions(save_maps=False, save_overlays=False),
+                                          progress=False, allow_implausible_lungs=allow)
     rows = predictions.set_index("case_id")
     abdomen, chest = rows.loc["abdomen"], rows.loc["chest"]
     assert chest["status"] == "ok" and 0 <= chest["probability"] <= 1

@@ -55,4 +55,5 @@ class OperatingPointHandler(EndOfTraining):
             probs, labels = pred["prob"], pred["label"]
         self.result = fit_operating_point(probs, labels, self.calibration, self.rule, self.target, self.fallback,
                                           source="inner validation")  # fmt: skip
+        engine.state.operating_point = self.result  # for whoever ran the engine (ctmil cv reads it there)
         logger.info("operating point: threshold %.3f (%s, %s)", self.result["threshold"], self.result["rule"], self.result["source"])
