@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from ctmil.data.preprocess import case_error_text
-from ctmil.io.atomic import atomic_write_csv
+from ctmil.io.atomic import atomic_write_csv, atomic_write_text
 from ctmil.stats.calibration import apply_calibration, brier_score, expected_calibration_error, plot_reliability
 from ctmil.stats.metrics import roc_curve
 from ctmil.evaluate.report_html import write_evaluate_html
@@ -309,9 +309,7 @@ def evaluate_model(
     plot_reliability(p, y, paths["reliability.png"], n_bins=ECE_BINS, title=f"Reliability, {len(y)} held-out cases")
     text = _markdown(table, predictions, failed, len(predicted) - len(kept), Path(model).name, f"{t:.4g} ({source})",
                      n_resamples, seed, level)  # fmt: skip
-    tmp = out / f".evaluation.md.{os.getpid()}.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, paths["evaluation.md"])
+    atomic_write_text(text, paths["evaluation.md"])
     context = (f"Model {Path(model).name}; {len(y)} held-out cases ({int(y.sum())} positive); threshold {t:.4g} ({source}); "
                f"{n_resamples} stratified bootstrap resamples (seed {seed}).")  # fmt: skip
     paths["report.html"] = write_evaluate_html(out, metrics, predictions, failed, context, METRIC_LABELS)

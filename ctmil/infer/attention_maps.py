@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ctmil.io.atomic import atomic_path
+
 logger = logging.getLogger(__name__)
 
 GRID = (3, 4)  # (rows, columns) of the patch grid: position = row * 4 + col
@@ -224,15 +226,9 @@ def save_attention_nifti(volume: np.ndarray, meta: dict, path: str | os.PathLike
             setter(matrix, code=int(code))
     img.header.set_xyzt_units("mm")
     img.header["descrip"] = b"ctmil attention"
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")  # keeps the .nii.gz suffix nibabel reads the format from
-    try:
+    with atomic_path(path) as tmp:  # keeps the .nii.gz suffix nibabel reads the format from
         nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 # ---------------------------------------------------------------------------------------------------------------

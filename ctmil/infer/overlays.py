@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ctmil.infer.attention_maps import GRID, LUNG_WINDOW_HU, cell_index
+from ctmil.io.atomic import atomic_path
 
 __all__ = ["cell_edges", "overlay_rgb", "save_overlay"]
 
@@ -115,12 +116,6 @@ def save_overlay(
     page.paste(_colour_bar(out_h, top), (out_w + 8, title_h))
     if title:
         ImageDraw.Draw(page).text((6, 5), title, fill="black", font=ImageFont.load_default(size=13))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    try:
+    with atomic_path(path) as tmp:
         page.save(tmp, format="PNG", compress_level=1)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)

@@ -136,9 +136,8 @@ def write_case_outputs(bag: dict, attention: np.ndarray | None, features: np.nda
     meta = bag["meta"]
     if options.save_features and features is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / ".tmp-features.npy"
-        np.save(tmp, features.astype(np.float32))
-        os.replace(tmp, folder / "features.npy")
+        with atomic_open(folder / "features.npy", "wb") as fh:
+            np.save(fh, features.astype(np.float32))
         fields["features_path"] = (folder / "features.npy").relative_to(out_dir).as_posix()
     dicom = options.dicom and not dicom_results_reason(meta)
     if dicom and (row is None or model is None):

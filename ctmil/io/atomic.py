@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_torch_save", "atomic_write_bytes", "atomic_write_csv", "atomic_write_text", "file_mode"]
+__all__ = ["atomic_open", "atomic_path", "atomic_torch_save", "atomic_write_bytes", "atomic_write_csv", "atomic_write_text",
+           "file_mode"]
 
 _UMASK_LOCK = threading.Lock()
 
@@ -55,6 +56,25 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs: Any) -> Ite
             fh.flush()
             os.fsync(fh.fileno())  # on disk before the name: after a power loss the file is the old one or the new
             os.fchmod(fh.fileno(), file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` for writers that take a file name (nibabel, PIL, pydicom), ending in the
+    same suffixes (``.nii.gz``: they read the format from it); on success it gets the umask's mode and is renamed
+    to ``path``, on any error it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes) or ".tmp"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import pydicom
 
+from ctmil.io.atomic import atomic_open
 from ctmil.pacs.address import Credentials, PacsAddress, PacsError
 
 __all__ = ["DicomWebPacs", "DimsePacs", "Pacs", "connect"]
@@ -71,10 +72,8 @@ def connect(address: PacsAddress, credentials: Credentials | None = None, ae_tit
 
 def _save(dataset: pydicom.Dataset, folder: Path) -> None:
     """``folder/<SOPInstanceUID>.dcm``, written to a temporary name and renamed (never half a file)."""
-    name = f"{dataset.SOPInstanceUID}.dcm"
-    tmp = folder / f".{name}.tmp"
-    dataset.save_as(tmp, enforce_file_format=True)
-    os.replace(tmp, folder / name)
+    with atomic_open(folder / f"{dataset.SOPInstanceUID}.dcm", "wb") as fh:
+        dataset.save_as(fh, enforce_file_format=True)
 
 
 def _value(item: dict, tag: str) -> str:

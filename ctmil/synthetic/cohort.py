@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ctmil.synthetic.atomic import atomic_path
+from ctmil.io.atomic import atomic_path
 from ctmil.synthetic.chest import make_phantom
 from ctmil.synthetic.dicom_writer import check_transfer_syntax, write_dicom_series
 from ctmil.synthetic.geometry import check_geometry

@@ -18,7 +18,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
-from ctmil.synthetic.atomic import atomic_path
+from ctmil.io.atomic import atomic_path
 from ctmil.synthetic.dicom_modules import (
     INSTANCE_ORDERS,
     CTSeries,

@@ -10,7 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ctmil.synthetic.atomic import atomic_path
+from ctmil.io.atomic import atomic_path
 from ctmil.synthetic.geometry import affine_ras, check_spacing, default_origin
 
 __all__ = ["write_nifti"]

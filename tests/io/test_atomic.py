@@ -2,6 +2,7 @@
 
 import os
 import stat
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -56,3 +57,35 @@ def test_preprocess_outputs_are_readable_by_the_group_and_others(tmp_path, umask
     written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
     assert {p.suffix for p in written} >= {".csv", ".pt", ".html", ".json", ".png"}
     assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == {oct(0o644)}
+
+
+def test_atomic_path_keeps_the_suffix_sets_the_mode_and_cleans_up(tmp_path):
+    from ctmil.io.atomic import atomic_path, file_mode
+
+    target = tmp_path / "sub" / "map.nii.gz"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name.endswith(".nii.gz") and tmp != target
+        tmp.write_bytes(b"x")
+    assert target.read_bytes() == b"x" and (target.stat().st_mode & 0o777) == file_mode()
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed")
+    assert target.read_bytes() == b"x" and sorted(p.name for p in target.parent.iterdir()) == ["map.nii.gz"]
+
+
+#: Places that rename on purpose, each with its reason: the one atomic writer itself, and the phantom cohort, which
+#: publishes a whole study folder (files written in a temporary folder, then the folder renamed).
+RENAMES_ALLOWED = {"ctmil/io/atomic.py": "the one atomic writer", "ctmil/synthetic/cohort.py": "a whole folder at once"}
+
+
+def test_there_is_one_atomic_writer():
+    """No module writes a temporary file and renames it on its own: they all go through ctmil.io.atomic."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    found = [f"{p.relative_to(root)}:{n}" for p in sorted((root / "ctmil").rglob("*.py")) if not p.is_symlink()
+             for n, line in enumerate(p.read_text().splitlines(), 1)
+             if re.search(r"\bos\.(replace|rename)\(|\.rename\((?!columns=|index=|$)|shutil\.move\(", line)
+             and str(p.relative_to(root)) not in RENAMES_ALLOWED]
+    assert not found, found
