@@ -38,6 +38,7 @@ from ctmil.data.preprocess import case_error_text
 from ctmil.io.atomic import atomic_write_csv, atomic_write_text
 from ctmil.stats.calibration import apply_calibration, brier_score, expected_calibration_error, plot_reliability
 from ctmil.stats.metrics import roc_curve
+from ctmil.report.plots import RocCurve, RocPoint, plot_roc as draw_roc
 from ctmil.evaluate.report_html import write_evaluate_html
 from ctmil.stats.statistics import bootstrap_ci, delong_auc_ci
 from ctmil.bundle import load_bag_datalist, read_labels
@@ -187,28 +188,13 @@ def held_out_metrics(labels, probs, threshold: float, threshold_source: str = "g
 
 
 def plot_roc(probs, labels, threshold: float, path: PathLike, title: str = "ROC", dpi: int = 100) -> Path:
-    """Write the ROC curve of ``probs, labels: (N,)`` as a PNG, with the operating point at ``threshold`` marked."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+    """Write the ROC curve of ``probs, labels: (N,)`` as a PNG, with the operating point at ``threshold`` marked
+    (:func:`ctmil.report.plots.plot_roc`)."""
     p, y = np.asarray(probs, dtype=np.float64), np.asarray(labels, dtype=np.float64)
     fpr, tpr, _ = roc_curve(p, y)
     called = p >= threshold
-    point = (called[y == 0].mean(), called[y == 1].mean())  # (1 - specificity, sensitivity) at the threshold
-    fig = Figure(figsize=(5.0, 5.0), dpi=dpi)
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    ax.plot([0, 1], [0, 1], linestyle=":", color="grey", label="chance")
-    ax.step(fpr, tpr, where="post", label="model")
-    ax.plot(*point, marker="o", linestyle="", color="tab:red", label=f"threshold {threshold:.3g}")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity (false positive rate)",
-           ylabel="sensitivity (true positive rate)", title=title)  # fmt: skip
-    ax.legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    point = RocPoint(called[y == 0].mean(), called[y == 1].mean(), f"threshold {threshold:.3g}")  # (1 - spec, sens)
+    return draw_roc([RocCurve(fpr, tpr, "model")], path, title=title, points=[point], dpi=dpi)
 
 
 def _table(metrics: pd.DataFrame, level: float) -> str:

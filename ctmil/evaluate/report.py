@@ -29,6 +29,7 @@ from typing import Dict, List, Mapping, Optional, Union
 import pandas as pd
 
 from ctmil.io.atomic import atomic_write_csv
+from ctmil.report.plots import RocCurve, plot_roc as draw_roc
 from ctmil.stats.metrics import METRIC_NAMES, binary_metrics, roc_auc, roc_curve
 from ctmil.evaluate.report_comparisons import auc_delong, paired_comparisons
 from ctmil.evaluate.report_html import write_cv_html
@@ -145,35 +146,22 @@ def learnt_summary(predictions: pd.DataFrame, level: float = 0.95,
 
 def plot_roc(predictions: pd.DataFrame, path: Union[str, "os.PathLike[str]"],
              descriptions: Optional[Mapping[str, str]] = None) -> None:  # fmt: skip
-    """ROC curves of the pooled out-of-fold predictions, one per (setting, repeat), coloured by setting."""
-    import matplotlib
+    """ROC curves of the pooled out-of-fold predictions, one per (setting, repeat), coloured by setting
+    (:func:`ctmil.report.plots.plot_roc`)."""
+    from matplotlib import rcParams
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 5))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = rcParams["axes.prop_cycle"].by_key()["color"]
     per_repeat = metric_table(predictions, ["setting", "repeat"])
+    curves = []
     for i, (setting, part) in enumerate(predictions.groupby("setting", sort=True)):
         aucs = per_repeat.loc[per_repeat["setting"] == setting, "auc"]
         label = f"{setting} {describe(setting, descriptions)} (AUC {aucs.mean():.3f})"
         for j, (_, rep) in enumerate(part.groupby("repeat", sort=True)):
-            if rep["label"].nunique() < 2:
+            if rep["label"].nunique() < 2:  # no curve when a repeat holds one class
                 continue
             fpr, tpr, _ = roc_curve(rep["raw_probability"].to_numpy(), rep["label"].to_numpy())
-            ax.step(fpr, tpr, where="post", color=colours[i % len(colours)], alpha=0.8 if j == 0 else 0.35,
-                    label=label if j == 0 else None)
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("1 - specificity (false positive rate)")
-    ax.set_ylabel("sensitivity (true positive rate)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_title("Out-of-fold ROC, one curve per repeat")
-    if ax.get_legend_handles_labels()[0]:  # no curve when every repeat holds one class
-        ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+            curves.append(RocCurve(fpr, tpr, label if j == 0 else None, colours[i % len(colours)], 0.8 if j == 0 else 0.35))
+    draw_roc(curves, path, title="Out-of-fold ROC, one curve per repeat")
 
 
 def write_report(

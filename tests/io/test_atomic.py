@@ -89,3 +89,13 @@ def test_there_is_one_atomic_writer():
              if re.search(r"\bos\.(replace|rename)\(|\.rename\((?!columns=|index=|$)|shutil\.move\(", line)
              and str(p.relative_to(root)) not in RENAMES_ALLOWED]
     assert not found, found
+
+
+def test_there_is_one_roc_plot():
+    """Every ROC picture goes through ctmil.report.plots.plot_roc: no other module computes a curve and draws it."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    drawing = [str(p.relative_to(root)) for p in sorted((root / "ctmil").rglob("*.py"))
+               if "fpr" in p.read_text() and re.search(r"\b(ax|plt|axes)\.(step|plot)\(", p.read_text())]
+    assert drawing == ["ctmil/report/plots.py"], drawing
