@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.train_step import make_batch, matmul_gflops  # noqa: E402
 from ctmil.networks import LeNetEncoder, MILNet  # noqa: E402
 from ctmil.train.losses import MILSSLLoss  # noqa: E402
-from ctmil.train.steps import _cpu_has_bf16, _output, make_train_step  # noqa: E402
+from ctmil.networks.predict import step_output as _output  # noqa: E402
+from ctmil.train.steps import _cpu_has_bf16, make_train_step  # noqa: E402
 
 
 def paper_order(encoder: LeNetEncoder) -> LeNetEncoder:

@@ -48,7 +48,7 @@ from ctmil.infer.writer import InferenceOptions
 from ctmil.infer.model_io import load_model, recorded_operating_point
 from ctmil.io.discovery import discover_cases, read_table
 from ctmil.train.engines import predict
-from ctmil.train.steps import BagInferer
+from ctmil.networks.predict import BagInferer
 
 __all__ = ["METRIC_LABELS", "evaluate_model", "held_out_metrics", "plot_roc", "resolve_threshold"]
 

@@ -3,7 +3,7 @@
 The pieces are the bundle's ``inference.json`` properties: ``dataset`` (:class:`CaseDataset`: one discovered case
 per item, loaded and preprocessed by ``@preprocessing``, never raising for a bad case), ``evaluator``
 (:func:`create_inference_evaluator`, a ``monai.engines.Evaluator`` whose step is :func:`make_case_step`),
-``inferer`` (:class:`~ctmil.train.steps.BagInferer`, chunked) and the writer
+``inferer`` (:class:`~ctmil.networks.predict.BagInferer`, chunked) and the writer
 (:class:`~ctmil.infer.writer.InferenceWriter`). :func:`run_inference` (``ctmil infer``) runs that same workflow.
 
 Cases stream one at a time: load, preprocess, predict, write, drop, then the next, so memory stays flat over long

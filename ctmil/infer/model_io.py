@@ -39,7 +39,7 @@ from ctmil.infer.dicom_results import ModelIdentity
 from ctmil.infer.model_files import (ModelError, complete_recorded_preprocessing, infer_network_kwargs, is_torchscript,
                                      strip_prefix, unpack)
 from ctmil.networks import MILNet
-from ctmil.train.steps import BagInferer, predict_batch
+from ctmil.networks.predict import BagInferer, predict_batch
 from ctmil.transforms.density import density_input
 
 logger = logging.getLogger(__name__)

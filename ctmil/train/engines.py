@@ -27,7 +27,8 @@ from ctmil.stats.calibration import apply_calibration
 from ctmil.stats.metrics import roc_auc
 from ctmil.train.metrics import BagMetrics
 from ctmil.stats.operating_point import check_operating_point
-from ctmil.train.steps import BagInferer, make_eval_step, make_train_step
+from ctmil.networks.predict import BagInferer
+from ctmil.train.steps import make_eval_step, make_train_step
 
 __all__ = ["StepsRun", "create_evaluator", "create_trainer", "predict"]
 

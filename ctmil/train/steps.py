@@ -1,4 +1,5 @@
-"""Step functions of the bag engines and the one prediction path, built by small factories.
+"""Step functions of the bag engines, built by small factories; the one prediction path they use is
+:mod:`ctmil.networks.predict`.
 
 A step takes one collated batch (see :func:`ctmil.data.bags.collate_bags`) and returns a dict of detached
 values that the handlers read (:data:`STEP_OUTPUT_KEYS`):
@@ -31,68 +32,11 @@ import torch
 from monai.inferers import Inferer
 
 from ctmil.networks import pairs_for_batch
+from ctmil.networks.predict import BagInferer, Device, predict_batch, prepare_bag_batch, step_output
 
-__all__ = [
-    "STEP_OUTPUT_KEYS",
-    "BagInferer",
-    "make_eval_step",
-    "make_train_step",
-    "predict_batch",
-    "prepare_bag_batch",
-    "resolve_amp_dtype",
-]
+__all__ = ["make_eval_step", "make_train_step", "resolve_amp_dtype"]
 
 logger = logging.getLogger(__name__)
-
-STEP_OUTPUT_KEYS = ("prob", "label", "attention", "mask", "case_id", "is_virtual")
-Device = Union[str, torch.device]
-
-
-class BagInferer(Inferer):
-    """``network.forward_all(inputs, mask, pairs)`` as a MONAI inferer: every output of a bag network in a dict.
-
-    Args:
-        chunk_size: encode at most this many instances at once (``None``: all at once). Bounds the activation
-            memory of large bags at inference; the result is the same.
-    """
-
-    def __init__(self, chunk_size: Optional[int] = None) -> None:
-        super().__init__()
-        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-            raise ValueError(f"chunk_size must be None or a positive int, got {chunk_size!r}.")
-        self.chunk_size = chunk_size
-
-    def __call__(  # type: ignore[override]
-        self,
-        inputs: torch.Tensor,
-        network: torch.nn.Module,
-        mask: Optional[torch.Tensor] = None,
-        pairs: Optional[torch.Tensor] = None,
-        density: Optional[torch.Tensor] = None,
-    ) -> Dict[str, torch.Tensor]:
-        """``inputs: (B, K, C, P, P)``, ``mask: (B, K)`` bool → the dict of ``MILNet.forward_all``; ``density
-        (B, F)``, the bags' lung-density features, is passed on when given (a hybrid network needs it)."""
-        kwargs: Dict[str, Any] = {} if self.chunk_size is None else {"chunk_size": self.chunk_size}
-        if density is not None and getattr(_bare(network), "n_density", 0):
-            kwargs["density"] = density
-        return network.forward_all(inputs, mask, pairs, **kwargs)
-
-
-def _bare(network: torch.nn.Module) -> torch.nn.Module:
-    """The MILNet inside a DDP wrapper (``DistributedForwardAll``), or the network itself."""
-    ddp = getattr(network, "ddp", None)
-    return ddp.module.network if ddp is not None else network
-
-
-def prepare_bag_batch(batch: Mapping[str, Any], device: Device = "cpu", non_blocking: bool = False) -> Dict[str, Any]:
-    """Move the tensors of a collated batch to ``device`` (lists such as ``case_id`` are kept as they are).
-
-    ``patches`` travel in their stored dtype (float16 bags: half the bytes) and are cast to float32 there, on
-    ``device``: the one cast between stored bags and the network (a float32 batch is not copied again).
-    """
-    out = {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    out["patches"] = out["patches"].float()  # (B, K, C, P, P) float32, cast on the device after the copy
-    return out
 
 
 def _add_pairs(batch: Dict[str, Any]) -> None:
@@ -101,22 +45,6 @@ def _add_pairs(batch: Dict[str, Any]) -> None:
     if "is_virtual" in batch:
         position = position.masked_fill(batch["is_virtual"].bool().unsqueeze(1), -1)  # (B, K)
     batch["pairs"], batch["pair_labels"] = pairs_for_batch(position, batch["slice_index"])  # (B, P, 2), (B, P)
-
-
-def _output(out: Mapping[str, torch.Tensor], batch: Mapping[str, Any], host: bool = True) -> Dict[str, Any]:
-    """The step output dict; ``host=False`` leaves every tensor where it is (no copy, no wait for the device)."""
-    move = (lambda t: t.cpu()) if host else (lambda t: t)
-    is_virtual = batch.get("is_virtual")
-    if is_virtual is None:
-        is_virtual = torch.zeros(batch["label"].shape[0], dtype=torch.bool, device=batch["label"].device)
-    return {
-        "prob": move(torch.sigmoid(out["logits"].detach().float().squeeze(1))),  # (B,)
-        "label": move(batch["label"].detach().float()),  # (B,)
-        "attention": move(out["attention"].detach().float()),  # (B, K)
-        "mask": move(batch["mask"].detach()),  # (B, K)
-        "case_id": list(batch["case_id"]),
-        "is_virtual": move(is_virtual.detach().bool()),  # (B,)
-    }
 
 
 _AMP_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
@@ -207,26 +135,11 @@ def make_train_step(
             scaler.scale(losses["total"]).backward()
             scaler.step(optimizer)
             scaler.update()
-        result = _output(out, b, host=False)
+        result = step_output(out, b, host=False)
         result.update({name: losses[key].detach().float() for name, key in (("loss", "total"), ("mil", "mil"), ("ssl", "ssl"))})
         return result
 
     return step
-
-
-def predict_batch(
-    network: torch.nn.Module, batch: Mapping[str, Any], inferer: Optional[BagInferer] = None, device: Device = "cpu"
-) -> Dict[str, Any]:
-    """The one prediction path: ``batch`` (collated bags) → the step output dict, network in eval mode, no grad."""
-    network.eval()
-    with torch.inference_mode():
-        b = prepare_bag_batch(batch, device)
-        out = (inferer or BagInferer())(b["patches"], network, b["mask"], density=b.get("density"))
-        result = _output(out, b)
-        result["logit"] = out["logits"].detach().float().squeeze(1).cpu()  # (B,)
-        if "bag_features" in out:
-            result["bag_features"] = out["bag_features"].detach().float().cpu()  # (B, M)
-    return result
 
 
 def make_eval_step(

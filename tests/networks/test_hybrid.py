@@ -6,7 +6,7 @@ import torch
 from ctmil.data.bags import BagDataset, collate_bags, virtual_bag
 from ctmil.infer.model_files import infer_network_kwargs
 from ctmil.networks import DensityBranch, MILNet
-from ctmil.train.steps import BagInferer, predict_batch
+from ctmil.networks.predict import BagInferer, predict_batch
 from ctmil.transforms import DENSITY_FEATURES, density_input
 
 F = len(DENSITY_FEATURES)

@@ -10,7 +10,8 @@ from ctmil.data.bags import BagDataset, collate_bags
 from ctmil.networks import MILNet
 from ctmil.train.engines import create_trainer, predict
 from ctmil.train.losses import MILSSLLoss
-from ctmil.train.steps import STEP_OUTPUT_KEYS, BagInferer, make_train_step
+from ctmil.networks.predict import STEP_OUTPUT_KEYS, BagInferer
+from ctmil.train.steps import make_train_step
 from ctmil.data.epochs import EpochBags
 from tests.train._bags import TINY_NET, make_bags, one_thread, train_tiny  # noqa: F401 (fixture)
 

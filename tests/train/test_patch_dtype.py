@@ -18,7 +18,8 @@ from ctmil.data.bags import BagDataset, collate_bags
 from ctmil.data.epochs import EpochBags
 from ctmil.networks import MILNet
 from ctmil.train.losses import MILSSLLoss
-from ctmil.train.steps import make_train_step, predict_batch, prepare_bag_batch
+from ctmil.networks.predict import predict_batch, prepare_bag_batch
+from ctmil.train.steps import make_train_step
 from tests.train._bags import TINY_NET, make_bags, one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
