@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ctmil.io.model_card import read_card, write_card
 from ctmil.infer.model_io import ModelError, load_model
 
 __all__ = ["export_model"]
@@ -99,9 +100,9 @@ def export_model(model: "str | os.PathLike", out: "str | os.PathLike", fmt: str 
     else:
         _onnx(network, out, opset)
         run = lambda x, d: _run_onnx(out, x, d)  # noqa: E731
-    sidecar = Path(model).with_suffix(".json")
-    if sidecar.is_file():  # the export keeps the model's record (network, preprocessing), for ctmil infer
-        out.with_suffix(".json").write_text(sidecar.read_text())
+    card = read_card(model)
+    if card:  # the export keeps the model's card (network, preprocessing, operating point), for ctmil infer
+        write_card(out, card)
     worst = 0.0
     with torch.no_grad():
         for k in (12, 36, 100):  # 100: more than the encoder's chunk of 48 patches

@@ -20,7 +20,6 @@ on load. Without recorded constructor arguments they are inferred from the weigh
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import pickle
@@ -35,6 +34,7 @@ import torch
 
 from ctmil.stats.calibration import apply_calibration
 from ctmil.stats.operating_point import check_operating_point, fixed_operating_point
+from ctmil.io.model_card import card_path, read_card
 from ctmil.infer.dicom_results import ModelIdentity
 from ctmil.infer.model_files import (ModelError, complete_recorded_preprocessing, infer_network_kwargs, is_torchscript,
                                      strip_prefix, unpack)
@@ -164,16 +164,8 @@ def _strategy(module) -> str:
 
 
 def _sidecar_info(path: Path) -> dict:
-    """The ``model.json`` written next to ``model.pt`` by :func:`ctmil.train.handlers.save_model` ({} when absent)."""
-    sidecar = path.with_suffix(".json")
-    if not sidecar.is_file():
-        return {}
-    try:
-        info = json.loads(sidecar.read_text())
-    except (OSError, ValueError):
-        logger.warning("ignoring unreadable %s", sidecar.name)
-        return {}
-    return dict(info) if isinstance(info, Mapping) else {}
+    """The model card beside ``path`` (:func:`ctmil.io.model_card.read_card`; {} when absent)."""
+    return read_card(path)
 
 
 def _sidecar(path: Path) -> tuple[dict, dict]:
@@ -340,7 +332,7 @@ def model_identity(path: "str | os.PathLike[str]") -> ModelIdentity:
     """The identity of the model at ``path``: its file name and the SHA-256 of its bytes and of its ``model.json``
     beside it (the calibration and threshold are part of what the model says)."""
     digest = hashlib.sha256()
-    card = Path(path).with_name("model.json")
+    card = card_path(path)
     for part in (Path(path), *([card] if card.is_file() else [])):
         with open(part, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):

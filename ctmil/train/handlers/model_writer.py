@@ -8,7 +8,6 @@ This is the one writer of trained models: ``ctmil train``, ``ctmil cv`` and the 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -18,7 +17,8 @@ import torch
 from ignite.engine import Engine
 
 from ctmil import __version__
-from ctmil.io.atomic import atomic_torch_save, atomic_write_text
+from ctmil.io.atomic import atomic_torch_save
+from ctmil.io.model_card import write_card
 from ctmil.train.handlers.end_of_training import EndOfTraining
 
 __all__ = ["ModelWriter", "save_model", "trained_intensities"]
@@ -26,23 +26,13 @@ __all__ = ["ModelWriter", "save_model", "trained_intensities"]
 logger = logging.getLogger(__name__)
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
 def save_model(network: torch.nn.Module, dirname: "str | os.PathLike[str]", info: Optional[Mapping[str, Any]] = None) -> Path:
     """Atomically write ``dirname/model.pt`` (CPU state dict) and ``dirname/model.json``; returns the .pt path."""
     out = Path(dirname)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"network": dict(getattr(network, "hparams", {}) or {}), **_plain(dict(info or {})), "ctmil": __version__}
+    record = {"network": dict(getattr(network, "hparams", {}) or {}), **dict(info or {}), "ctmil": __version__}
     atomic_torch_save({k: v.detach().cpu() for k, v in network.state_dict().items()}, out / "model.pt")
-    atomic_write_text(json.dumps(record, indent=2), out / "model.json")
+    write_card(out / "model.pt", record)
     return out / "model.pt"
 
 
