@@ -101,7 +101,9 @@ with open("/proc/self/status") as fh:
     vm = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize"))
 resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), vm + (1 << 30)))  # 1 GiB above what the imports took
 studies, skipped = scan_dicom_tree(sys.argv[1])
-print(json.dumps({"studies": len(studies), "skipped": len(skipped), "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+with open("/proc/self/status") as fh:  # VmHWM starts afresh at exec; ru_maxrss would carry the forking worker's size
+    peak = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM"))
+print(json.dumps({"studies": len(studies), "skipped": len(skipped), "peak_kb": peak}))
 """
 
 
