@@ -5,7 +5,7 @@ Run: ``nice -n 5 .venv/bin/python bench/bag_size.py [--data phantoms percovid] [
 out-of-fold AUC, accuracy, sensitivity, specificity at 0.5, preprocessing and training seconds.
 
 Protocol: ``ctmil.evaluate.cv.run_cv`` over ``train.json`` + ``cv.json`` with ``max_epochs``, ``cv#n_folds``,
-``cv#n_repeats`` 1, one ``cv#settings`` entry, ``cv#final_model`` ``none`` and the row's ``preprocessing#...``
+``cv#n_repeats`` 1, one ``cv#settings`` entry, ``cv#final_model`` ``none`` and the row's ``preprocessing_args#...``
 overrides; every row preprocesses its own bags (they differ) into its own folder. Data sets:
 
 * ``phantoms``: ``generate_cohort`` NIfTI phantoms (seed 0, 25 % severe) with thin slices, ``(64, 112, 112)`` at
@@ -75,14 +75,14 @@ def percovid_datalist(folder: Path) -> Path:
 def run_row(datalist: Path, out: Path, settings: dict, args) -> dict:
     """One CV run; the bags are made first (timed apart), then ``run_cv`` finds them cached."""
     overrides = {"max_epochs": args.epochs, "cv#n_folds": args.folds, "cv#n_repeats": 1, "cv#settings": [args.setting],
-                 "cv#final_model": "none", **{f"preprocessing#{k}": v for k, v in settings.items()}}
+                 "cv#final_model": "none", **{f"preprocessing_args#{k}": v for k, v in settings.items()}}
     from monai.bundle import ConfigParser
 
     parser = ConfigParser(ConfigParser.load_config_files([str(Path(__file__).resolve().parents[1] / "ctmil" / "configs" / f)
                                                           for f in ("train.json", "cv.json")]))
     parser.update(overrides)
     t0 = time.perf_counter()
-    table = bag_table(str(datalist), out / "bags", parser.get_parsed_content("preprocessing"))
+    table = bag_table(str(datalist), out / "bags", parser.get_parsed_content("preprocessing_args"))
     t1 = time.perf_counter()
     predictions = run_cv(str(datalist), out, files=("train.json", "cv.json"), overrides=overrides, progress=False, restart=True)
     t2 = time.perf_counter()

@@ -103,6 +103,12 @@ def config_paths(files: Sequence[str | os.PathLike]) -> list[str]:
     return [str(f) if os.sep in str(f) or Path(f).is_file() else config_files(str(f))[0] for f in files]
 
 
+#: Config ids that were renamed, old → new, for a one-line hint when an old one is given. "preprocessing" is the
+#: infer workflow's ``Compose`` (MONAI's property name); the settings it is built from are ``preprocessing_args``
+#: in every config.
+RENAMED_IDS = {"preprocessing": "preprocessing_args"}
+
+
 def check_override_ids(files: Sequence[str], overrides: Mapping[str, Any]) -> None:
     """Refuse overrides whose id is not in the merged configs: a misspelt ``max_epoch`` would silently be a new key.
 
@@ -125,7 +131,9 @@ def check_override_ids(files: Sequence[str], overrides: Mapping[str, Any]) -> No
             if not known:
                 if last and isinstance(node, dict) and "_target_" in node:
                     break
-                raise ValueError(f"unknown config id {key!r}: {'#'.join(parts[:depth + 1])!r} is not in {[Path(f).name for f in files]}")
+                renamed = RENAMED_IDS.get(parts[0]) if depth == 0 else None
+                hint = f" (since bundle 0.3.0 it is {'#'.join([renamed, *parts[1:]])!r})" if renamed else ""
+                raise ValueError(f"unknown config id {key!r}: {'#'.join(parts[:depth + 1])!r} is not in {[Path(f).name for f in files]}{hint}")
             node = node[index]
 
 

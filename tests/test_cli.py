@@ -363,7 +363,7 @@ def test_preprocess_takes_set_and_config_and_names_an_unknown_setting(tmp_path, 
 
     vol, _, info = make_phantom(0, shape=(16, 64, 64), spacing=(10.0, 5.0, 5.0))
     write_nifti(vol, info["spacing"], tmp_path / "in" / "c.nii.gz")
-    (tmp_path / "cfg.json").write_text(json.dumps({"preprocessing": {"max_slices": 4}}))
+    (tmp_path / "cfg.json").write_text(json.dumps({"preprocessing_args": {"max_slices": 4}}))
     assert main(["preprocess", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "-q", "--no-montages",
                  "--config", str(tmp_path / "cfg.json"), "--set", "window_hu=[-1000,400]"]) == 0
     bag = torch.load(next((tmp_path / "o" / "bags").glob("*.pt")), weights_only=True)
@@ -415,7 +415,7 @@ def test_ctrl_c_during_training_is_one_line_and_exit_130(tmp_path):
     script = "import sys; from ctmil.cli import main; sys.exit(main())"
     run = subprocess.Popen([sys.executable, "-c", script, "train", str(tmp_path / "p" / "nifti"), "--labels",
                             str(tmp_path / "p" / "labels.csv"), "--out", str(tmp_path / "t"), "--epochs", "200", "-q",
-                            "--set", "val_fraction=0", "preprocessing#min_slices=4", *TINY_SETS],
+                            "--set", "val_fraction=0", "preprocessing_args#min_slices=4", *TINY_SETS],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     first = tmp_path / "t" / "checkpoints" / "checkpoint_1.pt"
     deadline = time.monotonic() + 120
@@ -424,3 +424,15 @@ def test_ctrl_c_during_training_is_one_line_and_exit_130(tmp_path):
     run.send_signal(signal.SIGINT)
     _, err = run.communicate(timeout=120)
     assert run.returncode == 130 and err.splitlines() == ["interrupted; run the same command to resume"], err
+
+
+def test_the_old_preprocessing_id_gets_a_hint(tmp_path, capsys):
+    """``preprocessing#...`` named the settings in train.json before 0.3.0 (``preprocessing`` is now only the infer
+    workflow's Compose): the one-line error says the new id."""
+    from ctmil.cli import main
+
+    data = tmp_path / "d.csv"
+    data.write_text("case_id,bag,label\n")
+    assert main(["train", str(data), "--out", str(tmp_path / "o"), "--set", "preprocessing#max_slices=4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown config id 'preprocessing#max_slices'") and "'preprocessing_args#max_slices'" in err

@@ -24,7 +24,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
                    help="write absolute source paths to the manifest (default: relative to the input; folders are often named after patients)")
     p.add_argument("--no-montages", dest="montages", action="store_false",
                    help="skip the per-case QC montages (qc/*.png) in qc.html; measures and outlier flags are still written")
-    p.add_argument("--config", nargs="*", metavar="JSON", help="config files whose 'preprocessing' section (as in train.json) "
+    p.add_argument("--config", nargs="*", metavar="JSON", help="config files whose 'preprocessing_args' section (as in train.json) "
                    "sets the preprocessing")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="preprocessing settings, e.g. max_slices=30 'window_hu=[-1000,400]'")
     p.add_argument("--allow-implausible-lungs", action="store_true",
@@ -46,9 +46,9 @@ def _preprocessing_set(args: argparse.Namespace) -> dict:
 
     settings: dict = {}
     for path in config_paths(configs(getattr(args, "config", None))):  # JSON or YAML, as MONAI reads configs
-        settings.update(ConfigParser.load_config_file(path).get("preprocessing") or {})
+        settings.update(ConfigParser.load_config_file(path).get("preprocessing_args") or {})
     settings.update(parse_overrides(getattr(args, "set", None)))
-    settings = {k.split("#", 1)[1] if k.startswith("preprocessing#") else k: v for k, v in settings.items()}
+    settings = {k.split("#", 1)[1] if k.startswith("preprocessing_args#") else k: v for k, v in settings.items()}
     try:
         preprocessing_settings(**settings)
     except TypeError as err:

@@ -209,7 +209,7 @@ def run_cv(
     out = Path(out_dir)
     parser = ConfigParser(ConfigParser.load_config_files([_path(f) for f in files]))
     parser.update(overrides)
-    table = bag_table(datalist, out / "bags", parser.get_parsed_content("preprocessing"), progress=progress)
+    table = bag_table(datalist, out / "bags", parser.get_parsed_content("preprocessing_args"), progress=progress)
     _check_out(out, _record(files, overrides, table, protocol), restart)
     seed = int(parser.get_parsed_content("seed"))
     manifest = make_folds(table, protocol["n_folds"], protocol["n_repeats"], seed)

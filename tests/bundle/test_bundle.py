@@ -46,7 +46,7 @@ BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "covid19_severity_mil
 CONFIGS = BUNDLE / "configs"
 TRAIN, INFERENCE, MULTI_GPU, META = (str(CONFIGS / n) for n in ("train.json", "inference.json", "multi_gpu_train.json", "metadata.json"))
 #: a non-default preprocessing setting: inference must take it from model.json, not from its own defaults
-PREPROCESSING = {"preprocessing#min_area_fraction": 0.5}
+PREPROCESSING = {"preprocessing_args#min_area_fraction": 0.5}
 CPU = "$torch.device('cpu')"
 
 
@@ -74,7 +74,7 @@ def _preprocessing() -> dict:
     """train.json's ``preprocessing`` with :data:`PREPROCESSING` applied, as the workflows parse it."""
     parser = ConfigParser(ConfigParser.load_config_files([TRAIN]))
     parser.update(PREPROCESSING)
-    return parser.get_parsed_content("preprocessing")
+    return parser.get_parsed_content("preprocessing_args")
 
 
 def _state(path) -> dict:

@@ -178,11 +178,11 @@ def test_targets_and_package_references_resolve(name):
 
 
 def test_train_json_lists_every_preprocessing_setting_at_its_default():
-    """``train.json#preprocessing`` is the one place a bundle user sees the settings: every keyword of
+    """``train.json#preprocessing_args`` is the one place a bundle user sees the settings: every keyword of
     ``preprocessing_transforms`` (``patch_dtype`` included), with the signature's default."""
     from ctmil.transforms import preprocessing_settings
 
     from monai.bundle import ConfigParser
 
     parser = ConfigParser(ConfigParser.load_config_file(TRAIN))
-    assert parser.get_parsed_content("preprocessing") == preprocessing_settings()
+    assert parser.get_parsed_content("preprocessing_args") == preprocessing_settings()

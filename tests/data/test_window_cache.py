@@ -69,7 +69,7 @@ def _chain_settings(chain) -> dict:
 def test_inference_applies_the_window_training_recorded(tmp_path):
     """train.json with a non-default window and slice bound → model.json → inference.json's ``@preprocessing``."""
     bags = write_bag_datalist(tmp_path / "bags")
-    overrides = {"preprocessing#window_hu": WINDOW, "preprocessing#max_slices": 6, "preprocessing#slab_mm": 5.0}
+    overrides = {"preprocessing_args#window_hu": WINDOW, "preprocessing_args#max_slices": 6, "preprocessing_args#slab_mm": 5.0}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -93,7 +93,7 @@ def test_each_patch_dtype_runs_end_to_end(tmp_path, cohort, patch_dtype):
     data = BagDataset(manifest["bag_path"].tolist(), labels=manifest["label"].astype(float).tolist(),
                       case_ids=manifest["case_id"].tolist())
     assert all(data[i]["patches"].dtype == PATCH_DTYPES[patch_dtype] for i in range(len(data)))
-    train_tiny(tmp_path / "model", data, **{"preprocessing#patch_dtype": patch_dtype})
+    train_tiny(tmp_path / "model", data, **{"preprocessing_args#patch_dtype": patch_dtype})
     model = tmp_path / "model" / "model.pt"
     assert json.loads(model.with_suffix(".json").read_text())["preprocessing"]["patch_dtype"] == patch_dtype
     table, n_failed = run_inference([root / "ct1.nii.gz"], model, tmp_path / "out", InferenceOptions(save_maps=False, save_overlays=False), progress=False)
