@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ctmil.infer.batch import run_inference  # noqa: E402
 
 from ctmil.infer.writer import InferenceOptions  # noqa: E402
-from ctmil.infer.dicom_results import sr_content_tree  # noqa: E402
+from ctmil.infer.dicom_read import sr_content_tree  # noqa: E402
 from ctmil.networks import MILNet  # noqa: E402
 from ctmil.synthetic.chest import make_phantom  # noqa: E402
 from ctmil.synthetic.dicom_writer import write_dicom_series  # noqa: E402

@@ -12,7 +12,7 @@ import logging
 import os
 from pathlib import Path
 
-__all__ = ["EXIT_PARTIAL", "EXIT_USAGE", "UsageError", "add_common", "auto_device", "configs", "device_override", "existing",
+__all__ = ["EXIT_PARTIAL", "EXIT_USAGE", "UsageError", "add_common", "add_implausible", "auto_device", "configs", "device_override", "existing",
            "given_inputs", "implausible", "log", "out_dir", "parse_overrides", "refuse_without_ct", "set_before_inputs", "validated",
            "writable_out"]
 
@@ -175,6 +175,13 @@ def given_inputs(args: argparse.Namespace, what: str = "input") -> list[str]:
     if not given:
         raise UsageError(f"no {what} given: name it as the first argument (or with --datalist)")
     return existing(given, what)
+
+
+def add_implausible(p: argparse.ArgumentParser) -> None:
+    """``--allow-implausible-lungs`` (train, cv, preprocess, infer): read by :func:`implausible` and the library calls."""
+    p.add_argument("--allow-implausible-lungs", action="store_true",
+                   help="keep cases whose lung mask cannot be an adult's lungs (e.g. 16 mL: bowel gas), with the reason as a "
+                   "warning; by default such a case fails")
 
 
 def implausible(args: argparse.Namespace) -> dict:

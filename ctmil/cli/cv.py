@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ctmil.cli.common import EXIT_PARTIAL, UsageError, add_common, configs, device_override, given_inputs, implausible, out_dir, parse_overrides, validated
+from ctmil.cli.common import EXIT_PARTIAL, UsageError, add_common, add_implausible, configs, device_override, given_inputs, implausible, out_dir, parse_overrides, validated
 
 __all__ = ['add_parser', 'run']
 
@@ -18,9 +18,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (report.md/.csv, predictions, folds, roc.png, model)")
     p.add_argument("--restart", action="store_true", help="discard an --out made from another config or datalist")
     p.add_argument("--seed", type=int, help="root seed of the folds, initialisations and data order (default 0)")
-    p.add_argument("--allow-implausible-lungs", action="store_true",
-                   help="keep cases whose lung mask cannot be an adult's lungs (e.g. 16 mL: bowel gas), with the reason as a "
-                   "warning; by default such a case fails")
+    add_implausible(p)
     add_common(p, training=True)
     p.set_defaults(func=run)
     return p

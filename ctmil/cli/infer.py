@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ctmil.cli.common import EXIT_PARTIAL, UsageError, add_common, auto_device, configs, existing, log, out_dir, parse_overrides, validated, writable_out
+from ctmil.cli.common import EXIT_PARTIAL, UsageError, add_common, add_implausible, auto_device, configs, existing, log, out_dir, parse_overrides, validated, writable_out
 from ctmil.words import plural
 
 __all__ = ['add_parser', 'run']
@@ -30,9 +30,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
     p.add_argument("--labels", help="CSV with case_id (or study_uid) and label")
     p.add_argument("--min-slices", type=int, default=None, help="default: the model's recorded setting, else 8")
     p.add_argument("--min-area-fraction", type=float, default=None, help="default: the model's recorded setting, else 0.2")
-    p.add_argument("--allow-implausible-lungs", action="store_true",
-                   help="keep cases whose lung mask cannot be an adult's lungs (e.g. 16 mL: bowel gas), with the reason as a "
-                   "warning; by default such a case fails")
+    add_implausible(p)
     p.add_argument("--keep-paths", action="store_true", help="absolute source paths in the outputs (default: relative to the input)")
     p.add_argument("--allow-input-mismatch", action="store_true",
                    help="predict inputs of another kind than the model was trained on (HU DICOM/NIfTI vs lung-window slice "

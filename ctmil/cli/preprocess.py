@@ -7,7 +7,7 @@ import sys
 
 from ctmil.words import plural
 
-from ctmil.cli.common import EXIT_PARTIAL, UsageError, add_common, configs, existing, log, out_dir, parse_overrides, refuse_without_ct
+from ctmil.cli.common import EXIT_PARTIAL, UsageError, add_common, add_implausible, configs, existing, log, out_dir, parse_overrides, refuse_without_ct
 
 __all__ = ['add_parser', 'run']
 
@@ -27,9 +27,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
     p.add_argument("--config", nargs="*", metavar="JSON", help="config files whose 'preprocessing_args' section (as in train.json) "
                    "sets the preprocessing")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="preprocessing settings, e.g. max_slices=30 'window_hu=[-1000,400]'")
-    p.add_argument("--allow-implausible-lungs", action="store_true",
-                   help="keep cases whose lung mask cannot be an adult's lungs (e.g. 16 mL: bowel gas), with the reason as a "
-                   "warning; by default such a case fails")
+    add_implausible(p)
     add_common(p)
     p.set_defaults(func=run)
     return p

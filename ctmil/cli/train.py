@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ctmil.cli.common import UsageError, add_common, configs, device_override, existing, given_inputs, implausible, log, out_dir, parse_overrides, refuse_without_ct, validated, writable_out
+from ctmil.cli.common import UsageError, add_common, add_implausible, configs, device_override, existing, given_inputs, implausible, log, out_dir, parse_overrides, refuse_without_ct, validated, writable_out
 
 __all__ = ['add_parser', 'run']
 
@@ -22,9 +22,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=1, help="data-parallel processes (gloo on CPU, nccl on GPUs; default 1)")
     p.add_argument("--model-dir", help="where model.pt/model.json go (default: --out), e.g. a bundle's models/ folder")
     p.add_argument("--restart", action="store_true", help="discard the checkpoints of an --out made from other settings")
-    p.add_argument("--allow-implausible-lungs", action="store_true",
-                   help="keep cases whose lung mask cannot be an adult's lungs (e.g. 16 mL: bowel gas), with the reason as a "
-                   "warning; by default such a case fails")
+    add_implausible(p)
     add_common(p, training=True)
     p.set_defaults(func=run)
     return p

@@ -15,8 +15,8 @@ import pytest
 from ctmil.infer.attention_maps import paint_attention, top_attended_slices
 from ctmil.infer.batch import CasePipeline, run_inference
 from ctmil.infer.writer import InferenceOptions
-from ctmil.infer.dicom_results import (CODES, LEVELS, ModelIdentity, dicom_results_reason, read_sr_result, result_uid,
-                                       write_dicom_results)
+from ctmil.infer.dicom_read import read_sr_result
+from ctmil.infer.dicom_results import CODES, LEVELS, ModelIdentity, dicom_results_reason, result_uid, write_dicom_results
 from ctmil.synthetic.chest import make_phantom
 from ctmil.synthetic.dicom_writer import write_dicom_series
 from ctmil.synthetic.nifti_writer import write_nifti

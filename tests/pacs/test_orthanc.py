@@ -15,7 +15,7 @@ import pydicom
 import pytest
 
 from ctmil.cli import main
-from ctmil.infer.dicom_results import read_sr_result
+from ctmil.infer.dicom_read import read_sr_result
 from ctmil.io.discovery import study_key
 from ctmil.pacs.clients import DicomWebPacs
 from ctmil.synthetic.chest import make_phantom
