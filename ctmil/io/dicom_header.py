@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +71,7 @@ _U16 = struct.Struct("<H")
 _TAG = struct.Struct("<HH")
 TEXT_LIMIT = 64  # characters kept of a text value (LO, the free-text VR read here, allows 64)
 _MAX_IS = 2**31 - 1  # IS is a 32-bit signed integer string
+_CONTROL = re.compile("[\x00-\x1f\x7f]")  # a text value ends at its first control character
 
 #: what reading a damaged or non-DICOM file may raise (pydicom's fallback included); callers skip such files
 READ_ERRORS = (
@@ -107,10 +109,9 @@ class SliceHeader:
 
 def clean_text(text: str, limit: int = TEXT_LIMIT) -> str:
     """``text`` cut at its first control character, stripped of padding and limited to ``limit`` characters."""
-    for i, ch in enumerate(text):
-        if ch < " " or ch == "\x7f":
-            text = text[:i]
-            break
+    control = _CONTROL.search(text)
+    if control:
+        text = text[: control.start()]
     return text.strip(" \0")[:limit]
 
 

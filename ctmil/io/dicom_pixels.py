@@ -49,7 +49,7 @@ def rescale_of(ds: SliceHeader) -> tuple[float, float]:
     return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
 
 
-def _int16_shift_fits(stored: np.ndarray, signed: bool, intercept: int) -> bool:
+def int16_shift_fits(stored: np.ndarray, signed: bool, intercept: int) -> bool:
     """Whether stored + intercept stays in int16 for raw 16-bit values ``stored`` (int16 bits)."""
     if not -32768 <= intercept <= 32767:
         return False
@@ -58,16 +58,26 @@ def _int16_shift_fits(stored: np.ndarray, signed: bool, intercept: int) -> bool:
     return int(stored.view(np.uint16).max()) + intercept <= 32767  # unsigned values are >= 0
 
 
+def common_shift(rescale: list[tuple[float, float]]) -> int | None:
+    """The intercept when every slope is 1 and every intercept is the same whole number (HU = stored + it), else
+    ``None``."""
+    if rescale and all(slope == 1.0 and intercept == int(intercept) for slope, intercept in rescale):
+        shifts = {int(i) for _, i in rescale}
+        if len(shifts) == 1:
+            return shifts.pop()
+    return None
+
+
 def raw_to_hu(stored: np.ndarray, signed: bool, rescale: list[tuple[float, float]]) -> np.ndarray:
     """Raw 16-bit slices ``(S, H, W)`` (int16 bits, signed or not) → HU, in place as int16 when the slopes
     are 1 and the intercepts whole numbers that keep the values in int16, float32 otherwise."""
     if all(slope == 1.0 and intercept == int(intercept) for slope, intercept in rescale):
         intercepts = [int(i) for _, i in rescale]
         if len(set(intercepts)) == 1:
-            if _int16_shift_fits(stored, signed, intercepts[0]):
+            if int16_shift_fits(stored, signed, intercepts[0]):
                 stored += np.int16(intercepts[0])  # wraps exactly: the true result is in int16 range
                 return stored
-        elif all(_int16_shift_fits(stored[i], signed, c) for i, c in enumerate(intercepts)):
+        elif all(int16_shift_fits(stored[i], signed, c) for i, c in enumerate(intercepts)):
             for i, c in enumerate(intercepts):
                 stored[i] += np.int16(c)
             return stored

@@ -52,11 +52,11 @@ def image_problem(header) -> str | None:
 def orientation_problem(iop: Sequence[float]) -> str | None:
     if len(iop) != 6 or not _finite(iop):
         return "non-finite ImageOrientationPatient"
-    row, col = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
-    norms = np.linalg.norm(row), np.linalg.norm(col)
+    row, col = [float(v) for v in iop[:3]], [float(v) for v in iop[3:]]  # plain floats: numpy costs more per file here
+    norms = math.sqrt(sum(v * v for v in row)), math.sqrt(sum(v * v for v in col))
     if not (0.9 < norms[0] < 1.1 and 0.9 < norms[1] < 1.1):
         return f"degenerate ImageOrientationPatient (vector lengths {norms[0]:.3g}, {norms[1]:.3g})"
-    if abs(float(row @ col)) > 0.05:
+    if abs(sum(a * b for a, b in zip(row, col))) > 0.05:
         return "degenerate ImageOrientationPatient (row and column directions not perpendicular)"
     return None
 

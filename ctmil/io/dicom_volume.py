@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 
 from ctmil.io.dicom_header import SliceHeader, header_values, read_header
-from ctmil.io.dicom_pixels import DicomError, raw_to_hu, read_raw, rescale_of, slice_pixels, stored_to_hu, syntax_name
+from ctmil.io.dicom_pixels import DicomError, common_shift, int16_shift_fits, raw_to_hu, read_raw, rescale_of, slice_pixels, stored_to_hu, syntax_name
 from ctmil.io.dicom_validate import SPACING_RANGE, bad_files_text, geometry_problem, image_problem, max_bad, spacing_problem
 from ctmil.io.dicom_walker import DicomReadError
 
@@ -86,16 +86,30 @@ def _pixels(items: list[SliceHeader], shape: tuple[int, int]) -> tuple[np.ndarra
     signs = {int(it.get("PixelRepresentation") or 0) for it in items}
     failed: list[tuple[int, str]] = []
     if all(it.pixel_offset is not None for it in items) and len(signs) == 1:
-        stored = np.empty((len(items), *shape), dtype=np.int16)
+        signed, rescale = signs.pop() == 1, [rescale_of(it) for it in items]
+        shift = common_shift(rescale)  # the usual CT: HU = stored + intercept, done per slice while it is in the cache
+        stored, shifted = np.empty((len(items), *shape), dtype=np.int16), []
         for i, it in enumerate(items):
             try:
                 read_raw(it, stored[i])
             except Exception as err:  # noqa: BLE001 - one damaged slice must not fail the series
                 failed.append((i, _reason(err)))
+                continue
+            if shift is not None:
+                if int16_shift_fits(stored[i], signed, shift):
+                    stored[i] += np.int16(shift)  # wraps exactly: the true result is in int16 range
+                    shifted.append(i)
+                else:  # HU leave int16: undo (int16 arithmetic wraps back exactly); raw_to_hu gives float32
+                    for j in shifted:
+                        stored[j] -= np.int16(shift)
+                    shift = None
         keep = [i for i in range(len(items)) if i not in {j for j, _ in failed}]
         if failed:
             stored = stored[keep]
-        volume = raw_to_hu(stored, signs.pop() == 1, [rescale_of(items[i]) for i in keep]) if keep else None
+        if not keep:
+            volume = None
+        else:
+            volume = stored if shift is not None else raw_to_hu(stored, signed, [rescale[i] for i in keep])
     else:
         slices, keep = [], []
         for i, it in enumerate(items):

@@ -50,31 +50,39 @@ def bool_filter(mask: np.ndarray, radius: int, axis: int, op: str) -> np.ndarray
 def _grow_lines(mask: np.ndarray, bone: np.ndarray, outside: np.ndarray, max_ratio: float, max_slice_ratio: float) -> np.ndarray:
     """The pixels :func:`extend_to_chest_wall` adds along the lines of the last axis of ``(S, n, L)`` arrays.
 
-    The lines run along the last axis so that every reduction (``argmax``, ``any``) reads contiguous memory: numpy
-    copies an array to reduce it along any other axis, which once made this the slowest step of the mask."""
-    length = mask.shape[2]
-    pos = np.arange(length, dtype=np.int32)[None, None, :]
-    has = mask.any(axis=2)  # (S, n): lines with lung
-    first = np.argmax(mask, axis=2)
-    last = length - 1 - np.argmax(mask[:, :, ::-1], axis=2)
-    extent = np.where(has, last - first + 1, 0)  # first to last lung pixel of the line
+    Only the lines with lung are read, as rows of ``(lines, L)`` copies whose reductions (``argmax``) run over
+    contiguous memory, and the runs to add are written by index: the work follows the lung, not the image."""
+    n_slices, n, length = mask.shape
+    out = np.zeros(mask.shape, bool)
+    flat = mask.reshape(-1, length)
+    lines = np.flatnonzero(flat.any(axis=1))
+    if lines.size == 0:
+        return out
+    m = flat[lines]
+    first = np.argmax(m, axis=1)
+    last = length - 1 - np.argmax(m[:, ::-1], axis=1)
     on_slice = mask.any(axis=1)  # (S, L): positions along the lines with lung anywhere on the slice
-    slice_extent = np.where(on_slice.any(1), length - np.argmax(on_slice[:, ::-1], axis=1) - np.argmax(on_slice, axis=1), 0)
-    limit = np.minimum(max_ratio * extent, max_slice_ratio * slice_extent[:, None])
-    runs = []  # per direction, the run [lo, hi) each line grows (empty: lo = L, hi = 0)
+    slice_extent = length - np.argmax(on_slice[:, ::-1], axis=1) - np.argmax(on_slice, axis=1)  # used where lung is
+    limit = np.minimum(max_ratio * (last - first + 1), max_slice_ratio * slice_extent[lines // n])
+    b, o = bone.reshape(-1, length)[lines], outside.reshape(-1, length)[lines]
+    stop = b | o  # bone or the air outside: the first of them beyond the lung's edge ends the line's growth
+    pos, rows = np.arange(length), np.arange(lines.size)
+    starts, lengths = [], []
     for flip in (False, True):  # grow towards the line's end, then (on the flipped lines) towards its start
-        b, o = (bone[:, :, ::-1], outside[:, :, ::-1]) if flip else (bone, outside)
-        edge = np.where(has, (length - 1 - first) if flip else last, length)  # the lung's edge on these lines
-        beyond = pos > edge[:, :, None]
-        hit_bone, hit_air = b & beyond, o & beyond
-        first_bone, first_air = np.argmax(hit_bone, axis=2), np.argmax(hit_air, axis=2)  # 0 when none
-        found_bone = np.take_along_axis(hit_bone, first_bone[:, :, None], axis=2)[:, :, 0]
-        found_air = np.take_along_axis(hit_air, first_air[:, :, None], axis=2)[:, :, 0]
-        ok = found_bone & (~found_air | (first_bone < first_air)) & (first_bone - edge - 1 <= limit)
-        lo, hi = (length - first_bone, length - 1 - edge) if flip else (edge + 1, first_bone)
-        runs.append((np.where(ok, lo, length), np.where(ok, hi, 0)))
-    (lo1, hi1), (lo2, hi2) = runs
-    return ((pos >= lo1[:, :, None]) & (pos < hi1[:, :, None])) | ((pos >= lo2[:, :, None]) & (pos < hi2[:, :, None]))
+        edge = (length - 1 - first) if flip else last  # the lung's edge, in the direction's own coordinates
+        beyond = (stop[:, ::-1] if flip else stop) & (pos > edge[:, None])
+        hit = np.argmax(beyond, axis=1)  # the first stop beyond the edge (0 when none)
+        at = (length - 1 - hit) if flip else hit  # ... in the line's coordinates
+        ok = beyond[rows, hit] & b[rows, at] & ~o[rows, at] & (hit - edge - 1 <= limit)  # bone, not outside air
+        lo, hi = (at + 1, first) if flip else (last + 1, at)
+        starts.append(lines[ok] * length + lo[ok])
+        lengths.append(hi[ok] - lo[ok])
+    start, size = np.concatenate(starts), np.concatenate(lengths)
+    total = int(size.sum())
+    if total:
+        offset = np.cumsum(size) - size  # where each run begins among all added pixels
+        out.reshape(-1)[np.repeat(start - offset, size) + np.arange(total)] = True
+    return out
 
 
 def _added(m: np.ndarray, b: np.ndarray, o: np.ndarray, max_ratio: float, max_slice_ratio: float, spike_radius: int) -> np.ndarray:

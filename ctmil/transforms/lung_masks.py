@@ -16,6 +16,7 @@ space, the costal cartilage) is left as it was, so the growth never leaves the r
 
 from __future__ import annotations
 
+import cc3d
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -24,7 +25,14 @@ from ctmil.io.slabs import per_slab
 
 _INPLANE_6 = np.zeros((3, 3, 3), bool)
 _INPLANE_6[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]  # 4-connectivity within each slice only
-_FULL_6 = ndi.generate_binary_structure(3, 1)
+
+
+def _label6(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """``scipy.ndimage.label(mask, generate_binary_structure(3, 1))``, the same labels in the same order, from
+    connected-components-3d: about four times faster on the masks' working grids (bench/preprocess.py)."""
+    labels, n = cc3d.connected_components(np.ascontiguousarray(mask), connectivity=6, return_N=True)
+    return labels, int(n)
+
 #: The first bone that stops the chest-wall growth: HU, and the level of a lung-window slice image (about 120 HU in
 #: ctmil's window of [-1350, 150] HU; lung windows saturate on bone).
 BONE_HU = 150.0
@@ -127,16 +135,24 @@ def _grow6(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _segments_with(tissue: np.ndarray, stride: int, n: int) -> np.ndarray:
-    """``(..., n)``: whether the full-resolution samples within half a grid step of each grid point ``k * stride``
-    along the last axis of ``tissue (..., L)`` (``[k·stride − stride//2, k·stride − stride//2 + stride)``) hold any."""
-    lead = stride // 2
-    t = np.zeros((*tissue.shape[:-1], n * stride), np.uint8)
-    body = tissue[..., : n * stride - lead].view(np.uint8)
-    t[..., lead : lead + body.shape[-1]] = body
-    out = t[..., 0::stride].copy()
-    for k in range(1, stride):  # a strided OR per offset: far faster than any() over a short last axis
-        out |= t[..., k::stride]
+def _segments_with(tissue: np.ndarray, stride: int, n: int, axis: int = -1) -> np.ndarray:
+    """``n`` grid points along ``axis`` of ``tissue`` (the others kept): whether the full-resolution samples within
+    half a grid step of each grid point ``k * stride`` (``[k·stride − stride//2, k·stride − stride//2 + stride)``)
+    hold any. Along an outer axis the ORs read whole contiguous rows: no transposed copy is made."""
+    axis = axis % tissue.ndim
+    lead, length = stride // 2, tissue.shape[axis]
+
+    def along(part: slice) -> tuple:
+        return (slice(None),) * axis + (part,)
+
+    shape = list(tissue.shape)
+    shape[axis] = n * stride
+    t = np.zeros(shape, np.uint8)
+    body = tissue[along(slice(0, min(length, n * stride - lead)))].view(np.uint8)
+    t[along(slice(lead, lead + body.shape[axis]))] = body
+    out = t[along(slice(0, None, stride))].copy()
+    for k in range(1, stride):  # a strided OR per offset: far faster than any() over a short axis
+        out |= t[along(slice(k, None, stride))]
     return out.view(bool)
 
 
@@ -175,9 +191,10 @@ def _sample_grid(volume: np.ndarray, threshold_hu: float, bone_hu: float | None,
             points.append((r_tissue[:, :, half::stride], r[:, :, half::stride]))
             if dz == 0:
                 points.append((cols[:, half::stride, :], c[:, half::stride, :]))
-        if solid is None:
+        if solid is None:  # the first grid point starts both
             solid, rows = points[0][0].copy(), r_tissue
             bone = points[0][1] >= bone_hu if bone_hu is not None else None
+            points = points[1:]
         else:
             rows[: r.shape[0]] |= r_tissue
         for tissue, hu in points:
@@ -201,10 +218,10 @@ def _outside_air(rows: np.ndarray, cols: np.ndarray, stride: int, shape: tuple[i
     h, w = shape[1], shape[2]
 
     def clear_of(r: np.ndarray, c: np.ndarray) -> np.ndarray:  # per working slice
-        return ~_segments_with(r, stride, w) & ~_segments_with(c.transpose(0, 2, 1), stride, h).transpose(0, 2, 1)
+        return ~_segments_with(r, stride, w) & ~_segments_with(c, stride, h, axis=1)
 
     clear = per_slab(clear_of, [rows, cols])
-    labels, n = ndi.label(clear, structure=_FULL_6)
+    labels, n = _label6(clear)
     is_border = np.zeros(n + 1, bool)
     is_border[_border_labels(labels)] = True
     is_border[0] = False
@@ -279,7 +296,7 @@ def lung_mask_hu(
     outside_full = outside
     dark, outside = dark[box], outside[box]
     near_outside = _grow6(outside)
-    labels, n = ndi.label(dark & ~near_outside, structure=_FULL_6)
+    labels, n = _label6(dark & ~near_outside)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     border = _border_labels(labels)
     sizes[border] = 0  # air that still touches the edge (a body cut by the field of view)

@@ -40,6 +40,18 @@ def test_raw_reader_matches_pydicom(tmp_path, syntax, intercept, slope, hu_offse
     assert meta["n_slices"] == 7
 
 
+@pytest.mark.parametrize("beyond", [0, 3, 6])
+def test_one_slice_beyond_int16_makes_the_whole_volume_float(tmp_path, beyond):
+    """Slices are shifted to HU as they are read; when a later slice leaves int16, the earlier ones are put back
+    and the whole volume goes to float32, equal to pydicom's."""
+    vol = simple_chest(n_slices=7, size=48)
+    vol[beyond] += 32600.0
+    paths = write_dicom_series(vol, (2.0, 1.0, 1.0), tmp_path, rng=4, rescale_intercept=32000.0, shuffle_file_names=False)
+    loaded, _, _ = load_dicom_series([read_header(p) for p in paths])
+    assert loaded.dtype == np.float32
+    np.testing.assert_array_equal(loaded, _reference(paths))
+
+
 def test_per_slice_intercepts(tmp_path):
     vol = simple_chest(n_slices=6, size=48)
     paths = write_dicom_series(vol, (2.0, 1.0, 1.0), tmp_path, rng=2, shuffle_file_names=False)
