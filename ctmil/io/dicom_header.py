@@ -102,6 +102,7 @@ class SliceHeader:
     parsed_by: str = "ctmil"
     dataset: pydicom.Dataset | None = field(default=None, repr=False)
     data_start: int | None = None  # byte offset of the (deflated) data set after the file meta
+    checked: bool = False  # image size and geometry found usable by scan_dicom_tree (not checked again on loading)
 
     def get(self, keyword: str, default: Any = None) -> Any:
         return self.values.get(keyword, default)

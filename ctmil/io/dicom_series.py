@@ -98,6 +98,7 @@ def _add(info: SeriesInfo, ds: SliceHeader, keep_headers: bool) -> None:
     if problem := geometry_problem(ds):
         info.bad.append((ds.path, problem))
         return
+    ds.checked = True  # _read_one checked the image size
     info.files.append(ds.path)
     if keep_headers:
         info.slices.append(ds)

@@ -43,7 +43,7 @@ def _usable(files: list) -> tuple[list[SliceHeader], list[tuple[str, str]]]:
             bad.append((name, f"unreadable file ({err})"))
             continue
         try:
-            problem = image_problem(item) or geometry_problem(item)
+            problem = None if item.checked else image_problem(item) or geometry_problem(item)
         except Exception as err:  # noqa: BLE001 - values of an odd type: this slice only is dropped
             problem = f"unusable header values ({type(err).__name__})"
         if not problem and any(item.get(k) is None for k in ("ImagePositionPatient", "Rows", "Columns")):
