@@ -26,6 +26,7 @@ from ctmil.stats.folds import stratified_group_folds
 from ctmil.words import plural
 from ctmil.data.preprocess import bag_datalist, preprocess_cases
 from ctmil.io.discovery import discover_cases, parse_label, read_table
+from ctmil.keys import Columns
 
 __all__ = [
     "bag_dataset",
@@ -41,7 +42,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 PathLike = "str | os.PathLike[str]"
-BAG_COLUMNS = ["case_id", "bag", "label", "patient"]
+BAG_COLUMNS = [Columns.CASE_ID, "bag", Columns.LABEL, "patient"]
 
 
 # ------------------------------------------------------------------------------------------------ configs
@@ -138,6 +139,14 @@ def check_override_ids(files: Sequence[str], overrides: Mapping[str, Any]) -> No
 
 
 # ------------------------------------------------------------------------------------------------ data
+def operating_point_args(parser) -> dict:
+    """The arguments the deep runs' operating-point handler is built with (``train#operating_point`` of a run's MONAI
+    ``ConfigParser``), as :func:`ctmil.stats.quantitative.predict_fold` takes them, so that ``Q`` learns its point as
+    the deep settings do. Read here, where configs become objects, so no driver spells a ``#``-id."""
+    names = {"calibration_method": "calibration", "rule": "rule", "target": "target", "fallback_threshold": "fallback_threshold"}
+    return {k: parser.get_parsed_content(f"train#operating_point#{v}") for k, v in names.items()}
+
+
 def read_labels(labels: "str | os.PathLike[str] | Mapping[str, float] | None") -> dict[str, float]:
     """Labels by case id (or StudyInstanceUID) from a mapping or a CSV with ``label`` and ``case_id``/``study_uid``.
 
@@ -152,12 +161,12 @@ def read_labels(labels: "str | os.PathLike[str] | Mapping[str, float] | None") -
     if isinstance(labels, Mapping):
         return {str(k): float(v) for k, v in labels.items()}
     table = read_table(labels)
-    keys = [c for c in ("case_id", "study_uid") if c in table.columns]
-    if "label" not in table.columns or not keys:
+    keys = [c for c in (Columns.CASE_ID, "study_uid") if c in table.columns]
+    if Columns.LABEL not in table.columns or not keys:
         raise ValueError(f"{labels}: a labels CSV needs a 'label' column and a 'case_id' or 'study_uid' column.")
     out: dict[str, float] = {}
     for key in keys:
-        for k, text in zip(table[key], table["label"]):
+        for k, text in zip(table[key], table[Columns.LABEL]):
             try:
                 value = parse_label(text)
             except ValueError as err:
@@ -177,20 +186,20 @@ def load_bag_datalist(datalist: "str | os.PathLike[str] | pd.DataFrame") -> pd.D
         df, root = datalist.copy(), Path.cwd()
     else:
         df, root = pd.read_csv(datalist, dtype=str, keep_default_na=False), Path(datalist).resolve().parent
-    missing = [c for c in ("case_id", "bag", "label") if c not in df.columns]
+    missing = [c for c in (Columns.CASE_ID, "bag", Columns.LABEL) if c not in df.columns]
     if missing:
         raise ValueError(f"datalist is missing columns {missing}; it needs case_id, bag, label (and optional patient).")
-    df["case_id"] = df["case_id"].astype(str)
-    if df["case_id"].duplicated().any():
-        raise ValueError(f"duplicate case ids in the datalist, e.g. {df.loc[df['case_id'].duplicated(), 'case_id'].tolist()[:5]}.")
-    label = pd.to_numeric(df["label"], errors="coerce")
+    df[Columns.CASE_ID] = df[Columns.CASE_ID].astype(str)
+    if df[Columns.CASE_ID].duplicated().any():
+        raise ValueError(f"duplicate case ids in the datalist, e.g. {df.loc[df[Columns.CASE_ID].duplicated(), Columns.CASE_ID].tolist()[:5]}.")
+    label = pd.to_numeric(df[Columns.LABEL], errors="coerce")
     known = label.isin([0, 1])
     if not known.all():
         logger.warning("datalist: %d case(s) without a 0/1 label are left out.", int((~known).sum()))
     df = df.loc[known].copy()
-    df["label"] = label[known].astype(int)
-    patient = df["patient"].astype(str) if "patient" in df.columns else df["case_id"]
-    df["patient"] = [p if p else c for p, c in zip(patient, df["case_id"])]
+    df[Columns.LABEL] = label[known].astype(int)
+    patient = df["patient"].astype(str) if "patient" in df.columns else df[Columns.CASE_ID]
+    df["patient"] = [p if p else c for p, c in zip(patient, df[Columns.CASE_ID])]
     df["bag"] = [str(p if Path(p).is_absolute() else (root / p)) for p in df["bag"].astype(str)]
     return df[BAG_COLUMNS].reset_index(drop=True)
 
@@ -236,9 +245,9 @@ def _preprocessed(datalist, cache_dir, preprocessing, labels, progress) -> pd.Da
     if distributed:
         torch.distributed.barrier()
     manifest = pd.read_csv(Path(cache_dir) / "manifest.csv", dtype=str, keep_default_na=False)
-    for row in manifest[manifest["status"] == "failed"].itertuples():
+    for row in manifest[manifest[Columns.STATUS] == "failed"].itertuples():
         logger.warning("case %s left out: %s", row.case_id, row.error)
-    return load_bag_datalist(bag_datalist(manifest.assign(label=pd.to_numeric(manifest["label"], errors="coerce"))))
+    return load_bag_datalist(bag_datalist(manifest.assign(label=pd.to_numeric(manifest[Columns.LABEL], errors="coerce"))))
 
 
 def split_cases(cases: pd.DataFrame, val_fraction: float = 0.2, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -252,9 +261,9 @@ def split_cases(cases: pd.DataFrame, val_fraction: float = 0.2, seed: int = 0) -
         raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}.")
     if val_fraction == 0.0:
         return cases.reset_index(drop=True), cases.iloc[:0]
-    folds = stratified_group_folds(cases["label"].tolist(), cases["patient"].tolist(), max(2, round(1.0 / val_fraction)), int(seed))
+    folds = stratified_group_folds(cases[Columns.LABEL].tolist(), cases["patient"].tolist(), max(2, round(1.0 / val_fraction)), int(seed))
     train, val = cases[folds != 0].reset_index(drop=True), cases[folds == 0].reset_index(drop=True)
-    if len(val) and val["label"].nunique() < 2:
+    if len(val) and val[Columns.LABEL].nunique() < 2:
         logger.warning("the validation split (%s) holds only one class: its AUC is undefined (nan) every epoch and "
                        "selects nothing; the model of the last epoch is kept. Give more cases of each class, or "
                        "--val-fraction 0.", plural(len(val), "case"))
@@ -265,4 +274,4 @@ def bag_dataset(table: pd.DataFrame | None) -> BagDataset | None:
     """A :class:`BagDataset` of a bag table's rows (``None`` for no rows: no validation set)."""
     if table is None or len(table) == 0:
         return None
-    return BagDataset(table["bag"].tolist(), labels=table["label"].tolist(), case_ids=table["case_id"].tolist())
+    return BagDataset(table["bag"].tolist(), labels=table[Columns.LABEL].tolist(), case_ids=table[Columns.CASE_ID].tolist())

@@ -30,6 +30,7 @@ from ctmil.evaluate.cv import run_cv
 from ctmil.evaluate.held_out import METRIC_LABELS, evaluate_model
 from ctmil.report.html import GalleryItem, HtmlReport
 from ctmil.synthetic.phantoms import generate_cohort
+from ctmil.keys import Columns
 
 logger = logging.getLogger(__name__)
 DEMO_FILES = ("train.json", "cv.json", "demo.json")
@@ -50,8 +51,8 @@ def attention_hits(model_path: Path, cohort_dir: Path, table: pd.DataFrame, min_
     from ctmil.transforms.load import LoadCT
 
     model = load_model(model_path)
-    severe = table[table["label"] == 1]
-    cases = [{"case_id": r.case_id, "image": str(cohort_dir / r.dicom_dir), "label": 1.0, "source": r.dicom_dir}
+    severe = table[table[Columns.LABEL] == 1]
+    cases = [{Columns.CASE_ID: r.case_id, "image": str(cohort_dir / r.dicom_dir), Columns.LABEL: 1.0, "source": r.dicom_dir}
              for r in severe.itertuples()]  # fmt: skip
     dataset = CaseDataset(cases, preprocessing_transforms(**model.preprocessing))
     reader = LoadCT().nifti_reader
@@ -62,14 +63,14 @@ def attention_hits(model_path: Path, cohort_dir: Path, table: pd.DataFrame, min_
             continue
         lesion = np.asarray(load_nifti(str(cohort_dir / row.lesion_mask_path), reader)[0])
         fraction = patch_lesion_fraction(lesion, bag["slice_index"], bag["position"], bag["boxes"], bag["kept_slices"])
-        found.append({"case_id": row.case_id, "attention": model.predict_bag(bag).attention, "lesion_fraction": fraction})
+        found.append({Columns.CASE_ID: row.case_id, "attention": model.predict_bag(bag).attention, "lesion_fraction": fraction})
     return hit_rates(found, min_fraction=min_fraction, alpha=alpha)
 
 
 def _cv_table(cv_dir: Path) -> pd.DataFrame:
     learnt = cv_dir / "report_learnt_threshold.csv"
     frame = pd.read_csv(learnt if learnt.is_file() else cv_dir / "report.csv")
-    rows = [{"setting": r["setting"], **{METRIC_LABELS[m]: f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_sd']:.3f}" for m in _SHOWN[:-1]},
+    rows = [{Columns.SETTING: r[Columns.SETTING], **{METRIC_LABELS[m]: f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_sd']:.3f}" for m in _SHOWN[:-1]},
              "AUC (pooled)": f"{r['auc_mean']:.3f} ± {r['auc_sd']:.3f}", "AUC per fold": f"{r['auc_fold_mean']:.3f} ± {r['auc_fold_sd']:.3f}"}
             for _, r in frame.iterrows()]  # fmt: skip
     return pd.DataFrame(rows)
@@ -82,7 +83,7 @@ def _comparison(cv_dir: Path, first: str = "A", second: str = "D") -> str:
         return ""
     t = pd.read_csv(tests)
     t = t[(t["metric"] == "auc") & (t["setting_a"] == first) & (t["setting_b"] == second)]
-    f = pd.read_csv(folds).groupby("setting")["auc"].mean()
+    f = pd.read_csv(folds).groupby(Columns.SETTING)["auc"].mean()
     if t.empty or first not in f or second not in f:
         return ""
     r = t.iloc[0]
@@ -93,7 +94,7 @@ def _comparison(cv_dir: Path, first: str = "A", second: str = "D") -> str:
 
 
 def _held_out_table(metrics: pd.DataFrame) -> pd.DataFrame:
-    part = metrics[metrics["metric"].isin([*_SHOWN, "pr_auc", "brier", "ece", "threshold"])]
+    part = metrics[metrics["metric"].isin([*_SHOWN, "pr_auc", "brier", "ece", Columns.THRESHOLD])]
     return pd.DataFrame({"metric": [METRIC_LABELS[m] for m in part["metric"]],
                          "estimate": [f"{v:.3f}" for v in part["estimate"]],
                          "95% CI": ["–" if not np.isfinite(lo) else f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(part["lower"], part["upper"])]})  # fmt: skip
@@ -126,7 +127,7 @@ def _report_html(out: Path, cv: pd.DataFrame, comparison: str, held: pd.DataFram
     page.paragraph(f"Share of the top-⌊αK⌋ attention patches of severe held-out cases that cover a lesion: "
                    f"{hits['hit_rate']:.1%}, against {hits['chance_rate']:.1%} for patches drawn at random.")
     page.table(hits_table, id="hits", float_format="{:.3f}")
-    pred = pd.read_csv(inference / "predictions.csv", dtype={"case_id": str}).sort_values("probability", ascending=False)
+    pred = pd.read_csv(inference / "predictions.csv", dtype={Columns.CASE_ID: str}).sort_values(Columns.PROBABILITY, ascending=False)
     items = []
     for row in pred.itertuples():
         for rel in str(getattr(row, "overlay_paths", "") or "").split(";")[:1]:

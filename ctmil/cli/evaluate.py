@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from ctmil.cli.common import EXIT_PARTIAL, UsageError, add_common, auto_device, configs, existing, log, out_dir, parse_overrides, validated
+from ctmil.keys import Columns
 
 __all__ = ["add_parser", "run"]
 
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_model(model, inputs, out, labels=labels, threshold=args.threshold, n_resamples=args.n_resamples,
                             seed=args.seed, device=auto_device(args.device), progress=not args.quiet,
                             allow_input_mismatch=args.allow_input_mismatch, config=config, overrides=overrides)  # fmt: skip
-    print(f"{len(result['predictions'])} held-out cases; threshold {result['threshold']:.4g} ({result['threshold_source']})")
+    print(f"{len(result['predictions'])} held-out cases; threshold {result[Columns.THRESHOLD]:.4g} ({result['threshold_source']})")
     print(result["table"])
     for row in result["failed"].itertuples():
         print(f"FAILED {row.case_id}: {row.error}", file=sys.stderr)

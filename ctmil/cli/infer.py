@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ctmil.cli.common import EXIT_PARTIAL, UsageError, add_common, add_implausible, auto_device, configs, existing, log, out_dir, parse_overrides, validated, writable_out
 from ctmil.words import plural
+from ctmil.keys import Columns
 
 __all__ = ['add_parser', 'run']
 
@@ -92,22 +93,22 @@ def run(args: argparse.Namespace) -> int:
         allow_implausible_lungs=args.allow_implausible_lungs, allow_input_mismatch=args.allow_input_mismatch,
         shard=shard, config=configs(args.config), overrides=parse_overrides(args.set), progress=not args.quiet,
         allow_torchscript=args.allow_torchscript, keep_paths=args.keep_paths)
-    for row in predictions[predictions["status"] == "failed"].itertuples():
+    for row in predictions[predictions[Columns.STATUS] == "failed"].itertuples():
         print(f"FAILED {row.case_id}: {row.error}", file=sys.stderr)
     if push is not None:
         from ctmil.pacs import push_files
 
         out = Path(args.out)
         files = {str(r.case_id): [out / p for p in str(r.dicom_paths).split(";")]
-                 for r in predictions[predictions["status"] == "ok"].itertuples() if isinstance(r.dicom_paths, str) and r.dicom_paths}
+                 for r in predictions[predictions[Columns.STATUS] == "ok"].itertuples() if isinstance(r.dicom_paths, str) and r.dicom_paths}
         transfers += push_files(push, files, progress=not args.quiet)
         transfers += _not_pushed(predictions)
     if pull is not None or push is not None:
         return _pacs_report(transfers, args.out, predictions_failed=n_failed)
     if len(predictions) == 1 and not n_failed:  # one study: the answer on stdout
         row = predictions.iloc[0]
-        label = "severe" if row["prediction"] == 1 else "non-severe"
-        print(f"{row['case_id']}: probability of severe {row['probability']:.3f} -> {label} (threshold {row['threshold']:g})")
+        label = "severe" if row[Columns.PREDICTION] == 1 else "non-severe"
+        print(f"{row[Columns.CASE_ID]}: probability of severe {row[Columns.PROBABILITY]:.3f} -> {label} (threshold {row[Columns.THRESHOLD]:g})")
     return EXIT_PARTIAL if n_failed else 0
 
 
@@ -147,7 +148,7 @@ def _not_pushed(predictions) -> list:
     from ctmil.pacs import Transfer
 
     rows = []
-    lacking = predictions[(predictions["status"] == "ok") & (predictions["input_kind"] == "dicom")]
+    lacking = predictions[(predictions[Columns.STATUS] == "ok") & (predictions["input_kind"] == "dicom")]
     for r in lacking.itertuples():
         if not (isinstance(r.dicom_paths, str) and r.dicom_paths):
             reason = next((w.strip() for w in str(r.warning).split(";") if w.strip().startswith("no DICOM results")),

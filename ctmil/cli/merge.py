@@ -9,6 +9,7 @@ from pathlib import Path
 from ctmil.words import plural
 
 from ctmil.cli.common import EXIT_PARTIAL, add_common, existing, log
+from ctmil.keys import Columns
 
 __all__ = ['add_parser', 'run']
 
@@ -26,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = existing([args.out], "--out of the shards")[0]
     merged = merge_shards(out)
-    failed = merged[merged["status"] == "failed"]
+    failed = merged[merged[Columns.STATUS] == "failed"]
     for row in failed.itertuples():
         print(f"FAILED {row.case_id}: {row.error}", file=sys.stderr)
     log.info("%s merged (%d failed); predictions: %s", plural(len(merged), "case"), len(failed), Path(out) / "predictions.csv")

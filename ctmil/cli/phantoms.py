@@ -6,6 +6,7 @@ import argparse
 from ctmil.words import plural
 
 from ctmil.cli.common import add_common, log, out_dir
+from ctmil.keys import Columns
 
 __all__ = ['add_parser', 'run']
 
@@ -24,5 +25,5 @@ def run(args: argparse.Namespace) -> int:
     from ctmil.synthetic.phantoms import generate_cohort
 
     table = generate_cohort(out_dir(args.out), n=args.n, seed=args.seed)
-    log.info("wrote %s (%d severe) to %s", plural(len(table), "phantom"), int(table["label"].sum()), args.out)
+    log.info("wrote %s (%d severe) to %s", plural(len(table), "phantom"), int(table[Columns.LABEL].sum()), args.out)
     return 0

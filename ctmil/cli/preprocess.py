@@ -8,6 +8,7 @@ import sys
 from ctmil.words import plural
 
 from ctmil.cli.common import EXIT_PARTIAL, UsageError, add_common, add_implausible, configs, existing, log, out_dir, parse_overrides, refuse_without_ct
+from ctmil.keys import Columns
 
 __all__ = ['add_parser', 'run']
 
@@ -67,18 +68,18 @@ def run(args: argparse.Namespace) -> int:
                            progress=not args.quiet, keep_paths=args.keep_paths)
     refuse_without_ct(cases)
     out = out_dir(args.out)
-    if labels and not any(c.get("label") is not None for c in cases):
+    if labels and not any(c.get(Columns.LABEL) is not None for c in cases):
         print(f"warning: no case matched a label of {args.labels} (DICOM studies are matched by a study_uid column, "
               "other inputs by case_id); datalist.csv will be empty", file=sys.stderr)
-    elif not labels and not any(c.get("label") is not None for c in cases):
+    elif not labels and not any(c.get(Columns.LABEL) is not None for c in cases):
         print("warning: no case has a label (give --labels CSV with case_id or study_uid and label): datalist.csv, "
               "the list ctmil cv and train read, will be empty", file=sys.stderr)
     settings = {"min_slices": args.min_slices, "min_area_fraction": args.min_area_fraction,
                 "allow_implausible_lungs": args.allow_implausible_lungs, **chosen}
     manifest = preprocess_cases(cases, out, settings=settings, progress=not args.quiet, montages=args.montages)
-    failed = manifest[manifest["status"] == "failed"]
+    failed = manifest[manifest[Columns.STATUS] == "failed"]
     log.info("%s: %d ok, %d cached, %d failed, %d flagged by QC; manifest: %s; QC report: %s", plural(len(manifest), "case"),
-             (manifest["status"] == "ok").sum(), (manifest["status"] == "cached").sum(), len(failed),
+             (manifest[Columns.STATUS] == "ok").sum(), (manifest[Columns.STATUS] == "cached").sum(), len(failed),
              (manifest["qc_flags"] != "").sum(), out / "manifest.csv", out / "qc.html")
     for row in failed.itertuples():
         print(f"FAILED {row.case_id}: {row.error}", file=sys.stderr)

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ctmil.transforms.density import density_input
+from ctmil.keys import Columns
 
 __all__ = [
     "BagDataset",
@@ -115,18 +116,18 @@ class BagDataset(Dataset):
             if "density" not in bag and density is not None:  # the hybrid network's input (docs/design.md)
                 bag["density"] = density_input(density)
             if self._labels is not None:
-                own = bag.get("label")
+                own = bag.get(Columns.LABEL)
                 if own is not None and float(own) >= 0 and float(own) != self._labels[i]:
                     logger.warning("bag %d: label %s in the bag overridden by %s.", i, float(own), self._labels[i])
-                bag["label"] = torch.tensor(self._labels[i], dtype=torch.float32)
-            elif "label" in bag:
-                bag["label"] = torch.as_tensor(bag["label"], dtype=torch.float32).reshape(())
+                bag[Columns.LABEL] = torch.tensor(self._labels[i], dtype=torch.float32)
+            elif Columns.LABEL in bag:
+                bag[Columns.LABEL] = torch.as_tensor(bag[Columns.LABEL], dtype=torch.float32).reshape(())
             else:
-                bag["label"] = torch.tensor(-1.0)
+                bag[Columns.LABEL] = torch.tensor(-1.0)
             if self._case_ids is not None:
-                bag["case_id"] = self._case_ids[i]
+                bag[Columns.CASE_ID] = self._case_ids[i]
             else:
-                bag["case_id"] = str(bag.get("case_id", f"bag{i}"))
+                bag[Columns.CASE_ID] = str(bag.get(Columns.CASE_ID, f"bag{i}"))
             self._cache[i] = bag
         return bag
 
@@ -161,11 +162,11 @@ class BagDataset(Dataset):
         """Per-bag labels (reads bags whose label comes from the file)."""
         if self._labels is not None:
             return list(self._labels)
-        return [float(self._load(i)["label"]) for i in range(len(self))]
+        return [float(self._load(i)[Columns.LABEL]) for i in range(len(self))]
 
     @property
     def case_ids(self) -> List[str]:
-        return [self._load(i)["case_id"] for i in range(len(self))] if self._case_ids is None else list(self._case_ids)
+        return [self._load(i)[Columns.CASE_ID] for i in range(len(self))] if self._case_ids is None else list(self._case_ids)
 
     def bag_size(self, i: int) -> int:
         """Number of instances ``K`` of bag ``i``."""
@@ -222,8 +223,8 @@ def virtual_bag(dataset: BagDataset, refs: torch.Tensor, case_id: str, label: fl
     donors = [dataset[int(i)] for i in torch.unique(refs[:, 0].long().cpu()).tolist()]
     if donors and all("density" in d for d in donors):  # the mean density of the bags its instances come from
         bag["density"] = torch.stack([d["density"] for d in donors]).mean(0)
-    bag["label"] = torch.tensor(float(label), dtype=torch.float32)
-    bag["case_id"] = case_id
+    bag[Columns.LABEL] = torch.tensor(float(label), dtype=torch.float32)
+    bag[Columns.CASE_ID] = case_id
     bag["is_virtual"] = True
     return bag
 
@@ -248,8 +249,8 @@ def collate_bags(bags: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     device = patches[0].device  # bags kept on a device (BagDataset.to) are collated there
     dtype = functools.reduce(torch.promote_types, [p.dtype for p in patches])  # one dtype for the batch
     out = {
-        "label": torch.tensor([float(b.get("label", -1.0)) for b in bags], dtype=torch.float32),
-        "case_id": [str(b.get("case_id", "")) for b in bags],
+        Columns.LABEL: torch.tensor([float(b.get(Columns.LABEL, -1.0)) for b in bags], dtype=torch.float32),
+        Columns.CASE_ID: [str(b.get(Columns.CASE_ID, "")) for b in bags],
         "is_virtual": torch.tensor([bool(b.get("is_virtual", False)) for b in bags], dtype=torch.bool),
     }
     if all("density" in b for b in bags):

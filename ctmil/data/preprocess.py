@@ -31,10 +31,11 @@ from ctmil.io.dicom_series import DicomError
 from ctmil.io.paths import inside, safe_case_name
 from ctmil.io.readers import CaseError
 from ctmil.transforms.density import density_vector
+from ctmil.keys import Columns
 
 logger = logging.getLogger(__name__)
 MANIFEST_COLUMNS = [
-    "case_id", "label", "patient", "status", "error", "warning", "source", "input_kind", "series", "n_slices",
+    Columns.CASE_ID, Columns.LABEL, "patient", Columns.STATUS, "error", "warning", "source", "input_kind", "series", "n_slices",
     "n_slices_kept", "K", "bag_path", *QC_COLUMNS,
 ]
 
@@ -54,7 +55,7 @@ def cache_key(case: dict, settings: dict) -> str:
     """Hash of what determines a bag: the effective settings (given ones over the defaults, so a changed default
     changes the key), the ctmil version and preprocessing revision, the input files and the label."""
     payload = {"settings": preprocessing_settings(**settings), "version": __version__, "revision": PREPROCESSING_REVISION,
-               "source": source_signature(case["image"]), "label": case.get("label")}
+               "source": source_signature(case["image"]), Columns.LABEL: case.get(Columns.LABEL)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -72,20 +73,20 @@ def preprocess_case(case: dict, transform, settings: dict, bag_dir: Path, qc_dir
     cached bag whose QC record is missing or stale is made again, from one run of the chain as always.
     """
     row = {c: "" for c in MANIFEST_COLUMNS}
-    row.update(case_id=case["case_id"], label=label_text(case.get("label")), patient=case.get("patient", case["case_id"]),
+    row.update(case_id=case[Columns.CASE_ID], label=label_text(case.get(Columns.LABEL)), patient=case.get("patient", case[Columns.CASE_ID]),
                source=case.get("source", ""), series=case.get("series", ""), warning=case.get("warning", ""))
     if case.get("error") or case.get("image") is None:
         row.update(status="failed", error=case.get("error") or "no input")
         return row
-    bag_path = bag_path_for(bag_dir, case["case_id"])
+    bag_path = bag_path_for(bag_dir, case[Columns.CASE_ID])
     try:
         key = cache_key(case, settings)
         if bag_path.exists():
             old = torch.load(bag_path, weights_only=True)
-            qc = read_case_qc(qc_dir, case["case_id"], key, montages) if qc_dir is not None else {}
+            qc = read_case_qc(qc_dir, case[Columns.CASE_ID], key, montages) if qc_dir is not None else {}
             if old.get("meta", {}).get("cache_key") == key and qc is not None:
                 return _fill_row(row, old, bag_path, "cached", qc)
-        item = {"image": case["image"], "case_id": case["case_id"], "label": case.get("label")}
+        item = {"image": case["image"], Columns.CASE_ID: case[Columns.CASE_ID], Columns.LABEL: case.get(Columns.LABEL)}
         bag, trace = run_traced(transform, item) if qc_dir is not None else (transform(item), None)
         if trace is not None:  # the crop's share of the body: QC and the CV's shortcut check read it from the bag
             bag["meta"]["crop"] = crop_shares(bag, trace)
@@ -98,7 +99,7 @@ def preprocess_case(case: dict, transform, settings: dict, bag_dir: Path, qc_dir
         atomic_torch_save(bag, bag_path)
         return _fill_row(row, bag, bag_path, "ok", _case_qc(bag, trace, qc_dir, key, montages))
     except Exception as raised:  # one case must never stop the batch
-        row.update(status="failed", error=case_error_text(raised, case["case_id"]))
+        row.update(status="failed", error=case_error_text(raised, case[Columns.CASE_ID]))
     return row
 
 
@@ -109,7 +110,7 @@ def _case_qc(bag: dict, trace, qc_dir: Path | None, key: str, montages: bool) ->
     try:
         return write_case_qc(bag, trace, qc_dir, key, montages)
     except Exception as raised:
-        logger.warning("case %s: quality control failed: %s", bag.get("case_id"), case_error_text(raised, bag.get("case_id", "")))
+        logger.warning("case %s: quality control failed: %s", bag.get(Columns.CASE_ID), case_error_text(raised, bag.get(Columns.CASE_ID, "")))
         return {}
 
 
@@ -169,14 +170,14 @@ def report_same_studies(manifest: pd.DataFrame, fingerprints: Mapping[str, tuple
         if fingerprint is not None:
             groups.setdefault(fingerprint, []).append(case_id)
     manifest = manifest.copy()
-    kinds = dict(zip(manifest["case_id"].astype(str), manifest["input_kind"].astype(str)))
+    kinds = dict(zip(manifest[Columns.CASE_ID].astype(str), manifest["input_kind"].astype(str)))
     for ids in (g for g in groups.values() if len(g) > 1):
         named = ", ".join(f"{i} ({kinds.get(i, '?')})" for i in ids)
         times = "twice" if len(ids) == 2 else f"{len(ids)} times"
         logger.warning("%s look like one study given %s (the same image after preprocessing): keep one", named, times)
         for case_id in ids:
             others = ", ".join(i for i in ids if i != case_id)
-            at = manifest["case_id"].astype(str) == case_id
+            at = manifest[Columns.CASE_ID].astype(str) == case_id
             manifest.loc[at, "warning"] = [join_warnings(w if isinstance(w, str) else "", {"warnings": [f"the same study as {others}"]})
                                            for w in manifest.loc[at, "warning"]]
     return manifest
@@ -212,7 +213,7 @@ def preprocess_cases(cases: list[dict], out_dir: str | os.PathLike, settings: di
     from tqdm.auto import tqdm
 
     settings = dict(settings or {})
-    ids = [str(c["case_id"]) for c in cases]
+    ids = [str(c[Columns.CASE_ID]) for c in cases]
     if len(ids) != len(set(ids)):
         raise ValueError("duplicate case ids: " + ", ".join(sorted({i for i in ids if ids.count(i) > 1})[:5]))
     out_dir = Path(out_dir)
@@ -221,13 +222,13 @@ def preprocess_cases(cases: list[dict], out_dir: str | os.PathLike, settings: di
     rows = []
     bar = tqdm(cases, desc="preprocessing", unit="case", disable=not progress)
     for case in bar:
-        bar.set_postfix_str(case["case_id"])
+        bar.set_postfix_str(case[Columns.CASE_ID])
         row = preprocess_case(case, transform, settings, out_dir / "bags", out_dir / "qc", montages)
-        if row["status"] == "failed":
-            logger.warning("case %s failed: %s", row["case_id"], row["error"])
+        if row[Columns.STATUS] == "failed":
+            logger.warning("case %s failed: %s", row[Columns.CASE_ID], row["error"])
         rows.append(row)
     manifest = flag_outliers(pd.DataFrame(rows, columns=MANIFEST_COLUMNS))
-    manifest = report_same_studies(manifest, {str(r["case_id"]): r.get("_fingerprint") for r in rows if r["status"] != "failed"})
+    manifest = report_same_studies(manifest, {str(r[Columns.CASE_ID]): r.get("_fingerprint") for r in rows if r[Columns.STATUS] != "failed"})
     atomic_write_csv(manifest, out_dir / "manifest.csv")
     atomic_write_csv(bag_datalist(manifest, relative_to=out_dir), out_dir / "datalist.csv")
     write_qc_report(manifest, out_dir, montages)
@@ -257,11 +258,11 @@ def bag_datalist(manifest: pd.DataFrame, relative_to: str | os.PathLike | None =
 
     With ``relative_to`` (the datalist's folder) bag paths are written relative to it, so the folder can move.
     """
-    ok = manifest[manifest["status"].isin(["ok", "cached"]) & pd.to_numeric(manifest["label"], errors="coerce").notna()]
+    ok = manifest[manifest[Columns.STATUS].isin(["ok", "cached"]) & pd.to_numeric(manifest[Columns.LABEL], errors="coerce").notna()]
     bags = [str(Path(p).resolve()) for p in ok["bag_path"]]
     if relative_to is not None:
         bags = [os.path.relpath(p, Path(relative_to).resolve()) for p in bags]
-    return pd.DataFrame({"case_id": ok["case_id"], "bag": bags, "label": ok["label"].astype(float).astype(int), "patient": ok["patient"]})
+    return pd.DataFrame({Columns.CASE_ID: ok[Columns.CASE_ID], "bag": bags, Columns.LABEL: ok[Columns.LABEL].astype(float).astype(int), "patient": ok["patient"]})
 
 
 def cached_bag_dataset(cases: list[dict], cache_dir: str | os.PathLike, settings: dict | None = None) -> PersistentDataset:
@@ -274,7 +275,7 @@ def cached_bag_dataset(cases: list[dict], cache_dir: str | os.PathLike, settings
     settings = dict(settings or {})
     effective = preprocessing_settings(**settings)
     items = [
-        {"image": c["image"], "case_id": c["case_id"], "label": c.get("label"), "signature": source_signature(c["image"])}
+        {"image": c["image"], Columns.CASE_ID: c[Columns.CASE_ID], Columns.LABEL: c.get(Columns.LABEL), "signature": source_signature(c["image"])}
         for c in cases if c.get("image") is not None and not c.get("error")
     ]
 

@@ -53,6 +53,7 @@ from ctmil.io.paths import inside, safe_case_name
 from ctmil.report import GalleryItem, HtmlReport, atomic_write_bytes, atomic_write_text
 from ctmil.report.montage import label_tile, png_bytes, slice_tile, tile_grid
 from ctmil.transforms.lung import LungMaskd
+from ctmil.keys import Columns
 
 __all__ = ["CROP_MEASURES", "MIN_CASES", "MIN_RELATIVE", "NOTHING_FLAGGED", "PLAIN_MEASURES", "QC_COLUMNS",
            "QC_MEASURES", "REPORT_COLUMNS", "Z_LIMIT", "CaseTrace", "case_measures", "case_montage", "crop_shares",
@@ -203,7 +204,7 @@ MONTAGE_REVISION = 2
 def write_case_qc(bag: dict, trace: CaseTrace, qc_dir: Path, key: str, montage: bool = True) -> dict:
     """Measure (and draw) one case; writes ``qc_dir/<safe name>.json`` (+ ``.png``); returns its manifest fields."""
     record = {"cache_key": key, "measures": case_measures(bag, trace), "montage_slices": [], "montage_revision": MONTAGE_REVISION}
-    sidecar, png = _qc_paths(Path(qc_dir), bag["case_id"])
+    sidecar, png = _qc_paths(Path(qc_dir), bag[Columns.CASE_ID])
     if montage:
         data, record["montage_slices"] = case_montage(bag, trace)
         atomic_write_bytes(data, png)
@@ -251,7 +252,7 @@ def flag_outliers(manifest: pd.DataFrame, min_cases: int = MIN_CASES, z_limit: f
     """``manifest`` with ``qc_flags`` filled by the outlier rule of the module docstring (usable cases only)."""
     out = manifest.copy()
     out["qc_flags"] = ""
-    usable = out["status"].isin(["ok", "cached"])
+    usable = out[Columns.STATUS].isin(["ok", "cached"])
     if usable.sum() < min_cases:
         return out
     reasons: dict[int, list[str]] = {i: [] for i in out.index[usable]}
@@ -332,7 +333,7 @@ def _num(value, fmt: str) -> str:
     return format(float(v), fmt) if not (v is None or math.isnan(v)) else "?"
 
 
-REPORT_COLUMNS = ("case_id", "status", "label", "n_slices", "n_slices_kept", "lung_volume_ml", "box_aspect", *CROP_MEASURES,
+REPORT_COLUMNS = (Columns.CASE_ID, Columns.STATUS, Columns.LABEL, "n_slices", "n_slices_kept", "lung_volume_ml", "box_aspect", *CROP_MEASURES,
               "qc_flags", "warning")
 """The columns of ``qc.html``'s tables, in order."""
 
@@ -343,9 +344,9 @@ def write_qc_report(manifest: pd.DataFrame, out_dir: str | os.PathLike, montages
     Every flagged case's montage is inlined, and at most ``max_montages`` of the others (each PNG is ~50-300 KB, so
     a large cohort would make a page too big to open); every montage stays under ``qc/``.
     """
-    usable = manifest[manifest["status"].isin(["ok", "cached"])]
+    usable = manifest[manifest[Columns.STATUS].isin(["ok", "cached"])]
     flagged, rest = usable[usable["qc_flags"] != ""], usable[usable["qc_flags"] == ""]
-    failed = manifest[manifest["status"] == "failed"]
+    failed = manifest[manifest[Columns.STATUS] == "failed"]
     report = HtmlReport("ctmil preprocess: quality control")
     report.paragraph(f"{len(manifest)} cases: {len(usable)} usable, {len(failed)} failed, {len(flagged)} flagged as outliers. "
                      f"Montages: the first and last kept slices, the one with the largest lung area and one "
@@ -364,7 +365,7 @@ def write_qc_report(manifest: pd.DataFrame, out_dir: str | os.PathLike, montages
         report.paragraph("No case is flagged.")
     if len(failed):
         report.heading("Failed cases", id="failed-cases")
-        report.table(failed[["case_id", "error", "source"]], id="failed", caption="cases without a bag, with the reason")
+        report.table(failed[[Columns.CASE_ID, "error", "source"]], id="failed", caption="cases without a bag, with the reason")
     report.heading("Cases", id="all-cases")
     report.table(usable[columns], id="cases", caption="every usable case (flagged ones too)")
     if not montages:

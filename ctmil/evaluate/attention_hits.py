@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ctmil.infer.attention_maps import GRID, cell_index
+from ctmil.keys import Columns
 
 __all__ = ["bag_hit_rate", "hit_rates", "key_instance_count", "patch_lesion_fraction"]
 
@@ -86,9 +87,9 @@ def hit_rates(cases: Sequence[Mapping[str, Any]], min_fraction: float = 0.1, k: 
         if not covers.any():
             continue
         hit, chance, used = bag_hit_rate(case["attention"], covers, k, alpha)
-        rows.append({"case_id": str(case["case_id"]), "K": int(covers.size), "k": used, "hit_rate": hit,
+        rows.append({Columns.CASE_ID: str(case[Columns.CASE_ID]), "K": int(covers.size), "k": used, "hit_rate": hit,
                      "chance_rate": chance, "lesion_patches": int(covers.sum())})  # fmt: skip
-    table = pd.DataFrame(rows, columns=["case_id", "K", "k", "hit_rate", "chance_rate", "lesion_patches"])
+    table = pd.DataFrame(rows, columns=[Columns.CASE_ID, "K", "k", "hit_rate", "chance_rate", "lesion_patches"])
     hit, chance = (float(table[c].mean()) if len(table) else float("nan") for c in ("hit_rate", "chance_rate"))
     summary = {"hit_rate": hit, "chance_rate": chance, "lift": hit / chance if chance > 0 else float("nan"),
                "n_cases": len(table), "min_fraction": float(min_fraction), "alpha": float(alpha), "k": k}  # fmt: skip

@@ -43,17 +43,18 @@ import pandas as pd
 from monai.bundle import ConfigParser
 from tqdm.auto import tqdm
 
-from ctmil.bundle import bag_table, build_workflow, config_files, split_cases
+from ctmil.bundle import bag_table, build_workflow, config_files, operating_point_args, split_cases
 from ctmil.data.bags import BagDataset
 from ctmil.io.atomic import atomic_write_csv
 from ctmil.stats.folds import make_folds, run_seed
 from ctmil.stats.operating_point import apply_operating_point
-from ctmil.stats.quantitative import QUANTITATIVE, density_features, point_args, predict_fold
+from ctmil.stats.quantitative import QUANTITATIVE, density_features, predict_fold
 from ctmil.evaluate.report import read_predictions, write_report
 from ctmil.evaluate.report_tables import describe
 from ctmil.train.settings import SETTINGS
 from ctmil.evaluate.shortcut import logged_shortcut_check
 from ctmil.train.engines import predict
+from ctmil.keys import Columns
 
 __all__ = ["SETTINGS", "CVConfigError", "cv_protocol", "fused_descriptions", "run_cv"]
 
@@ -61,7 +62,7 @@ logger = logging.getLogger(__name__)
 
 _FINAL_MODEL = ("all_data", "last_fold", "none")
 DEFAULT_FILES = ("train.json", "cv.json")
-_COLUMNS = ("case_id", "setting", "repeat", "fold", "raw_probability", "label", "probability", "prediction", "threshold")
+_COLUMNS = (Columns.CASE_ID, Columns.SETTING, Columns.REPEAT, Columns.FOLD, Columns.RAW_PROBABILITY, Columns.LABEL, Columns.PROBABILITY, Columns.PREDICTION, Columns.THRESHOLD)
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -73,7 +74,7 @@ def cv_protocol(files: Sequence[PathLike] = DEFAULT_FILES, overrides: Optional[M
     """The ``cv`` section of the merged configs, validated: ``n_folds, n_repeats, settings, ssl_task, ...``."""
     parser = ConfigParser(ConfigParser.load_config_files([_path(f) for f in files]))
     parser.update(dict(overrides or {}))
-    cv = {k: parser.get_parsed_content(f"cv#{k}") for k in parser["cv"]}
+    cv = dict(parser.get_parsed_content("cv"))
     settings = list(cv.get("settings", []))
     if not settings or any(s not in SETTINGS and s != QUANTITATIVE for s in settings):
         raise CVConfigError(f"cv#settings must be a non-empty subset of {[*SETTINGS, QUANTITATIVE]}, got {settings!r}.")
@@ -107,7 +108,7 @@ def _record(files, overrides, table: pd.DataFrame, protocol) -> Dict[str, Any]:
     digest = hashlib.sha256(table.to_csv(index=False).encode()).hexdigest()
     return {"configs": json.loads(json.dumps(merged, default=str)), "overrides": json.loads(json.dumps(dict(overrides or {}), default=str)),
             "protocol": json.loads(json.dumps(protocol, default=str)), "datalist_sha256": digest, "n_cases": len(table),
-            "n_positive": int(table["label"].sum())}
+            "n_positive": int(table[Columns.LABEL].sum())}
 
 
 def _check_out(out: Path, record: Mapping[str, Any], restart: bool) -> None:
@@ -138,7 +139,7 @@ def _inner_cases(table: pd.DataFrame, fraction: float, seed: int) -> tuple:
     except ValueError as err:
         fit, calibration = table, table.iloc[:0]
         logger.warning("no inner calibration split (%s): this run keeps the fixed threshold", err)
-    if len(calibration) and (calibration["label"].nunique() < 2 or fit["label"].nunique() < 2):
+    if len(calibration) and (calibration[Columns.LABEL].nunique() < 2 or fit[Columns.LABEL].nunique() < 2):
         logger.warning("the inner calibration split of %d cases lacks a class: this run keeps the fixed threshold", len(table))
         fit, calibration = table, table.iloc[:0]
     return fit, calibration
@@ -175,12 +176,12 @@ def _write_point(run_dir: Path, point: Mapping[str, Any], ids: Sequence[str]) ->
 def _fold_predictions(pred: pd.DataFrame, point: Mapping[str, Any], setting: str, r: int, f: int) -> pd.DataFrame:
     """The test fold's predictions (``case_id, raw_probability, label``) with ``probability`` / ``prediction`` at the run's
     learnt point."""
-    pred.insert(1, "setting", setting)
-    pred.insert(2, "repeat", r)
-    pred.insert(3, "fold", f)
-    pred["label"] = pred["label"].astype(int)
-    pred["probability"], pred["prediction"] = apply_operating_point(point, pred["raw_probability"].to_numpy())
-    pred["threshold"] = point["threshold"]
+    pred.insert(1, Columns.SETTING, setting)
+    pred.insert(2, Columns.REPEAT, r)
+    pred.insert(3, Columns.FOLD, f)
+    pred[Columns.LABEL] = pred[Columns.LABEL].astype(int)
+    pred[Columns.PROBABILITY], pred[Columns.PREDICTION] = apply_operating_point(point, pred[Columns.RAW_PROBABILITY].to_numpy())
+    pred[Columns.THRESHOLD] = point[Columns.THRESHOLD]
     return pred
 
 
@@ -214,8 +215,8 @@ def run_cv(
     seed = int(parser.get_parsed_content("seed"))
     manifest = make_folds(table, protocol["n_folds"], protocol["n_repeats"], seed)
     atomic_write_csv(manifest, out / "folds.csv")
-    bags = BagDataset(table["bag"].tolist(), labels=table["label"].tolist(), case_ids=table["case_id"].tolist())
-    index = {c: i for i, c in enumerate(table["case_id"])}
+    bags = BagDataset(table["bag"].tolist(), labels=table[Columns.LABEL].tolist(), case_ids=table[Columns.CASE_ID].tolist())
+    index = {c: i for i, c in enumerate(table[Columns.CASE_ID])}
     position = {path: i for i, path in enumerate(table["bag"])}
 
     def load(path: str) -> dict:  # the shortcut check, Q and training share one read of each bag file
@@ -243,20 +244,20 @@ def run_cv(
             if (run_dir / "predictions.csv").exists() and (not keep or (out / "model.pt").exists()):
                 predictions.append(read_predictions(run_dir / "predictions.csv"))
             else:
-                part = manifest[manifest["repeat"] == r]
-                test = table[table["case_id"].isin(part.loc[part["fold"] == f, "case_id"])]
-                fit, calibration = _inner_cases(table[~table["case_id"].isin(test["case_id"])],
+                part = manifest[manifest[Columns.REPEAT] == r]
+                test = table[table[Columns.CASE_ID].isin(part.loc[part[Columns.FOLD] == f, Columns.CASE_ID])]
+                fit, calibration = _inner_cases(table[~table[Columns.CASE_ID].isin(test[Columns.CASE_ID])],
                                                 protocol["calibration_fraction"], run_seed(seed, r, f))
                 if setting == QUANTITATIVE:
-                    raw, point = predict_fold(features, fit, calibration, test, run_seed(seed, r, f), **point_args(parser))
+                    raw, point = predict_fold(features, fit, calibration, test, run_seed(seed, r, f), **operating_point_args(parser))
                 else:
                     network, device, point = _train(
-                        files, overrides, setting, protocol["ssl_task"], _subset(bags, index, fit["case_id"]),
-                        _subset(bags, index, calibration["case_id"]), run_seed(seed, r, f), run_dir, out if keep else None)
-                    raw = pd.DataFrame(predict(network, _subset(bags, index, test["case_id"]), device=device)).rename(
-                        columns={"prob": "raw_probability"})
+                        files, overrides, setting, protocol["ssl_task"], _subset(bags, index, fit[Columns.CASE_ID]),
+                        _subset(bags, index, calibration[Columns.CASE_ID]), run_seed(seed, r, f), run_dir, out if keep else None)
+                    raw = pd.DataFrame(predict(network, _subset(bags, index, test[Columns.CASE_ID]), device=device)).rename(
+                        columns={"prob": Columns.RAW_PROBABILITY})
                 pred = _fold_predictions(raw, point, setting, r, f)
-                _write_point(run_dir, point, calibration["case_id"])
+                _write_point(run_dir, point, calibration[Columns.CASE_ID])
                 atomic_write_csv(pred, run_dir / "predictions.csv")
                 predictions.append(pred)
                 if not protocol["keep_checkpoints"]:
@@ -267,8 +268,8 @@ def run_cv(
             if not (out / "model.pt").exists():
                 run_dir = out / "runs" / final_setting / "all_data"
                 fit, calibration = _inner_cases(table, protocol["calibration_fraction"], seed)
-                _train(files, overrides, final_setting, protocol["ssl_task"], _subset(bags, index, fit["case_id"]),
-                       _subset(bags, index, calibration["case_id"]), seed, run_dir, out)
+                _train(files, overrides, final_setting, protocol["ssl_task"], _subset(bags, index, fit[Columns.CASE_ID]),
+                       _subset(bags, index, calibration[Columns.CASE_ID]), seed, run_dir, out)
                 if not protocol["keep_checkpoints"]:
                     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
                     if run_dir.is_dir() and not any(run_dir.iterdir()):  # the model went to out: no empty folder left
@@ -277,7 +278,7 @@ def run_cv(
     all_predictions = pd.concat(predictions, ignore_index=True).reindex(columns=list(_COLUMNS))
     atomic_write_csv(all_predictions, out / "predictions.csv")
     write_report(out, all_predictions, threshold=float(parser.get_parsed_content("threshold")), shortcut=shortcut,
-                 descriptions=fused_descriptions(all_predictions["setting"].unique(), bool(parser.get("density_fusion", False))))
+                 descriptions=fused_descriptions(all_predictions[Columns.SETTING].unique(), bool(parser.get("density_fusion", False))))
     return all_predictions
 
 

@@ -49,6 +49,7 @@ from ctmil.infer.model_io import load_model, recorded_operating_point
 from ctmil.io.discovery import discover_cases, read_table
 from ctmil.train.engines import predict
 from ctmil.networks.predict import BagInferer
+from ctmil.keys import Columns
 
 __all__ = ["METRIC_LABELS", "evaluate_model", "held_out_metrics", "plot_roc", "resolve_threshold"]
 
@@ -56,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 METRIC_LABELS = {
     "accuracy": "Accuracy", "sensitivity": "Sensitivity", "specificity": "Specificity", "f1": "F1", "auc": "AUC",
-    "pr_auc": "PR-AUC", "auc_delong": "AUC (DeLong)", "brier": "Brier score", "ece": "ECE", "threshold": "Threshold",
+    "pr_auc": "PR-AUC", "auc_delong": "AUC (DeLong)", "brier": "Brier score", "ece": "ECE", Columns.THRESHOLD: "Threshold",
 }  # fmt: skip
 ECE_BINS = 10
 PathLike = "str | os.PathLike[str]"
@@ -69,7 +70,7 @@ def resolve_threshold(threshold: float | None, model: PathLike) -> tuple[float, 
     if threshold is None:
         point = recorded_operating_point(model)
         rule = "" if point["rule"] == "fixed" else f"{point['rule']} on "
-        threshold, source = point["threshold"], f"{rule}{point['source']}"
+        threshold, source = point[Columns.THRESHOLD], f"{rule}{point['source']}"
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold ({source}) must be a number in [0, 1], got {threshold!r}.")
     return float(threshold), source
@@ -89,13 +90,13 @@ def _bag_predictions(datalist: Path, loaded: Any, labels: Mapping[str, float]) -
     if loaded.strategy != "parts":
         raise ValueError(f"a bag datalist needs a MILNet state dict (model.pt), not a {loaded.kind} model.")
     table = read_table(datalist)
-    if "case_id" not in table.columns:
+    if Columns.CASE_ID not in table.columns:
         raise ValueError(f"{datalist}: a bag datalist needs case_id and bag columns (and label, or --labels).")
-    table["label"] = table["label"] if "label" in table.columns else ""
-    known = pd.to_numeric(table["label"], errors="coerce").isin([0, 1])
-    table.loc[~known, "label"] = [str(int(labels[c])) if c in labels else "" for c in table.loc[~known, "case_id"]]
-    known = pd.to_numeric(table["label"], errors="coerce").isin([0, 1])
-    unlabelled = pd.DataFrame({"case_id": table.loc[~known, "case_id"], "probability": np.nan, "label": np.nan})
+    table[Columns.LABEL] = table[Columns.LABEL] if Columns.LABEL in table.columns else ""
+    known = pd.to_numeric(table[Columns.LABEL], errors="coerce").isin([0, 1])
+    table.loc[~known, Columns.LABEL] = [str(int(labels[c])) if c in labels else "" for c in table.loc[~known, Columns.CASE_ID]]
+    known = pd.to_numeric(table[Columns.LABEL], errors="coerce").isin([0, 1])
+    unlabelled = pd.DataFrame({Columns.CASE_ID: table.loc[~known, Columns.CASE_ID], Columns.PROBABILITY: np.nan, Columns.LABEL: np.nan})
     table["bag"] = [p if Path(p).is_absolute() else str(datalist.resolve().parent / p) for p in table["bag"]]
     table = load_bag_datalist(table.loc[known])  # the one datalist reader (bag paths, duplicate ids)
     bags, failed = [], []
@@ -103,23 +104,23 @@ def _bag_predictions(datalist: Path, loaded: Any, labels: Mapping[str, float]) -
         try:
             bags.append((row.case_id, load_bag(row.bag), float(row.label)))
         except Exception as raised:  # one unreadable bag must not stop the evaluation
-            failed.append({"case_id": row.case_id, "error": case_error_text(raised, row.case_id)})
-    predictions = pd.DataFrame({"case_id": [], "probability": [], "label": []})
+            failed.append({Columns.CASE_ID: row.case_id, "error": case_error_text(raised, row.case_id)})
+    predictions = pd.DataFrame({Columns.CASE_ID: [], Columns.PROBABILITY: [], Columns.LABEL: []})
     if bags:
         ids, dicts, ys = zip(*bags)
         dataset = BagDataset(list(dicts), labels=list(ys), case_ids=list(ids))
         out = predict(loaded.module, dataset, device=loaded.device, inferer=BagInferer(loaded.chunk_size))
         probability = apply_calibration(loaded.operating_point["calibration"], np.asarray(out["prob"], dtype=np.float64))
-        predictions = pd.DataFrame({"case_id": out["case_id"], "probability": probability, "label": out["label"]})
+        predictions = pd.DataFrame({Columns.CASE_ID: out[Columns.CASE_ID], Columns.PROBABILITY: probability, Columns.LABEL: out[Columns.LABEL]})
     predictions = pd.concat([predictions, unlabelled], ignore_index=True) if len(unlabelled) else predictions
-    return predictions, pd.DataFrame(failed, columns=["case_id", "error"])
+    return predictions, pd.DataFrame(failed, columns=[Columns.CASE_ID, "error"])
 
 
 def _both_classes_before_inference(sources: Sequence[PathLike], known: Mapping[str, float]) -> None:
     """Refuse, before any study is read, CT inputs whose labels cannot give both classes (discovery reads headers
     only); one line."""
-    labels = [float(c["label"]) for c in discover_cases(list(sources), labels=dict(known), progress=False)
-              if c.get("label") is not None and c["label"] == c["label"]]
+    labels = [float(c[Columns.LABEL]) for c in discover_cases(list(sources), labels=dict(known), progress=False)
+              if c.get(Columns.LABEL) is not None and c[Columns.LABEL] == c[Columns.LABEL]]
     n_pos, n_neg = sum(v == 1 for v in labels), sum(v == 0 for v in labels)
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f"evaluation needs labelled cases of both classes; the inputs' labels (--labels, or a datalist's "
@@ -133,24 +134,24 @@ def _ct_predictions(inputs: Sequence[PathLike], loaded: Any, out_dir: Path, labe
     options = InferenceOptions(threshold=threshold, save_maps=save_maps, save_overlays=save_maps)
     frame, _ = run_inference(list(inputs), loaded, out_dir / "inference", options, labels=dict(labels), progress=progress,
                              allow_input_mismatch=allow_input_mismatch, config=list(config), overrides=dict(overrides or {}))  # fmt: skip
-    ok = frame["status"] != "failed"
-    predictions = pd.DataFrame({"case_id": frame.loc[ok, "case_id"], "probability": frame.loc[ok, "probability"],
-                                "label": frame.loc[ok, "label"].astype(float)})  # fmt: skip
-    return predictions.reset_index(drop=True), frame.loc[~ok, ["case_id", "error"]].reset_index(drop=True)
+    ok = frame[Columns.STATUS] != "failed"
+    predictions = pd.DataFrame({Columns.CASE_ID: frame.loc[ok, Columns.CASE_ID], Columns.PROBABILITY: frame.loc[ok, Columns.PROBABILITY],
+                                Columns.LABEL: frame.loc[ok, Columns.LABEL].astype(float)})  # fmt: skip
+    return predictions.reset_index(drop=True), frame.loc[~ok, [Columns.CASE_ID, "error"]].reset_index(drop=True)
 
 
 def _labelled(predictions: pd.DataFrame, n_failed: int) -> pd.DataFrame:
     """The predictions with a 0/1 label (the others are left out with a warning); at least one of each class."""
-    known = predictions["label"].isin([0.0, 1.0])
+    known = predictions[Columns.LABEL].isin([0.0, 1.0])
     if not known.all():
-        left = predictions.loc[~known, "case_id"].tolist()
+        left = predictions.loc[~known, Columns.CASE_ID].tolist()
         logger.warning("%d case(s) without a 0/1 label are left out: %s", len(left), ", ".join(left[:10]))
     kept = predictions.loc[known].reset_index(drop=True)
-    n_pos = int((kept["label"] == 1).sum())
+    n_pos = int((kept[Columns.LABEL] == 1).sum())
     if n_pos == 0 or n_pos == len(kept):
         raise ValueError(f"evaluation needs at least one labelled case of each class; got {n_pos} positive and "
                          f"{len(kept) - n_pos} negative ({n_failed} failed, {int((~known).sum())} unlabelled).")
-    return kept.assign(label=kept["label"].astype(int))
+    return kept.assign(label=kept[Columns.LABEL].astype(int))
 
 
 #: Fewer cases of either class than this: no bootstrap CI ("n too small for a CI"), never a zero-width interval.
@@ -182,7 +183,7 @@ def held_out_metrics(labels, probs, threshold: float, threshold_source: str = "g
         {"metric": "brier", "estimate": brier_score(probs, labels), "method": "mean of (probability - label)^2"},
         {"metric": "ece", "estimate": expected_calibration_error(probs, labels, ECE_BINS),
          "method": f"expected calibration error, {ECE_BINS} equal-width bins"},
-        {"metric": "threshold", "estimate": float(threshold), "method": threshold_source},
+        {"metric": Columns.THRESHOLD, "estimate": float(threshold), "method": threshold_source},
     ]  # fmt: skip
     return pd.DataFrame(rows, columns=["metric", "estimate", "lower", "upper", "method"])
 
@@ -208,7 +209,7 @@ def _table(metrics: pd.DataFrame, level: float) -> str:
 
 def _markdown(table: str, predictions: pd.DataFrame, failed: pd.DataFrame, n_unlabelled: int, model: str,
               threshold: str, n_resamples: int, seed: int, level: float) -> str:  # fmt: skip
-    n, n_pos = len(predictions), int(predictions["label"].sum())
+    n, n_pos = len(predictions), int(predictions[Columns.LABEL].sum())
     left = [f"- {r.case_id}: failed ({r.error})" for r in failed.head(20).itertuples()]
     left += [f"- ... and {len(failed) - 20} more failed cases"] if len(failed) > 20 else []
     return "\n".join([
@@ -283,8 +284,8 @@ def evaluate_model(
         predicted, failed = _ct_predictions(sources, loaded, out, known, t, progress, save_maps, allow_input_mismatch,
                                             config, overrides)  # fmt: skip
     kept = _labelled(predicted, len(failed))
-    y, p = kept["label"].to_numpy(), kept["probability"].to_numpy(dtype=np.float64)
-    predictions = pd.DataFrame({"case_id": kept["case_id"], "probability": p, "prediction": (p >= t).astype(int), "label": y})
+    y, p = kept[Columns.LABEL].to_numpy(), kept[Columns.PROBABILITY].to_numpy(dtype=np.float64)
+    predictions = pd.DataFrame({Columns.CASE_ID: kept[Columns.CASE_ID], Columns.PROBABILITY: p, Columns.PREDICTION: (p >= t).astype(int), Columns.LABEL: y})
     metrics = held_out_metrics(y, p, t, source, n_resamples, seed, level)
     table = _table(metrics, level)
     paths = {name: out / name for name in ("metrics.csv", "predictions.csv", "evaluation.md", "roc.png", "reliability.png")}
@@ -300,7 +301,7 @@ def evaluate_model(
                f"{n_resamples} stratified bootstrap resamples (seed {seed}).")  # fmt: skip
     paths["report.html"] = write_evaluate_html(out, metrics, predictions, failed, context, METRIC_LABELS)
     logger.info("%d cases evaluated (%d failed); report: %s", len(y), len(failed), paths["evaluation.md"])
-    return {"metrics": metrics, "predictions": predictions, "failed": failed, "table": table, "threshold": t,
+    return {"metrics": metrics, "predictions": predictions, "failed": failed, "table": table, Columns.THRESHOLD: t,
             "threshold_source": source, "metrics_csv": paths["metrics.csv"], "predictions_csv": paths["predictions.csv"],
             "report": paths["evaluation.md"], "roc": paths["roc.png"], "reliability": paths["reliability.png"],
             "html": paths["report.html"]}  # fmt: skip

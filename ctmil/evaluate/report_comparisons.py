@@ -31,6 +31,7 @@ from ctmil.stats.quantitative import QUANTITATIVE
 from ctmil.stats.statistics import (
     AucInterval, bootstrap_auc_difference, corrected_resampled_ttest, delong_auc_ci, delong_test, paired_ttest,
 )  # fmt: skip
+from ctmil.keys import Columns
 
 __all__ = ["COMPARISON_COLUMNS", "DIFFERENCE_COLUMNS", "auc_delong", "paired_comparisons", "paired_frame", "setting_pairs"]
 
@@ -42,7 +43,7 @@ COMPARISON_COLUMNS = (
     "boot_difference", "boot_lower", "boot_upper", "boot_n_repeats", "level",
 )  # fmt: skip
 DIFFERENCE_COLUMNS = (
-    "setting_a", "setting_b", "repeat", "n_cases", "auc_a", "auc_b", "difference", "boot_lower", "boot_upper",
+    "setting_a", "setting_b", Columns.REPEAT, "n_cases", "auc_a", "auc_b", "difference", "boot_lower", "boot_upper",
     "boot_n_valid", "delong_z", "delong_p_value",
 )  # fmt: skip
 _NAN = float("nan")
@@ -62,10 +63,10 @@ def auc_delong(labels, probs, level: float = 0.95) -> AucInterval:
 
 def paired_frame(predictions: pd.DataFrame, a: object, b: object) -> pd.DataFrame:
     """``repeat, fold, case_id, label, prob_a, prob_b`` of the cases both settings predicted in one (repeat, fold)."""
-    keys = ["repeat", "fold", "case_id", "label"]
-    left = predictions.loc[predictions["setting"] == a, [*keys, "raw_probability"]]
-    right = predictions.loc[predictions["setting"] == b, [*keys, "raw_probability"]]
-    merged = left.merge(right, on=keys, suffixes=("_a", "_b")).sort_values(["repeat", "fold", "case_id"])
+    keys = [Columns.REPEAT, Columns.FOLD, Columns.CASE_ID, Columns.LABEL]
+    left = predictions.loc[predictions[Columns.SETTING] == a, [*keys, Columns.RAW_PROBABILITY]]
+    right = predictions.loc[predictions[Columns.SETTING] == b, [*keys, Columns.RAW_PROBABILITY]]
+    merged = left.merge(right, on=keys, suffixes=("_a", "_b")).sort_values([Columns.REPEAT, Columns.FOLD, Columns.CASE_ID])
     merged = merged.rename(columns={"raw_probability_a": "prob_a", "raw_probability_b": "prob_b"})
     if len(merged) < max(len(left), len(right)):
         logger.warning("settings %s and %s share %d of %d / %d predictions; the others are left out of their comparison.",
@@ -75,10 +76,10 @@ def paired_frame(predictions: pd.DataFrame, a: object, b: object) -> pd.DataFram
 
 def _per_repeat(pair: pd.DataFrame, a, b, n_resamples: int, level: float, seed: int) -> pd.DataFrame:
     rows = []
-    for r, part in pair.groupby("repeat", sort=True):
-        y, pa, pb = part["label"].to_numpy(float), part["prob_a"].to_numpy(float), part["prob_b"].to_numpy(float)
+    for r, part in pair.groupby(Columns.REPEAT, sort=True):
+        y, pa, pb = part[Columns.LABEL].to_numpy(float), part["prob_a"].to_numpy(float), part["prob_b"].to_numpy(float)
         auc_a, auc_b = roc_auc(pa, y), roc_auc(pb, y)
-        row = {"setting_a": a, "setting_b": b, "repeat": r, "n_cases": len(part), "auc_a": auc_a, "auc_b": auc_b,
+        row = {"setting_a": a, "setting_b": b, Columns.REPEAT: r, "n_cases": len(part), "auc_a": auc_a, "auc_b": auc_b,
                "difference": auc_b - auc_a, "boot_lower": _NAN, "boot_upper": _NAN, "boot_n_valid": 0,
                "delong_z": _NAN, "delong_p_value": _NAN}
         if _both_classes(y):
@@ -93,13 +94,13 @@ def _per_repeat(pair: pd.DataFrame, a, b, n_resamples: int, level: float, seed: 
 
 def _per_fold(pair: pd.DataFrame) -> pd.DataFrame:
     """``repeat, fold, n_test, n_train, difference`` (``nan`` for a fold of one class) of each paired test fold."""
-    totals = pair.groupby("repeat").size()
+    totals = pair.groupby(Columns.REPEAT).size()
     rows = []
-    for (r, f), part in pair.groupby(["repeat", "fold"], sort=True):
-        y = part["label"].to_numpy(float)
+    for (r, f), part in pair.groupby([Columns.REPEAT, Columns.FOLD], sort=True):
+        y = part[Columns.LABEL].to_numpy(float)
         diff = roc_auc(part["prob_b"], y) - roc_auc(part["prob_a"], y)
-        rows.append({"repeat": r, "fold": f, "n_test": len(part), "n_train": int(totals[r]) - len(part), "difference": diff})
-    return pd.DataFrame(rows, columns=["repeat", "fold", "n_test", "n_train", "difference"])
+        rows.append({Columns.REPEAT: r, Columns.FOLD: f, "n_test": len(part), "n_train": int(totals[r]) - len(part), "difference": diff})
+    return pd.DataFrame(rows, columns=[Columns.REPEAT, Columns.FOLD, "n_test", "n_train", "difference"])
 
 
 def _compare(predictions: pd.DataFrame, a, b, n_resamples: int, level: float, seed: int) -> Tuple[dict, pd.DataFrame]:
@@ -145,7 +146,7 @@ def paired_comparisons(predictions: pd.DataFrame, n_resamples: int = 2000, level
     (:data:`DIFFERENCE_COLUMNS`). The bootstrap of repeat ``r`` is seeded with ``run_seed(seed, r)``.
     """
     rows, diffs = [], []
-    for a, b in setting_pairs(predictions["setting"].unique()):
+    for a, b in setting_pairs(predictions[Columns.SETTING].unique()):
         row, reps = _compare(predictions, a, b, n_resamples, level, seed)
         rows.append(row)
         diffs.append(reps)

@@ -22,6 +22,7 @@ from ctmil.evaluate.report_tables import (
 )  # fmt: skip
 from ctmil.evaluate.shortcut import shortcut_warnings
 from ctmil.report.html import HtmlReport
+from ctmil.keys import Columns
 
 __all__ = ["write_cv_html", "write_evaluate_html"]
 
@@ -42,7 +43,7 @@ def _p(p: float) -> str:
 def _setting_rows(summary: pd.DataFrame, suffix: str = "", descriptions=None, extra=None) -> pd.DataFrame:
     rows = []
     for _, row in summary.iterrows():
-        cells = {"Setting": f"({row['setting']}) {describe(row['setting'], descriptions)}".strip()}
+        cells = {"Setting": f"({row[Columns.SETTING]}) {describe(row[Columns.SETTING], descriptions)}".strip()}
         cells.update({_LABELS[m]: _pm(row[f"{m}{suffix}_mean"], row[f"{m}{suffix}_sd"]) for m in METRIC_NAMES})
         if extra:
             cells.update(extra(row))
@@ -51,7 +52,7 @@ def _setting_rows(summary: pd.DataFrame, suffix: str = "", descriptions=None, ex
 
 
 def _table_iv(summary: pd.DataFrame, descriptions) -> pd.DataFrame:
-    ours = {str(s): r for s, r in zip(summary["setting"], summary.to_dict("records"))}
+    ours = {str(s): r for s, r in zip(summary[Columns.SETTING], summary.to_dict("records"))}
     rows = []
     for name in sorted(set(ours) | {"A", "B", "C", "D"}):
         row = ours.get(name)
@@ -98,7 +99,7 @@ def write_cv_html(out_dir: PathLike, summary: pd.DataFrame, tests: pd.DataFrame,
     page.paragraph(f"{ctx['n_repeats']} repeat(s) of {ctx['n_folds']}-fold stratified, patient-grouped cross-validation, "
                    f"{ctx['n_cases']} cases ({ctx['n_positive']} severe). Mean ± SD over repeats of the metrics of "
                    "the pooled out-of-fold predictions; report.md tells how every number was made.")  # fmt: skip
-    page.heading(f"At the fixed threshold {ctx['threshold']}", id="h-summary")
+    page.heading(f"At the fixed threshold {ctx[Columns.THRESHOLD]}", id="h-summary")
     ci = lambda r: {"AUC 95% CI (DeLong)": "n/a" if not np.isfinite(r["auc_delong_lower"]) else  # noqa: E731
                     f"[{r['auc_delong_lower']:.3f}, {r['auc_delong_upper']:.3f}]"}
     page.table(_setting_rows(summary, descriptions=descriptions, extra=ci), id="summary")
@@ -109,7 +110,7 @@ def write_cv_html(out_dir: PathLike, summary: pd.DataFrame, tests: pd.DataFrame,
         page.paragraph("Each run fitted a calibration map and a threshold on inner validation cases held back from its "
                        "training folds (never its test fold) and applied both to its test fold; AUC ranks the "
                        "calibrated probabilities.")  # fmt: skip
-        thr = lambda r: {"threshold": _pm(r["threshold_mean"], r["threshold_sd"])}  # noqa: E731
+        thr = lambda r: {Columns.THRESHOLD: _pm(r["threshold_mean"], r["threshold_sd"])}  # noqa: E731
         page.table(_setting_rows(learnt, descriptions=descriptions, extra=thr), id="learnt")
     page.heading("Per fold: mean ± SD over test folds", id="h-folds")
     page.table(_setting_rows(summary, "_fold", descriptions), id="per-fold")

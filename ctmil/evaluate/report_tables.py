@@ -19,6 +19,7 @@ from ctmil.stats.quantitative import DESCRIPTION as QUANTITATIVE_DESCRIPTION
 from ctmil.stats.quantitative import QUANTITATIVE
 from ctmil.evaluate.shortcut import measure_name, shortcut_warnings
 from ctmil.train.settings import SETTINGS
+from ctmil.keys import Columns
 
 __all__ = ["DESCRIPTIONS", "PAPER_P_VALUES", "PAPER_RESULTS", "SHORTCUT_INTRO", "SHORTCUT_SKIPPED", "canonical_setting",
            "describe", "render_markdown", "shortcut_rows"]  # fmt: skip
@@ -106,7 +107,7 @@ def _summary_section(summary: pd.DataFrame, level: float, descriptions) -> List[
         cells = [_fmt(row[f"{m}_mean"], row[f"{m}_sd"]) for m in METRIC_NAMES]
         lo, hi = row["auc_delong_lower"], row["auc_delong_upper"]
         cells.append(f"[{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) and np.isfinite(hi) else "n/a")
-        lines.append(f"| {_label(row['setting'], descriptions)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_label(row[Columns.SETTING], descriptions)} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -118,10 +119,10 @@ def _fitted_lines(learnt: pd.DataFrame, descriptions) -> List[str]:
     for _, row in learnt.iterrows():
         fitted, runs = int(row["runs_fitted"]), int(row["runs"])
         if fitted < runs:
-            out.append(f"- {_label(row['setting'], descriptions)}: {fitted} of {runs} runs fitted a map and a threshold; "
+            out.append(f"- {_label(row[Columns.SETTING], descriptions)}: {fitted} of {runs} runs fitted a map and a threshold; "
                        f"{runs - fitted} kept the fixed threshold (their inner validation cases lacked a class).")
         else:
-            out.append(f"- {_label(row['setting'], descriptions)}: all {runs} runs fitted a map and a threshold.")
+            out.append(f"- {_label(row[Columns.SETTING], descriptions)}: all {runs} runs fitted a map and a threshold.")
     return out + [""]
 
 
@@ -141,7 +142,7 @@ def _learnt_section(learnt: Optional[pd.DataFrame], descriptions) -> List[str]:
     for _, row in learnt.iterrows():
         cells = [_fmt(row[f"{m}_mean"], row[f"{m}_sd"]) for m in METRIC_NAMES]
         cells.append(_fmt(row["threshold_mean"], row["threshold_sd"]))
-        lines.append(f"| {_label(row['setting'], descriptions)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_label(row[Columns.SETTING], descriptions)} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -155,7 +156,7 @@ def _fold_section(summary: pd.DataFrame, descriptions) -> List[str]:
     for _, row in summary.iterrows():
         cells = [_fmt(row[f"{m}_fold_mean"], row[f"{m}_fold_sd"]) for m in METRIC_NAMES]
         skipped = int(row["n_folds"] - row["auc_fold_n"])
-        lines.append(f"| {_label(row['setting'], descriptions)} | " + " | ".join(cells) + f" | {int(row['n_folds'])} | {skipped} |")
+        lines.append(f"| {_label(row[Columns.SETTING], descriptions)} | " + " | ".join(cells) + f" | {int(row['n_folds'])} | {skipped} |")
     return lines
 
 
@@ -169,7 +170,7 @@ def _table_iv_section(summary: pd.DataFrame, descriptions) -> List[str]:
         "| Method | Source " + _METRIC_HEADER,
         "|---|---|---|---|---|---|---|",
     ]
-    ours = {str(s): row for s, row in zip(summary["setting"], summary.to_dict("records"))}
+    ours = {str(s): row for s, row in zip(summary[Columns.SETTING], summary.to_dict("records"))}
     names = sorted(set(ours) | {"A", "B", "C", "D"})
     for name in names:
         row = ours.get(name)
@@ -258,7 +259,7 @@ def _methods_section(ctx: Mapping[str, object], tests: pd.DataFrame) -> List[str
         f"* **Protocol.** {r} repeat(s) of {k}-fold stratified, patient-grouped cross-validation of {n} cases "
         f"({ctx['n_positive']} severe). In each repeat every case is predicted once, by the model that did not see it; "
         "all settings of a repeat use the same folds and, per fold, the same seed, so settings are paired. "
-        f"A case is called severe when its probability is ≥ {ctx['threshold']}.",
+        f"A case is called severe when its probability is ≥ {ctx[Columns.THRESHOLD]}.",
         f"* **Pooled per repeat** (summary, Table IV, `repeat_metrics.csv`): the out-of-fold predictions of the {k} "
         f"folds of a repeat are pooled ({n} cases) and each metric is computed once on the pool; the tables give the "
         f"mean ± sample SD (ddof 1) over the {r} repeat(s) (no SD with one repeat).",
@@ -295,7 +296,7 @@ def render_markdown(summary: pd.DataFrame, tests: pd.DataFrame, ctx: Mapping[str
     sections: Sequence[List[str]] = (
         ["# Cross-validation report", "",
          f"{ctx['n_repeats']} repeat(s) of {ctx['n_folds']}-fold stratified, patient-grouped cross-validation, "
-         f"{ctx['n_cases']} cases ({ctx['n_positive']} severe), threshold {ctx['threshold']}. "
+         f"{ctx['n_cases']} cases ({ctx['n_positive']} severe), threshold {ctx[Columns.THRESHOLD]}. "
          "How each number was made is told at the end."],
         _summary_section(summary, float(ctx["level"]), descriptions),
         _learnt_section(learnt, descriptions),
@@ -303,7 +304,7 @@ def render_markdown(summary: pd.DataFrame, tests: pd.DataFrame, ctx: Mapping[str
         _table_iv_section(summary, descriptions),
         _comparison_section(tests, float(ctx["level"])),
         *([] if shortcut is None else [_shortcut_section(shortcut)]),
-        _methods_section(ctx, tests) + _quantitative_line(summary["setting"]),
+        _methods_section(ctx, tests) + _quantitative_line(summary[Columns.SETTING]),
         ["Files: `report.csv` (summary and per-fold tables), `repeat_metrics.csv`, `fold_metrics.csv`, `ttests.csv` "
          "(paired comparisons), `auc_differences.csv` (per repeat), `report_learnt_threshold.csv` (at the learnt operating "
          "point), `shortcut_check.csv` (crop shortcut check), `predictions.csv`, `folds.csv`, `roc.png`, "

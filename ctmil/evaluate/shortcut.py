@@ -30,6 +30,7 @@ from sklearn.metrics import roc_auc_score
 
 from ctmil.data.qc import CROP_MEASURES
 from ctmil.stats.statistics import delong_auc_ci
+from ctmil.keys import Columns
 
 __all__ = ["CROP_KEYS", "CROP_MEASURES", "SHORTCUT_COLUMNS", "logged_shortcut_check", "measure_name", "read_crop_measures",
            "shortcut_check", "shortcut_warnings"]  # fmt: skip
@@ -68,13 +69,13 @@ def read_crop_measures(cases: pd.DataFrame, load: Callable[[Any], Mapping[str, A
         load: reads one bag (e.g. :func:`ctmil.data.bags.load_bag`).
     """
     rows = []
-    for case_id, label, source in zip(cases["case_id"], cases["label"], cases[bag_column]):
+    for case_id, label, source in zip(cases[Columns.CASE_ID], cases[Columns.LABEL], cases[bag_column]):
         crop = load(source)
         for key in CROP_KEYS:
             crop = crop.get(key) if isinstance(crop, Mapping) else None
         crop = crop if isinstance(crop, Mapping) else {}
-        rows.append({"case_id": str(case_id), "label": int(label), **{m: _number(crop.get(m)) for m in measures}})
-    return pd.DataFrame(rows, columns=["case_id", "label", *measures])
+        rows.append({Columns.CASE_ID: str(case_id), Columns.LABEL: int(label), **{m: _number(crop.get(m)) for m in measures}})
+    return pd.DataFrame(rows, columns=[Columns.CASE_ID, Columns.LABEL, *measures])
 
 
 def _spearman(values: np.ndarray, labels: np.ndarray) -> tuple:
@@ -116,10 +117,10 @@ def shortcut_check(cases: pd.DataFrame, measures: Sequence[str] = CROP_MEASURES,
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}.")
-    labels = pd.to_numeric(cases["label"], errors="coerce").to_numpy(dtype=np.float64)
+    labels = pd.to_numeric(cases[Columns.LABEL], errors="coerce").to_numpy(dtype=np.float64)
     if not np.isin(labels, (0.0, 1.0)).all():
         raise ValueError("labels must be 0 (non-severe) or 1 (severe).")
-    if cases["case_id"].duplicated().any():
+    if cases[Columns.CASE_ID].duplicated().any():
         raise ValueError("the shortcut check needs one row per case; some case ids appear twice.")
     rows = []
     for measure in measures:

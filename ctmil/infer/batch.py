@@ -40,6 +40,7 @@ from ctmil.transforms.compose import preprocessing_transforms
 from ctmil.transforms.load import LoadCTd
 from ctmil.words import plural
 from ctmil.bundle import build_workflow, config_paths
+from ctmil.keys import Columns
 
 __all__ = ["CaseDataset", "CasePipeline", "PrefetchLoader", "case_loader", "create_inference_evaluator", "make_case_step",
            "run_inference"]
@@ -95,10 +96,10 @@ class CaseDataset(Dataset):
             item["error"] = case.get("error") or "no input"
             return item
         try:
-            bag, t_load, t_pre = self.pipeline({"image": case["image"], "case_id": case["case_id"], "label": case.get("label")})
+            bag, t_load, t_pre = self.pipeline({"image": case["image"], Columns.CASE_ID: case[Columns.CASE_ID], Columns.LABEL: case.get(Columns.LABEL)})
             item.update(bag=bag, t_load_s=round(t_load, 4), t_preprocess_s=round(t_pre, 4))
         except Exception as raised:  # one case must never stop the batch
-            item["error"] = case_error_text(raised, case["case_id"])
+            item["error"] = case_error_text(raised, case[Columns.CASE_ID])
         return item
 
 
@@ -183,7 +184,7 @@ def make_case_step(model: InferenceModel, threshold: float = 0.5):
         try:
             pred = model.predict_bag(bag)
         except Exception as raised:  # e.g. a bag the model cannot take
-            row.update(status="failed", error=case_error_text(raised, case["case_id"]))
+            row.update(status="failed", error=case_error_text(raised, case[Columns.CASE_ID]))
             return out
         row.update(status="ok", probability=round(pred.probability, 6), prediction=int(pred.probability >= threshold),
                    t_predict_s=round(time.perf_counter() - t0, 4))
@@ -294,7 +295,7 @@ def run_inference(
     overrides = {
         "inputs": [str(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)],
         "output_dir": str(out_dir), "device": loaded.device, "network": loaded,
-        "load_weights": False, "preprocessing_args": settings, "threshold": options.threshold, "labels": dict(labels or {}),
+        "load_weights": False, "preprocessing_args": settings, Columns.THRESHOLD: options.threshold, "labels": dict(labels or {}),
         "options": options, "progress": bool(progress), "keep_paths": bool(keep_paths), "prefetch": int(prefetch),
         "trained_on": list(loaded.intensities), "allow_input_mismatch": bool(allow_input_mismatch),
         "model_identity": loaded.identity if options.dicom else None,
@@ -337,8 +338,8 @@ def _run_cases(workflow, loaded: InferenceModel, settings: Mapping[str, Any], ov
     finished = finished_rows(out_dir, cases, key) if key else {}
     if finished:  # a resumed run: the cases an earlier run finished under the same key are not run again
         logger.info("resuming: %s of %s already finished in %s", plural(len(finished), "case"), len(cases), out_dir)
-        rows = [finished[str(c["case_id"])] for c in cases if str(c["case_id"]) in finished]
-        cases[:] = [c for c in cases if str(c["case_id"]) not in finished]
+        rows = [finished[str(c[Columns.CASE_ID])] for c in cases if str(c[Columns.CASE_ID]) in finished]
+        cases[:] = [c for c in cases if str(c[Columns.CASE_ID]) not in finished]
     else:
         rows = []
     writer = next(h for h in workflow.parser.get_parsed_content("handlers") if isinstance(h, InferenceWriter))
@@ -354,7 +355,7 @@ def _run_cases(workflow, loaded: InferenceModel, settings: Mapping[str, Any], ov
     workflow.run()
     predictions = workflow.parser.get_parsed_content("evaluator").state.predictions
     workflow.finalize()
-    n_failed = int((predictions["status"] == "failed").sum())
+    n_failed = int((predictions[Columns.STATUS] == "failed").sum())
     logger.info("%s: %d ok, %d failed; predictions: %s", plural(len(predictions), "case"), len(predictions) - n_failed, n_failed,
                 out_dir / "predictions.csv")
     return predictions, n_failed

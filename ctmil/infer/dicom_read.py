@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 from ctmil.infer.dicom_results import CODES
+from ctmil.keys import Columns
 
 __all__ = ["read_sr_result", "sr_content_tree"]
 
@@ -21,8 +22,8 @@ def read_sr_result(path: "str | os.PathLike[str]") -> dict:
     severity = group.get_qualitative_evaluations(name=CODES["severity"])[0].value
     params = _texts(sr, "111002")  # DCM "Algorithm Parameters"
     sha = next((p.split()[-1] for p in params if p.startswith("model sha256 ")), "")
-    return {"probability": float(value[CODES["probability"]]), "threshold": float(value[CODES["threshold"]]),
-            "prediction": int(severity == CODES["severe"]), "model_sha256": sha, "study_uid": str(sr.StudyInstanceUID)}
+    return {Columns.PROBABILITY: float(value[CODES[Columns.PROBABILITY]]), Columns.THRESHOLD: float(value[CODES[Columns.THRESHOLD]]),
+            Columns.PREDICTION: int(severity == CODES["severe"]), "model_sha256": sha, "study_uid": str(sr.StudyInstanceUID)}
 
 
 def _texts(dataset, code_value: str) -> list[str]:

@@ -33,6 +33,7 @@ import numpy as np
 from ctmil import __version__
 from ctmil.infer.attention_maps import GRID
 from ctmil.infer.overlays import _grid_lines, overlay_rgb
+from ctmil.keys import Columns
 
 __all__ = ["CODES", "DICOM_DIR", "ModelIdentity", "SEVERITY", "dicom_results_reason", "result_uid", "source_headers",
            "write_dicom_results"]
@@ -62,8 +63,8 @@ def _codes():
         "non_severe": Code("NONSEVERE", _SCHEME, "Non-severe"),
         "covid": Code("840539006", "SCT", "COVID-19"),
         "lung": Code("39607008", "SCT", "Lung structure"),
-        "probability": Code("PROBSEVERE", _SCHEME, "Probability of severe COVID-19"),
-        "threshold": Code("THRESHOLD", _SCHEME, "Decision threshold"),
+        Columns.PROBABILITY: Code("PROBSEVERE", _SCHEME, "Probability of severe COVID-19"),
+        Columns.THRESHOLD: Code("THRESHOLD", _SCHEME, "Decision threshold"),
         "procedure": Code("24627-2", "LN", "CT Chest"),
         "attention": Code("ATTENTION", _SCHEME, "MIL attention"),
         "no_units": Code("1", "UCUM", "no units"),
@@ -145,11 +146,11 @@ def build_sr(sources: list, kept: Sequence[int], row: Mapping, model: ModelIdent
         algorithm_id=algorithm,
         finding_sites=[hd.sr.FindingSite(CODES["lung"])],
         measurements=[
-            hd.sr.Measurement(name=CODES["probability"], value=float(row["probability"]), unit=CODES["no_units"],
+            hd.sr.Measurement(name=CODES[Columns.PROBABILITY], value=float(row[Columns.PROBABILITY]), unit=CODES["no_units"],
                               algorithm_id=algorithm),
-            hd.sr.Measurement(name=CODES["threshold"], value=float(row["threshold"]), unit=CODES["no_units"]),
+            hd.sr.Measurement(name=CODES[Columns.THRESHOLD], value=float(row[Columns.THRESHOLD]), unit=CODES["no_units"]),
         ],
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(CODES["severity"], SEVERITY[int(row["prediction"])])],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(CODES["severity"], SEVERITY[int(row[Columns.PREDICTION])])],
         source_images=[hd.sr.SourceImageForMeasurementGroup(sources[s].SOPClassUID, sources[s].SOPInstanceUID)
                        for s in kept],
     )
@@ -237,7 +238,7 @@ def write_dicom_results(bag: Mapping, painted: "np.ndarray | None", top: Sequenc
     if len(sources) != int(meta["spatial_shape"][0]):
         raise ValueError(f"{len(sources)} source files for {meta['spatial_shape'][0]} slices")
     kept = [int(s) for s in np.asarray(bag["kept_slices"]).tolist()]
-    uids = result_uids(sources, model, {"threshold": round(float(row["threshold"]), 6), "map_mode": mode,
+    uids = result_uids(sources, model, {Columns.THRESHOLD: round(float(row[Columns.THRESHOLD]), 6), "map_mode": mode,
                                         "top_slices": len(list(top)), "attention": painted is not None})
     objects = [("sr.dcm", build_sr(sources, kept, row, model, uids))]
     if painted is not None:

@@ -41,6 +41,7 @@ from ctmil.infer.model_files import (ModelError, complete_recorded_preprocessing
 from ctmil.networks import MILNet
 from ctmil.networks.predict import BagInferer, predict_batch
 from ctmil.transforms.density import density_input
+from ctmil.keys import Columns
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class InferenceModel:
     @property
     def threshold(self) -> float:
         """The decision threshold on :attr:`BagPrediction.probability` learnt with the model (0.5 if none)."""
-        return float(self.operating_point["threshold"])
+        return float(self.operating_point[Columns.THRESHOLD])
 
     @property
     def has_attention(self) -> bool:
@@ -122,7 +123,7 @@ class InferenceModel:
         with torch.inference_mode():
             if self.strategy == "parts":  # a MILNet: the one prediction path of validation, CV and the bundle
                 mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-                batch = {"patches": x, "mask": mask, "label": torch.full((1,), -1.0), "case_id": [""]}
+                batch = {"patches": x, "mask": mask, Columns.LABEL: torch.full((1,), -1.0), Columns.CASE_ID: [""]}
                 if density is not None:
                     batch["density"] = torch.as_tensor(density, dtype=torch.float32).reshape(1, -1)
                 out = predict_batch(self.module, batch, BagInferer(self.chunk_size), self.device)
@@ -191,8 +192,8 @@ def recorded_operating_point(path: "str | os.PathLike", default_threshold: float
     """
     info = _sidecar_info(Path(path))
     point = info.get("operating_point")
-    if point is None and info.get("threshold") is not None:
-        point = {**fixed_operating_point(info["threshold"], "threshold recorded in model.json"),
+    if point is None and info.get(Columns.THRESHOLD) is not None:
+        point = {**fixed_operating_point(info[Columns.THRESHOLD], "threshold recorded in model.json"),
                  "calibration": info.get("calibration") or {"method": "none"}}  # fmt: skip
     if point is None:
         return fixed_operating_point(default_threshold, f"default {default_threshold:g} (no operating point recorded with the model)")

@@ -20,6 +20,7 @@ from ctmil.infer.model_io import InferenceModel
 from ctmil.io.paths import safe_case_name
 from ctmil.io.readers import detect_input_kind
 from ctmil.transforms.compose import PREPROCESSING_REVISION
+from ctmil.keys import Columns
 
 __all__ = ["CASE_RECORD", "INTENSITY_OF_KIND", "check_input_intensity", "finished_rows", "run_key"]
 
@@ -45,7 +46,7 @@ def check_input_intensity(cases: list[dict], trained_on: Sequence[str], allow: b
         text = (f"input is {_WHAT[intensity]} but the model was trained on "
                 f"{' and '.join(_WHAT.get(t, t) for t in trained_on)}")
         if not allow:
-            raise ValueError(f"{case['case_id']}: {text}; --allow-input-mismatch predicts it anyway")
+            raise ValueError(f"{case[Columns.CASE_ID]}: {text}; --allow-input-mismatch predicts it anyway")
         if text not in (case.get("warning") or ""):
             case["warning"] = "; ".join(w for w in (case.get("warning") or "", text) if w)
     return cases
@@ -75,11 +76,11 @@ def finished_rows(out_dir: "str | os.PathLike[str]", cases: list[Mapping], run_k
     options), by case id: a resumed run skips them and puts their rows back into ``predictions.csv``."""
     done = {}
     for case in cases:
-        path = Path(out_dir) / "cases" / safe_case_name(str(case["case_id"])) / CASE_RECORD
+        path = Path(out_dir) / "cases" / safe_case_name(str(case[Columns.CASE_ID])) / CASE_RECORD
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(record, dict) and record.get("run_key") == run_key and (record.get("row") or {}).get("status") == "ok":
-            done[str(case["case_id"])] = dict(record["row"])
+        if isinstance(record, dict) and record.get("run_key") == run_key and (record.get("row") or {}).get(Columns.STATUS) == "ok":
+            done[str(case[Columns.CASE_ID])] = dict(record["row"])
     return done

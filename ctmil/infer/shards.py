@@ -19,6 +19,7 @@ import pandas as pd
 
 from ctmil.io.atomic import atomic_write_csv
 from ctmil.infer.writer import InferenceOptions, predictions_frame, write_report
+from ctmil.keys import Columns
 
 __all__ = ["in_shard", "merge_shards", "parse_shard", "rank_cases", "shard_table"]
 
@@ -46,7 +47,7 @@ def shard_table(index: int, count: int) -> str:
 def rank_cases(cases: list, rank: int, world_size: int) -> list:
     """The cases of torchrun rank ``rank`` of ``world_size``: shard ``rank`` of ``world_size``, the same split as
     ``--shard`` (by case id, so a rerun gives every rank the same cases and resume works per rank)."""
-    return [c for c in cases if in_shard(str(c["case_id"]), int(rank), int(world_size))]
+    return [c for c in cases if in_shard(str(c[Columns.CASE_ID]), int(rank), int(world_size))]
 
 
 def merge_shards(out_dir: "str | os.PathLike[str]") -> pd.DataFrame:
@@ -72,15 +73,15 @@ def merge_shards(out_dir: "str | os.PathLike[str]") -> pd.DataFrame:
         raise ValueError(f"shard {missing[0]} of {count} is missing in {out_dir} ({len(missing)} of {count} missing): run it, then merge")
     frames = [pd.read_csv(found[(i, count)], dtype=str, keep_default_na=False) for i in range(count)]
     merged = pd.concat(frames, ignore_index=True)
-    twice = merged["case_id"][merged["case_id"].duplicated()]
+    twice = merged[Columns.CASE_ID][merged[Columns.CASE_ID].duplicated()]
     if len(twice):
         raise ValueError(f"case {twice.iloc[0]} is in two shards of {out_dir}")
-    merged = merged.sort_values("case_id", kind="stable").reset_index(drop=True)
+    merged = merged.sort_values(Columns.CASE_ID, kind="stable").reset_index(drop=True)
     atomic_write_csv(merged, out_dir / "predictions.csv")
     features = [out_dir / f"features.shard-{i}-of-{count}.csv" for i in range(count)]
     if any(p.is_file() for p in features):  # --features: the shards' vectors, joined the same way
         parts = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in features if p.is_file()]
-        joined = pd.concat(parts, ignore_index=True).sort_values("case_id", kind="stable")
+        joined = pd.concat(parts, ignore_index=True).sort_values(Columns.CASE_ID, kind="stable")
         atomic_write_csv(joined, out_dir / "features.csv")
 
     typed = predictions_frame(merged.to_dict("records"), with_study_uid="study_uid" in merged.columns)

@@ -41,6 +41,7 @@ from ctmil.infer.attention_maps import paint_attention, save_attention_nifti, sl
 from ctmil.infer.overlays import save_overlay
 from ctmil.infer.run_checks import CASE_RECORD
 from ctmil.report import GalleryItem, HtmlReport
+from ctmil.keys import Columns
 
 __all__ = ["PREDICTION_COLUMNS", "InferenceOptions", "InferenceWriter", "case_dirname", "empty_row", "predictions_frame",
            "write_case_outputs", "write_report"]
@@ -48,7 +49,7 @@ __all__ = ["PREDICTION_COLUMNS", "InferenceOptions", "InferenceWriter", "case_di
 logger = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = [
-    "case_id", "status", "probability", "prediction", "threshold", "label", "source", "input_kind", "series",
+    Columns.CASE_ID, Columns.STATUS, Columns.PROBABILITY, Columns.PREDICTION, Columns.THRESHOLD, Columns.LABEL, "source", "input_kind", "series",
     "n_slices", "n_slices_kept", "K", "top_slices", "attention_path", "overlay_paths", "features_path", "dicom_paths", "error", "warning",
     "t_load_s", "t_preprocess_s", "t_predict_s", "t_write_s",
 ]
@@ -108,8 +109,8 @@ def case_dirname(case_id: str) -> str:
 
 def empty_row(case: Mapping, threshold: float) -> dict:
     row = {c: "" for c in PREDICTION_COLUMNS}
-    label = case.get("label")
-    row.update(case_id=str(case["case_id"]), study_uid=case.get("study_uid", ""), threshold=threshold, series=case.get("series", "") or "",
+    label = case.get(Columns.LABEL)
+    row.update(case_id=str(case[Columns.CASE_ID]), study_uid=case.get("study_uid", ""), threshold=threshold, series=case.get("series", "") or "",
                source=str(case.get("source", "") or ""),
                label="" if label is None or (isinstance(label, float) and np.isnan(label)) else int(label))
     return row
@@ -190,15 +191,15 @@ def _write_overlays(bag: dict, attention: np.ndarray, painted: np.ndarray, top: 
     paths = []
     for s in top.tolist():
         box = bag["boxes"][kept.index(s)].tolist()
-        title = f"{bag['case_id']}  slice index {s} of {meta['spatial_shape'][0]}  ({mass[s]:.1%} of the attention)"
+        title = f"{bag[Columns.CASE_ID]}  slice index {s} of {meta['spatial_shape'][0]}  ({mass[s]:.1%} of the attention)"
         p = save_overlay(ct[s], painted[s], box, folder / f"overlay_s{s:03d}.png", intensity=meta.get("intensity", "hu"),
                          vmax=vmax, title=title, aspect=aspect)
         paths.append(p.relative_to(out_dir).as_posix())
     return paths
 
 
-_INT_COLUMNS = ("prediction", "label", "n_slices", "n_slices_kept", "K")
-_FLOAT_COLUMNS = ("probability", "threshold", "t_load_s", "t_preprocess_s", "t_predict_s", "t_write_s")
+_INT_COLUMNS = (Columns.PREDICTION, Columns.LABEL, "n_slices", "n_slices_kept", "K")
+_FLOAT_COLUMNS = (Columns.PROBABILITY, Columns.THRESHOLD, "t_load_s", "t_preprocess_s", "t_predict_s", "t_write_s")
 
 
 def _plain_row(row: Mapping) -> dict:
@@ -228,9 +229,9 @@ def _write_features_csv(rows: list[dict], out_dir: Path, name: str = "features.c
         for r in done:
             vec = np.load(out_dir / r["features_path"])
             if not header_written:
-                writer.writerow(["case_id"] + [f"f{i:03d}" for i in range(vec.size)])
+                writer.writerow([Columns.CASE_ID] + [f"f{i:03d}" for i in range(vec.size)])
                 header_written = True
-            writer.writerow([r["case_id"]] + [f"{v:.6g}" for v in vec.tolist()])
+            writer.writerow([r[Columns.CASE_ID]] + [f"{v:.6g}" for v in vec.tolist()])
     return path
 
 
@@ -280,8 +281,8 @@ class InferenceWriter:
     def collect(self, engine: Engine) -> None:
         out = engine.state.output
         row = dict(out["row"])
-        folder = self.out_dir / "cases" / case_dirname(row["case_id"])
-        if row["status"] != "failed":
+        folder = self.out_dir / "cases" / case_dirname(row[Columns.CASE_ID])
+        if row[Columns.STATUS] != "failed":
             t0 = time.perf_counter()
             try:
                 if self.options.dicom and dicom_results_reason(out["bag"]["meta"]):
@@ -295,13 +296,13 @@ class InferenceWriter:
             except Exception as raised:  # one case must never stop the batch
                 from ctmil.data.preprocess import case_error_text
 
-                row.update(status="failed", error=case_error_text(raised, row["case_id"]), probability="", prediction="")
-        if row["status"] == "failed":
+                row.update(status="failed", error=case_error_text(raised, row[Columns.CASE_ID]), probability="", prediction="")
+        if row[Columns.STATUS] == "failed":
             with contextlib.suppress(OSError):
                 _clear_case_dir(folder)  # no stale maps of an earlier run
-            logger.warning("case %s failed: %s", row["case_id"], row["error"])
+            logger.warning("case %s failed: %s", row[Columns.CASE_ID], row["error"])
         self.rows.append(row)
-        if row["status"] == "ok" and self.run_key:  # last: the record says the case's outputs are complete
+        if row[Columns.STATUS] == "ok" and self.run_key:  # last: the record says the case's outputs are complete
             atomic_write_text(json.dumps({"run_key": self.run_key, "row": _plain_row(row)}), folder / CASE_RECORD)
         atomic_write_csv(predictions_frame(self.rows, self.options.with_study_uid), self.out_dir / self.table)
 
@@ -320,14 +321,14 @@ class InferenceWriter:
         return predictions
 
 
-REPORT_COLUMNS = ["case_id", "status", "probability", "prediction", "label", "n_slices_kept", "top_slices", "warning"]
+REPORT_COLUMNS = [Columns.CASE_ID, Columns.STATUS, Columns.PROBABILITY, Columns.PREDICTION, Columns.LABEL, "n_slices_kept", "top_slices", "warning"]
 
 
 def _threshold_text(options: InferenceOptions, predictions: pd.DataFrame) -> str:
     """The threshold the predictions were made at: the options', else the one in the table (learnt with the model)."""
     if options.threshold is not None:
         return f"{options.threshold:g}"
-    used = predictions["threshold"].dropna().unique() if "threshold" in predictions else []
+    used = predictions[Columns.THRESHOLD].dropna().unique() if Columns.THRESHOLD in predictions else []
     return f"{float(used[0]):g}" if len(used) == 1 else "learnt with the model"
 
 
@@ -336,8 +337,8 @@ def write_report(predictions: pd.DataFrame, out_dir: "str | os.PathLike[str]", o
     a gallery (``id="overlays"``) of every overlay of the usable cases, most probable case first, each card with
     ``data-case-id`` and ``data-slice`` and the case's probability in its caption."""
     out_dir = Path(out_dir)
-    ok = predictions[predictions["status"] != "failed"]
-    failed = predictions[predictions["status"] == "failed"]
+    ok = predictions[predictions[Columns.STATUS] != "failed"]
+    failed = predictions[predictions[Columns.STATUS] == "failed"]
     report = HtmlReport("ctmil infer: predictions")
     report.paragraph(f"{len(predictions)} cases: {len(ok)} predicted, {len(failed)} failed. probability: the model's "
                      f"probability that the case is severe; prediction = 1 when it is at least the threshold "
@@ -346,7 +347,7 @@ def write_report(predictions: pd.DataFrame, out_dir: "str | os.PathLike[str]", o
     report.table(predictions[[c for c in REPORT_COLUMNS if c in predictions]], id="predictions", caption="one row per case")
     report.heading("Failed cases", id="failed-heading")
     if len(failed):
-        report.table(failed[["case_id", "error", "warning"]], id="failed", caption="cases without a prediction, with the reason")
+        report.table(failed[[Columns.CASE_ID, "error", "warning"]], id="failed", caption="cases without a prediction, with the reason")
     else:
         report.paragraph("No case failed.")
     report.heading("Attention overlays", id="overlays-heading")
@@ -354,7 +355,7 @@ def write_report(predictions: pd.DataFrame, out_dir: "str | os.PathLike[str]", o
         report.paragraph("Overlays were turned off for this run (--no-overlays), so no gallery is shown.")
         return report.write(out_dir / "report.html")
     cards = []
-    for row in ok.sort_values("probability", ascending=False, kind="stable").itertuples():
+    for row in ok.sort_values(Columns.PROBABILITY, ascending=False, kind="stable").itertuples():
         paths = [p for p in str(row.overlay_paths or "").split(";") if p]
         slices = [s for s in str(row.top_slices or "").split(";") if s]
         for rank, (path, s) in enumerate(zip(paths, slices), 1):

@@ -19,6 +19,7 @@ from ctmil.io.dicom_series import choose_ct_series, scan_dicom_tree
 from ctmil.io.grouping import case_studies, nothing_usable
 from ctmil.io.paths import shown_path, walk_dirs, walk_files
 from ctmil.io.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES, detect_input_kind
+from ctmil.keys import Columns
 
 logger = logging.getLogger(__name__)
 IMAGE_COLUMNS = ("image", "path", "dicom_dir", "nifti_path")
@@ -67,7 +68,7 @@ def parse_label(text) -> float | None:
 
 def _case(case_id: str, image, source: str, label=None, patient=None, series: str = "", error: str = "", warning: str = "") -> dict:
     return {
-        "case_id": str(case_id), "image": image, "label": label, "patient": str(patient or case_id),
+        Columns.CASE_ID: str(case_id), "image": image, Columns.LABEL: label, "patient": str(patient or case_id),
         "source": str(source), "series": series, "error": error, "warning": warning,
     }
 
@@ -83,19 +84,19 @@ def read_datalist(csv_path: str | os.PathLike, min_slices: int = 8, keep_paths: 
     csv_path = Path(csv_path)
     table = read_table(csv_path)
     columns = [c for c in IMAGE_COLUMNS if c in table.columns]
-    if "case_id" not in table.columns or not columns:
+    if Columns.CASE_ID not in table.columns or not columns:
         raise ValueError(f"{csv_path}: not a datalist: needs a 'case_id' column and one of {', '.join(IMAGE_COLUMNS)}; found {', '.join(map(str, table.columns[:8]))}")
-    if table["case_id"].duplicated().any():
-        raise ValueError(f"{csv_path}: duplicate case ids: {', '.join(sorted(table.loc[table['case_id'].duplicated(), 'case_id'])[:5])}")
+    if table[Columns.CASE_ID].duplicated().any():
+        raise ValueError(f"{csv_path}: duplicate case ids: {', '.join(sorted(table.loc[table[Columns.CASE_ID].duplicated(), Columns.CASE_ID])[:5])}")
     cases = []
     for row in table.to_dict("records"):
-        case_id, patient = row["case_id"], row.get("patient") or None
+        case_id, patient = row[Columns.CASE_ID], row.get("patient") or None
         value = next((row[c] for c in columns if row[c]), None)
         if value is None:
             cases.append(_case(case_id, None, csv_path.name, patient=patient, error=f"no input path in columns {columns}"))
             continue
         try:
-            label = parse_label(row.get("label"))
+            label = parse_label(row.get(Columns.LABEL))
         except ValueError as err:
             cases.append(_case(case_id, None, value, patient=patient, error=str(err)))
             continue
@@ -159,12 +160,12 @@ def discover_cases(
             cases.append(_case(path.name, None, shown, error="unsupported input (expected a folder, .nii/.nii.gz or .csv)"))
     for case in cases:
         key = case.pop("_study_uid", None)
-        if case["label"] is None:
-            label = labels.get(case["case_id"], labels.get(key) if key else None)
-            case["label"] = None if label is None else float(label)
+        if case[Columns.LABEL] is None:
+            label = labels.get(case[Columns.CASE_ID], labels.get(key) if key else None)
+            case[Columns.LABEL] = None if label is None else float(label)
         if with_study_uid:  # an identifier: only on request, to join predictions with clinical data
             case["study_uid"] = key or ""
-    ids = [c["case_id"] for c in cases]
+    ids = [c[Columns.CASE_ID] for c in cases]
     if len(ids) != len(set(ids)):
         raise ValueError("duplicate case ids among the inputs: " + ", ".join(sorted({i for i in ids if ids.count(i) > 1})[:5]))
     return cases

@@ -18,12 +18,13 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 from monai.inferers import Inferer
+from ctmil.keys import Columns
 
 __all__ = ["STEP_OUTPUT_KEYS", "BagInferer", "predict_batch", "prepare_bag_batch", "step_output"]
 
 logger = logging.getLogger(__name__)
 
-STEP_OUTPUT_KEYS = ("prob", "label", "attention", "mask", "case_id", "is_virtual")
+STEP_OUTPUT_KEYS = ("prob", Columns.LABEL, "attention", "mask", Columns.CASE_ID, "is_virtual")
 
 
 Device = Union[str, torch.device]
@@ -81,13 +82,13 @@ def step_output(out: Mapping[str, torch.Tensor], batch: Mapping[str, Any], host:
     move = (lambda t: t.cpu()) if host else (lambda t: t)
     is_virtual = batch.get("is_virtual")
     if is_virtual is None:
-        is_virtual = torch.zeros(batch["label"].shape[0], dtype=torch.bool, device=batch["label"].device)
+        is_virtual = torch.zeros(batch[Columns.LABEL].shape[0], dtype=torch.bool, device=batch[Columns.LABEL].device)
     return {
         "prob": move(torch.sigmoid(out["logits"].detach().float().squeeze(1))),  # (B,)
-        "label": move(batch["label"].detach().float()),  # (B,)
+        Columns.LABEL: move(batch[Columns.LABEL].detach().float()),  # (B,)
         "attention": move(out["attention"].detach().float()),  # (B, K)
         "mask": move(batch["mask"].detach()),  # (B, K)
-        "case_id": list(batch["case_id"]),
+        Columns.CASE_ID: list(batch[Columns.CASE_ID]),
         "is_virtual": move(is_virtual.detach().bool()),  # (B,)
     }
 

@@ -27,13 +27,14 @@ from ctmil.io.atomic import atomic_write_csv
 from ctmil.io.discovery import study_key
 from ctmil.pacs.address import PacsError
 from ctmil.pacs.clients import Pacs, group_by_series
+from ctmil.keys import Columns
 
 __all__ = ["COMPLETE", "TRANSFER_COLUMNS", "Transfer", "pull_studies", "push_files", "write_transfer_table"]
 
 logger = logging.getLogger(__name__)
 
 COMPLETE = ".complete"  # suffix of the marker of a study folder retrieved whole
-TRANSFER_COLUMNS = ["case_id", "direction", "status", "n_sent", "n_present", "error"]
+TRANSFER_COLUMNS = [Columns.CASE_ID, "direction", Columns.STATUS, "n_sent", "n_present", "error"]
 
 
 @dataclass

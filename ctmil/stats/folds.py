@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+from ctmil.keys import Columns
 
 __all__ = ["make_folds", "run_seed", "stratified_group_folds"]
 
@@ -65,20 +66,20 @@ def make_folds(datalist: pd.DataFrame, n_folds: int, n_repeats: int, seed: int) 
     """The fold manifest: one row per (repeat, case) with ``repeat, fold, case_id, patient, label``."""
     rows = []
     for r in range(n_repeats):
-        folds = stratified_group_folds(datalist["label"].tolist(), datalist["patient"].tolist(), n_folds, run_seed(seed, r))
+        folds = stratified_group_folds(datalist[Columns.LABEL].tolist(), datalist["patient"].tolist(), n_folds, run_seed(seed, r))
         rows.append(
             pd.DataFrame(
                 {
-                    "repeat": r,
-                    "fold": folds,
-                    "case_id": datalist["case_id"].values,
+                    Columns.REPEAT: r,
+                    Columns.FOLD: folds,
+                    Columns.CASE_ID: datalist[Columns.CASE_ID].values,
                     "patient": datalist["patient"].values,
-                    "label": datalist["label"].values,
+                    Columns.LABEL: datalist[Columns.LABEL].values,
                 }
             )
         )
     manifest = pd.concat(rows, ignore_index=True)
-    for (r, f), part in manifest.groupby(["repeat", "fold"]):
-        if part["label"].nunique() < 2:
+    for (r, f), part in manifest.groupby([Columns.REPEAT, Columns.FOLD]):
+        if part[Columns.LABEL].nunique() < 2:
             logger.warning("repeat %d fold %d holds only one class (%d cases).", r, f, len(part))
     return manifest

@@ -27,13 +27,14 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import numpy as np
 
 from ctmil.stats.calibration import CALIBRATION_METHODS, THRESHOLD_RULES, apply_calibration, choose_threshold, fit_calibration
+from ctmil.keys import Columns
 
 __all__ = ["apply_operating_point", "check_operating_point", "fit_operating_point", "fixed_operating_point"]
 
 
 def fixed_operating_point(threshold: float = 0.5, reason: str = "fixed threshold") -> Dict[str, Any]:
     """The identity calibration and ``threshold`` (what a model without calibration cases gets)."""
-    return {"calibration": {"method": "none"}, "threshold": float(threshold), "rule": "fixed", "target": None,
+    return {"calibration": {"method": "none"}, Columns.THRESHOLD: float(threshold), "rule": "fixed", "target": None,
             "n_cases": 0, "n_positive": 0, "source": reason}  # fmt: skip
 
 
@@ -77,24 +78,24 @@ def fit_operating_point(
                 "n_cases": n, "n_positive": n_pos}  # fmt: skip
     p_cal = apply_calibration(calib, p)
     threshold = _midpoint(choose_threshold(p_cal, y, rule, target if rule == "sensitivity" else None), p_cal)
-    return {"calibration": calib, "threshold": threshold, "rule": rule, "target": target if rule == "sensitivity" else None,
+    return {"calibration": calib, Columns.THRESHOLD: threshold, "rule": rule, "target": target if rule == "sensitivity" else None,
             "n_cases": n, "n_positive": n_pos, "source": f"{source} ({n} cases, {n_pos} positive)"}  # fmt: skip
 
 
 def check_operating_point(point: Any) -> Dict[str, Any]:
     """``point`` validated (a dict with a usable ``calibration`` and a ``threshold`` in [0, 1]); ValueError if not."""
-    if not isinstance(point, Mapping) or "threshold" not in point:
+    if not isinstance(point, Mapping) or Columns.THRESHOLD not in point:
         raise ValueError(f"an operating point is a dict with 'calibration' and 'threshold', got {point!r}.")
-    t = point["threshold"]
+    t = point[Columns.THRESHOLD]
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= float(t) <= 1.0:
         raise ValueError(f"the operating point's threshold must be a number in [0, 1], got {t!r}.")
     calib = point.get("calibration") or {"method": "none"}
     apply_calibration(calib, np.array([0.5]))  # raises on an unusable map
-    return {**dict(point), "calibration": dict(calib), "threshold": float(t)}
+    return {**dict(point), "calibration": dict(calib), Columns.THRESHOLD: float(t)}
 
 
 def apply_operating_point(point: Mapping[str, Any], probs) -> Tuple[np.ndarray, np.ndarray]:
     """``(calibrated probabilities, 0/1 decisions)``, both ``(N,)``, of raw ``probs: (N,)`` at ``point``."""
     point = check_operating_point(point)
     p_cal = apply_calibration(point["calibration"], np.asarray(probs, dtype=np.float64).reshape(-1))
-    return p_cal, (p_cal >= point["threshold"]).astype(np.int64)
+    return p_cal, (p_cal >= point[Columns.THRESHOLD]).astype(np.int64)

@@ -53,8 +53,9 @@ from sklearn.preprocessing import StandardScaler
 from ctmil.stats.folds import stratified_group_folds
 from ctmil.stats.operating_point import fit_operating_point
 from ctmil.transforms import DENSITY_FEATURES, density_vector
+from ctmil.keys import Columns
 
-__all__ = ["C_GRID", "DESCRIPTION", "DropEmptyColumns", "INNER_FOLDS", "QUANTITATIVE", "density_features", "point_args",
+__all__ = ["C_GRID", "DESCRIPTION", "DropEmptyColumns", "INNER_FOLDS", "QUANTITATIVE", "density_features",
            "fit_baseline", "predict_fold"]  # fmt: skip
 
 #: the setting name of the quantitative baseline in ``cv#settings`` and in the reports
@@ -97,19 +98,12 @@ class DropEmptyColumns(TransformerMixin, BaseEstimator):
         return np.asarray(names, dtype=object)[self.keep_]
 
 
-def point_args(parser) -> dict:
-    """The operating-point arguments of the deep runs' handler (``train#operating_point`` of a run's MONAI
-    ``ConfigParser``), so that ``Q`` learns its point as they do."""
-    names = {"calibration_method": "calibration", "rule": "rule", "target": "target", "fallback_threshold": "fallback_threshold"}
-    return {k: parser.get_parsed_content(f"train#operating_point#{v}") for k, v in names.items()}
-
-
 def density_features(table: pd.DataFrame, load: Callable[[str], dict]) -> Tuple[Optional[pd.DataFrame], str]:
     """``(features, "")``: one row per case of ``table`` (``case_id, bag``), indexed by ``case_id``, columns
     :data:`~ctmil.transforms.DENSITY_FEATURES` of ``load(bag)["meta"]["density"]``; or ``(None, reason)`` when Q
     cannot run on these bags (some record no density, they mix HU and lung-window inputs, a feature is partly nan)."""
     rows, kinds, missing = [], [], []
-    for case_id, path in zip(table["case_id"], table["bag"]):
+    for case_id, path in zip(table[Columns.CASE_ID], table["bag"]):
         density = (load(path).get("meta") or {}).get("density")
         if not density:
             missing.append(str(case_id))
@@ -125,7 +119,7 @@ def density_features(table: pd.DataFrame, load: Callable[[str], dict]) -> Tuple[
     if len(set(kinds)) > 1:
         counts = ", ".join(f"{n} {k}" for k, n in sorted(pd.Series(kinds).value_counts().items()))
         return None, f"the bags mix intensity kinds ({counts}), whose density features are not comparable"
-    index = pd.Index(table["case_id"].astype(str), name="case_id")
+    index = pd.Index(table[Columns.CASE_ID].astype(str), name=Columns.CASE_ID)
     features = pd.DataFrame(np.stack(rows), index=index, columns=list(DENSITY_FEATURES))
     try:
         DropEmptyColumns().fit(features.to_numpy())
@@ -170,18 +164,18 @@ def predict_fold(features: pd.DataFrame, fit: pd.DataFrame, calibration: pd.Data
 
     Returns ``(case_id, raw_probability, label of the test rows, operating point)``; the point also records ``model`` (``C``).
     """
-    model = fit_baseline(features.loc[fit["case_id"].astype(str)], fit["label"], fit["patient"].tolist(), seed)
+    model = fit_baseline(features.loc[fit[Columns.CASE_ID].astype(str)], fit[Columns.LABEL], fit["patient"].tolist(), seed)
 
     def prob(rows: pd.DataFrame) -> np.ndarray:  # P(severe) of the rows, (len(rows),)
         if not len(rows):
             return np.zeros(0)
-        p = model.predict_proba(features.loc[rows["case_id"].astype(str)].to_numpy())
+        p = model.predict_proba(features.loc[rows[Columns.CASE_ID].astype(str)].to_numpy())
         classes = list(model.classes_)
         return p[:, classes.index(1)] if 1 in classes else np.zeros(len(rows))
 
-    point = fit_operating_point(prob(calibration), calibration["label"].to_numpy(), calibration_method, rule, target,
+    point = fit_operating_point(prob(calibration), calibration[Columns.LABEL].to_numpy(), calibration_method, rule, target,
                                 fallback_threshold, source="inner validation")  # fmt: skip
     estimator = model.named_steps["model"]
     point["model"] = {"name": type(estimator).__name__, "C": getattr(estimator, "C", None), "n_fit": len(fit)}
-    return pd.DataFrame({"case_id": test["case_id"].astype(str).tolist(), "raw_probability": prob(test),
-                         "label": test["label"].astype(int).tolist()}), point  # fmt: skip
+    return pd.DataFrame({Columns.CASE_ID: test[Columns.CASE_ID].astype(str).tolist(), Columns.RAW_PROBABILITY: prob(test),
+                         Columns.LABEL: test[Columns.LABEL].astype(int).tolist()}), point  # fmt: skip

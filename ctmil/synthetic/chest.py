@@ -31,6 +31,7 @@ from ctmil.synthetic.lungs import LungMaps, paint_lungs, paint_vessels
 from ctmil.synthetic.primitives import Canvas
 from ctmil.synthetic.seeding import as_generator
 from ctmil.synthetic.variants import FIELDS_OF_VIEW, paint_air_pockets, paint_consolidated_lung, paint_neck_and_abdomen
+from ctmil.keys import Columns
 
 __all__ = ["make_phantom"]
 
@@ -114,7 +115,7 @@ def _ground_truth(
     if origin is None:
         origin = default_origin(lung.shape, spacing)
     return {
-        "label": int(measured > severe_threshold),
+        Columns.LABEL: int(measured > severe_threshold),
         "severe": bool(measured > severe_threshold),
         "involvement": float(measured),
         "target_involvement": float(target),

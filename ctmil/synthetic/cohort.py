@@ -20,6 +20,7 @@ from ctmil.synthetic.geometry import check_geometry
 from ctmil.synthetic.labels import assign_labels
 from ctmil.synthetic.nifti_writer import write_nifti
 from ctmil.synthetic.seeding import check_seed
+from ctmil.keys import Columns
 
 __all__ = ["generate_cohort"]
 
@@ -77,8 +78,8 @@ def _write_case(
     case_rng = np.random.default_rng(case_ss)
     vol, lesion, info = make_phantom(case_rng, shape, spacing, severe=severe)
     row: dict[str, Any] = {
-        "case_id": case_id,
-        "label": info["label"],
+        Columns.CASE_ID: case_id,
+        Columns.LABEL: info[Columns.LABEL],
         "involvement": round(info["involvement"], 6),
         "dicom_dir": "",
         "nifti_path": "",
@@ -134,5 +135,5 @@ def generate_cohort(
     table = pd.DataFrame(rows)
     with atomic_path(out / "labels.csv") as tmp:
         table.to_csv(tmp, index=False)
-    logger.debug("wrote %d phantoms (%d severe) to %s", len(table), int(table["label"].sum()), out)
+    logger.debug("wrote %d phantoms (%d severe) to %s", len(table), int(table[Columns.LABEL].sum()), out)
     return table

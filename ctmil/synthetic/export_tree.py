@@ -28,6 +28,7 @@ from ctmil.synthetic.dicom_writer import (
 from ctmil.synthetic.geometry import check_geometry
 from ctmil.synthetic.labels import assign_labels
 from ctmil.synthetic.seeding import check_seed
+from ctmil.keys import Columns
 
 __all__ = ["write_export_tree"]
 
@@ -65,7 +66,7 @@ def _draw_specs(
     for i in range(int(cases)):
         vol, _, info = make_phantom(rng, shp, sp, severe=bool(flags[i]))
         specs.append(
-            {"case_id": f"case_{i:04d}", "volume": vol, "spacing": sp, "label": info["label"],
+            {Columns.CASE_ID: f"case_{i:04d}", "volume": vol, "spacing": sp, Columns.LABEL: info[Columns.LABEL],
              "involvement": info["involvement"], "origin": info["origin_lps"]}
         )
     return specs
@@ -74,7 +75,7 @@ def _draw_specs(
 def _given_specs(cases: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     specs = []
     for spec in cases:
-        if "case_id" not in spec or "volume" not in spec or "spacing" not in spec:
+        if Columns.CASE_ID not in spec or "volume" not in spec or "spacing" not in spec:
             raise ValueError("each case mapping needs 'case_id', 'volume' and 'spacing'")
         specs.append(dict(spec))
     if not specs:
@@ -132,12 +133,12 @@ def _study(
     origin = spec.get("origin")
     origin = default_origin(vol.shape, sp) if origin is None else tuple(float(v) for v in origin)
     pid = f"PHX{seed}-{j:03d}"
-    pname = f"PHANTOM^{spec['case_id']}"
+    pname = f"PHANTOM^{spec[Columns.CASE_ID]}"
     study_uid, frame_uid = make_uid(rng), make_uid(rng)
     common = dict(patient_id=pid, patient_name=pname, study_uid=study_uid, frame_of_reference_uid=frame_uid)
     entry: dict[str, Any] = {
-        "case_id": spec["case_id"],
-        "label": int(spec.get("label", -1)),
+        Columns.CASE_ID: spec[Columns.CASE_ID],
+        Columns.LABEL: int(spec.get(Columns.LABEL, -1)),
         "involvement": float(spec.get("involvement", float("nan"))),
         "patient_id": pid,
         "study_uid": study_uid,

@@ -29,6 +29,7 @@ from ctmil.train.metrics import BagMetrics
 from ctmil.stats.operating_point import check_operating_point
 from ctmil.networks.predict import BagInferer
 from ctmil.train.steps import make_eval_step, make_train_step
+from ctmil.keys import Columns
 
 __all__ = ["StepsRun", "create_evaluator", "create_trainer", "predict"]
 
@@ -97,13 +98,13 @@ def create_trainer(
 
 
 def _prob_label(output: Mapping[str, Any]):
-    return output["prob"], output["label"]
+    return output["prob"], output[Columns.LABEL]
 
 
 def _calibrated_prob_label(calibration: Mapping[str, Any], output: Mapping[str, Any]):
     """``(calibrated prob (B,), label (B,))`` of an evaluation step's output (read on the host: evaluation only)."""
     prob = output["prob"].detach().float().cpu()
-    return torch.as_tensor(apply_calibration(calibration, prob.numpy()), dtype=torch.float64), output["label"]
+    return torch.as_tensor(apply_calibration(calibration, prob.numpy()), dtype=torch.float64), output[Columns.LABEL]
 
 
 def create_evaluator(
@@ -134,7 +135,7 @@ def create_evaluator(
         transform, cut = _prob_label, threshold
         if operating_point is not None:
             point = check_operating_point(operating_point)
-            transform, cut = functools.partial(_calibrated_prob_label, point["calibration"]), point["threshold"]
+            transform, cut = functools.partial(_calibrated_prob_label, point["calibration"]), point[Columns.THRESHOLD]
         key = {"val_auc": EpochMetric(roc_auc, output_transform=transform, check_compute_fn=False)}
         additional = {"bag_metrics": BagMetrics(threshold=cut, output_transform=transform)}
     return Evaluator(
@@ -156,9 +157,9 @@ def predict(
     store = EpochOutputStore()
     store.attach(evaluator, "outputs")
     evaluator.run()
-    result: Dict[str, List[Any]] = {"case_id": [], "prob": [], "label": []}
+    result: Dict[str, List[Any]] = {Columns.CASE_ID: [], "prob": [], Columns.LABEL: []}
     for out in evaluator.state.outputs:
-        result["case_id"].extend(out["case_id"])
+        result[Columns.CASE_ID].extend(out[Columns.CASE_ID])
         result["prob"].extend(out["prob"].tolist())
-        result["label"].extend(out["label"].tolist())
+        result[Columns.LABEL].extend(out[Columns.LABEL].tolist())
     return result

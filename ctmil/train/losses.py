@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ctmil.networks.utils import raise_if
+from ctmil.keys import Columns
 
 __all__ = ["MILSSLLoss"]
 
@@ -74,7 +75,7 @@ class MILSSLLoss(nn.Module):
         if logits.dim() != 2 or logits.shape[1] != 1:
             raise ValueError(f"outputs['logits'] must be (B, 1), got {list(logits.shape)}.")
         logits = logits.squeeze(1)  # (B,)
-        label = torch.as_tensor(batch["label"], device=logits.device).to(logits.dtype).reshape(-1)
+        label = torch.as_tensor(batch[Columns.LABEL], device=logits.device).to(logits.dtype).reshape(-1)
         if label.shape != logits.shape:
             raise ValueError(f"batch['label'] must be (B,) = {list(logits.shape)}, got {list(label.shape)}.")
         raise_if(((label != 0) & (label != 1)).any(), "training labels must be 0 or 1 (unknown labels, -1, cannot be trained on).")

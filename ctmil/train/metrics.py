@@ -11,6 +11,7 @@ from ignite.exceptions import NotComputableError
 from ignite.metrics import EpochMetric
 
 from ctmil.stats.metrics import binary_metrics
+from ctmil.keys import Columns
 
 __all__ = ["BagMetrics"]
 
@@ -25,7 +26,7 @@ class BagMetrics(EpochMetric):
     def __init__(
         self,
         threshold: float = 0.5,
-        output_transform: Callable = lambda out: (out["prob"], out["label"]),
+        output_transform: Callable = lambda out: (out["prob"], out[Columns.LABEL]),
         device: str | torch.device = "cpu",
     ) -> None:
         self.threshold = float(threshold)

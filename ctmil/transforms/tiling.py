@@ -17,6 +17,7 @@ from monai.transforms import GridPatch, MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_tensor
 
 from ctmil.transforms.layout import DEFAULT_SLICE_AXIS, check_slice_axis, to_stack
+from ctmil.keys import Columns
 
 
 class TilePatches(Transform):
@@ -99,7 +100,7 @@ class NormalizePatches(Transform):
         return out.reshape(x.shape).clamp_(0.0, 1.0).to(self.dtype)
 
 
-BAG_KEYS = ("patches", "position", "slice_index", "kept_slices", "boxes", "label", "case_id", "meta")
+BAG_KEYS = ("patches", "position", "slice_index", "kept_slices", "boxes", Columns.LABEL, Columns.CASE_ID, "meta")
 
 
 #: how patch intensities reach the network: the paper's per-patch min-max, the lung window scaled to [0, 1] over
@@ -190,7 +191,7 @@ class ToBagd(MapTransform):
         n_slices = int(order[-1]) + 1 if order.numel() else 0
         kept = d.get(self.kept_key)
         kept = torch.arange(n_slices) if kept is None else torch.as_tensor(np.asarray(kept), dtype=torch.int64)
-        label = d.get("label")
+        label = d.get(Columns.LABEL)
         label = -1.0 if label is None or (isinstance(label, float) and np.isnan(label)) else float(label)
         meta = d.get(self.meta_key, {})
         window = None if meta.get("intensity") == "windowed" else self.window_hu
@@ -200,8 +201,8 @@ class ToBagd(MapTransform):
             "slice_index": kept[order],
             "kept_slices": kept,
             "boxes": torch.as_tensor(np.asarray(d[self.boxes_key]), dtype=torch.int64),
-            "label": torch.tensor(label, dtype=torch.float32),
-            "case_id": str(d.get("case_id", "")),
+            Columns.LABEL: torch.tensor(label, dtype=torch.float32),
+            Columns.CASE_ID: str(d.get(Columns.CASE_ID, "")),
             "meta": meta,
         }
         d.update(bag)

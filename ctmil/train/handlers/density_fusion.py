@@ -33,6 +33,7 @@ from ctmil.stats.quantitative import fit_baseline
 from ctmil.train.engines import predict
 from ctmil.train.handlers.best_weights import BestWeights
 from ctmil.train.handlers.end_of_training import EndOfTraining
+from ctmil.keys import Columns
 
 __all__ = ["DensityFusionHandler"]
 
@@ -46,11 +47,11 @@ def _density_table(dataset: Optional[BagDataset]):
         bag = dataset[i]
         if "density" not in bag:
             return None
-        label = float(bag["label"])
+        label = float(bag[Columns.LABEL])
         if label in (0.0, 1.0):
             rows.append(torch.as_tensor(bag["density"], dtype=torch.float64).reshape(-1).numpy())
             labels.append(int(label))
-            ids.append(str(bag["case_id"]))
+            ids.append(str(bag[Columns.CASE_ID]))
     return (np.stack(rows) if rows else np.zeros((0, 0))), np.asarray(labels, dtype=np.int64), ids
 
 
@@ -96,8 +97,8 @@ class DensityFusionHandler(EndOfTraining):
         calib = _density_table(self.dataset)
         if calib is not None and np.unique(calib[1]).size == 2:
             pred = predict(self.network, self.dataset, device=self.device)
-            labelled = [i for i, label in enumerate(pred["label"]) if label in (0.0, 1.0)]
-            p_mil, labels = np.asarray(pred["prob"])[labelled], np.asarray(pred["label"])[labelled]
+            labelled = [i for i, label in enumerate(pred[Columns.LABEL]) if label in (0.0, 1.0)]
+            p_mil, labels = np.asarray(pred["prob"])[labelled], np.asarray(pred[Columns.LABEL])[labelled]
             p_q = model.predict_proba(calib[0])[:, list(model.classes_).index(1)]
             fits = [fit_calibration(p, labels, "platt") for p in (p_mil, p_q)]
             weights = [1.0 if f["coef"] > 0 else 0.0 for f in fits]

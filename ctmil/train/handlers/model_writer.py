@@ -20,6 +20,7 @@ from ctmil import __version__
 from ctmil.io.atomic import atomic_torch_save
 from ctmil.io.model_card import write_card
 from ctmil.train.handlers.end_of_training import EndOfTraining
+from ctmil.keys import Columns
 
 __all__ = ["ModelWriter", "save_model", "trained_intensities"]
 
@@ -83,7 +84,7 @@ class ModelWriter(EndOfTraining):
             info["input"] = {"intensity": trained_intensities(self.dataset)}
         point = getattr(self.operating_point, "result", None)
         if point is not None:
-            info.update(threshold=point["threshold"], calibration=point["calibration"], operating_point=point)
+            info.update(threshold=point[Columns.THRESHOLD], calibration=point["calibration"], operating_point=point)
         if self.best_weights is not None and self.best_weights.weights is not None:  # model selection restored an epoch
             info["selected_epoch"] = self.best_weights.epoch
         fusion = getattr(self.density_fusion, "result", None)

@@ -18,6 +18,7 @@ from ctmil.stats.operating_point import fit_operating_point
 from ctmil.train.engines import predict
 from ctmil.train.handlers.density_fusion import DensityFusionHandler
 from ctmil.train.handlers.end_of_training import EndOfTraining
+from ctmil.keys import Columns
 
 __all__ = ["OperatingPointHandler"]
 
@@ -52,8 +53,8 @@ class OperatingPointHandler(EndOfTraining):
         probs, labels = [], []
         if self.dataset is not None and len(self.dataset):
             pred = predict(self.network, self.dataset, device=self.device)
-            probs, labels = pred["prob"], pred["label"]
+            probs, labels = pred["prob"], pred[Columns.LABEL]
         self.result = fit_operating_point(probs, labels, self.calibration, self.rule, self.target, self.fallback,
                                           source="inner validation")  # fmt: skip
         engine.state.operating_point = self.result  # for whoever ran the engine (ctmil cv reads it there)
-        logger.info("operating point: threshold %.3f (%s, %s)", self.result["threshold"], self.result["rule"], self.result["source"])
+        logger.info("operating point: threshold %.3f (%s, %s)", self.result[Columns.THRESHOLD], self.result["rule"], self.result["source"])

@@ -14,6 +14,7 @@ from ignite.engine import Engine, Events
 
 from ctmil.io.atomic import atomic_write_csv
 from ctmil.stats.operating_point import apply_operating_point, check_operating_point
+from ctmil.keys import Columns
 
 __all__ = ["PredictionWriter"]
 
@@ -50,21 +51,21 @@ class PredictionWriter:
         """Keep the iteration's tensors as they are (no read-back per iteration); rows are made at publish."""
         out = engine.state.output
         if out is not None:
-            self._outputs.append((list(out["case_id"]), out["prob"].detach().reshape(-1), out["label"].detach().reshape(-1)))
+            self._outputs.append((list(out[Columns.CASE_ID]), out["prob"].detach().reshape(-1), out[Columns.LABEL].detach().reshape(-1)))
 
     def _make_rows(self) -> None:
         outputs, self._outputs = self._outputs, []
         for case_ids, prob, label in outputs:
             for case_id, p, y in zip(case_ids, prob.tolist(), label.tolist()):
-                self.rows.append({"case_id": case_id, "raw_probability": p, "probability": p, "threshold": self.threshold,
-                                  "prediction": int(p >= self.threshold), "label": y})  # fmt: skip
+                self.rows.append({Columns.CASE_ID: case_id, Columns.RAW_PROBABILITY: p, Columns.PROBABILITY: p, Columns.THRESHOLD: self.threshold,
+                                  Columns.PREDICTION: int(p >= self.threshold), Columns.LABEL: y})  # fmt: skip
         if self.operating_point is not None and self.rows:
-            calibrated, decided = apply_operating_point(self.operating_point, np.array([r["raw_probability"] for r in self.rows]))
+            calibrated, decided = apply_operating_point(self.operating_point, np.array([r[Columns.RAW_PROBABILITY] for r in self.rows]))
             for row, c, d in zip(self.rows, calibrated.tolist(), decided.tolist()):
-                row.update(probability=c, threshold=self.operating_point["threshold"], prediction=int(d))
+                row.update(probability=c, threshold=self.operating_point[Columns.THRESHOLD], prediction=int(d))
 
     def publish(self, engine: Engine) -> None:
         self._make_rows()
-        columns = ["case_id", "raw_probability", "probability", "threshold", "prediction", "label"]
+        columns = [Columns.CASE_ID, Columns.RAW_PROBABILITY, Columns.PROBABILITY, Columns.THRESHOLD, Columns.PREDICTION, Columns.LABEL]
         atomic_write_csv(pd.DataFrame(self.rows, columns=columns), self.path)
         logger.info("%d predictions written to %s", len(self.rows), self.path)

@@ -34,6 +34,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from ctmil.data.bags import BagDataset
+from ctmil.keys import Columns
 
 __all__ = ["VirtualBagHandler", "balancing_count", "virtual_slots"]
 
@@ -183,22 +184,22 @@ class VirtualBagHandler:
         """Keep this step's output (on its device, unread) until the pools are needed."""
         out = self.output_transform(engine.state.output)
         if out is not None:
-            self._pending.append({k: out[k] for k in ("prob", "label", "mask", "attention", "is_virtual", "case_id")})
+            self._pending.append({k: out[k] for k in ("prob", Columns.LABEL, "mask", "attention", "is_virtual", Columns.CASE_ID)})
 
     def _read_pending(self) -> None:
         """Move the kept outputs to the host in one go and add their key/regular instances to the pools."""
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        flat = {k: torch.cat([o[k].detach().reshape(-1) for o in pending]).cpu() for k in ("prob", "label", "is_virtual")}
-        wanted = ~flat["is_virtual"].bool() & (flat["label"] == 1.0) & (flat["prob"].double() >= self.threshold)  # (N_bags,)
+        flat = {k: torch.cat([o[k].detach().reshape(-1) for o in pending]).cpu() for k in ("prob", Columns.LABEL, "is_virtual")}
+        wanted = ~flat["is_virtual"].bool() & (flat[Columns.LABEL] == 1.0) & (flat["prob"].double() >= self.threshold)  # (N_bags,)
         row = 0
         for out in pending:
-            n = len(out["case_id"])
+            n = len(out[Columns.CASE_ID])
             rows = [i for i in range(n) if bool(wanted[row + i])]
             row += n
             if rows:
-                self._add_bags(out["case_id"], rows, out["mask"][rows].cpu(), out["attention"][rows].detach().cpu())
+                self._add_bags(out[Columns.CASE_ID], rows, out["mask"][rows].cpu(), out["attention"][rows].detach().cpu())
 
     def _add_bags(self, case_ids: Sequence[str], rows: Sequence[int], mask: torch.Tensor, attention: torch.Tensor) -> None:
         """Key and regular instances of the correctly predicted positive bags ``rows`` of one step output."""
