@@ -18,9 +18,11 @@ def add_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="export folders, NIfTI files, slice-image folders or datalist CSVs")
     p.add_argument("--out", required=True, help="output folder (bags/, manifest.csv, datalist.csv)")
     p.add_argument("--labels", help="CSV with case_id (or study_uid) and label columns")
-    p.add_argument("--min-slices", type=int, default=8, help="fewest slices of a usable DICOM series (default 8)")
-    p.add_argument("--min-area-fraction", type=float, default=0.2,
-                   help="keep slices whose lung area is at least this fraction of the largest (default 0.2)")
+    p.add_argument("--min-slices", type=int, default=None,
+                   help="fewest slices of a usable DICOM series (default: the preprocessing setting min_slices, 8)")
+    p.add_argument("--min-area-fraction", type=float, default=None,
+                   help="keep slices whose lung area is at least this fraction of the largest (default: the preprocessing "
+                        "setting min_area_fraction, 0.2)")
     p.add_argument("--keep-paths", action="store_true",
                    help="write absolute source paths to the manifest (default: relative to the input; folders are often named after patients)")
     p.add_argument("--no-montages", dest="montages", action="store_false",
@@ -45,7 +47,8 @@ def _preprocessing_set(args: argparse.Namespace) -> dict:
 
     settings: dict = {}
     for path in config_paths(configs(getattr(args, "config", None))):  # JSON or YAML, as MONAI reads configs
-        settings.update(ConfigParser.load_config_file(path).get("preprocessing_args") or {})
+        section = ConfigParser.load_config_file(path).get("preprocessing_args") or {}
+        settings.update({k: v for k, v in section.items() if not str(k).startswith("_")})  # "_target_": train.json's builder
     settings.update(parse_overrides(getattr(args, "set", None)))
     settings = {k.split("#", 1)[1] if k.startswith("preprocessing_args#") else k: v for k, v in settings.items()}
     try:
@@ -57,6 +60,7 @@ def _preprocessing_set(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ctmil.transforms import preprocessing_settings
     from ctmil.bundle import read_labels
     from ctmil.data.preprocess import preprocess_cases
     from ctmil.io.discovery import discover_cases
@@ -64,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
     inputs = existing(args.inputs, "input")
     labels = read_labels(existing([args.labels], "labels CSV")[0]) if args.labels else {}
     chosen = _preprocessing_set(args)  # checked before the inputs are read
-    cases = discover_cases(inputs, labels=labels, min_slices=chosen.get("min_slices", args.min_slices),
+    given = {k: v for k, v in (("min_slices", args.min_slices), ("min_area_fraction", args.min_area_fraction)) if v is not None}
+    settings = preprocessing_settings(**{**given, "allow_implausible_lungs": args.allow_implausible_lungs, **chosen})
+    cases = discover_cases(inputs, labels=labels, min_slices=settings["min_slices"],
                            progress=not args.quiet, keep_paths=args.keep_paths)
     refuse_without_ct(cases)
     out = out_dir(args.out)
@@ -74,8 +80,6 @@ def run(args: argparse.Namespace) -> int:
     elif not labels and not any(c.get(Columns.LABEL) is not None for c in cases):
         print("warning: no case has a label (give --labels CSV with case_id or study_uid and label): datalist.csv, "
               "the list ctmil cv and train read, will be empty", file=sys.stderr)
-    settings = {"min_slices": args.min_slices, "min_area_fraction": args.min_area_fraction,
-                "allow_implausible_lungs": args.allow_implausible_lungs, **chosen}
     manifest = preprocess_cases(cases, out, settings=settings, progress=not args.quiet, montages=args.montages)
     failed = manifest[manifest[Columns.STATUS] == "failed"]
     log.info("%s: %d ok, %d cached, %d failed, %d flagged by QC; manifest: %s; QC report: %s", plural(len(manifest), "case"),

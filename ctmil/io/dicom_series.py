@@ -23,6 +23,9 @@ import numpy as np
 from ctmil.io.dicom_header import SliceHeader, read_header
 from ctmil.io.dicom_pixels import DicomError
 from ctmil.io.dicom_validate import bad_files_text, geometry_problem, image_problem, max_bad, spacing_problem
+
+#: Fewest slices of a usable CT series: the one home of this default (preprocessing's ``min_slices``).
+MIN_SLICES = 8
 from ctmil.io.dicom_volume import load_dicom_series
 from ctmil.io.dicom_walker import DicomReadError
 from ctmil.io.grouping import INFERRED_WARNING, series_key
@@ -169,7 +172,7 @@ def _along(info: SeriesInfo) -> np.ndarray:
     return np.sort(np.asarray(info.positions, float) @ _normal(next(iter(info.orientations))))
 
 
-def series_problem(info: SeriesInfo, min_slices: int = 8, spacing_tolerance: float = 0.1) -> str | None:
+def series_problem(info: SeriesInfo, min_slices: int = MIN_SLICES, spacing_tolerance: float = 0.1) -> str | None:
     """Why ``info`` cannot be the CT image series of its study, or ``None`` when it can."""
     if info.modality != "CT":
         return f"modality {info.modality or 'missing'}, not CT"
@@ -210,7 +213,7 @@ def _warnings(info: SeriesInfo, spacing_tolerance: float) -> list[str]:
     return warnings + ([gap] if gap else [])
 
 
-def choose_ct_series(series: list[SeriesInfo], min_slices: int = 8, spacing_tolerance: float = 0.1) -> tuple[SeriesInfo | None, str]:
+def choose_ct_series(series: list[SeriesInfo], min_slices: int = MIN_SLICES, spacing_tolerance: float = 0.1) -> tuple[SeriesInfo | None, str]:
     """Pick the axial CT image series of one study: a valid series with the most slices.
 
     Returns ``(chosen, reason)``; ``chosen`` is ``None`` when no series qualifies, and ``reason`` then says

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ctmil.io.dicom_series import choose_ct_series, scan_dicom_tree
+from ctmil.io.dicom_series import MIN_SLICES, choose_ct_series, scan_dicom_tree
 from ctmil.io.grouping import case_studies, nothing_usable
 from ctmil.io.paths import shown_path, walk_dirs, walk_files
 from ctmil.io.readers import IMAGE_SUFFIXES, NIFTI_SUFFIXES, detect_input_kind
@@ -73,7 +73,7 @@ def _case(case_id: str, image, source: str, label=None, patient=None, series: st
     }
 
 
-def read_datalist(csv_path: str | os.PathLike, min_slices: int = 8, keep_paths: bool = False) -> list[dict]:
+def read_datalist(csv_path: str | os.PathLike, min_slices: int = MIN_SLICES, keep_paths: bool = False) -> list[dict]:
     """Cases from a CSV with ``case_id``, an image column (``image``/``path``/``dicom_dir``/``nifti_path``),
     and optional ``label`` and ``patient``; relative paths are taken from the CSV's folder. Sources are shown
     relative to that folder unless ``keep_paths``.
@@ -127,7 +127,7 @@ def _cases_for_path(path: Path, source: str, case_id: str, label, patient, min_s
 
 
 def discover_cases(
-    inputs: list[str | os.PathLike], labels: dict[str, float] | None = None, min_slices: int = 8, progress: bool = False,
+    inputs: list[str | os.PathLike], labels: dict[str, float] | None = None, min_slices: int = MIN_SLICES, progress: bool = False,
     keep_paths: bool = False, with_study_uid: bool = False,
 ) -> list[dict]:
     """Cases from CSV datalists, NIfTI files, slice-image folders and DICOM export trees.

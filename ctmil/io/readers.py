@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from monai.transforms import LoadImage, Orientation
 
-from ctmil.io.dicom_series import DicomError, choose_ct_series, load_dicom_series, scan_dicom_tree
+from ctmil.io.dicom_series import MIN_SLICES, DicomError, choose_ct_series, load_dicom_series, scan_dicom_tree
 from ctmil.io.grouping import case_studies, nothing_usable
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -95,7 +95,7 @@ def load_nifti(path: str | os.PathLike, reader: LoadImage | None = None) -> tupl
     return np.ascontiguousarray(data, dtype=np.float32), affine, spacing
 
 
-def load_dicom_case(source: str | os.PathLike | list[str], min_slices: int = 8) -> tuple[np.ndarray, np.ndarray, dict]:
+def load_dicom_case(source: str | os.PathLike | list[str], min_slices: int = MIN_SLICES) -> tuple[np.ndarray, np.ndarray, dict]:
     """Discover and load the axial CT series of a DICOM folder (one study) or an explicit file list.
 
     ``meta["warnings"]`` lists what the manifest should say (inferred grouping, dropped slices, gaps).

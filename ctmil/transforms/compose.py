@@ -10,15 +10,17 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, MapTransform, SelectItemsd
 
-from ctmil.transforms.crop import LungBoxCropd, SelectLungSlicesd
+from ctmil.io.dicom_series import MIN_SLICES
+from ctmil.transforms.crop import MARGIN_FRACTION, MIN_SLICE_AREA_FRACTION, SPATIAL_SIZE, LungBoxCropd, SelectLungSlicesd
 from ctmil.transforms.density import LungDensityd
 from ctmil.transforms.intensity import LUNG_WINDOW_HU, WindowHUd
 from ctmil.transforms.layout import DEFAULT_SLICE_AXIS, check_slice_axis, stack_spacing, stack_to_array
 from ctmil.transforms.load import LOADCT_SLICE_AXIS, LoadCTd
 from ctmil.transforms.lung import INTENSITIES, LungMaskd
+from ctmil.transforms.lung_masks import CHEST_WALL, CLOSING_MM, DILATE_MM, THRESHOLD_HU
 from ctmil.transforms.plausibility import CheckLungsd
-from ctmil.transforms.sampling import SampleSlicesd
-from ctmil.transforms.tiling import BAG_KEYS, ToBagd
+from ctmil.transforms.sampling import MAX_SLICES, SampleSlicesd
+from ctmil.transforms.tiling import BAG_KEYS, PATCH_DTYPE, PATCH_NORM, PATCH_SIZE, ToBagd
 
 
 def _plain(value):
@@ -84,20 +86,20 @@ class StoreCaseMetad(MapTransform):
 
 def preprocessing_transforms(
     image_key: str = "image",
-    min_slices: int = 8,
-    threshold_hu: float = -400.0,
-    closing_mm: float = 10.0,
-    dilate_mm: float = 4.0,
-    min_area_fraction: float = 0.2,
-    spatial_size: tuple[int, int] = (180, 240),
-    patch_size: tuple[int, int] = (60, 60),
-    margin_fraction: float = 0.02,
+    min_slices: int = MIN_SLICES,
+    threshold_hu: float = THRESHOLD_HU,
+    closing_mm: float = CLOSING_MM,
+    dilate_mm: float = DILATE_MM,
+    min_area_fraction: float = MIN_SLICE_AREA_FRACTION,
+    spatial_size: tuple[int, int] = SPATIAL_SIZE,
+    patch_size: tuple[int, int] = PATCH_SIZE,
+    margin_fraction: float = MARGIN_FRACTION,
     window_hu: Sequence[float] | None = LUNG_WINDOW_HU,
-    max_slices: int | None = 18,
+    max_slices: int | None = MAX_SLICES,
     slab_mm: float | None = None,
-    patch_dtype: str = "float16",
-    chest_wall: bool = True,
-    patch_norm: str = "minmax",
+    patch_dtype: str = PATCH_DTYPE,
+    chest_wall: bool = CHEST_WALL,
+    patch_norm: str = PATCH_NORM,
     allow_implausible_lungs: bool = False,
 ) -> Compose:
     """``{"image": path, "case_id": str, "label": float}`` → bag dictionary (docs/design.md), nothing else.

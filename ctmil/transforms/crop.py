@@ -22,6 +22,12 @@ from monai.utils import TransformBackends, convert_to_tensor
 
 from ctmil.transforms.layout import DEFAULT_SLICE_AXIS, check_slice_axis, from_stack, slice_shift, to_stack, wrap_like
 
+#: The crop's defaults (each has this one home; preprocessing's settings of the same names): slices whose lung area
+#: is at least this fraction of the largest are kept; the crop's output (H, W); its margin around the lung box.
+MIN_SLICE_AREA_FRACTION = 0.2
+SPATIAL_SIZE = (180, 240)
+MARGIN_FRACTION = 0.02
+
 
 def _as_numpy_mask(mask: NdarrayOrTensor, axis: int) -> np.ndarray:
     """The ``(S, h, w)`` boolean slice stack of a one-channel mask with slices along ``axis``."""
@@ -46,7 +52,7 @@ class SelectLungSlices(TraceableTransform):
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
-    def __init__(self, min_area_fraction: float = 0.2, min_slices: int = 1, slice_axis: int = DEFAULT_SLICE_AXIS) -> None:
+    def __init__(self, min_area_fraction: float = MIN_SLICE_AREA_FRACTION, min_slices: int = 1, slice_axis: int = DEFAULT_SLICE_AXIS) -> None:
         if not 0 < min_area_fraction <= 1:
             raise ValueError(f"min_area_fraction must be in (0, 1], got {min_area_fraction}")
         if min_slices < 1:
@@ -107,7 +113,7 @@ class LungBoxCrop(TraceableTransform):
 
     backend = [TransformBackends.TORCH]
 
-    def __init__(self, spatial_size: tuple[int, int] = (180, 240), margin_fraction: float = 0.02, slice_axis: int = DEFAULT_SLICE_AXIS) -> None:
+    def __init__(self, spatial_size: tuple[int, int] = SPATIAL_SIZE, margin_fraction: float = MARGIN_FRACTION, slice_axis: int = DEFAULT_SLICE_AXIS) -> None:
         if len(spatial_size) != 2 or min(spatial_size) < 1:
             raise ValueError(f"spatial_size must be two positive ints (H, W), got {spatial_size}")
         if not 0 <= margin_fraction < 0.5:
@@ -188,7 +194,7 @@ class SelectLungSlicesd(MapTransform):
         self,
         keys: KeysCollection,
         source_key: str = "lung",
-        min_area_fraction: float = 0.2,
+        min_area_fraction: float = MIN_SLICE_AREA_FRACTION,
         min_slices: int = 1,
         kept_key: str = "kept_slices",
         slice_axis: int = DEFAULT_SLICE_AXIS,
@@ -222,8 +228,8 @@ class LungBoxCropd(MapTransform):
         self,
         keys: KeysCollection,
         source_key: str = "lung",
-        spatial_size: tuple[int, int] = (180, 240),
-        margin_fraction: float = 0.02,
+        spatial_size: tuple[int, int] = SPATIAL_SIZE,
+        margin_fraction: float = MARGIN_FRACTION,
         boxes_key: str = "boxes",
         stride_key: str | None = None,
         slice_axis: int = DEFAULT_SLICE_AXIS,

@@ -15,6 +15,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform, Transform
 
+from ctmil.io.dicom_series import MIN_SLICES
 from ctmil.io.readers import CaseError, detect_input_kind, load_dicom_case, load_nifti, load_slice_folder
 
 __all__ = ["LOADCT_SLICE_AXIS", "LoadCT", "LoadCTd", "LoadCTD", "LoadCTDict"]
@@ -35,7 +36,7 @@ class LoadCT(Transform):
 
     backend = [MetaTensor.__name__]
 
-    def __init__(self, min_slices: int = 8) -> None:
+    def __init__(self, min_slices: int = MIN_SLICES) -> None:
         if min_slices < 1:
             raise ValueError(f"min_slices must be >= 1, got {min_slices}")
         self.min_slices = min_slices
@@ -73,7 +74,7 @@ class LoadCTd(MapTransform):
 
     backend = LoadCT.backend
 
-    def __init__(self, keys: KeysCollection = "image", min_slices: int = 8, allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection = "image", min_slices: int = MIN_SLICES, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.loader = LoadCT(min_slices=min_slices)
 

@@ -16,7 +16,7 @@ from monai.transforms import MapTransform, TraceableTransform
 from monai.utils import TransformBackends
 
 from ctmil.transforms.layout import DEFAULT_SLICE_AXIS, check_slice_axis, from_stack, spatial_scale, stack_spacing, stack_to_array, to_stack, wrap_like
-from ctmil.transforms.lung_masks import BONE_HU, BONE_LEVEL, lung_mask_hu, lung_mask_windowed
+from ctmil.transforms.lung_masks import BONE_HU, BONE_LEVEL, CHEST_WALL, CLOSING_MM, DILATE_MM, THRESHOLD_HU, lung_mask_hu, lung_mask_windowed
 
 __all__ = ["LungMask", "LungMaskd", "LungMaskD", "LungMaskDict", "lung_mask_hu", "lung_mask_windowed"]
 
@@ -64,14 +64,14 @@ class LungMask(TraceableTransform):
     def __init__(
         self,
         intensity: str | None = None,
-        threshold_hu: float = -400.0,
+        threshold_hu: float = THRESHOLD_HU,
         min_component_fraction: float = 0.08,
-        closing_mm: float = 10.0,
-        dilate_mm: float = 4.0,
+        closing_mm: float = CLOSING_MM,
+        dilate_mm: float = DILATE_MM,
         working_mm: float = 4.0,
         slice_axis: int = DEFAULT_SLICE_AXIS,
         spacing: tuple[float, float, float] | None = None,
-        chest_wall: bool = True,
+        chest_wall: bool = CHEST_WALL,
     ) -> None:
         if intensity is not None and intensity not in INTENSITIES:
             raise ValueError(f"intensity must be 'hu', 'windowed' or None (ctmil's LoadCT's record), got {intensity!r}")

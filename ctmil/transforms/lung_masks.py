@@ -37,6 +37,12 @@ def _label6(mask: np.ndarray) -> tuple[np.ndarray, int]:
 #: ctmil's window of [-1350, 150] HU; lung windows saturate on bone).
 BONE_HU = 150.0
 BONE_LEVEL = 0.98
+#: The defaults of the HU lung mask (each has this one home; preprocessing's settings of the same names): air/lung
+#: below THRESHOLD_HU; the per-slice closing and the final dilation, in mm; whether the mask grows to the chest wall.
+THRESHOLD_HU = -400.0
+CLOSING_MM = 10.0
+DILATE_MM = 4.0
+CHEST_WALL = True
 
 
 def _border_labels(labels: np.ndarray) -> np.ndarray:
@@ -241,10 +247,10 @@ def _body_box(outside: np.ndarray, margin: int) -> tuple[slice, slice, slice]:
 def lung_mask_hu(
     volume: np.ndarray,
     spacing: tuple[float, float, float] | None = None,
-    threshold_hu: float = -400.0,
+    threshold_hu: float = THRESHOLD_HU,
     min_component_fraction: float = 0.08,
-    closing_mm: float = 10.0,
-    dilate_mm: float = 4.0,
+    closing_mm: float = CLOSING_MM,
+    dilate_mm: float = DILATE_MM,
     working_mm: float = 4.0,
     lr_axis: int = 2,
     bone_hu: float | None = BONE_HU,

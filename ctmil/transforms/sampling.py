@@ -29,6 +29,10 @@ from monai.utils import TransformBackends
 
 from ctmil.transforms.layout import DEFAULT_SLICE_AXIS, check_slice_axis, from_stack, slice_shift, stack_spacing, to_stack, wrap_like
 
+#: At most this many slices per bag in the preprocessing chain (:func:`~ctmil.transforms.preprocessing_transforms`;
+#: the paper's K ≈ 217; docs/preprocessing.md "Bag size"). :class:`SampleSlices` itself keeps every slice by default.
+MAX_SLICES = 18
+
 __all__ = ["SampleSlices", "SampleSlicesd", "SampleSlicesD", "SampleSlicesDict"]
 
 

@@ -19,6 +19,12 @@ from monai.utils import TransformBackends, convert_to_tensor
 from ctmil.transforms.layout import DEFAULT_SLICE_AXIS, check_slice_axis, to_stack
 from ctmil.keys import Columns
 
+#: The bag's defaults (each has this one home; preprocessing's settings of the same names): the patch (H, W), the
+#: dtype the min-max patches are stored in, and the intensity normalisation (the paper's per-patch min-max).
+PATCH_SIZE = (60, 60)
+PATCH_DTYPE = "float16"
+PATCH_NORM = "minmax"
+
 
 class TilePatches(Transform):
     """Tile a one-channel image of ``S`` slices into ``(S * n_patches, 1, ph, pw)`` patches plus their grid positions.
@@ -36,7 +42,7 @@ class TilePatches(Transform):
 
     backend = [TransformBackends.TORCH]
 
-    def __init__(self, patch_size: tuple[int, int] = (60, 60), slice_axis: int = DEFAULT_SLICE_AXIS) -> None:
+    def __init__(self, patch_size: tuple[int, int] = PATCH_SIZE, slice_axis: int = DEFAULT_SLICE_AXIS) -> None:
         if len(patch_size) != 2 or min(patch_size) < 1:
             raise ValueError(f"patch_size must be two positive ints, got {patch_size}")
         self.patch_size = (int(patch_size[0]), int(patch_size[1]))
@@ -159,14 +165,14 @@ class ToBagd(MapTransform):
     def __init__(
         self,
         keys: KeysCollection = "image",
-        patch_size: tuple[int, int] = (60, 60),
+        patch_size: tuple[int, int] = PATCH_SIZE,
         meta_key: str = "image_meta",
         kept_key: str = "kept_slices",
         boxes_key: str = "boxes",
         slice_axis: int = DEFAULT_SLICE_AXIS,
-        patch_dtype: str = "float16",
+        patch_dtype: str = PATCH_DTYPE,
         allow_missing_keys: bool = False,
-        patch_norm: str = "minmax",
+        patch_norm: str = PATCH_NORM,
         window_hu: tuple[float, float] | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)

@@ -115,17 +115,15 @@ def test_variant_holds_only_differences(variant):
     by_index = [k for k in diff if any(part.isdigit() for part in k.split("#"))]
     by_index += re.findall(r"@[\w#]*#\d+\b", json.dumps(diff))
     assert not by_index, f"{variant} addresses list items by index: {by_index}"
-    # a '#' override names an id that exists in what it is merged over (a typo would silently add a new key)
-    unknown = [k for k in diff if "#" in k and k.split("#")[0] in base.config and not _exists(base, k)]
-    assert not unknown, f"{variant} overrides ids its base does not have: {unknown}"
+    # a '#' override names an id that exists in what it is merged over (a typo would silently add a new key), or an
+    # argument of a component there: the rule --set overrides are checked by
+    from ctmil.bundle import check_override_ids
 
-
-def _exists(parser: ConfigParser, key: str) -> bool:
-    try:
-        parser[key]
-        return True
-    except (KeyError, IndexError, ValueError, TypeError):
-        return False
+    for key in [k for k in diff if "#" in k and k.split("#")[0] in base.config]:
+        try:
+            check_override_ids([str(CONFIGS / n) for n in VARIANTS[variant]], {key: diff[key]})
+        except ValueError as err:
+            pytest.fail(f"{variant}: {err}")
 
 
 def _walk(node, targets: list, expressions: list) -> None:
@@ -177,12 +175,18 @@ def test_targets_and_package_references_resolve(name):
         assert targets or expressions, f"{name} names nothing to build"
 
 
-def test_train_json_lists_every_preprocessing_setting_at_its_default():
-    """``train.json#preprocessing_args`` is the one place a bundle user sees the settings: every keyword of
-    ``preprocessing_transforms`` (``patch_dtype`` included), with the signature's default."""
+def test_train_json_builds_every_preprocessing_setting_and_writes_none_of_their_values():
+    """``train.json#preprocessing_args`` is built by ``preprocessing_settings``: it gives every keyword of
+    ``preprocessing_transforms`` at its default, while the config writes no value of its own (each default has one
+    home, in the code), and ``preprocessing_args#<setting>`` overrides one, as for any component."""
+    from ctmil.bundle import check_override_ids
     from ctmil.transforms import preprocessing_settings
 
-    from monai.bundle import ConfigParser
-
+    raw = json.loads(Path(TRAIN).read_text())["preprocessing_args"]
+    assert raw["_target_"] == "ctmil.transforms.preprocessing_settings"
+    assert all(isinstance(v, str) and v[:1] in "@$" for k, v in raw.items() if not k.startswith("_")), raw
     parser = ConfigParser(ConfigParser.load_config_file(TRAIN))
     assert parser.get_parsed_content("preprocessing_args") == preprocessing_settings()
+    check_override_ids([str(TRAIN)], {"preprocessing_args#max_slices": 30})
+    parser.update({"preprocessing_args#max_slices": 30})
+    assert parser.get_parsed_content("preprocessing_args") == preprocessing_settings(max_slices=30)
