@@ -33,6 +33,7 @@ bench: $(STAMP)
 
 # The PNGs the docs embed (docs/img/, not tracked): made from phantoms and from the demo's own pages
 pictures: demo
+	$(PY) docs/make_layers.py
 	$(PY) docs/make_operating_point_pictures.py
 	$(PY) docs/make_crop_pictures.py
 	$(PY) docs/make_mask_pictures.py --before bf1af3b

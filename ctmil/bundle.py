@@ -25,6 +25,7 @@ from ctmil.data.bags import BagDataset
 from ctmil.stats.folds import stratified_group_folds
 from ctmil.words import plural
 from ctmil.data.preprocess import bag_datalist, preprocess_cases
+from ctmil.transforms import preprocessing_settings
 from ctmil.io.discovery import discover_cases, parse_label, read_table
 from ctmil.keys import Columns
 
@@ -240,7 +241,7 @@ def _preprocessed(datalist, cache_dir, preprocessing, labels, progress) -> pd.Da
     settings = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(preprocessing or {}).items()}
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     if not distributed or torch.distributed.get_rank() == 0:  # one writer per cache folder
-        cases = discover_cases(inputs, labels=read_labels(labels), min_slices=settings.get("min_slices", 8))
+        cases = discover_cases(inputs, labels=read_labels(labels), min_slices=preprocessing_settings(**settings)["min_slices"])
         preprocess_cases(cases, cache_dir, settings=settings, progress=progress)
     if distributed:
         torch.distributed.barrier()

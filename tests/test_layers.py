@@ -62,3 +62,17 @@ def test_the_contract_can_break(tmp_path):
     config.write_text(swapped)
     done = _lint(config)
     assert done.returncode == 1 and "BROKEN" in done.stdout and "ctmil.evaluate" in done.stdout, done.stdout[-3000:]
+
+
+def test_the_picture_draws_the_contract():
+    """docs/layers.svg (in docs/design.md) is drawn from the contract and records it: a contract changed without
+    redrawing the picture (``python docs/make_layers.py``) fails here."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_layers", ROOT / "docs" / "make_layers.py")
+    make_layers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_layers)
+    layers = make_layers.contract_layers(ROOT / "setup.cfg")
+    assert layers[0] == ["cli"] and ["io", "words"] in layers  # the parse reads the real contract
+    drawn = re.search(r"<dc:description>([^<]*)</dc:description>", (ROOT / "docs" / "layers.svg").read_text())
+    assert drawn and drawn.group(1) == make_layers.describe(layers), "redraw it: python docs/make_layers.py"
