@@ -35,8 +35,9 @@ def add_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu or cuda[:N] (default: cuda:0 when available, else cpu)")
     p.add_argument("--allow-input-mismatch", action="store_true",
                    help="evaluate inputs of another kind than the model was trained on (HU vs lung-window slice images)")
-    p.add_argument("--config", nargs="*", metavar="JSON", help="CT inputs: more config files merged over the bundle's inference.json")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="CT inputs: overrides of inference.json by MONAI id, e.g. "
+    p.add_argument("--config", nargs="*", metavar="JSON", help="more config files merged over the bundle's inference.json + "
+                   "evaluate.json (the evaluation workflow)")  # fmt: skip
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="overrides of that workflow by MONAI id, e.g. "
                    "options#top_slices=5")  # fmt: skip
     add_common(p, training=False)
     p.set_defaults(func=run)
@@ -53,10 +54,8 @@ def run(args: argparse.Namespace) -> int:
     model = existing([args.model], "model file")[0]
     labels = existing([args.labels], "labels CSV")[0] if args.labels else None
     config, overrides = configs(args.config), parse_overrides(args.set)
-    if (config or overrides) and args.datalist:
-        raise UsageError("--config/--set apply to CT inputs (they run through inference.json); a bag datalist is already preprocessed")
     if config or overrides:
-        validated(["inference.json", *config], overrides)  # before --out exists
+        validated(["inference.json", "evaluate.json", *config], overrides)  # before --out exists
     out = out_dir(args.out)
     result = evaluate_model(model, inputs, out, labels=labels, threshold=args.threshold, n_resamples=args.n_resamples,
                             seed=args.seed, device=auto_device(args.device), progress=not args.quiet,

@@ -10,11 +10,13 @@
 * ``evaluation.md``: the table and how each number was made; ``roc.png``, ``reliability.png``;
 * ``report.html``: the same as one self-contained page (:mod:`ctmil.evaluate.report_html`).
 
-Where the predictions come from (one predict path each, as in training and inference):
-
-* a **bag datalist** (``case_id, bag, label``, what ``ctmil preprocess`` writes): :func:`ctmil.train.engines.predict`;
-* **CT inputs** (export folders, NIfTI files, a CT datalist): :func:`ctmil.infer.batch.run_inference`, whose own
-  outputs go to ``out_dir/inference``.
+Where the predictions come from: the one evaluation workflow, the bundle's ``inference.json`` with ``evaluate.json``
+over it (the infer workflow, whose :class:`~ctmil.infer.writer.InferenceWriter` hands its finished table to
+:class:`~ctmil.evaluate.held_out.HeldOutReport`, which writes what is listed above). The same files come from
+``ctmil evaluate`` and from ``python -m monai.bundle run --config_file "['inference.json','evaluate.json']"``. Its
+inputs are CT (export folders, NIfTI files, a CT datalist), preprocessed as the model records, or a **bag datalist**
+(``case_id, bag, label``, what ``ctmil preprocess`` writes), whose bags are read as they are
+(:mod:`ctmil.infer.bag_inputs`). The infer workflow's own outputs go to ``out_dir/inference``.
 
 Labels come from the datalist, else from ``labels`` (a labels CSV or a mapping); unlabelled cases are left out with
 a warning. A case that cannot be predicted is left out and listed in ``result["failed"]`` with its one-line reason.
@@ -34,24 +36,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ctmil.data.preprocess import case_error_text
 from ctmil.io.atomic import atomic_write_csv, atomic_write_text
-from ctmil.stats.calibration import apply_calibration, brier_score, expected_calibration_error, plot_reliability
+from ctmil.stats.calibration import brier_score, expected_calibration_error, plot_reliability
 from ctmil.stats.metrics import roc_curve
 from ctmil.report.plots import RocCurve, RocPoint, plot_roc as draw_roc
 from ctmil.evaluate.report_html import write_evaluate_html
 from ctmil.stats.statistics import bootstrap_ci, delong_auc_ci
-from ctmil.bundle import load_bag_datalist, read_labels
-from ctmil.data.bags import BagDataset, load_bag
+from ctmil.bundle import read_labels
 from ctmil.infer.batch import run_inference
 from ctmil.infer.writer import InferenceOptions
-from ctmil.infer.model_io import load_model, recorded_operating_point
-from ctmil.io.discovery import discover_cases, read_table
-from ctmil.train.engines import predict
-from ctmil.networks.predict import BagInferer
+from ctmil.infer.bag_inputs import is_bag_datalist
+from ctmil.infer.model_io import recorded_operating_point
+from ctmil.io.discovery import discover_cases
 from ctmil.keys import Columns
 
-__all__ = ["METRIC_LABELS", "evaluate_model", "held_out_metrics", "plot_roc", "resolve_threshold"]
+__all__ = ["METRIC_LABELS", "evaluate_model", "held_out_metrics", "plot_roc", "point_source", "resolve_threshold", "write_held_out"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,57 +62,22 @@ ECE_BINS = 10
 PathLike = "str | os.PathLike[str]"
 
 
+def point_source(point: Mapping[str, Any]) -> str:
+    """Where an operating point's threshold came from, in words (``youden on 12 inner validation cases``)."""
+    rule = "" if point.get("rule") == "fixed" else f"{point.get('rule')} on "
+    return f"{rule}{point.get('source', 'the model')}"
+
+
 def resolve_threshold(threshold: float | None, model: PathLike) -> tuple[float, str]:
     """``(threshold, where it came from)``: the given one, else the operating point recorded in ``model.json``
     beside the model (learnt on training data, :func:`~ctmil.infer.model_io.recorded_operating_point`), else 0.5."""
     source = "given (--threshold)"
     if threshold is None:
         point = recorded_operating_point(model)
-        rule = "" if point["rule"] == "fixed" else f"{point['rule']} on "
-        threshold, source = point[Columns.THRESHOLD], f"{rule}{point['source']}"
+        threshold, source = point[Columns.THRESHOLD], point_source(point)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold ({source}) must be a number in [0, 1], got {threshold!r}.")
     return float(threshold), source
-
-
-def _bag_datalist(inputs: Sequence[PathLike]) -> Path | None:
-    """The one bag datalist among ``inputs`` (a CSV with a ``bag`` column), or ``None`` for CT inputs."""
-    bags = [Path(p) for p in inputs if str(p).endswith(".csv") and Path(p).is_file() and "bag" in read_table(p).columns]
-    if bags and len(inputs) > 1:
-        raise ValueError(f"a bag datalist ({bags[0].name}) is evaluated on its own, not with other inputs.")
-    return bags[0] if bags else None
-
-
-def _bag_predictions(datalist: Path, loaded: Any, labels: Mapping[str, float]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(predictions [case_id, probability, label], failed [case_id, error])`` of a bag datalist, by ``predict``;
-    rows without a 0/1 label (in the datalist or ``labels``) are not predicted and have ``nan`` label and probability."""
-    if loaded.strategy != "parts":
-        raise ValueError(f"a bag datalist needs a MILNet state dict (model.pt), not a {loaded.kind} model.")
-    table = read_table(datalist)
-    if Columns.CASE_ID not in table.columns:
-        raise ValueError(f"{datalist}: a bag datalist needs case_id and bag columns (and label, or --labels).")
-    table[Columns.LABEL] = table[Columns.LABEL] if Columns.LABEL in table.columns else ""
-    known = pd.to_numeric(table[Columns.LABEL], errors="coerce").isin([0, 1])
-    table.loc[~known, Columns.LABEL] = [str(int(labels[c])) if c in labels else "" for c in table.loc[~known, Columns.CASE_ID]]
-    known = pd.to_numeric(table[Columns.LABEL], errors="coerce").isin([0, 1])
-    unlabelled = pd.DataFrame({Columns.CASE_ID: table.loc[~known, Columns.CASE_ID], Columns.PROBABILITY: np.nan, Columns.LABEL: np.nan})
-    table["bag"] = [p if Path(p).is_absolute() else str(datalist.resolve().parent / p) for p in table["bag"]]
-    table = load_bag_datalist(table.loc[known])  # the one datalist reader (bag paths, duplicate ids)
-    bags, failed = [], []
-    for row in table.itertuples():
-        try:
-            bags.append((row.case_id, load_bag(row.bag), float(row.label)))
-        except Exception as raised:  # one unreadable bag must not stop the evaluation
-            failed.append({Columns.CASE_ID: row.case_id, "error": case_error_text(raised, row.case_id)})
-    predictions = pd.DataFrame({Columns.CASE_ID: [], Columns.PROBABILITY: [], Columns.LABEL: []})
-    if bags:
-        ids, dicts, ys = zip(*bags)
-        dataset = BagDataset(list(dicts), labels=list(ys), case_ids=list(ids))
-        out = predict(loaded.module, dataset, device=loaded.device, inferer=BagInferer(loaded.chunk_size))
-        probability = apply_calibration(loaded.operating_point["calibration"], np.asarray(out["prob"], dtype=np.float64))
-        predictions = pd.DataFrame({Columns.CASE_ID: out[Columns.CASE_ID], Columns.PROBABILITY: probability, Columns.LABEL: out[Columns.LABEL]})
-    predictions = pd.concat([predictions, unlabelled], ignore_index=True) if len(unlabelled) else predictions
-    return predictions, pd.DataFrame(failed, columns=[Columns.CASE_ID, "error"])
 
 
 def _both_classes_before_inference(sources: Sequence[PathLike], known: Mapping[str, float]) -> None:
@@ -125,19 +89,6 @@ def _both_classes_before_inference(sources: Sequence[PathLike], known: Mapping[s
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f"evaluation needs labelled cases of both classes; the inputs' labels (--labels, or a datalist's "
                          f"label column) give {n_pos} positive and {n_neg} negative: nothing was run")
-
-
-def _ct_predictions(inputs: Sequence[PathLike], loaded: Any, out_dir: Path, labels: Mapping[str, float], threshold: float,
-                    progress: bool, save_maps: bool, allow_input_mismatch: bool = False, config: Sequence[PathLike] = (),
-                    overrides: Mapping[str, Any] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
-    """``(predictions, failed)`` of CT inputs by :func:`run_inference` into ``out_dir/inference``."""
-    options = InferenceOptions(threshold=threshold, save_maps=save_maps, save_overlays=save_maps)
-    frame, _ = run_inference(list(inputs), loaded, out_dir / "inference", options, labels=dict(labels), progress=progress,
-                             allow_input_mismatch=allow_input_mismatch, config=list(config), overrides=dict(overrides or {}))  # fmt: skip
-    ok = frame[Columns.STATUS] != "failed"
-    predictions = pd.DataFrame({Columns.CASE_ID: frame.loc[ok, Columns.CASE_ID], Columns.PROBABILITY: frame.loc[ok, Columns.PROBABILITY],
-                                Columns.LABEL: frame.loc[ok, Columns.LABEL].astype(float)})  # fmt: skip
-    return predictions.reset_index(drop=True), frame.loc[~ok, [Columns.CASE_ID, "error"]].reset_index(drop=True)
 
 
 def _labelled(predictions: pd.DataFrame, n_failed: int) -> pd.DataFrame:
@@ -256,11 +207,11 @@ def evaluate_model(
         labels: labels CSV or mapping by case id, for cases the datalist gives no label.
         threshold: the operating threshold; ``None``: ``model.json``'s ``threshold``, else 0.5.
         n_resamples, seed, level: the bootstrap; ``level`` is also DeLong's.
-        save_maps: attention maps and overlays for CT inputs (in ``out_dir/inference``).
+        save_maps: attention maps (in ``out_dir/inference``), and overlays for CT inputs (a bag holds no CT).
         allow_input_mismatch: evaluate CT inputs of another intensity than the model was trained on
             (:func:`ctmil.infer.run_checks.check_input_intensity`; refused by default).
-        config, overrides: for CT inputs, more config files over the bundle's ``inference.json`` and overrides by
-            MONAI id (as ``ctmil infer --config/--set``).
+        config, overrides: more config files over the bundle's ``inference.json`` + ``evaluate.json`` and overrides by
+            MONAI id (as ``ctmil infer --config/--set``; ``options#<field>`` changes what is written per case).
 
     Returns:
         ``metrics``, ``predictions``, ``failed`` (``case_id, error``) frames; ``table`` (Markdown); ``threshold``,
@@ -273,35 +224,87 @@ def evaluate_model(
     if not sources:
         raise ValueError("no inputs to evaluate.")
     t, source = resolve_threshold(threshold, model)
-    loaded, known, out = load_model(model, device=device), read_labels(labels), Path(out_dir)
-    datalist = _bag_datalist(sources)
-    if datalist is None:
+    known, out = read_labels(labels), Path(out_dir)
+    bags = any(is_bag_datalist(p) for p in sources)
+    if bags and len(sources) > 1:
+        raise ValueError("a bag datalist is evaluated on its own, not with other inputs.")
+    if not bags:
         _both_classes_before_inference(sources, known)
     out.mkdir(parents=True, exist_ok=True)
-    if datalist is not None:
-        predicted, failed = _bag_predictions(datalist, loaded, known)
-    else:
-        predicted, failed = _ct_predictions(sources, loaded, out, known, t, progress, save_maps, allow_input_mismatch,
-                                            config, overrides)  # fmt: skip
+    report = HeldOutReport(out, model=model, threshold=t, threshold_source=source, n_resamples=n_resamples, seed=seed, level=level)
+    options = InferenceOptions(threshold=t, save_maps=save_maps, save_overlays=save_maps and not bags)
+    run_inference(sources, model, out / "inference", options, device=device, labels=known, progress=progress,
+                  allow_input_mismatch=allow_input_mismatch, config=["evaluate.json", *config],
+                  overrides={"held_out": report, "evaluation_dir": str(out), **dict(overrides or {})})  # fmt: skip
+    if report.result is None:  # pragma: no cover - the writer hands every finished table on
+        raise RuntimeError("the evaluation workflow finished without its held-out report")
+    return report.result
+
+
+def write_held_out(predictions: pd.DataFrame, out_dir: PathLike, *, model: PathLike, threshold: float, threshold_source: str,
+                   n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict:  # fmt: skip
+    """The held-out evaluation of an infer workflow's ``predictions`` table (``case_id, status, probability, label,
+    error``, ...) into ``out_dir``: every file of the module docstring. Failed cases are listed, unlabelled ones left
+    out with a warning; the result is what :func:`evaluate_model` returns.
+
+    Raises:
+        ValueError: not one labelled case of each class.
+    """
+    out = Path(out_dir)
+    ok = predictions[Columns.STATUS] != "failed"
+    failed = predictions.loc[~ok, [Columns.CASE_ID, "error"]].reset_index(drop=True)
+    predicted = pd.DataFrame({Columns.CASE_ID: predictions.loc[ok, Columns.CASE_ID],
+                              Columns.PROBABILITY: pd.to_numeric(predictions.loc[ok, Columns.PROBABILITY], errors="coerce"),
+                              Columns.LABEL: pd.to_numeric(predictions.loc[ok, Columns.LABEL], errors="coerce")}).reset_index(drop=True)  # fmt: skip
+    t = float(threshold)
     kept = _labelled(predicted, len(failed))
     y, p = kept[Columns.LABEL].to_numpy(), kept[Columns.PROBABILITY].to_numpy(dtype=np.float64)
-    predictions = pd.DataFrame({Columns.CASE_ID: kept[Columns.CASE_ID], Columns.PROBABILITY: p, Columns.PREDICTION: (p >= t).astype(int), Columns.LABEL: y})
-    metrics = held_out_metrics(y, p, t, source, n_resamples, seed, level)
+    table_out = pd.DataFrame({Columns.CASE_ID: kept[Columns.CASE_ID], Columns.PROBABILITY: p, Columns.PREDICTION: (p >= t).astype(int), Columns.LABEL: y})
+    metrics = held_out_metrics(y, p, t, threshold_source, n_resamples, seed, level)
     table = _table(metrics, level)
     paths = {name: out / name for name in ("metrics.csv", "predictions.csv", "evaluation.md", "roc.png", "reliability.png")}
     atomic_write_csv(metrics, paths["metrics.csv"])
-    atomic_write_csv(predictions, paths["predictions.csv"])
+    atomic_write_csv(table_out, paths["predictions.csv"])
     auc = metrics.set_index("metric").loc["auc", "estimate"]
     plot_roc(p, y, t, paths["roc.png"], title=f"ROC, {len(y)} held-out cases (AUC {auc:.3f})")
     plot_reliability(p, y, paths["reliability.png"], n_bins=ECE_BINS, title=f"Reliability, {len(y)} held-out cases")
-    text = _markdown(table, predictions, failed, len(predicted) - len(kept), Path(model).name, f"{t:.4g} ({source})",
+    text = _markdown(table, table_out, failed, len(predicted) - len(kept), Path(model).name, f"{t:.4g} ({threshold_source})",
                      n_resamples, seed, level)  # fmt: skip
     atomic_write_text(text, paths["evaluation.md"])
-    context = (f"Model {Path(model).name}; {len(y)} held-out cases ({int(y.sum())} positive); threshold {t:.4g} ({source}); "
+    context = (f"Model {Path(model).name}; {len(y)} held-out cases ({int(y.sum())} positive); threshold {t:.4g} ({threshold_source}); "
                f"{n_resamples} stratified bootstrap resamples (seed {seed}).")  # fmt: skip
-    paths["report.html"] = write_evaluate_html(out, metrics, predictions, failed, context, METRIC_LABELS)
+    paths["report.html"] = write_evaluate_html(out, metrics, table_out, failed, context, METRIC_LABELS)
     logger.info("%d cases evaluated (%d failed); report: %s", len(y), len(failed), paths["evaluation.md"])
-    return {"metrics": metrics, "predictions": predictions, "failed": failed, "table": table, Columns.THRESHOLD: t,
-            "threshold_source": source, "metrics_csv": paths["metrics.csv"], "predictions_csv": paths["predictions.csv"],
+    return {"metrics": metrics, "predictions": table_out, "failed": failed, "table": table, Columns.THRESHOLD: t,
+            "threshold_source": threshold_source, "metrics_csv": paths["metrics.csv"], "predictions_csv": paths["predictions.csv"],
             "report": paths["evaluation.md"], "roc": paths["roc.png"], "reliability": paths["reliability.png"],
             "html": paths["report.html"]}  # fmt: skip
+
+
+class HeldOutReport:
+    """The held-out evaluation as the infer workflow's writer hands on its finished table (``InferenceWriter(then=...)``
+    in ``evaluate.json``): :func:`write_held_out` into ``output_dir``, its result kept as :attr:`result`.
+
+    Args:
+        output_dir: where the evaluation goes (the infer workflow writes into its ``inference/``).
+        model: the model file (named in the report).
+        threshold: the operating threshold the predictions were made at.
+        threshold_source: where it came from, in words; ``None``: from ``operating_point`` (the model's), or "given"
+            when ``threshold`` is not that point's.
+        operating_point: the model's recorded point (:func:`~ctmil.infer.model_io.recorded_operating_point`).
+        n_resamples, seed, level: the bootstrap; ``level`` is also DeLong's.
+    """
+
+    def __init__(self, output_dir: PathLike, model: PathLike, threshold: float, threshold_source: str | None = None,
+                 operating_point: Mapping[str, Any] | None = None, n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> None:  # fmt: skip
+        if threshold_source is None:
+            recorded = operating_point is not None and float(operating_point[Columns.THRESHOLD]) == float(threshold)
+            threshold_source = point_source(operating_point) if recorded else "given (threshold)"
+        self.output_dir, self.model, self.threshold, self.threshold_source = Path(output_dir), model, float(threshold), threshold_source
+        self.n_resamples, self.seed, self.level = int(n_resamples), int(seed), float(level)
+        self.result: dict | None = None
+
+    def __call__(self, predictions: pd.DataFrame) -> None:
+        self.result = write_held_out(predictions, self.output_dir, model=self.model, threshold=self.threshold,
+                                     threshold_source=self.threshold_source, n_resamples=self.n_resamples, seed=self.seed,
+                                     level=self.level)  # fmt: skip

@@ -30,6 +30,7 @@ from monai.transforms import Compose
 from torch.utils.data import DataLoader, Dataset
 
 from ctmil.data.preprocess import case_error_text, join_warnings
+from ctmil.infer.bag_inputs import is_bag_case, load_bag_case
 from ctmil.infer.model_io import InferenceModel, load_model
 from ctmil.infer.lock import output_lock
 from ctmil.infer.shards import rank_cases, shard_table
@@ -96,7 +97,10 @@ class CaseDataset(Dataset):
             item["error"] = case.get("error") or "no input"
             return item
         try:
-            bag, t_load, t_pre = self.pipeline({"image": case["image"], Columns.CASE_ID: case[Columns.CASE_ID], Columns.LABEL: case.get(Columns.LABEL)})
+            if is_bag_case(case):  # a bag datalist's case: already preprocessed (ctmil.infer.bag_inputs)
+                bag, t_load, t_pre = load_bag_case(case)
+            else:
+                bag, t_load, t_pre = self.pipeline({"image": case["image"], Columns.CASE_ID: case[Columns.CASE_ID], Columns.LABEL: case.get(Columns.LABEL)})
             item.update(bag=bag, t_load_s=round(t_load, 4), t_preprocess_s=round(t_pre, 4))
         except Exception as raised:  # one case must never stop the batch
             item["error"] = case_error_text(raised, case[Columns.CASE_ID])
@@ -165,6 +169,16 @@ def case_loader(dataset: CaseDataset, num_workers: int = 0, prefetch: int = 0) -
     return PrefetchLoader(dataset, prefetch)
 
 
+def _kept_slices(bag: Mapping[str, Any]) -> "int | str":
+    """How many slices the bag holds: its ``kept_slices``, else its distinct ``slice_index`` values (a bag made
+    outside ctmil's preprocessing), else unknown (empty)."""
+    if "kept_slices" in bag:
+        return int(torch.as_tensor(bag["kept_slices"]).numel())
+    if "slice_index" in bag:
+        return int(torch.unique(torch.as_tensor(bag["slice_index"])).numel())
+    return ""
+
+
 def make_case_step(model: InferenceModel, threshold: float = 0.5):
     """Evaluation step of one case item of :class:`CaseDataset`: its ``predictions.csv`` row, bag and outputs."""
 
@@ -175,10 +189,11 @@ def make_case_step(model: InferenceModel, threshold: float = 0.5):
         if bag is None:
             row.update(status="failed", error=item["error"])
             return out
-        meta = bag["meta"]
+        meta = bag.get("meta") or {}  # a bag made outside ctmil's preprocessing may record none
+        shape = meta.get("spatial_shape")
         row.update(warning=join_warnings(case.get("warning", ""), meta),
-                   input_kind=meta.get("input_kind", ""), n_slices=int(meta["spatial_shape"][0]),
-                   n_slices_kept=int(bag["kept_slices"].numel()), K=int(bag["patches"].shape[0]),
+                   input_kind=meta.get("input_kind", "bag" if is_bag_case(case) else ""), n_slices=int(shape[0]) if shape else "",
+                   n_slices_kept=_kept_slices(bag), K=int(bag["patches"].shape[0]),
                    t_load_s=item["t_load_s"], t_preprocess_s=item["t_preprocess_s"])
         t0 = time.perf_counter()
         try:

@@ -28,7 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -134,19 +134,20 @@ def write_case_outputs(bag: dict, attention: np.ndarray | None, features: np.nda
     row fields (paths relative to ``out_dir``). The DICOM results need the case's ``row`` and the ``model``."""
     fields = {"attention_path": "", "overlay_paths": "", "features_path": "", "dicom_paths": "", "top_slices": ""}
     _clear_case_dir(folder)
-    meta = bag["meta"]
+    meta = bag.get("meta") or {}
     if options.save_features and features is not None:
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_open(folder / "features.npy", "wb") as fh:
             np.save(fh, features.astype(np.float32))
         fields["features_path"] = (folder / "features.npy").relative_to(out_dir).as_posix()
-    dicom = options.dicom and not dicom_results_reason(meta)
+    has_ct = "ct" in bag  # a bag read from a bag datalist holds no CT: no overlays, no DICOM results
+    dicom = options.dicom and has_ct and not dicom_results_reason(meta)
     if dicom and (row is None or model is None):
         raise ValueError("DICOM results need the case's row and the model's identity")
     if dicom and attention is None:  # a model without attention: the SR alone
         _write_dicom(fields, bag, None, [], row, model, folder, out_dir, options)
-    if attention is None or not (options.save_maps or options.save_overlays or dicom):
-        return fields
+    if attention is None or not (options.save_maps or options.save_overlays or dicom) or not meta.get("spatial_shape"):
+        return fields  # nothing to paint, or no grid to paint it on (a bag that records no geometry)
     top = top_attended_slices(attention, bag["slice_index"], options.top_slices)
     fields["top_slices"] = ";".join(str(int(s)) for s in top)
     painted = paint_attention(attention, bag["slice_index"], bag["position"], bag["boxes"], bag["kept_slices"],
@@ -157,7 +158,7 @@ def write_case_outputs(bag: dict, attention: np.ndarray | None, features: np.nda
         return fields
     with ThreadPoolExecutor(max_workers=1) as pool:  # the NIfTI is gzipped (zlib frees the GIL) while PNGs are drawn
         nifti = pool.submit(save_attention_nifti, painted, meta, folder / "attention.nii.gz") if options.save_maps else None
-        if options.save_overlays and top.size:
+        if options.save_overlays and has_ct and top.size:
             fields["overlay_paths"] = ";".join(_write_overlays(bag, attention, painted, top, folder, out_dir))
         if nifti is not None:
             fields["attention_path"] = nifti.result().relative_to(out_dir).as_posix()
@@ -235,6 +236,10 @@ def _write_features_csv(rows: list[dict], out_dir: Path, name: str = "features.c
     return path
 
 
+#: The warning of a case read from a bag (a bag datalist): what needs the CT is not written.
+NO_CT_WARNING = "a bag holds no CT: no overlays or DICOM results"
+
+
 class InferenceWriter:
     """Write each predicted case as it completes, and ``predictions.csv`` after every case (atomically: after a
     crash it holds every finished case). Reads the step output of :func:`ctmil.infer.batch.make_case_step`:
@@ -250,10 +255,15 @@ class InferenceWriter:
         table: the table's file name: ``predictions.csv``, or a shard's / torchrun rank's
             ``predictions.shard-I-of-N.csv`` (:func:`ctmil.infer.shards.shard_table`), merged afterwards.
         model: which model makes the predictions (recorded in the DICOM results; needed with ``options.dicom``).
+        then: what receives the finished predictions table, in order, each time it is final (after the last case, or
+            at once when a resumed run has nothing left): the held-out evaluation of ``evaluate.json``
+            (:class:`~ctmil.evaluate.held_out.HeldOutReport`) is one. An explicit dependency: it never
+            hangs on the order in which handlers are listed.
     """
 
     def __init__(self, output_dir: "str | os.PathLike[str]", options: InferenceOptions | None = None, run_key: str = "",
-                 finished: list[dict] | None = None, table: str = "predictions.csv", model: ModelIdentity | None = None) -> None:
+                 finished: list[dict] | None = None, table: str = "predictions.csv", model: ModelIdentity | None = None,
+                 then: Sequence[Callable[[pd.DataFrame], Any]] = ()) -> None:
         self.out_dir = Path(output_dir)
         self.options = options or InferenceOptions()
         self.run_key = str(run_key)
@@ -261,6 +271,7 @@ class InferenceWriter:
         self.table = str(table)  # a shard's run (or torchrun rank) writes shard_table(i, n) instead (ctmil.infer.shards)
         self.rows: list[dict] = []
         self.model = model
+        self.then = [c for c in then or () if c is not None]
         if self.options.dicom and model is None:
             raise ValueError("InferenceWriter: options.dicom needs the model's identity (model=)")
 
@@ -285,8 +296,10 @@ class InferenceWriter:
         if row[Columns.STATUS] != "failed":
             t0 = time.perf_counter()
             try:
-                if self.options.dicom and dicom_results_reason(out["bag"]["meta"]):
-                    row["warning"] = "; ".join(w for w in (row.get("warning"), dicom_results_reason(out["bag"]["meta"])) if w)
+                if "ct" not in out["bag"] and (self.options.dicom or self.options.save_overlays):
+                    row["warning"] = "; ".join(w for w in (row.get("warning"), NO_CT_WARNING) if w)
+                elif self.options.dicom and dicom_results_reason(out["bag"].get("meta") or {}):
+                    row["warning"] = "; ".join(w for w in (row.get("warning"), dicom_results_reason(out["bag"].get("meta") or {})) if w)
                 fields = write_case_outputs(out["bag"], out["attention"], out["features"], folder, self.out_dir, self.options,
                                             row, self.model)
                 if fields.get("dicom_warning"):
@@ -318,6 +331,8 @@ class InferenceWriter:
         atomic_write_csv(predictions, self.out_dir / self.table)
         if self.options.write_report and self.table == "predictions.csv":  # a shard's page is the merge's to write
             write_report(predictions, self.out_dir, self.options)
+        for consumer in self.then:
+            consumer(predictions)
         return predictions
 
 

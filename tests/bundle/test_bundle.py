@@ -1,7 +1,7 @@
 """The MONAI bundle ``bundles/covid19_severity_mil``: its workflows on tiny data (configs and tooling: test_bundle_configs.py).
 
 The train workflow runs through ``monai.bundle.ConfigWorkflow`` on tiny bag files; the model it writes is then
-evaluated with ``python -m monai.bundle run`` over ``train.json`` + ``evaluate.json`` on CT phantoms (which the
+evaluated with ``python -m monai.bundle run`` over ``inference.json`` + ``evaluate.json`` on CT phantoms (which the
 workflow preprocesses), used by the inference workflow, and exported to TorchScript with
 ``python -m monai.bundle ckpt_export``. The model is the bundle's default network, as a user trains it. The
 command-line tools run as users run them, from the bundle folder with relative config paths; everything they
@@ -116,11 +116,11 @@ def trained(tmp_path_factory, bags):
 
 @pytest.fixture(scope="module")
 def evaluated(trained, cohort) -> pd.DataFrame:
-    """``monai.bundle run`` of train.json + evaluate.json on the phantoms' CT datalist with the trained model."""
+    """``monai.bundle run`` of inference.json + evaluate.json (the evaluation workflow ``ctmil evaluate`` runs) on the
+    phantoms' CT datalist with the trained model: its preprocessing settings come from model.json."""
     _, root, _ = trained
-    _bundle_cli("run", "--config_file", "['configs/train.json','configs/evaluate.json']", "--meta_file", "configs/metadata.json",
-                "--bundle_root", str(root), "--datalist", str(cohort / "datalist.csv"), "--device", CPU,
-                *[a for k, v in PREPROCESSING.items() for a in (f"--{k}", str(v))])
+    _bundle_cli("run", "--config_file", "['configs/inference.json','configs/evaluate.json']", "--meta_file", "configs/metadata.json",
+                "--bundle_root", str(root), "--inputs", f"['{cohort / 'datalist.csv'}']", "--device", CPU, "--options#save_overlays", "False")
     return pd.read_csv(root / "eval" / "predictions.csv", dtype={"case_id": str})
 
 
@@ -179,45 +179,45 @@ def test_train_workflow(trained, bags):
 def test_evaluate_workflow(evaluated, trained, cohort):
     _, root, _ = trained
     assert evaluated["case_id"].tolist() == pd.read_csv(cohort / "datalist.csv", dtype=str)["case_id"].tolist()
-    # the evaluator used the saved weights on the bags it preprocessed: same probabilities as the one predict
-    # function with the model loaded by hand
+    # the evaluation used the saved weights on bags made as training made them (min_area_fraction 0.5 from model.json):
+    # the same probabilities as the one predict function with the model loaded by hand on training's cached bags
     cases = bu.bag_table(cohort / "datalist.csv", root / "cache", _preprocessing())
-    assert set(pd.read_csv(root / "cache" / "manifest.csv")["status"]) == {"cached"}  # the workflow's own bags
     network = MILNet(**FUSED)
     network.load_state_dict(_state(root / "models" / "model.pt"))
     with _quiet_rng_one_thread():
         expected = predict(network, bu.bag_dataset(cases))
     assert expected["case_id"] == evaluated["case_id"].tolist()
-    np.testing.assert_allclose(evaluated["raw_probability"], expected["prob"], atol=1e-6)
     np.testing.assert_array_equal(evaluated["label"], expected["label"])
     # scored at the operating point ctmil train recorded in model.json (calibration map + threshold), as ctmil evaluate
     point = json.loads((root / "models" / "model.json").read_text())["operating_point"]
-    calibrated, decided = apply_operating_point(point, evaluated["raw_probability"].to_numpy())
-    np.testing.assert_allclose(evaluated["probability"], calibrated, atol=1e-9)
-    assert set(evaluated["threshold"]) == {point["threshold"]}
+    calibrated, decided = apply_operating_point(point, np.asarray(expected["prob"], dtype=np.float64))
+    np.testing.assert_allclose(evaluated["probability"], calibrated, atol=1e-6)  # the table keeps 6 decimals
     np.testing.assert_array_equal(evaluated["prediction"], decided)
+    # the held-out report of ctmil evaluate: metrics with CIs, the threshold and where it came from
     table = pd.read_csv(root / "eval" / "metrics.csv")
-    assert table.columns.tolist() == ["metric", "value"]  # a header, as every ctmil table
-    metrics = table.set_index("metric")["value"]
+    assert table.columns.tolist() == ["metric", "estimate", "lower", "upper", "method"]
+    metrics = table.set_index("metric")
     reference = binary_metrics(calibrated, evaluated["label"].to_numpy(), point["threshold"])
-    for name in ("accuracy", "sensitivity", "specificity", "f1"):
-        np.testing.assert_allclose(metrics[name], reference[name], equal_nan=True)
-    np.testing.assert_allclose(metrics["val_auc"], reference["auc"], equal_nan=True)
+    for name in ("accuracy", "sensitivity", "specificity", "f1", "auc"):
+        np.testing.assert_allclose(metrics.loc[name, "estimate"], reference[name], atol=1e-6, equal_nan=True)
+    assert metrics.loc["threshold", "estimate"] == pytest.approx(point["threshold"]) and "youden" in metrics.loc["threshold", "method"]
+    assert {"evaluation.md", "roc.png", "reliability.png", "report.html"} <= {p.name for p in (root / "eval").iterdir()}
+    assert (root / "eval" / "inference" / "predictions.csv").is_file()  # the infer workflow's own table
 
 
 def test_inference_workflow_matches_evaluation(inferred, evaluated, trained, cohort):
     _, root, _ = trained
     assert inferred["status"].tolist() == ["ok", "ok"]
     # the same preprocessing (read from model.json: min_area_fraction 0.5) and weights as the evaluator
-    merged = inferred.merge(evaluated[["case_id", "raw_probability", "probability"]], on="case_id", suffixes=("", "_evaluator"))
+    merged = inferred.merge(evaluated[["case_id", "probability"]], on="case_id", suffixes=("", "_evaluator"))
     assert len(merged) == 2
     # inference calibrates with the operating point recorded in model.json, as the evaluator does: one vocabulary
     np.testing.assert_allclose(merged["probability"], merged["probability_evaluator"], atol=1e-5)
     point = json.loads((root / "models" / "model.json").read_text())["operating_point"]
-    calibrated, decision = apply_operating_point(point, merged["raw_probability"].to_numpy())
-    np.testing.assert_allclose(merged["probability"], calibrated, atol=1e-5)
+    decision = (merged["probability"].to_numpy() >= point["threshold"]).astype(int)  # calibrated: see test_evaluate_workflow
     ours = inferred.set_index("case_id").loc[merged["case_id"]]
     assert (ours["prediction"].to_numpy() == decision).all() and (ours["threshold"] == point["threshold"]).all()
+    bu.bag_table(cohort / "datalist.csv", root / "cache", _preprocessing())  # training's bags (cached: made once)
     manifest = pd.read_csv(root / "cache" / "manifest.csv", dtype={"case_id": str}).set_index("case_id")
     for row in inferred.itertuples():
         assert row.K == _state(manifest.loc[row.case_id, "bag_path"])["patches"].shape[0] < 12 * row.n_slices

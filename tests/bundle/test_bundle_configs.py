@@ -85,7 +85,7 @@ def _load(*names: str) -> dict:
 
 
 #: each variant and the configs it is merged over (as ``ctmil`` and the bundle README merge them)
-VARIANTS = {"multi_gpu_train.json": ("train.json",), "multi_gpu_inference.json": ("inference.json",), "evaluate.json": ("train.json",), "cv.json": ("train.json",),
+VARIANTS = {"multi_gpu_train.json": ("train.json",), "multi_gpu_inference.json": ("inference.json",), "evaluate.json": ("inference.json",), "cv.json": ("train.json",),
             "demo.json": ("train.json", "cv.json")}
 
 

@@ -16,9 +16,11 @@ def test_the_prediction_path_is_defined_once():
 
 
 def test_every_caller_uses_it():
-    """Inference, held-out evaluation and the engines import it from its home; both bundle configs name it there."""
-    for module in ("ctmil/infer/model_io.py", "ctmil/evaluate/held_out.py", "ctmil/train/engines.py", "ctmil/train/steps.py"):
+    """Inference and the engines import it from its home, held-out evaluation runs the infer workflow; both bundle
+    configs name it there."""
+    for module in ("ctmil/infer/model_io.py", "ctmil/train/engines.py", "ctmil/train/steps.py"):
         assert "from ctmil.networks.predict import" in (ROOT / module).read_text(), module
+    assert "from ctmil.infer.batch import run_inference" in (ROOT / "ctmil/evaluate/held_out.py").read_text()
     for config in ("train.json", "inference.json"):
         text = (ROOT / "bundles" / "covid19_severity_mil" / "configs" / config).read_text()
         assert "ctmil.networks.predict.BagInferer" in text and "steps.BagInferer" not in text, config
