@@ -28,6 +28,11 @@ from ctmil.io.atomic import atomic_write_csv
 from ctmil.evaluate.attention_hits import hit_rates, patch_lesion_fraction
 from ctmil.evaluate.cv import run_cv
 from ctmil.evaluate.held_out import METRIC_LABELS, evaluate_model
+from ctmil.infer.batch import CaseDataset
+from ctmil.infer.model_io import load_model
+from ctmil.io.readers import load_nifti
+from ctmil.transforms import preprocessing_transforms
+from ctmil.transforms.load import LoadCT
 from ctmil.report.html import GalleryItem, HtmlReport
 from ctmil.synthetic.phantoms import generate_cohort
 from ctmil.keys import Columns
@@ -44,12 +49,6 @@ def _cohort(out: Path, spec: dict, progress: bool, masks: bool = False) -> pd.Da
 
 def attention_hits(model_path: Path, cohort_dir: Path, table: pd.DataFrame, min_fraction: float, alpha: float) -> tuple:
     """Per severe held-out case: its bag (the model's recorded preprocessing), attention, and lesion share per patch."""
-    from ctmil.infer.batch import CaseDataset
-    from ctmil.infer.model_io import load_model
-    from ctmil.io.readers import load_nifti
-    from ctmil.transforms import preprocessing_transforms
-    from ctmil.transforms.load import LoadCT
-
     model = load_model(model_path)
     severe = table[table[Columns.LABEL] == 1]
     cases = [{Columns.CASE_ID: r.case_id, "image": str(cohort_dir / r.dicom_dir), Columns.LABEL: 1.0, "source": r.dicom_dir}

@@ -436,3 +436,14 @@ def test_the_old_preprocessing_id_gets_a_hint(tmp_path, capsys):
     assert main(["train", str(data), "--out", str(tmp_path / "o"), "--set", "preprocessing#max_slices=4"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: unknown config id 'preprocessing#max_slices'") and "'preprocessing_args#max_slices'" in err
+
+
+def test_building_the_parser_imports_no_torch():
+    """``ctmil --help`` and every usage error come before torch or MONAI is imported: the command modules import
+    the library inside ``run`` (the one place ctmil imports its own modules lazily, tests/test_layers.py)."""
+    import subprocess
+    import sys
+
+    script = "import sys; from ctmil.cli.main import build_parser; build_parser(); print(sorted({'torch', 'monai'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -76,3 +76,21 @@ def test_the_picture_draws_the_contract():
     assert layers[0] == ["cli"] and ["io", "words"] in layers  # the parse reads the real contract
     drawn = re.search(r"<dc:description>([^<]*)</dc:description>", (ROOT / "docs" / "layers.svg").read_text())
     assert drawn and drawn.group(1) == make_layers.describe(layers), "redraw it: python docs/make_layers.py"
+
+
+def test_no_library_module_imports_ctmil_inside_a_function():
+    """Imports of ctmil modules sit at the top of each module, where the layers contract sees them plainly; only the
+    command line imports lazily, so that ``ctmil --help`` starts without torch
+    (tests/test_cli.py::test_building_the_parser_imports_no_torch)."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "ctmil").rglob("*.py")):
+        if "cli" in path.relative_to(ROOT / "ctmil").parts:
+            continue
+        for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                found += [f"{path.relative_to(ROOT)}:{n.lineno}" for n in ast.walk(fn)
+                          if isinstance(n, ast.ImportFrom) and (n.module or "").split(".")[0] == "ctmil"
+                          or isinstance(n, ast.Import) and any(a.name.split(".")[0] == "ctmil" for a in n.names)]  # fmt: skip
+    assert not found, found

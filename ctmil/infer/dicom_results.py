@@ -32,6 +32,7 @@ import numpy as np
 
 from ctmil import __version__
 from ctmil.infer.attention_maps import GRID
+from ctmil.io.atomic import atomic_open
 from ctmil.infer.overlays import _grid_lines, overlay_rgb
 from ctmil.keys import Columns
 
@@ -231,8 +232,6 @@ def write_dicom_results(bag: Mapping, painted: "np.ndarray | None", top: Sequenc
     ``painted``: the ``(S, H, W)`` attention map (``None``: a model without attention, the SR alone); ``top``: the slices to draw overlays of; ``row``: the case's
     ``predictions.csv`` row (``probability``, ``threshold``, ``prediction``).
     """
-    from ctmil.io.atomic import atomic_open
-
     meta = bag["meta"]
     sources = source_headers(meta)
     if len(sources) != int(meta["spatial_shape"][0]):

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 from ignite.engine import Engine, Events
 
+from ctmil.data.preprocess import case_error_text
 from ctmil.io.atomic import atomic_open, atomic_write_csv, atomic_write_text
 from ctmil.io.paths import safe_case_name
 from ctmil.infer.dicom_results import DICOM_DIR, ModelIdentity, dicom_results_reason, write_dicom_results
@@ -307,8 +308,6 @@ class InferenceWriter:
                 fields.pop("dicom_warning", None)
                 row.update(fields, t_write_s=round(time.perf_counter() - t0, 4))
             except Exception as raised:  # one case must never stop the batch
-                from ctmil.data.preprocess import case_error_text
-
                 row.update(status="failed", error=case_error_text(raised, row[Columns.CASE_ID]), probability="", prediction="")
         if row[Columns.STATUS] == "failed":
             with contextlib.suppress(OSError):
