@@ -43,6 +43,8 @@ LEVERS = {
     "both_fusion": ("min-max and window as two channels, fused with the lung-density model", {"preprocessing_args#patch_norm": "both"}),
     "both_fusion_attn": ("both channels + fusion, attention scored on the min-max channel only (a second encoder)",
                          {"preprocessing_args#patch_norm": "both", "network_def#attention_channels": 1}),
+    "both_fusion_attn_r2": ("both channels + fusion, attention on the min-max channel, 2 repeats of 3 folds",
+                            {"preprocessing_args#patch_norm": "both", "network_def#attention_channels": 1, "cv#n_repeats": 2, "cv#settings": ["D"]}),
     "fusion_r2": ("today's default and Q, 2 repeats of 3 folds (the second repeat on fresh folds)",
                   {"cv#n_repeats": 2, "cv#settings": ["D", "Q"]}),
     "cosine": ("the default + a cosine learning-rate schedule (1e-4 to 1e-6 over the epochs)", {"lr_schedule": "cosine"}),
@@ -156,6 +158,42 @@ def _fusion(out: Path) -> str:
             "(no threshold learnt) | | 0 |")
 
 
+#: the levers whose threshold rules :func:`rule_table` compares
+RULE_LEVERS = ("fusion_r2", "both_fusion", "both_fusion_attn_r2", "base")
+
+
+def rule_table(out: Path) -> str:
+    """Sensitivity and specificity of each repeat of :data:`RULE_LEVERS` at two thresholds on the same calibrated
+    out-of-fold probabilities: the point the run learnt (its rule, Youden's J for runs made before the prevalence rule),
+    and the severe fraction of each fold's training and calibration cases (the ``prevalence`` rule, recomputed
+    exactly: the calibration map is the same, only the threshold differs, and training does not depend on it)."""
+    from ctmil.evaluate.report import read_predictions
+
+    rows = ["| lever | setting | repeat | learnt point: sensitivity / specificity | prevalence: sensitivity / specificity | prevalence |",
+            "|---|---|---|---|---|---|"]
+    for name in RULE_LEVERS:
+        file = out / name / "predictions.csv"
+        if not file.is_file():
+            continue
+        pred = read_predictions(file)
+        for (setting, repeat), part in pred.groupby(["setting", "repeat"]):
+            called, fractions = [], []
+            for fold, test in part.groupby("fold"):
+                fraction = float(part.loc[part["fold"] != fold, "label"].mean())
+                called.append(test.assign(called=(test["probability"] >= fraction).astype(int)))
+                fractions.append(fraction)
+            both = pd.concat(called)
+            y = both["label"].to_numpy()
+
+            def rates(decision) -> str:
+                d = decision.to_numpy()
+                return f"{(d[y == 1] == 1).mean():.3f} / {(d[y == 0] == 0).mean():.3f}"
+
+            rows.append(f"| `{name}` | {setting} | {repeat} | {rates(both['prediction'])} | {rates(both['called'])} | "
+                        f"{min(fractions):.3f}–{max(fractions):.3f} |")
+    return "\n".join(rows)
+
+
 #: the levers drawn in docs/img/accuracy_roc.png (when their runs exist), with their labels
 FIGURE_LEVERS = {"q": "Q: density histogram + logistic regression", "base": "the paper's network alone",
                  "fusion": "default: network fused with the density model", "both_fusion": "two channels + fusion"}
@@ -211,6 +249,8 @@ def main(argv=None) -> int:
         for name in args.only or LEVERS:
             run(name, out, data)
     print(table(out))
+    print()
+    print(rule_table(out))
     if figure(out, ROOT / "docs" / "img" / "accuracy_roc.png"):
         print("wrote docs/img/accuracy_roc.png")
     return 0

@@ -29,7 +29,7 @@ __all__ = [
 ]  # fmt: skip
 
 CALIBRATION_METHODS = ("platt", "isotonic", "none")
-THRESHOLD_RULES = ("youden", "sensitivity", "fixed")
+THRESHOLD_RULES = ("youden", "prevalence", "sensitivity", "fixed")
 BIN_STRATEGIES = ("uniform", "quantile")
 LOGIT_EPS = 1e-7  # probabilities are clipped to [eps, 1 - eps] before the logit of the Platt map
 
@@ -96,6 +96,10 @@ def choose_threshold(probs, labels, rule: str = "youden", target: Optional[float
       (the more sensitive one) wins. ``target`` must be ``None``.
     * ``"sensitivity"``: the highest threshold whose sensitivity is ``>= target`` (``target`` in (0, 1]),
       i.e. the most specific one that still meets the target on these data.
+    * ``"prevalence"``: the fraction of positives, ``target`` (in (0, 1); the prevalence of every case the model was
+      trained and calibrated on, which the caller knows) or else ``labels``'. For calibrated probabilities this is the
+      threshold that maximises the expected Youden's J (call ``p >= prevalence`` positive: ``p / π > (1 - p) / (1 - π)``),
+      without picking one observed probability among a dozen fitting cases.
     * ``"fixed"``: ``target`` itself (in [0, 1]); the data are still validated.
     """
     if rule not in THRESHOLD_RULES:
@@ -106,9 +110,13 @@ def choose_threshold(probs, labels, rule: str = "youden", target: Optional[float
         raise ValueError(f"rule 'sensitivity' needs a target in (0, 1], got {target}.")
     if rule == "fixed" and (target is None or not 0.0 <= target <= 1.0):
         raise ValueError(f"rule 'fixed' needs a target in [0, 1], got {target}.")
+    if rule == "prevalence" and target is not None and not 0.0 < target < 1.0:
+        raise ValueError(f"rule 'prevalence' takes a prevalence in (0, 1) as target, got {target}.")
     y, p = as_binary_arrays(labels, probs, both_classes=rule != "fixed", unit_interval=True)
     if rule == "fixed":
         return float(target)
+    if rule == "prevalence":
+        return float(target) if target is not None else float(y.mean())
     values = np.unique(p)  # ascending candidates; threshold t calls p >= t positive
     pos, neg = np.sort(p[y == 1]), np.sort(p[y == 0])
     tp = pos.size - np.searchsorted(pos, values, side="left")  # positives at or above each candidate

@@ -51,7 +51,9 @@ def fit_operating_point(
 
     Args:
         calibration: ``"platt"``, ``"isotonic"`` or ``"none"``.
-        rule: ``"youden"``, ``"sensitivity"`` (needs ``target``) or ``"fixed"`` (``target``, or ``fallback_threshold``).
+        rule: ``"youden"``, ``"prevalence"`` (``target``: the prevalence of the model's training and calibration cases;
+            ``None``: of these cases), ``"sensitivity"`` (needs ``target``) or ``"fixed"`` (``target``, or
+            ``fallback_threshold``).
         fallback_threshold: the threshold when the cases cannot support a fit (none, or one class only).
         source: words for where the cases came from, recorded in the result.
     """
@@ -77,8 +79,12 @@ def fit_operating_point(
                                         f"against the model (Platt slope {calib['coef']:.3g} <= 0; {source})"),
                 "n_cases": n, "n_positive": n_pos}  # fmt: skip
     p_cal = apply_calibration(calib, p)
-    threshold = _midpoint(choose_threshold(p_cal, y, rule, target if rule == "sensitivity" else None), p_cal)
-    return {"calibration": calib, Columns.THRESHOLD: threshold, "rule": rule, "target": target if rule == "sensitivity" else None,
+    if rule == "prevalence":  # a fraction, not an observed probability: no midpoint
+        threshold = choose_threshold(p_cal, y, rule, target)
+        target = threshold
+    else:
+        threshold = _midpoint(choose_threshold(p_cal, y, rule, target if rule == "sensitivity" else None), p_cal)
+    return {"calibration": calib, Columns.THRESHOLD: threshold, "rule": rule, "target": target if rule in ("sensitivity", "prevalence") else None,
             "n_cases": n, "n_positive": n_pos, "source": f"{source} ({n} cases, {n_pos} positive)"}  # fmt: skip
 
 

@@ -173,6 +173,9 @@ def predict_fold(features: pd.DataFrame, fit: pd.DataFrame, calibration: pd.Data
         classes = list(model.classes_)
         return p[:, classes.index(1)] if 1 in classes else np.zeros(len(rows))
 
+    if rule == "prevalence" and target is None:  # as the deep runs' handler: every case it trained and calibrated on
+        known = pd.concat([fit[Columns.LABEL], calibration[Columns.LABEL]]).astype(float)
+        target = float(known.mean()) if 0 < known.sum() < len(known) else None
     point = fit_operating_point(prob(calibration), calibration[Columns.LABEL].to_numpy(), calibration_method, rule, target,
                                 fallback_threshold, source="inner validation")  # fmt: skip
     estimator = model.named_steps["model"]

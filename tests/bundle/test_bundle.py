@@ -200,7 +200,7 @@ def test_evaluate_workflow(evaluated, trained, cohort):
     reference = binary_metrics(calibrated, evaluated["label"].to_numpy(), point["threshold"])
     for name in ("accuracy", "sensitivity", "specificity", "f1", "auc"):
         np.testing.assert_allclose(metrics.loc[name, "estimate"], reference[name], atol=1e-6, equal_nan=True)
-    assert metrics.loc["threshold", "estimate"] == pytest.approx(point["threshold"]) and "youden" in metrics.loc["threshold", "method"]
+    assert metrics.loc["threshold", "estimate"] == pytest.approx(point["threshold"]) and point["rule"] in metrics.loc["threshold", "method"]
     assert {"evaluation.md", "roc.png", "reliability.png", "report.html"} <= {p.name for p in (root / "eval").iterdir()}
     assert (root / "eval" / "inference" / "predictions.csv").is_file()  # the infer workflow's own table
 

@@ -181,3 +181,30 @@ def test_plot_reliability_writes_a_png(tmp_path, probs):
 def test_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("target, expected", [(None, 0.4), (0.25, 0.25)])
+def test_the_prevalence_rule_is_the_positive_fraction(target, expected):
+    probs, labels = [0.1, 0.9, 0.3, 0.8, 0.2], [0, 1, 0, 1, 0]
+    assert choose_threshold(probs, labels, "prevalence", target) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("target", [0.0, 1.0, 1.5, -0.1])
+def test_the_prevalence_rule_refuses_a_fraction_outside_0_1(target):
+    with pytest.raises(ValueError, match="prevalence"):
+        choose_threshold([0.1, 0.9], [0, 1], "prevalence", target)
+
+
+def test_at_the_prevalence_calibrated_probabilities_give_the_best_expected_youden():
+    """Why the rule: for calibrated probabilities p (labels drawn with P(y=1) = p), thresholding at the prevalence
+    maximises the expected sensitivity + specificity, here against every other threshold on a fine grid."""
+    rng = np.random.default_rng(0)
+    p = rng.beta(1.2, 2.5, size=200_000)
+    prevalence = p.mean()
+
+    def expected_j(t):
+        called = p >= t
+        return (p * called).sum() / p.sum() + ((1 - p) * ~called).sum() / (1 - p).sum() - 1
+
+    grid = np.linspace(0.01, 0.99, 99)
+    assert expected_j(prevalence) >= max(expected_j(t) for t in grid) - 1e-4

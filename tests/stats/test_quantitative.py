@@ -257,3 +257,16 @@ def test_q_separates_severe_phantoms_after_real_preprocessing(phantom_datalist, 
     assert learnt.loc["Q", "auc_mean"] >= 0.9
     if fraction == 0.0:
         assert (pred["threshold"] == 0.5).all()  # no inner cases: the fixed threshold, as a deep run keeps it
+
+
+def test_q_learns_the_prevalence_rule_from_every_case_it_was_fitted_and_calibrated_on():
+    """As the deep runs' handler: rule "prevalence" thresholds Q's calibrated probability at the severe fraction of
+    its fit and calibration rows (here 9 of 27), not of the calibration rows alone (2 of 9)."""
+    table = _table([int(i % 3 == 0) for i in range(36)])
+    bags = {c: {"meta": {"density": synthetic_density(i, y)}} for i, (c, y) in enumerate(zip(table.case_id, table.label))}
+    features, _ = density_features(table, _loader(bags))
+    test, calibration, fit = table.iloc[:9], table.iloc[9:18], table.iloc[18:]
+    calibration = calibration.assign(label=[1, 0, 0, 1, 0, 0, 0, 0, 0])  # 2 of 9 severe
+    _, point = predict_fold(features, fit, calibration, test, 0, rule="prevalence")
+    expected = (fit.label.sum() + 2) / (len(fit) + 9)
+    assert point["rule"] == "prevalence" and point["threshold"] == pytest.approx(expected) != pytest.approx(2 / 9)

@@ -55,6 +55,19 @@ def test_point_is_fitted_on_the_given_cases_and_written_with_the_model(net, tmp_
     assert recorded_operating_point(tmp_path / "model.pt") == point
 
 
+@pytest.mark.parametrize("train_labels, expected", [([1, 0, 0, 0], 4 / 12), ([], 3 / 8), ([1, 1, 1, 1, 1, 1, 1, 0], 10 / 16)])
+def test_the_prevalence_rule_thresholds_at_the_severe_fraction_of_every_case_it_learnt_from(net, train_labels, expected):
+    """rule "prevalence": the calibrated probability is called severe at or above the severe fraction of the training
+    and calibration cases together (the Youden-optimal threshold of calibrated probabilities), with no midpoint."""
+    calib = BagDataset(make_bags([1, 0, 1, 0, 0, 1, 0, 0]))
+    train = BagDataset(make_bags(train_labels)) if train_labels else None
+    handler = OperatingPointHandler(net, calib, "platt", "prevalence", train_dataset=train)
+    _run([handler])
+    point = handler.result
+    assert point["rule"] == "prevalence" and point["threshold"] == pytest.approx(expected) == point["target"]
+    assert point["calibration"]["method"] == "platt" and point["n_cases"] == 8
+
+
 def test_without_cases_the_fixed_threshold_is_recorded(net, tmp_path):
     handler = OperatingPointHandler(net, None, fallback_threshold=0.3)
     _run([handler, ModelWriter(net, tmp_path, operating_point=handler)])
