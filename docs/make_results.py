@@ -68,11 +68,21 @@ def results_md(cv_dir: Path, run: dict, command: str, overrides: dict) -> str:
         "6 epochs (virtual bags from epoch 3), at most 12 slices per patient. The paper's protocol is 10 folds x 5 repeats, "
         "50 epochs; with one repeat there is no test over repeats, so settings are compared over folds (Nadeau-Bengio) "
         "and by bootstrap CIs.",
-        "* Operating point: each run learns a Platt map and a Youden threshold on 20 % of its training folds (inner "
-        "validation, never its test fold).",
+        f"* Operating point: each run learns a Platt map on 20 % of its training folds (inner validation, never its test "
+        f"fold) and its threshold by the `{_rule()}` rule (docs/operating_point.md).",
         f"* Run started {run['started']} UTC at commit {commit}{rewritten}; {_machine(run['load'])}; wall time {seconds / 60:.1f} min.",
         "", body,
     ])  # fmt: skip
+
+
+def _rule() -> str:
+    """The operating-point rule the protocol's configs give the runs (``train#operating_point#rule``)."""
+    from monai.bundle import ConfigParser
+
+    from ctmil.bundle import config_paths
+
+    parser = ConfigParser(ConfigParser.load_config_files(config_paths(list(FILES))))
+    return str(parser["train"]["operating_point"]["rule"])
 
 
 def main(argv=None) -> int:
