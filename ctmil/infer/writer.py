@@ -298,9 +298,11 @@ class InferenceWriter:
             t0 = time.perf_counter()
             try:
                 if "ct" not in out["bag"] and (self.options.dicom or self.options.save_overlays):
-                    row["warning"] = "; ".join(w for w in (row.get("warning"), NO_CT_WARNING) if w)
-                elif self.options.dicom and dicom_results_reason(out["bag"].get("meta") or {}):
-                    row["warning"] = "; ".join(w for w in (row.get("warning"), dicom_results_reason(out["bag"].get("meta") or {})) if w)
+                    missing = NO_CT_WARNING
+                else:
+                    missing = dicom_results_reason(out["bag"].get("meta") or {}) if self.options.dicom else ""
+                if missing:
+                    row["warning"] = "; ".join(w for w in (row.get("warning"), missing) if w)
                 fields = write_case_outputs(out["bag"], out["attention"], out["features"], folder, self.out_dir, self.options,
                                             row, self.model)
                 if fields.get("dicom_warning"):
