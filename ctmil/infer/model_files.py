@@ -9,9 +9,10 @@ from typing import Any
 
 import torch
 
-from ctmil.transforms.compose import RUN_OPTIONS
+from ctmil.transforms.compose import SETTINGS_BEFORE_THEY_EXISTED, complete_recorded_preprocessing  # noqa: F401  (their home)
+from ctmil.transforms.tiling import PATCH_NORM, PATCH_NORM_CHANNELS
 
-__all__ = ["ModelError", "infer_network_kwargs", "is_torchscript", "strip_prefix", "unpack"]
+__all__ = ["ModelError", "fit_patch_norm", "infer_network_kwargs", "is_torchscript", "strip_prefix", "unpack"]
 
 
 class ModelError(ValueError):
@@ -72,26 +73,12 @@ def infer_network_kwargs(state: Mapping[str, torch.Tensor]) -> dict:
     return kwargs
 
 
-#: Preprocessing settings added after models were first recorded, with the value every earlier model was
-#: trained with (the setting did not exist yet): the HU window and slice sampling (issue 12), float32 patches
-#: (issue 13; float16 storage is the default since), the air-dark lung mask without the chest-wall growth and with
-#: 8 mm of dilation, the default until the growth made it redundant (issue 24).
-SETTINGS_BEFORE_THEY_EXISTED = {"window_hu": None, "max_slices": None, "slab_mm": None, "patch_dtype": "float32", "chest_wall": False, "dilate_mm": 8.0,
-                               "patch_norm": "minmax"}
-
-
-def complete_recorded_preprocessing(recorded: dict) -> dict:
-    """A model's recorded preprocessing with the settings it predates filled with their old values.
-
-    An empty record (a bare state dict) stays empty, i.e. today's defaults. A record from before the window
-    and slice sampling existed gets ``window_hu=None, max_slices=None, slab_mm=None``, one from before float16
-    patch storage ``patch_dtype="float32"``, one from before the chest-wall growth ``chest_wall=False``, so such a model is preprocessed at inference exactly as it was in
-    training, not with today's defaults. The run's own choices (:data:`~ctmil.transforms.compose.RUN_OPTIONS`, e.g.
-    keeping implausible lungs) are dropped: inference decides them.
-    """
-    if not recorded:
-        return {}
-    return {k: v for k, v in {**SETTINGS_BEFORE_THEY_EXISTED, **recorded}.items() if k not in RUN_OPTIONS}
+def fit_patch_norm(preprocessing: Mapping[str, Any], in_channels: int) -> dict:
+    """``preprocessing`` with a ``patch_norm`` that gives the network's ``in_channels``: a model that records none (a
+    bare state dict) was trained on one channel, the paper's min-max, or on today's two (:data:`PATCH_NORM`)."""
+    if "patch_norm" in preprocessing:
+        return dict(preprocessing)
+    return {**preprocessing, "patch_norm": PATCH_NORM if in_channels == PATCH_NORM_CHANNELS[PATCH_NORM] else "minmax"}
 
 
 def is_torchscript(path: Path) -> bool:

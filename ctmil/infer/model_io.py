@@ -36,11 +36,12 @@ from ctmil.stats.calibration import apply_calibration
 from ctmil.stats.operating_point import check_operating_point, fixed_operating_point
 from ctmil.io.model_card import card_path, read_card
 from ctmil.infer.dicom_results import ModelIdentity
-from ctmil.infer.model_files import (ModelError, complete_recorded_preprocessing, infer_network_kwargs, is_torchscript,
+from ctmil.infer.model_files import (ModelError, complete_recorded_preprocessing, fit_patch_norm, infer_network_kwargs, is_torchscript,
                                      strip_prefix, unpack)
 from ctmil.networks import MILNet
 from ctmil.networks.predict import BagInferer, predict_batch
 from ctmil.transforms.density import density_input
+from ctmil.transforms.compose import bag_channels
 from ctmil.keys import Columns
 
 logger = logging.getLogger(__name__)
@@ -232,11 +233,15 @@ def recorded_network(path: "str | os.PathLike") -> dict:
         return _sidecar(path)[0]
 
 
-def network_for(path: "str | os.PathLike", **kwargs: Any) -> MILNet:
+def network_for(path: "str | os.PathLike", preprocessing: Mapping[str, Any] | None = None, **kwargs: Any) -> MILNet:
     """A ``MILNet`` shaped like the model at ``path`` (:func:`recorded_network`), with ``kwargs`` over it: the bundle's
     ``inference.json`` ``network_def``, so that its weights fit whatever settings trained them, while a
-    ``--network_def#<arg>`` override still wins."""
-    return MILNet(**{**recorded_network(path), **kwargs})
+    ``--network_def#<arg>`` override still wins. With no model at ``path`` yet, the network takes the channels of the
+    bags that ``preprocessing`` makes (e.g. for MONAI's ``verify_net_in_out``)."""
+    recorded = recorded_network(path)
+    if not recorded and preprocessing is not None:
+        recorded = {"in_channels": bag_channels(preprocessing)}
+    return MILNet(**{**recorded, **kwargs})
 
 
 def recorded_preprocessing(path: "str | os.PathLike") -> dict:
@@ -314,6 +319,7 @@ def load_model(
     preprocessing = complete_recorded_preprocessing({**side_preprocessing, **preprocessing})
     preprocessing = {k: tuple(v) if isinstance(v, list) else v for k, v in preprocessing.items()}
     kwargs = {**infer_network_kwargs(state), **side_network, **recorded, **dict(network or {})}
+    preprocessing = fit_patch_norm(preprocessing, int(kwargs.get("in_channels", 1)))
     try:
         module = MILNet(**kwargs)
     except (TypeError, ValueError) as err:

@@ -6,7 +6,7 @@ They work behind ctmil's own loader (``LoadCT``, slice-first ``(1, S, H, W)``, `
 :mod:`ctmil.transforms.layout` and docs/preprocessing.md.
 """
 
-from ctmil.transforms.compose import StoreCaseMetad, preprocessing_settings, preprocessing_transforms
+from ctmil.transforms.compose import StoreCaseMetad, bag_channels, preprocessing_settings, preprocessing_transforms
 from ctmil.transforms.crop import LungBoxCrop, LungBoxCropd, SelectLungSlices, SelectLungSlicesd
 from ctmil.transforms.density import DENSITY_FEATURES, LungDensity, LungDensityd, density_input, density_vector
 from ctmil.transforms.intensity import LUNG_WINDOW_HU, WindowHU, WindowHUd
@@ -46,6 +46,7 @@ __all__ = [
     "ToBagd",
     "WindowHU",
     "WindowHUd",
+    "bag_channels",
     "density_input",
     "density_vector",
     "lung_mask_hu",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from typing import Any
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -20,7 +21,7 @@ from ctmil.transforms.lung import INTENSITIES, LungMaskd
 from ctmil.transforms.lung_masks import CHEST_WALL, CLOSING_MM, DILATE_MM, THRESHOLD_HU
 from ctmil.transforms.plausibility import CheckLungsd
 from ctmil.transforms.sampling import MAX_SLICES, SampleSlicesd
-from ctmil.transforms.tiling import BAG_KEYS, PATCH_DTYPE, PATCH_NORM, PATCH_SIZE, ToBagd
+from ctmil.transforms.tiling import BAG_KEYS, PATCH_DTYPE, PATCH_NORM, PATCH_NORM_CHANNELS, PATCH_SIZE, ToBagd
 
 
 def _plain(value):
@@ -149,6 +150,12 @@ RUN_OPTIONS = ("allow_implausible_lungs",)
 PREPROCESSING_REVISION = 2
 
 
+def bag_channels(settings: "Mapping[str, Any] | None" = None) -> int:
+    """The channels of a patch in the bags that ``settings`` (:func:`preprocessing_transforms` keyword arguments,
+    the defaults where absent) make: the ``in_channels`` of a network that takes them."""
+    return PATCH_NORM_CHANNELS[preprocessing_settings(**dict(settings or {}))["patch_norm"]]
+
+
 def preprocessing_settings(**settings) -> dict:
     """Every keyword argument of :func:`preprocessing_transforms` (but ``image_key``) with its effective value:
     ``settings`` over the defaults, sequences as lists (as JSON writes them). Hashing this, rather than the
@@ -158,3 +165,27 @@ def preprocessing_settings(**settings) -> dict:
     full = dict(bound.arguments)
     full.pop("image_key")
     return {k: list(v) if isinstance(v, (tuple, list)) else v for k, v in full.items()}
+
+
+#: Preprocessing settings added after models were first recorded, with the value every earlier model was
+#: trained with (the setting did not exist yet): the HU window and slice sampling (issue 12), float32 patches
+#: (issue 13; float16 storage is the default since), the air-dark lung mask without the chest-wall growth and with
+#: 8 mm of dilation, the default until the growth made it redundant (issue 24), and the paper's per-patch min-max
+#: alone, the default until two channels measured better (issue 19).
+SETTINGS_BEFORE_THEY_EXISTED = {"window_hu": None, "max_slices": None, "slab_mm": None, "patch_dtype": "float32", "chest_wall": False, "dilate_mm": 8.0,
+                               "patch_norm": "minmax"}
+
+
+def complete_recorded_preprocessing(recorded: dict) -> dict:
+    """A model's recorded preprocessing with the settings it predates filled with their old values.
+
+    An empty record (a bare state dict) stays empty, i.e. today's defaults. A record from before the window
+    and slice sampling existed gets ``window_hu=None, max_slices=None, slab_mm=None``, one from before float16
+    patch storage ``patch_dtype="float32"``, one from before the chest-wall growth ``chest_wall=False``, one from
+    before two channels ``patch_norm="minmax"``, so such a model (or bag) is preprocessed at inference exactly as it
+    was in training, not with today's defaults. The run's own choices (:data:`~ctmil.transforms.compose.RUN_OPTIONS`, e.g.
+    keeping implausible lungs) are dropped: inference decides them.
+    """
+    if not recorded:
+        return {}
+    return {k: v for k, v in {**SETTINGS_BEFORE_THEY_EXISTED, **recorded}.items() if k not in RUN_OPTIONS}

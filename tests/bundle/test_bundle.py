@@ -37,10 +37,10 @@ from ctmil.train.engines import predict
 from ctmil.train.handlers.virtual_bags import virtual_slots
 from ctmil.transforms import DENSITY_FEATURES
 from tests.bundle._datalist import NET_OVERRIDES, write_bag_datalist
-from tests.train._bags import TINY_NET
+from tests.train._bags import CHANNEL_NET, CHANNELS, TINY_NET
 
 #: train.json's default network: the paper's, fused with the lung-density model (ctmil.networks.fusion)
-FUSED = {"n_density": len(DENSITY_FEATURES), "density_use": "fusion"}
+FUSED = {"n_density": len(DENSITY_FEATURES), "density_use": "fusion", **CHANNEL_NET}
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "covid19_severity_mil"
 CONFIGS = BUNDLE / "configs"
@@ -234,17 +234,17 @@ def test_ckpt_export_torchscript(trained, tmp_path):
                 "--meta_file", "configs/metadata.json", "--config_file", "configs/train.json")
     extra = {"metadata.json": "", "train.json": ""}
     scripted = torch.jit.load(str(exported), _extra_files=extra)
-    assert json.loads(extra["metadata.json"])["network_data_format"]["inputs"]["image"]["spatial_shape"] == [60, 60]
+    assert json.loads(extra["metadata.json"])["network_data_format"]["inputs"]["image"]["spatial_shape"] == [CHANNELS, 60, 60]
     assert "network_def" in json.loads(extra["train.json"])
     eager = MILNet(**FUSED)
     eager.load_state_dict(_state(root / "models" / "model.pt"))
     eager.eval()
-    x = torch.rand(2, 30, 1, 60, 60, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(2, 30, CHANNELS, 60, 60, generator=torch.Generator().manual_seed(0))
     mask = torch.ones(2, 30, dtype=torch.bool)
     mask[1, 17:] = False
     density = torch.rand(2, len(DENSITY_FEATURES), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        for args in ((x[:1, :12, 0], None, density[:1]), (x, mask, density)):  # verify_net_in_out's layout, then a padded batch
+        for args in ((x[:1, :12], None, density[:1]), (x, mask, density)):  # verify_net_in_out's layout, then a padded batch
             torch.testing.assert_close(scripted(*args), eager(*args), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(scripted.attention(x, mask), eager.attention(x, mask), atol=1e-6, rtol=1e-5)
 
@@ -279,4 +279,4 @@ def test_multi_gpu_train_config_in_one_process(bags, tmp_path, monkeypatch):
     assert content("train#trainer").state.epoch == 1
     assert content("validate#evaluator").state.metrics["val_auc"] >= 0
     saved = _state(tmp_path / "models" / "model.pt")
-    assert saved.keys() == MILNet(**TINY_NET, **FUSED).state_dict().keys()  # no "ddp.module." prefixes
+    assert saved.keys() == MILNet(**{**TINY_NET, **FUSED}).state_dict().keys()  # no "ddp.module." prefixes

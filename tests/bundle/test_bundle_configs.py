@@ -17,6 +17,7 @@ from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
 from monai.bundle.config_item import ComponentLocator
 
 import ctmil
+from ctmil.transforms import ToBagd, preprocessing_transforms
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "covid19_severity_mil"
 CONFIGS = BUNDLE / "configs"
@@ -190,3 +191,18 @@ def test_train_json_builds_every_preprocessing_setting_and_writes_none_of_their_
     check_override_ids([str(TRAIN)], {"preprocessing_args#max_slices": 30})
     parser.update({"preprocessing_args#max_slices": 30})
     assert parser.get_parsed_content("preprocessing_args") == preprocessing_settings(max_slices=30)
+
+
+@pytest.mark.parametrize("files, channels, attention_channels, patch_norm", [
+    (("train.json",), 2, 1, "both"),  # the default: two channels, attention scored on the min-max one
+    (("train.json", "paper.json"), 1, None, "minmax"),  # the paper's network on its one min-max channel
+])
+def test_the_network_takes_the_channels_preprocessing_makes(files, channels, attention_channels, patch_norm):
+    parser = ConfigParser(ConfigParser.load_config_files([str(CONFIGS / n) for n in files]))
+    settings, network = parser.get_parsed_content("preprocessing_args"), parser.get_parsed_content("network_def")
+    assert settings["patch_norm"] == patch_norm and network.in_channels == channels
+    assert network.hparams.get("attention_channels") == attention_channels
+    bag = preprocessing_transforms(**{k: v for k, v in settings.items() if k != "allow_implausible_lungs"})
+    assert next(t for t in bag.transforms if isinstance(t, ToBagd)).patch_norm == patch_norm
+    x = torch.rand(1, 12, channels, 60, 60)
+    assert network.eval()(x).shape == (1, 1)

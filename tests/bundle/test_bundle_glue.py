@@ -22,6 +22,7 @@ from ctmil.infer.model_io import recorded_operating_point
 from ctmil.train.handlers import PredictionWriter, VirtualBagHandler
 from ctmil.train.handlers.virtual_bags import virtual_slots
 from ctmil.train.losses import MILSSLLoss
+from ctmil.transforms import preprocessing_settings
 from tests.bundle._datalist import write_bag_datalist
 from tests.train._bags import TINY_NET, make_bags, one_thread  # noqa: F401 (fixture)
 
@@ -120,6 +121,37 @@ def test_bag_table_on_a_bag_datalist(tmp_path, monkeypatch, caplog):
     assert dataset.case_ids == ["0012", "NA"] and dataset.labels == [1.0, 0.0]
 
 
+def _recording(datalist: Path, record: dict | None) -> None:
+    """Give every bag of ``datalist`` the preprocessing ``record`` in its meta, as ``ctmil preprocess`` writes it."""
+    for path in pd.read_csv(datalist)["bag"]:
+        bag = torch.load(datalist.parent / path, weights_only=True)
+        bag["meta"] = {} if record is None else {"preprocessing": record}
+        torch.save(bag, datalist.parent / path)
+
+
+@pytest.mark.parametrize("record, run, refused", [
+    (preprocessing_settings(patch_norm="minmax"), {}, "patch_norm='minmax'"),  # one-channel bags, a two-channel run
+    ({"min_slices": 8}, {}, "patch_norm='minmax'"),  # bags from before the setting existed: min-max, as they were made
+    (preprocessing_settings(patch_norm="minmax", max_slices=9), {"max_slices": 9}, "patch_norm='minmax'"),
+    (preprocessing_settings(patch_norm="minmax"), {"patch_norm": "minmax"}, None),  # the run asks for the bags' settings
+    (preprocessing_settings(), {}, None),
+    (preprocessing_settings(allow_implausible_lungs=True, min_slices=3), {}, None),  # a run option; which series are read
+    (None, {}, None),  # bags made outside ctmil record nothing: taken as they are
+])
+def test_bags_made_with_other_preprocessing_are_refused(tmp_path, record, run, refused):
+    """A bag datalist trains the network that the run's preprocessing settings build, and the model records those
+    settings for inference: bags made otherwise are refused in one line that names the setting and the override."""
+    datalist = write_bag_datalist(tmp_path / "data", labels=(1, 0))
+    _recording(datalist, record)
+    settings = preprocessing_settings(**run)
+    if refused is None:
+        assert len(bu.bag_table(datalist, tmp_path / "unused", settings)) == 2
+        return
+    with pytest.raises(ValueError, match=refused) as err:
+        bu.bag_table(datalist, tmp_path / "unused", settings)
+    assert "\n" not in str(err.value) and "preprocessing_args#patch_norm" in str(err.value)
+
+
 @pytest.mark.parametrize("content, message", [
     ("case_id,bag\na,a.pt\n", "missing columns"),
     ("case_id,bag,label\na,a.pt,1\na,b.pt,0\n", "duplicate case ids"),
@@ -147,7 +179,7 @@ def test_bag_table_preprocesses_ct_inputs(tmp_path, caplog):
     assert dict(zip(cases["case_id"], cases["label"])) == dict(zip(cohort["case_id"], cohort["label"].astype(int)))
     assert "case broken left out" in caplog.text
     bag = torch.load(cases["bag"].iloc[0], weights_only=True)
-    assert bag["patches"].shape[1:] == (1, 60, 60) and bag["patches"].shape[0] % 12 == 0
+    assert bag["patches"].shape[1:] == (2, 60, 60) and bag["patches"].shape[0] % 12 == 0
     manifest = pd.read_csv(tmp_path / "cache" / "manifest.csv", dtype=str, keep_default_na=False)
     assert manifest.set_index("case_id").loc["broken", "status"] == "failed"
     again = bu.bag_table(nifti, tmp_path / "cache", settings, labels=labels)

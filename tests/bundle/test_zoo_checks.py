@@ -17,7 +17,6 @@ from tests.train._bags import TINY_NET, make_bags
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "covid19_severity_mil"
 CONFIGS = BUNDLE / "configs"
-TINY_ARGS = [a for k, v in TINY_NET.items() for a in (f"--network_def#{k}", str(v))]
 
 
 def _bundle(args, cwd):
@@ -54,7 +53,8 @@ def test_ckpt_export_to_torchscript_gives_the_model(elsewhere, tmp_path):
     net = MILNet(**TINY_NET).eval()
     ckpt = save_model(net, tmp_path / "models")
     _bundle(["ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"), "--ckpt_file", str(ckpt),
-             "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.json"), *TINY_ARGS], elsewhere)
+             "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.json"),
+             "--ckpt_path", str(ckpt)], elsewhere)  # inference.json reads the network's shape (one channel here) from it
     scripted = torch.jit.load(str(tmp_path / "model.ts"))
     x = torch.rand(1, 24, 1, 60, 60)
     with torch.no_grad():

@@ -15,7 +15,7 @@ from ctmil.bundle import load_bag_datalist as load_datalist
 from ctmil.evaluate.cv import CVConfigError, cv_protocol, run_cv
 from ctmil.stats.folds import make_folds, stratified_group_folds
 from ctmil.networks import MILNet
-from tests.train._bags import TINY_NET, make_bag, one_thread  # noqa: F401 (fixture)
+from tests.train._bags import CHANNELS, TINY_NET, make_bag, one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -105,7 +105,7 @@ def datalist(tmp_path_factory):
     root = tmp_path_factory.mktemp("bags")
     rows = []
     for i, label in enumerate([1, 1, 0, 0, 0, 0]):
-        torch.save(make_bag(i, label), root / f"case{i}.pt")
+        torch.save(make_bag(i, label, channels=CHANNELS), root / f"case{i}.pt")
         rows.append({"case_id": f"case{i}", "bag": f"case{i}.pt", "label": label, "patient": f"p{i}"})
     pd.DataFrame(rows).to_csv(root / "datalist.csv", index=False)
     return root / "datalist.csv"
@@ -189,7 +189,7 @@ def test_operating_point_is_learnt_on_inner_cases_never_the_test_fold(tmp_path, 
     """12 cases, 2 folds, a third held back: each run trains on 4 of its 6 training cases, calibrates on the other 2
     and is tested on its 6 test cases; the learnt point reaches predictions.csv, the report and model.json."""
     for i in range(12):
-        torch.save(make_bag(i, i % 2), tmp_path / f"c{i}.pt")
+        torch.save(make_bag(i, i % 2, channels=CHANNELS), tmp_path / f"c{i}.pt")
     datalist = tmp_path / "bags.csv"
     pd.DataFrame({"case_id": [f"c{i}" for i in range(12)], "bag": [f"c{i}.pt" for i in range(12)],
                   "label": [i % 2 for i in range(12)]}).to_csv(datalist, index=False)  # fmt: skip

@@ -106,8 +106,9 @@ def test_one_row_per_study_and_failures_listed(batch):
 
 def _recompute(source, model_path):
     """The bag and attention of one input, recomputed (preprocessing and the network are deterministic)."""
-    bag, _, _ = CasePipeline()({"image": source, "case_id": "x", "label": None})
-    pred = load_model(model_path).predict(bag["patches"])
+    model = load_model(model_path)
+    bag, _, _ = CasePipeline(model.preprocessing)({"image": source, "case_id": "x", "label": None})
+    pred = model.predict(bag["patches"])
     return bag, pred.attention
 
 
@@ -198,7 +199,8 @@ def test_cases_stream_one_at_a_time(batch, model_path, tmp_path):
 
     cases = [{"case_id": f"c{i}", "image": source, "label": None} for i in range(2)]
     writer = SpyWriter(tmp_path, InferenceOptions(save_overlays=False))
-    evaluator = create_inference_evaluator(load_model(model_path), case_loader(Spy(cases)), val_handlers=[writer])
+    model = load_model(model_path)
+    evaluator = create_inference_evaluator(model, case_loader(Spy(cases, model.preprocessing)), val_handlers=[writer])
     evaluator.run()
     assert events == ["load 0", "written c0", "load 1", "written c1"]
     assert sorted(p.name for p in (tmp_path / "cases").iterdir()) == ["c0", "c1"]

@@ -18,7 +18,7 @@ from ctmil.networks import MILNet
 from ctmil.synthetic.phantoms import make_phantom, write_nifti
 from ctmil.train.handlers import save_model
 from ctmil.train.handlers.model_writer import trained_intensities
-from tests.train._bags import TINY_NET, make_bags, one_thread, train_tiny  # noqa: F401  (fixture)
+from tests.train._bags import CHANNELS, TINY_NET, make_bags, one_thread, train_tiny  # noqa: F401  (fixture)
 
 GEOMETRY = dict(shape=(16, 64, 64), spacing=(10.0, 5.0, 5.0))
 
@@ -35,7 +35,7 @@ def test_trained_intensities(intensities, expected):
 
 
 def test_training_records_the_intensity_in_model_json(tmp_path, one_thread):
-    train_tiny(tmp_path, BagDataset(with_intensity(make_bags([0, 1, 0, 1]), "windowed")), max_epochs=1)
+    train_tiny(tmp_path, BagDataset(with_intensity(make_bags([0, 1, 0, 1], channels=CHANNELS), "windowed")), max_epochs=1)
     assert json.loads((tmp_path / "model.json").read_text())["input"] == {"intensity": ["windowed"]}
 
 

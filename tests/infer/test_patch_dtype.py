@@ -43,9 +43,12 @@ def test_the_recorded_patch_dtype_is_applied(tmp_path, record, expected):
     assert settings["patch_dtype"] == expected and _chain_dtype(settings) == PATCH_DTYPES[expected]
 
 
-def test_a_bare_state_dict_gets_the_default(tmp_path):
-    torch.save(MILNet(**TINY_NET).state_dict(), tmp_path / "weights.pt")
-    assert recorded_preprocessing(tmp_path / "weights.pt") == {} and _chain_dtype({}) == torch.float16
+@pytest.mark.parametrize("network, patch_norm", [({}, "minmax"), ({"in_channels": 2, "attention_channels": 1}, "both")])
+def test_a_bare_state_dict_gets_the_defaults_and_its_channels(tmp_path, network, patch_norm):
+    """Weights alone record no preprocessing: today's defaults, with the normalisation that gives the weights' channels."""
+    torch.save(MILNet(**TINY_NET, **network).state_dict(), tmp_path / "weights.pt")
+    settings = recorded_preprocessing(tmp_path / "weights.pt")
+    assert settings == {"patch_norm": patch_norm} and _chain_dtype(settings) == torch.float16
 
 
 class _LogitsOnly(nn.Module):

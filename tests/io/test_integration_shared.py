@@ -35,7 +35,7 @@ def test_thorax_bag_boxes_contain_the_lungs(thorax_bag):
     img = LoadCT()(str(shared_data("thorax_ct_dicom")))
     hu = np.asarray(img[0])
     kept, boxes = thorax_bag["kept_slices"].numpy(), thorax_bag["boxes"].numpy()
-    assert 60 < kept.size < 141 and thorax_bag["patches"].shape == (12 * kept.size, 1, 60, 60)
+    assert 60 < kept.size < 141 and thorax_bag["patches"].shape == (12 * kept.size, 2, 60, 60)
     assert thorax_bag["meta"]["n_lung_slices"] == kept.size  # no sampling asked for
     middle = slice(kept.size // 4, 3 * kept.size // 4)  # mid-chest: no bowel gas in the HU range of lung
     for s, (r0, c0, r1, c1) in zip(kept[middle], boxes[middle]):

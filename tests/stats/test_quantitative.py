@@ -21,7 +21,7 @@ from ctmil.stats.quantitative import (
 from ctmil.evaluate.report_comparisons import setting_pairs
 from ctmil.transforms import DENSITY_FEATURES, LungDensity
 from ctmil.transforms.intensity import LUNG_WINDOW_HU
-from tests.train._bags import TINY_NET, make_bag, one_thread  # noqa: F401 (fixture)
+from tests.train._bags import CHANNELS, TINY_NET, make_bag, one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -170,7 +170,7 @@ TINY = {"max_epochs": 1, "threshold": 0.5, "device": "$torch.device('cpu')", "cv
 def _datalist(root, n: int, density: bool) -> str:
     rows = []
     for i in range(n):
-        bag = make_bag(i, i % 2, case_id=f"c{i:02d}")
+        bag = make_bag(i, i % 2, case_id=f"c{i:02d}", channels=CHANNELS)
         if density:
             bag["meta"] = {"density": synthetic_density(i, i % 2)}
         torch.save(bag, root / f"c{i:02d}.pt")

@@ -7,15 +7,24 @@ from typing import Dict, List, Sequence
 import pytest
 import torch
 
+from ctmil.transforms.tiling import PATCH_NORM, PATCH_NORM_CHANNELS
+
 #: a small MILNet (the LeNet trunk is the paper's; the widths after it are tiny)
 TINY_NET = {"feature_dim": 16, "attention_dim": 8, "ssl_hidden": 8}
 
 
-def make_bag(seed: int, label: float, n_slices: int = 1, case_id: str | None = None, size: int = 60) -> Dict:
-    """A bag of ``n_slices`` complete slices (12 patches each); positives get a few bright patches."""
+#: the channels of a bag made with the default preprocessing (min-max and window), which train.json's network takes:
+#: bags for the bundle's workflows are made with them (make_bag's one channel is the paper network's)
+CHANNELS = PATCH_NORM_CHANNELS[PATCH_NORM]
+#: the MILNet arguments train.json derives from those channels: attention scored on the min-max channel alone
+CHANNEL_NET = {"in_channels": CHANNELS, "attention_channels": 1} if CHANNELS > 1 else {}
+
+
+def make_bag(seed: int, label: float, n_slices: int = 1, case_id: str | None = None, size: int = 60, channels: int = 1) -> Dict:
+    """A bag of ``n_slices`` complete slices (12 patches each) of ``channels``; positives get a few bright patches."""
     g = torch.Generator().manual_seed(seed)
     k = 12 * n_slices
-    patches = torch.rand(k, 1, size, size, generator=g) * 0.5
+    patches = torch.rand(k, channels, size, size, generator=g) * 0.5
     if label == 1:
         patches[: max(1, k // 6)] += 0.5
     return {
@@ -27,9 +36,9 @@ def make_bag(seed: int, label: float, n_slices: int = 1, case_id: str | None = N
     }
 
 
-def make_bags(labels: Sequence[float], n_slices: Sequence[int] | int = 1) -> List[Dict]:
+def make_bags(labels: Sequence[float], n_slices: Sequence[int] | int = 1, channels: int = 1) -> List[Dict]:
     sizes = [n_slices] * len(labels) if isinstance(n_slices, int) else list(n_slices)
-    return [make_bag(i, y, s) for i, (y, s) in enumerate(zip(labels, sizes))]
+    return [make_bag(i, y, s, channels=channels) for i, (y, s) in enumerate(zip(labels, sizes))]
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from ignite.engine import Engine, Events
 
 from ctmil.data.bags import BagDataset
 from ctmil.train.handlers import BestWeights
-from tests.train._bags import make_bags, one_thread, train_tiny  # noqa: F401 (a fixture)
+from tests.train._bags import CHANNELS, make_bags, one_thread, train_tiny  # noqa: F401 (a fixture)
 
 
 def _run(metrics, mode="max"):
@@ -65,8 +65,8 @@ def test_unknown_mode_is_refused():
 @pytest.mark.usefixtures("one_thread")
 def test_select_best_in_the_workflow_writes_the_selected_epochs_weights(tmp_path):
     labels = [1, 0, 0, 1, 0, 0, 1, 0]
-    workflow = train_tiny(tmp_path, BagDataset(make_bags(labels)), max_epochs=3, val_interval=1, select_best=True,
-                          **{"validate#dataset": BagDataset(make_bags([1, 0, 1, 0, 0]))})
+    workflow = train_tiny(tmp_path, BagDataset(make_bags(labels, channels=CHANNELS)), max_epochs=3, val_interval=1, select_best=True,
+                          **{"validate#dataset": BagDataset(make_bags([1, 0, 1, 0, 0], channels=CHANNELS))})
     record = json.loads((tmp_path / "model.json").read_text())
     selected = record["selected_epoch"]
     assert 1 <= selected <= 3 and record["select_best"] is True

@@ -7,12 +7,12 @@ import pytest
 
 from ctmil.data.bags import BagDataset
 from ctmil.train.handlers.checkpoint import SETTINGS_FILE
-from tests.train._bags import make_bags, one_thread, train_tiny  # noqa: F401  (fixture)
+from tests.train._bags import CHANNELS, make_bags, one_thread, train_tiny  # noqa: F401  (fixture)
 
 
 @pytest.fixture
 def bags():
-    return BagDataset(make_bags([0, 1, 0, 1], 1))
+    return BagDataset(make_bags([0, 1, 0, 1], 1, channels=CHANNELS))
 
 
 def test_other_settings_are_refused_and_resume_other_settings_continues(tmp_path, bags, one_thread):

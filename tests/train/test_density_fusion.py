@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from ctmil.data.bags import BagDataset
 from ctmil.train.engines import predict
 from ctmil.transforms import DENSITY_FEATURES
-from tests.train._bags import make_bag, one_thread, train_tiny  # noqa: F401 (a fixture)
+from tests.train._bags import CHANNELS, make_bag, one_thread, train_tiny  # noqa: F401 (a fixture)
 
 F = len(DENSITY_FEATURES)
 
@@ -23,7 +23,7 @@ def _bags(labels, start: int, density: bool = True, separation: float = 3.0):
     of severe bags are shifted by ``separation`` (with noise of SD 0.3), the other features are 0."""
     bags = []
     for i, y in enumerate(labels):
-        bag = make_bag(start + i, 0.0, case_id=f"c{start + i}")  # label-free patches
+        bag = make_bag(start + i, 0.0, case_id=f"c{start + i}", channels=CHANNELS)  # label-free patches
         bag["label"] = torch.tensor(float(y))
         if density:
             g = np.random.default_rng(start + i)
@@ -83,8 +83,10 @@ def test_a_paper_run_has_no_fusion_and_no_record(tmp_path):
 @pytest.mark.usefixtures("one_thread")
 def test_a_component_that_ranks_the_calibration_cases_backwards_gets_no_weight(tmp_path):
     """Validation cases whose density points the other way: the density logit's Platt slope is <= 0 there."""
-    backwards = _bags(VAL, 100, separation=-3.0)
+    # seeded so that the barely trained MIL logit ranks these calibration cases with the labels (its own slope > 0),
+    # which leaves the density logit the only component that ranks them against the labels
+    backwards = _bags(VAL, 200, separation=-3.0)
     workflow = train_tiny(tmp_path, BagDataset(_bags(TRAIN, 0)), **{"validate#dataset": BagDataset(backwards)})
     record = json.loads((tmp_path / "model.json").read_text())["density_fusion"]
-    assert record["weights"][1] == 0.0 and "the density logit ranks them against the labels" in record["source"]
+    assert record["weights"] == [1.0, 0.0] and "the density logit ranks them against the labels" in record["source"]
     assert not workflow.parser.get_parsed_content("network_def").fusion.is_fitted()

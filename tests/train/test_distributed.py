@@ -11,7 +11,7 @@ from ctmil.data.epochs import EpochBags
 from ctmil.train.distributed import free_port, run_distributed
 from ctmil.networks import MILNet
 from ctmil.transforms import DENSITY_FEATURES
-from tests.train._bags import TINY_NET, make_bags, tiny_overrides, train_tiny
+from tests.train._bags import CHANNEL_NET, CHANNELS, TINY_NET, make_bags, tiny_overrides, train_tiny
 
 
 @pytest.mark.parametrize("n_items,world", [(8, 2), (7, 2), (9, 4), (5, 1)])
@@ -39,7 +39,7 @@ def test_bad_rank(rank, world):
         EpochBags(BagDataset(make_bags([0, 1])), rank=rank, world_size=world)
 
 
-DATA = BagDataset(make_bags([0, 1, 0, 1, 0, 1, 1, 0], n_slices=2))
+DATA = BagDataset(make_bags([0, 1, 0, 1, 0, 1, 1, 0], n_slices=2, channels=CHANNELS))
 
 
 def _distributed(out, **changes):
@@ -66,7 +66,7 @@ def test_two_gloo_ranks_match_one_process_with_the_combined_batch(tmp_path, virt
     dist = _distributed(tmp_path / "dist", **settings)
     RUNS[(virtual, ssl)] = (dist, settings)
     torch.manual_seed(5)  # what train.json's set_determinism(seed=5) does before the network is built
-    start = MILNet(**TINY_NET, n_density=len(DENSITY_FEATURES), density_use="fusion").state_dict()  # train.json's default
+    start = MILNet(**TINY_NET, **CHANNEL_NET, n_density=len(DENSITY_FEATURES), density_use="fusion").state_dict()  # train.json's default
     moved = max(float((single[k] - start[k]).abs().max()) for k in single)
     gap = max(float((dist[k] - single[k]).abs().max()) for k in single)
     assert moved > 1e-4, "training changed nothing: the comparison would be empty"

@@ -13,7 +13,7 @@ from ctmil.train.losses import MILSSLLoss
 from ctmil.networks.predict import STEP_OUTPUT_KEYS, BagInferer
 from ctmil.train.steps import make_train_step
 from ctmil.data.epochs import EpochBags
-from tests.train._bags import TINY_NET, make_bags, one_thread, train_tiny  # noqa: F401 (fixture)
+from tests.train._bags import CHANNEL_NET, CHANNELS, TINY_NET, make_bags, one_thread, train_tiny  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -22,12 +22,12 @@ LABELS = [1, 0, 0, 0]  # 3 negatives - 1 positive = 2 virtual bags per epoch by 
 
 @pytest.fixture(scope="module")
 def bags():
-    return BagDataset(make_bags(LABELS, 1))
+    return BagDataset(make_bags(LABELS, 1, channels=CHANNELS))
 
 
 def _initial(seed: int = 0) -> dict:
     torch.manual_seed(seed)
-    return {k: v.clone() for k, v in MILNet(**TINY_NET).named_parameters()}
+    return {k: v.clone() for k, v in MILNet(**TINY_NET, **CHANNEL_NET).named_parameters()}
 
 
 @pytest.mark.parametrize(
@@ -49,7 +49,7 @@ def test_two_epochs_update_exactly_the_used_parameters(bags, tmp_path, ssl, virt
 
 
 def test_train_step_output_and_skipped_slot(bags):
-    model = MILNet(**TINY_NET)
+    model = MILNet(**TINY_NET, **CHANNEL_NET)
     step = make_train_step(model, torch.optim.Adam(model.parameters()), MILSSLLoss(ssl="relative"), inferer=BagInferer())
     assert step(None, None) is None
     out = step(None, collate_bags([bags[0], bags[2]]))
@@ -110,7 +110,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(bags, tmp_path):
 
 
 def test_predict_matches_the_model(bags):
-    model = MILNet(**TINY_NET)
+    model = MILNet(**TINY_NET, **CHANNEL_NET)
     result = predict(model, bags, batch_size=4)
     assert result["case_id"] == bags.case_ids and result["label"] == [float(y) for y in LABELS]
     with torch.no_grad():
@@ -120,7 +120,7 @@ def test_predict_matches_the_model(bags):
 
 @pytest.mark.parametrize("chunk", [1, 5, 12, 100])
 def test_chunked_inferer_gives_the_same_outputs(bags, chunk):
-    model = MILNet(**TINY_NET).eval()
+    model = MILNet(**TINY_NET, **CHANNEL_NET).eval()
     x = collate_bags([bags[0], bags[1]])
     with torch.no_grad():
         whole, parts = BagInferer()(x["patches"], model, x["mask"]), BagInferer(chunk)(x["patches"], model, x["mask"])
@@ -130,7 +130,7 @@ def test_chunked_inferer_gives_the_same_outputs(bags, chunk):
 
 @pytest.mark.parametrize("bad", [0, -1, True, 2.5])
 def test_bad_arguments(bags, bad):
-    model = MILNet(**TINY_NET)
+    model = MILNet(**TINY_NET, **CHANNEL_NET)
     with pytest.raises(ValueError):
         BagInferer(bad)
     with pytest.raises(ValueError):

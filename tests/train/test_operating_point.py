@@ -99,7 +99,7 @@ def test_evaluate_applies_the_recorded_point(net, tmp_path):
     from ctmil.evaluate.held_out import evaluate_model
     from tests.bundle._datalist import write_bag_datalist
 
-    datalist = write_bag_datalist(tmp_path / "data", [1, 0, 1, 0, 0, 1])
+    datalist = write_bag_datalist(tmp_path / "data", [1, 0, 1, 0, 0, 1], channels=1)  # the paper network's one channel
     torch.save(net.state_dict(), tmp_path / "model.pt")
     point = {"calibration": {"method": "platt", "coef": 3.0, "intercept": 2.0}, "threshold": 0.6, "rule": "youden",
              "target": None, "n_cases": 8, "n_positive": 3, "source": "inner validation (8 cases, 3 positive)"}
@@ -121,11 +121,12 @@ def test_a_model_recorded_before_the_window_keeps_its_preprocessing(net, tmp_pat
     torch.save(net.state_dict(), tmp_path / "model.pt")
     (tmp_path / "model.json").write_text(json.dumps({"network": TINY_NET, "preprocessing": {"min_slices": 8}}))
     old = recorded_preprocessing(tmp_path / "model.pt")
-    assert old["window_hu"] is None and old["max_slices"] is None and old["slab_mm"] is None
+    assert old["window_hu"] is None and old["max_slices"] is None and old["slab_mm"] is None and old["patch_norm"] == "minmax"
     assert load_model(tmp_path / "model.pt").preprocessing == old
-    preprocessing_transforms(**old)  # a valid chain
+    chain = preprocessing_transforms(**old)  # a valid chain, making the one min-max channel the model was trained on
+    assert [t.patch_norm for t in chain.transforms if hasattr(t, "patch_norm")] == ["minmax"]
     (tmp_path / "model.json").write_text(json.dumps({"network": TINY_NET, "preprocessing": {"window_hu": [-1000, 400], "max_slices": 6}}))
     new = recorded_preprocessing(tmp_path / "model.pt")
     assert new["window_hu"] == (-1000, 400) and new["max_slices"] == 6
     (tmp_path / "model.json").write_text(json.dumps({"network": TINY_NET}))
-    assert recorded_preprocessing(tmp_path / "model.pt") == {}  # nothing recorded: today's defaults
+    assert recorded_preprocessing(tmp_path / "model.pt") == {"patch_norm": "minmax"}  # nothing recorded: today's defaults, but the one channel of the weights

@@ -230,7 +230,7 @@ def test_preprocessing_bag_boxes_contain_the_true_lungs(tmp_path, fmt, spacing):
     truth = _true_lungs(vol)
     kept, boxes = bag["kept_slices"].numpy(), bag["boxes"].numpy()
     assert kept.size > 0 and boxes.shape == (kept.size, 4)
-    assert bag["patches"].shape == (12 * kept.size, 1, 60, 60)
+    assert bag["patches"].shape == (12 * kept.size, 2, 60, 60)  # min-max and window
     assert np.all(boxes[:, :2] >= 0) and np.all(boxes[:, 2] <= 96) and np.all(boxes[:, 3] <= 96)
     for s, (r0, c0, r1, c1) in zip(kept.tolist(), boxes.tolist()):
         outside = truth[s].copy()

@@ -73,7 +73,7 @@ def test_to_bag_keeps_the_other_keys(default_bag):
     assert "image" not in default_bag  # the patches replace the cropped image
     for k in ("lung", "lung_stride", "image_meta"):
         assert k in default_bag  # everything else stays for the user's own transforms
-    assert default_bag["patches"].shape == (12 * default_bag["kept_slices"].numel(), 1, 60, 60)
+    assert default_bag["patches"].shape == (12 * default_bag["kept_slices"].numel(), 2, 60, 60)
     assert default_bag["label"].dtype == torch.float32 and float(default_bag["label"]) == 1.0
     d = _chain()({"image": _image(), "case_id": "c", "label": None, "signature": {"size": 3}, "extra": [1, 2]})
     assert d["signature"] == {"size": 3} and d["extra"] == [1, 2] and float(d["label"]) == -1.0

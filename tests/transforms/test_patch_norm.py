@@ -34,7 +34,7 @@ def test_slice_images_are_already_windowed():
     assert torch.allclose(ScalePatches(None)(x), x)
 
 
-@pytest.mark.parametrize("kwargs", [{"patch_norm": "zscore"}, {"patch_norm": "window"}, {"patch_norm": "both", "window_hu": None}])
+@pytest.mark.parametrize("kwargs", [{"patch_norm": "zscore"}, {"patch_norm": "window", "window_hu": None}, {"patch_norm": "both", "window_hu": None}, {"window_hu": None}])
 def test_bad_settings_are_refused_before_work(kwargs):
     with pytest.raises(ValueError):
         ToBagd("image", **kwargs)

@@ -101,7 +101,8 @@ def test_the_chain_windows_hu_inputs(tmp_path):
 
     generate_cohort(tmp_path, n=1, seed=3, formats=("nifti",), shape=(16, 96, 96), spacing=(15.0, 3.6, 3.6), progress=False)
     item = {"image": str(tmp_path / "nifti" / "case_0000.nii.gz"), "case_id": "c", "label": 1.0}
-    bags = {w: preprocessing_transforms(window_hu=w)(dict(item)) for w in (None, LUNG_WINDOW_HU, (-1000.0, 400.0))}
+    # the min-max channel alone: without a window there is no second channel to scale
+    bags = {w: preprocessing_transforms(window_hu=w, patch_norm="minmax")(dict(item)) for w in (None, LUNG_WINDOW_HU, (-1000.0, 400.0))}
     assert torch.equal(bags[None]["kept_slices"], bags[LUNG_WINDOW_HU]["kept_slices"])  # the mask sees raw HU
     assert not torch.equal(bags[None]["patches"], bags[LUNG_WINDOW_HU]["patches"])
     assert not torch.equal(bags[(-1000.0, 400.0)]["patches"], bags[LUNG_WINDOW_HU]["patches"])
