@@ -1,7 +1,8 @@
 """Export a trained model for deployment tools that cannot run Python: TorchScript or ONNX, checked for parity.
 
 Both exports take the weights-only ``model.pt`` (+ ``model.json``) that training writes. The exported graph is the
-network's ``forward``: bag logits ``(B, 1)`` for patches ``(B, K, 1, 60, 60)``, with ``K`` dynamic, and for a
+network's ``forward``: bag logits ``(B, 1)`` for patches ``(B, K, C, 60, 60)`` (``C`` the network's ``in_channels``:
+2 for the default two-channel bags), with ``K`` dynamic, and for a
 network that uses the bags' lung-density features (the default model's fusion) a second input ``density (B, 27)``
 (``bag["density"]``, :func:`ctmil.transforms.density_input`). After writing,
 the export is run on a random bag and compared with the PyTorch model (ONNX through onnxruntime); the largest
@@ -29,7 +30,8 @@ FORMATS = ("onnx", "torchscript")
 
 def _sample(network: torch.nn.Module, k: int, seed: int = 0) -> torch.Tensor:
     size = int(getattr(network, "hparams", {}).get("patch_size", 60))
-    return torch.rand(1, k, 1, size, size, generator=torch.Generator().manual_seed(seed))  # (1, K, 1, P, P)
+    channels = int(getattr(network, "in_channels", 1))
+    return torch.rand(1, k, channels, size, size, generator=torch.Generator().manual_seed(seed))  # (1, K, C, P, P)
 
 
 def _density(network: torch.nn.Module, seed: int = 0) -> "torch.Tensor | None":
@@ -39,7 +41,7 @@ def _density(network: torch.nn.Module, seed: int = 0) -> "torch.Tensor | None":
 
 
 def _onnx(network: torch.nn.Module, out: Path, opset: int) -> None:
-    """ONNX with inputs ``patches (B, K, 1, P, P)`` and, for a network with lung-density features (the default
+    """ONNX with inputs ``patches (B, K, C, P, P)`` and, for a network with lung-density features (the default
     model's fusion), ``density (B, n_density)``."""
     density = _density(network)
     args = (_sample(network, 12),) if density is None else (_sample(network, 12), {"density": density})

@@ -21,14 +21,17 @@ def model(tmp_path_factory):
     return save_model(MILNet(**TINY), tmp_path_factory.mktemp("m"))
 
 
+@pytest.mark.parametrize("channels", [{}, {"in_channels": 2, "attention_channels": 1}])  # the paper's; the default's
 @pytest.mark.parametrize("fmt,suffix", [("onnx", "onnx"), ("torchscript", "ts")])
-def test_export_matches_the_model_for_any_bag_size(model, tmp_path, fmt, suffix):
+def test_export_matches_the_model_for_any_bag_size(tmp_path, fmt, suffix, channels):
+    torch.manual_seed(0)
+    model = save_model(MILNet(**TINY, **channels), tmp_path / "m")
     out = tmp_path / f"model.{suffix}"
     assert export_model(model, out, fmt=fmt) < 1e-4
     net = MILNet(**json.loads(model.with_suffix(".json").read_text())["network"])
     net.load_state_dict(torch.load(model, weights_only=True))
     net.eval()
-    x = torch.rand(2, 60, 1, 60, 60)  # a batch and a K the export never saw
+    x = torch.rand(2, 60, channels.get("in_channels", 1), 60, 60)  # a batch and a K the export never saw
     if fmt == "onnx":
         import onnxruntime as ort
 
