@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 
-from ctmil.transforms.compose import SETTINGS_BEFORE_THEY_EXISTED, complete_recorded_preprocessing  # noqa: F401  (their home)
 from ctmil.transforms.tiling import PATCH_NORM, PATCH_NORM_CHANNELS
 
 __all__ = ["ModelError", "fit_patch_norm", "infer_network_kwargs", "is_torchscript", "strip_prefix", "unpack"]

@@ -36,12 +36,11 @@ from ctmil.stats.calibration import apply_calibration
 from ctmil.stats.operating_point import check_operating_point, fixed_operating_point
 from ctmil.io.model_card import card_path, read_card
 from ctmil.infer.dicom_results import ModelIdentity
-from ctmil.infer.model_files import (ModelError, complete_recorded_preprocessing, fit_patch_norm, infer_network_kwargs, is_torchscript,
-                                     strip_prefix, unpack)
+from ctmil.infer.model_files import ModelError, fit_patch_norm, infer_network_kwargs, is_torchscript, strip_prefix, unpack
 from ctmil.networks import MILNet
 from ctmil.networks.predict import BagInferer, predict_batch
 from ctmil.transforms.density import density_input
-from ctmil.transforms.compose import bag_channels
+from ctmil.transforms.compose import bag_channels, complete_recorded_preprocessing
 from ctmil.keys import Columns
 
 logger = logging.getLogger(__name__)
