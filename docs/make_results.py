@@ -68,11 +68,47 @@ def results_md(cv_dir: Path, run: dict, command: str, overrides: dict) -> str:
         "6 epochs (virtual bags from epoch 3), at most 12 slices per patient. The paper's protocol is 10 folds x 5 repeats, "
         "50 epochs; with one repeat there is no test over repeats, so settings are compared over folds (Nadeau-Bengio) "
         "and by bootstrap CIs.",
+        f"* Network and bags: {_network(cv_dir)}.",
         f"* Operating point: each run learns a Platt map on 20 % of its training folds (inner validation, never its test "
         f"fold) and its threshold by the `{_rule()}` rule (docs/operating_point.md).",
         f"* Run started {run['started']} UTC at commit {commit}{rewritten}; {_machine(run['load'])}; wall time {seconds / 60:.1f} min.",
         "", body,
     ])  # fmt: skip
+
+
+def _bags_patch_norm(cv_dir: Path) -> "str | None":
+    """The ``patch_norm`` the run's bags were made with (recorded in each bag; a default then is the default of that
+    day, which the configs alone do not say), or ``None`` without bags."""
+    import torch
+
+    from ctmil.transforms.compose import complete_recorded_preprocessing
+
+    bag = next(iter(sorted((cv_dir / "bags" / "bags").glob("*.pt"))), None)
+    if bag is None:
+        return None
+    recorded = (torch.load(bag, map_location="cpu", weights_only=True).get("meta") or {}).get("preprocessing") or {}
+    return complete_recorded_preprocessing(recorded).get("patch_norm")
+
+
+def _network(cv_dir: Path) -> str:
+    """What the run's configs (``cv_dir/config.json``: the merged configs and overrides it ran with) built: the bags'
+    intensity channels, where attention is scored, the attention form and the density fusion."""
+    from monai.bundle import ConfigParser
+
+    config = json.loads((cv_dir / "config.json").read_text())
+    parser = ConfigParser(config["configs"])
+    for key, value in config["overrides"].items():
+        parser[key] = value
+    patch_norm = _bags_patch_norm(cv_dir) or parser.get_parsed_content("preprocessing_args")["patch_norm"]
+    network = parser.get_parsed_content("network_def").hparams
+    channels = {"both": "two channels per patch (per-patch min-max, then the lung window scaled over the volume)",
+                "minmax": "one channel per patch (the paper's per-patch min-max)",
+                "window": "one channel per patch (the lung window scaled over the volume)"}[patch_norm]
+    attention = ("scored by a second encoder on the min-max channel" if network.get("attention_channels")
+                 else "scored on the instance features")
+    form = "gated" if network.get("gated") else "plain (the paper's Eq. 2)"
+    fusion = "fused with the lung-density model" if parser["density_fusion"] else "not fused with the lung-density model"
+    return f"{channels}; {form} attention, {attention}; the logit {fusion} (`patch_norm` {patch_norm!r}, settings A-D alike)"
 
 
 def _rule() -> str:
