@@ -122,29 +122,29 @@ def table(out: Path) -> str:
 
 
 def _versus_q(out: Path, folder: Path, setting: str) -> str:
-    """ΔAUC of the lever's calibrated out-of-fold predictions minus Q's (lever `q`) on the same cases and folds, with
-    its paired bootstrap CI (2000 resamples, stratified, seed 0); empty for Q itself or without Q's run."""
+    """ΔAUC of the lever's calibrated out-of-fold predictions minus Q's on the same cases and folds, repeat by
+    repeat, with its paired bootstrap CI (2000 resamples, stratified, seed 0); Q is the lever's own when it ran Q,
+    else that of a run with Q on the same folds (lever `q` for repeat 0, `fusion_r2` for both repeats). Empty for Q
+    itself or without such a run."""
     from ctmil.evaluate.report import read_predictions
     from ctmil.stats.statistics import bootstrap_auc_difference
 
-    q_path, own = out / "q" / "predictions.csv", folder / "predictions.csv"
-    if setting == "Q" or not q_path.is_file():
+    if setting == "Q":
         return ""
-    d, q = (read_predictions(p) for p in (own, q_path))
-    if (d["setting"] == "Q").any():  # the lever ran its own Q: compare within it, repeat by repeat
-        parts = []
-        for r, rows in d.groupby("repeat"):
-            a, b = rows[rows["setting"] == setting].set_index("case_id"), rows[rows["setting"] == "Q"].set_index("case_id")
-            b = b.loc[a.index]
-            diff = bootstrap_auc_difference(a["label"].to_numpy(), a["probability"].to_numpy(), b["probability"].to_numpy())
-            parts.append(f"repeat {r}: {diff.difference:+.3f} [{diff.lower:+.3f}, {diff.upper:+.3f}]")
-        return "; ".join(parts)
-    d = d[d["setting"] == setting].set_index("case_id")
-    q = q[q["setting"] == "Q"].set_index("case_id").reindex(d.index)
-    if q["fold"].isna().any() or not (d["fold"] == q["fold"]).all():
-        return "(other folds)"
-    diff = bootstrap_auc_difference(d["label"].to_numpy(), d["probability"].to_numpy(), q["probability"].to_numpy())
-    return f"{diff.difference:+.3f} [{diff.lower:+.3f}, {diff.upper:+.3f}]"
+    d = read_predictions(folder / "predictions.csv")
+    sources = [d] + [read_predictions(p) for p in (out / "q" / "predictions.csv", out / "fusion_r2" / "predictions.csv") if p.is_file()]
+    parts = []
+    for r, rows in d[d["setting"] == setting].groupby("repeat"):
+        a = rows.set_index("case_id")
+        for source in sources:
+            q = source[(source["setting"] == "Q") & (source["repeat"] == r)].set_index("case_id")
+            if len(q) and set(q.index) == set(a.index) and (q.loc[a.index, "fold"] == a["fold"]).all():
+                diff = bootstrap_auc_difference(a["label"].to_numpy(), a["probability"].to_numpy(), q.loc[a.index, "probability"].to_numpy())
+                parts.append(f"{diff.difference:+.3f} [{diff.lower:+.3f}, {diff.upper:+.3f}]")
+                break
+        else:
+            parts.append("(no Q on these folds)")
+    return parts[0] if len(parts) == 1 else "; ".join(f"repeat {r}: {p}" for r, p in enumerate(parts))
 
 
 def _fusion(out: Path) -> str:
