@@ -150,7 +150,8 @@ class MILNet(nn.Module):
         elif x.dim() != 5:
             raise ValueError("x must be (B, K, C, H, W) or (B, K, H, W); a single bag needs a leading batch axis.")
         if x.shape[2] != self.in_channels:
-            raise ValueError("x's channel axis (dim 2 of (B, K, C, H, W)) does not match in_channels.")
+            raise ValueError(f"the patches have {x.shape[2]} channel(s) (dim 2 of (B, K, C, H, W)), the network takes "
+                             f"in_channels={self.in_channels}: bags made with other preprocessing than the model's")
         if x.shape[1] == 0:
             raise ValueError("cannot run on empty bags (K = 0).")
         return x

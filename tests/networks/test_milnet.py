@@ -166,6 +166,15 @@ def test_bad_inputs(shape, mask, pairs, kwargs):
         net.forward_all(torch.rand(*shape), mask, pairs)
 
 
+@pytest.mark.parametrize("bag_channels, network", [(1, {"in_channels": 2, "attention_channels": 1}), (2, {}), (3, {"in_channels": 2})])
+def test_bags_of_other_channels_are_named_in_the_error(bag_channels, network):
+    """A bag made with other preprocessing than the model's (one channel for today's two-channel default, or the
+    reverse) fails with a line that says both counts, not a shape error from inside the encoder."""
+    net = MILNet(**network)
+    with pytest.raises(ValueError, match=rf"the patches have {bag_channels} channel\(s\).*in_channels={net.in_channels}"):
+        net(torch.rand(1, 12, bag_channels, 60, 60))
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize("gated", [True, False])
 def test_torchscript_matches_eager(gated):
