@@ -374,6 +374,30 @@ def test_preprocess_takes_set_and_config_and_names_an_unknown_setting(tmp_path, 
     assert err.startswith("error: not a preprocessing setting: 'max_slice'") and not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("configs, channels", [([], 2), (["paper.json"], 1)])
+def test_preprocess_then_train_with_the_same_configs(tmp_path, capsys, configs, channels):
+    """`ctmil preprocess --config X` makes the bags that `ctmil train --config X` builds its network for: the
+    default's two channels, paper.json's one (its flat preprocessing_args#patch_norm); other bags are refused in
+    one line before any training."""
+    import torch
+
+    generate_cohort(tmp_path / "ph", n=4, seed=0, formats=("nifti",), shape=(16, 64, 64), spacing=(10.0, 5.0, 5.0), progress=False)
+    config = ["--config", *configs] if configs else []
+    assert main(["preprocess", str(tmp_path / "ph" / "nifti"), "--labels", str(tmp_path / "ph" / "labels.csv"),
+                 "--out", str(tmp_path / "bags"), "-q", "--no-montages", "--min-slices", "4", *config]) == 0
+    bag = torch.load(next((tmp_path / "bags" / "bags").glob("*.pt")), weights_only=True)
+    assert bag["patches"].shape[1] == channels
+    datalist = str(tmp_path / "bags" / "datalist.csv")
+    assert main(["train", datalist, "--out", str(tmp_path / "t"), "--epochs", "1", "--device", "cpu", "-q", *config,
+                 "--set", "val_fraction=0", "checkpoint_every=0", *TINY_SETS]) == 0
+    other = [] if configs else ["--config", "paper.json"]
+    capsys.readouterr()
+    assert main(["train", datalist, "--out", str(tmp_path / "u"), "--epochs", "1", "--device", "cpu", "-q", *other]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the bags of this datalist were made with patch_norm=") and "\n" not in err
+    assert not (tmp_path / "u" / "model.pt").exists()
+
+
 def test_infer_takes_set_and_refuses_an_unknown_id_before_any_output(tmp_path, capsys):
     from ctmil.cli import main
     from ctmil.networks import MILNet

@@ -47,8 +47,10 @@ def _preprocessing_set(args: argparse.Namespace) -> dict:
 
     settings: dict = {}
     for path in config_paths(configs(getattr(args, "config", None))):  # JSON or YAML, as MONAI reads configs
-        section = ConfigParser.load_config_file(path).get("preprocessing_args") or {}
+        config = ConfigParser.load_config_file(path)
+        section = config.get("preprocessing_args") or {}
         settings.update({k: v for k, v in section.items() if not str(k).startswith("_")})  # "_target_": train.json's builder
+        settings.update({k: v for k, v in config.items() if str(k).startswith("preprocessing_args#")})  # paper.json's form
     settings.update(parse_overrides(getattr(args, "set", None)))
     settings = {k.split("#", 1)[1] if k.startswith("preprocessing_args#") else k: v for k, v in settings.items()}
     try:

@@ -1,6 +1,6 @@
 """Bags of instances for training and evaluation: a cached dataset, collation, virtual bags and epoch batches.
 
-A bag is the dict documented in ``docs/design.md`` (``patches (K, 1, P, P)``, ``position (K,)``,
+A bag is the dict documented in ``docs/design.md`` (``patches (K, C, P, P)``, ``position (K,)``,
 ``slice_index (K,)``, ``label``, ``case_id`` ...), one ``torch.save`` file per case. This module only moves
 bags around; it knows nothing of the network or the training engine. Patches keep the dtype they are stored in
 (float16 by default, ``patch_dtype`` of the preprocessing; float32 bags stay float32), here and in the batches
@@ -50,7 +50,7 @@ def _check_bag(bag: Mapping[str, Any], where: str) -> None:
         raise ValueError(f"{where}: bag is missing keys {missing}.")
     patches = bag["patches"]
     if not isinstance(patches, torch.Tensor) or patches.dim() not in (3, 4):
-        raise ValueError(f"{where}: 'patches' must be a (K, 1, P, P) or (K, P, P) tensor.")
+        raise ValueError(f"{where}: 'patches' must be a (K, C, P, P) or (K, P, P) tensor.")
     k = patches.shape[0]
     if k == 0:
         raise ValueError(f"{where}: empty bag (K = 0).")
@@ -190,7 +190,7 @@ class BagDataset(Dataset):
     def gather_instances(self, refs: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Instances picked across bags: ``refs (N, 2)`` int64 rows ``(bag index, instance index)``.
 
-        Returns ``patches (N, 1, P, P)``, ``position (N,)`` and ``slice_index (N,)``; the patches have one dtype,
+        Returns ``patches (N, C, P, P)``, ``position (N,)`` and ``slice_index (N,)``; the patches have one dtype,
         that of the bags (float16 from float16 bags; float32 when float16 and float32 bags are mixed).
         """
         if refs.dim() != 2 or refs.shape[1] != 2 or refs.shape[0] == 0:

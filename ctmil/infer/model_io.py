@@ -297,6 +297,9 @@ def load_model(
                            "only probabilities are written, attention maps and overlays are skipped", path.name)
         network_kwargs, preprocessing = _sidecar(path)  # a model.json beside the export records its preprocessing
         preprocessing = {k: tuple(x) if isinstance(x, list) else x for k, x in complete_recorded_preprocessing(preprocessing).items()}
+        channels = network_kwargs.get("in_channels", getattr(module, "in_channels", None))  # a scripted MILNet keeps it
+        if channels is not None:  # another program's channels are unknown: today's defaults
+            preprocessing = fit_patch_norm(preprocessing, int(channels))
         return InferenceModel(module, "torchscript", str(path), strategy, dev, network=network_kwargs,
                               preprocessing=preprocessing, chunk_size=chunk_size, operating_point=recorded_operating_point(path),
                               intensities=recorded_intensities(path))

@@ -279,6 +279,10 @@ def test_torchscript_models(tmp_path, batch):
     pred = model.predict(x)
     assert pred.logit == pytest.approx(float(ref["logits"]), abs=1e-5)
     np.testing.assert_allclose(pred.attention, ref["attention"][0].numpy(), atol=1e-6)
+    # no model.json beside it: the one channel the scripted network keeps decides the preprocessing
+    assert model.preprocessing == {"patch_norm": "minmax"}
+    table, n_failed = run_inference(batch["export"] / "nifti" / "case_n.nii.gz", model, tmp_path / "one", progress=False)
+    assert n_failed == 0 and table.iloc[0]["K"] % 12 == 0
 
     torch.jit.script(_LogitsOnly()).save(str(tmp_path / "plain.ts"))
     plain = load_model(tmp_path / "plain.ts", allow_torchscript=True)
