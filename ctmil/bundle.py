@@ -21,19 +21,18 @@ from typing import Any
 import pandas as pd
 import torch
 
+from ctmil.data.bag_settings import check_bag_preprocessing
 from ctmil.data.bags import BagDataset
 from ctmil.stats.folds import stratified_group_folds
 from ctmil.words import plural
 from ctmil.data.preprocess import bag_datalist, preprocess_cases
 from ctmil.transforms import preprocessing_settings
-from ctmil.transforms.compose import RUN_OPTIONS, complete_recorded_preprocessing
 from ctmil.io.discovery import discover_cases, parse_label, read_table
 from ctmil.keys import Columns
 
 __all__ = [
     "bag_dataset",
     "bag_table",
-    "check_bag_preprocessing",
     "build_workflow",
     "check_override_ids",
     "config_dir",
@@ -231,38 +230,12 @@ def bag_table(
     """
     if isinstance(datalist, pd.DataFrame) or _is_bag_datalist(datalist):
         table = load_bag_datalist(datalist)
-        check_bag_preprocessing(table, preprocessing)
+        check_bag_preprocessing(table["bag"], preprocessing)
     else:
         table = _preprocessed(datalist, cache_dir, preprocessing, labels, progress)
     if table.empty:
         raise ValueError(f"no usable labelled case in {datalist}.")
     return table
-
-
-def check_bag_preprocessing(table: pd.DataFrame, preprocessing: Mapping[str, Any] | None) -> None:
-    """Refuse, in one line, bags made with other preprocessing settings than the run's ``preprocessing``: the network
-    is built, and the model recorded, for the run's settings, so inference would preprocess its CT otherwise. The
-    first bag file's recorded settings stand for the datalist (``ctmil preprocess`` makes every bag of a run alike);
-    bags that record none (made outside ctmil) are taken as they are.
-    """
-    first = next((Path(p) for p in table["bag"] if isinstance(p, (str, os.PathLike))), None) if len(table) else None
-    if preprocessing is None or first is None or not first.is_file():
-        return
-    try:
-        recorded = (torch.load(first, map_location="cpu", weights_only=True).get("meta") or {}).get("preprocessing")
-    except Exception:  # an unreadable bag fails where it is read, with its own error
-        return
-    if not isinstance(recorded, Mapping):
-        return
-    known = preprocessing_settings()
-    made = preprocessing_settings(**complete_recorded_preprocessing({k: v for k, v in recorded.items() if k in known}))
-    wanted = preprocessing_settings(**dict(preprocessing))
-    differ = [k for k in wanted if k not in (*RUN_OPTIONS, "min_slices") and made[k] != wanted[k]]  # min_slices picks series
-    if differ:
-        made_text = ", ".join(f"{k}={made[k]!r}" for k in differ)
-        want_text = ", ".join(f"{k}={wanted[k]!r}" for k in differ)
-        raise ValueError(f"the bags of this datalist were made with {made_text}, this run's preprocessing has {want_text}: "
-                         f"train with the bags' settings ({', '.join(f'preprocessing_args#{k}' for k in differ)}) or preprocess the CT again")
 
 
 def _preprocessed(datalist, cache_dir, preprocessing, labels, progress) -> pd.DataFrame:

@@ -79,15 +79,11 @@ def results_md(cv_dir: Path, run: dict, command: str, overrides: dict) -> str:
 def _bags_patch_norm(cv_dir: Path) -> "str | None":
     """The ``patch_norm`` the run's bags were made with (recorded in each bag; a default then is the default of that
     day, which the configs alone do not say), or ``None`` without bags."""
-    import torch
-
-    from ctmil.transforms.compose import complete_recorded_preprocessing
+    from ctmil.data.bag_settings import bag_preprocessing
 
     bag = next(iter(sorted((cv_dir / "bags" / "bags").glob("*.pt"))), None)
-    if bag is None:
-        return None
-    recorded = (torch.load(bag, map_location="cpu", weights_only=True).get("meta") or {}).get("preprocessing") or {}
-    return complete_recorded_preprocessing(recorded).get("patch_norm")
+    made = bag_preprocessing(bag) if bag is not None else None
+    return made["patch_norm"] if made else None
 
 
 def _network(cv_dir: Path) -> str:

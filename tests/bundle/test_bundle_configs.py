@@ -202,7 +202,7 @@ def test_the_network_takes_the_channels_preprocessing_makes(files, channels, att
     settings, network = parser.get_parsed_content("preprocessing_args"), parser.get_parsed_content("network_def")
     assert settings["patch_norm"] == patch_norm and network.in_channels == channels
     assert network.hparams.get("attention_channels") == attention_channels
-    bag = preprocessing_transforms(**{k: v for k, v in settings.items() if k != "allow_implausible_lungs"})
-    assert next(t for t in bag.transforms if isinstance(t, ToBagd)).patch_norm == patch_norm
+    chain = preprocessing_transforms(**settings)
+    assert next(t for t in chain.transforms if isinstance(t, ToBagd)).patch_norm == patch_norm
     x = torch.rand(1, 12, channels, 60, 60)
     assert network.eval()(x).shape == (1, 1)
